@@ -1,0 +1,32 @@
+"""The Outpost gateway agent: collects readings, buffers them durably, ships them over MQTT."""
+
+from agent._agent import Agent, agent_version, build_sources
+from agent._buffer import BufferStats, Outbox, PendingBatch, open_stats
+from agent._clock import Clock, SkewedClock, SystemClock
+from agent._config import AgentConfig, load_config, parse_config
+from agent._exceptions import AgentError, BufferError, ConfigError, UplinkError
+from agent._uplink import AckTracker, Backoff, Uplink, tls_context
+
+__all__ = [
+    "AckTracker",
+    "Agent",
+    "AgentConfig",
+    "AgentError",
+    "Backoff",
+    "BufferError",
+    "BufferStats",
+    "Clock",
+    "ConfigError",
+    "Outbox",
+    "PendingBatch",
+    "SkewedClock",
+    "SystemClock",
+    "Uplink",
+    "UplinkError",
+    "agent_version",
+    "build_sources",
+    "load_config",
+    "open_stats",
+    "parse_config",
+    "tls_context",
+]

@@ -1,0 +1,152 @@
+"""The agent runtime: sources → outbox → batcher → uplink, in one task group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from importlib import metadata
+
+import wire
+from agent._buffer import Outbox
+from agent._clock import Clock
+from agent._config import AgentConfig, HostSourceConfig, SimulatedSourceConfig
+from agent._uplink import Uplink
+from agent.sources import HostSource, SimulatedSource, Source
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("outpost")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def build_sources(config: AgentConfig, clock: Clock) -> list[Source]:
+    sources: list[Source] = []
+    for sc in config.sources:
+        if isinstance(sc, HostSourceConfig):
+            sources.append(HostSource(name=sc.name, interval=sc.interval, clock=clock))
+        elif isinstance(sc, SimulatedSourceConfig):
+            sources.append(
+                SimulatedSource(
+                    name=sc.name,
+                    interval=sc.interval,
+                    devices=sc.devices,
+                    clock=clock,
+                    events_every=sc.events_every,
+                )
+            )
+    return sources
+
+
+class Agent:
+    """Everything that runs on the gateway. Construct in ``main`` and ``await run()``."""
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        clock: Clock,
+        outbox: Outbox,
+        sources: Sequence[Source],
+        logger: logging.Logger | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self._clock = clock
+        self._sources = list(sources)
+        self._log = logger or logging.getLogger("outpost.agent")
+        self._rng = rng or random.Random()
+        self._appended = 0
+        self._batch_due = asyncio.Event()
+        self.uplink = Uplink(
+            gateway_id=config.gateway_id,
+            config=config.uplink,
+            outbox=outbox,
+            clock=clock,
+            state=self.state_message,
+            logger=self._log.getChild("uplink"),
+            rng=self._rng,
+        )
+
+    def state_message(self, state: str) -> wire.GatewayState:
+        stats = self.outbox.stats()
+        oldest = (
+            max(0.0, (self._clock.wall_ns() - stats.oldest_unsent_ns) / 1e9)
+            if stats.oldest_unsent_ns is not None
+            else None
+        )
+        return wire.GatewayState(
+            state="online" if state == "online" else "offline",
+            ts=self._clock.wall_ns(),
+            boot_id=self._clock.boot_id,
+            agent_version=agent_version(),
+            stream=stats.stream_id,
+            backlog_batches=stats.batches,
+            backlog_readings=stats.backlog_readings,
+            oldest_unsent_s=oldest,
+            last_ack_ts=stats.last_ack_ns,
+            drops=stats.drops,
+        )
+
+    def submit(self, readings: Sequence[wire.Reading], events: Sequence[wire.Event] = ()) -> None:
+        """Hand readings to the buffer (committed on return) and wake the batcher if due."""
+        self.outbox.append(readings, events)
+        self._appended += len(readings) + len(events)
+        if self._appended >= self.config.buffer.batch_max_readings:
+            self._batch_due.set()
+
+    async def run(self) -> None:
+        self._log.info(
+            "agent %s starting: gateway %s, buffer %s, %d source(s)",
+            agent_version(),
+            self.config.gateway_id,
+            self.outbox.path,
+            len(self._sources),
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._batcher(), name="batcher")
+            tg.create_task(self.uplink.run(), name="uplink")
+            for source in self._sources:
+                tg.create_task(self._poll(source), name=f"source:{source.name}")
+
+    async def _batcher(self) -> None:
+        delay = self.config.buffer.batch_max_delay
+        while True:
+            try:
+                async with asyncio.timeout(delay):
+                    await self._batch_due.wait()
+            except TimeoutError:
+                pass
+            self._batch_due.clear()
+            self._appended = 0
+            formed = 0
+            while self.outbox.form_batch() is not None:
+                formed += 1
+                if formed % 8 == 0:
+                    await asyncio.sleep(0)  # let the sender and sources run during a backlog
+            if formed:
+                self.uplink.notify()
+
+    async def _poll(self, source: Source) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(max(5.0, source.interval)):
+                    collection = await asyncio.to_thread(source.collect)
+            except TimeoutError:
+                self._log.warning("source %s did not answer within its timeout", source.name)
+            except Exception as exc:  # a failing source must not stop the others
+                self._log.warning("source %s failed: %s", source.name, exc)
+            else:
+                self.submit(collection.readings, collection.events)
+            next_at += source.interval
+            now = loop.time()
+            if next_at < now:  # overran: skip the missed ticks instead of bursting
+                next_at = now + source.interval
+            jitter = self._rng.uniform(0, min(0.05 * source.interval, 1.0))
+            await asyncio.sleep(next_at - now + jitter)

@@ -1,0 +1,526 @@
+"""The durable buffer (the *outbox*): readings in, batches out, deleted only on ack.
+
+SQLite in WAL mode. ``append`` commits before it returns: a reading handed to the buffer
+survives ``kill -9`` (and power loss with ``durability = "full"``). A batcher turns pending
+readings into batches: encoded once, numbered from a persistent counter, one row each. The
+sender reads batches, and a batch row is deleted only when the collector acknowledges it.
+
+Disk use is bounded: past ``max_bytes`` the oldest batches are dropped (batches carrying
+events last) and every dropped reading is counted by reason in the ``drops`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+from sqlite_utils import Database
+
+from agent._clock import EPOCH_JUMP_NS, Clock, ClockEpoch
+from agent._exceptions import BufferError
+from agent._schema import MIGRATIONS
+from wire import MAX_FRAME_BYTES, Event, Reading, frame
+
+_WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
+_VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of the bound
+
+DROP_DISK_FULL = "disk_full"
+DROP_REJECTED = "rejected_by_collector"
+DROP_TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A formed batch waiting for its ack."""
+
+    seq: int
+    created_ns: int
+    readings: int
+    events: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """What ``outpost-agent status`` and the state message report."""
+
+    stream_id: str
+    pending_readings: int
+    pending_events: int
+    batches: int
+    batch_readings: int
+    oldest_unsent_ns: int | None
+    last_ack_ns: int | None
+    drops: dict[str, int] = field(default_factory=dict)
+    db_bytes: int = 0
+    uplink: str = "unknown"
+
+    @property
+    def backlog_readings(self) -> int:
+        return self.pending_readings + self.batch_readings
+
+
+class Outbox:
+    """The agent's SQLite buffer. Not thread-safe: one owner (the agent's event loop)."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        gateway_id: str,
+        clock: Clock,
+        max_bytes: int,
+        batch_max_readings: int = 1000,
+        durability: str = "full",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.path = path
+        self.gateway_id = gateway_id
+        self.max_bytes = max_bytes
+        self.batch_max_readings = batch_max_readings
+        self._clock = clock
+        self._durability = durability
+        self._log = logger or logging.getLogger("outpost.agent.buffer")
+        self._conn: sqlite3.Connection | None = None
+        self._epoch: ClockEpoch | None = None
+        self._stream_id = ""
+        self._page_size = 4096
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> Self:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # auto_vacuum must be chosen before the first table exists.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            sync = "FULL" if self._durability == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            MIGRATIONS.apply(Database(conn, execute_plugins=False))
+        except sqlite3.Error as exc:
+            raise BufferError(f"{self.path}: cannot open the buffer database: {exc}") from exc
+        except OSError as exc:
+            raise BufferError(f"{self.path}: cannot create the buffer: {exc.strerror}") from exc
+        self._conn = conn
+        self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        self._stream_id = self._meta("stream_id")
+        row = conn.execute(
+            "SELECT id, boot_id, offset_ns, synced FROM clock_epochs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row:
+            self._epoch = ClockEpoch(row[0], row[1], row[2], bool(row[3]))
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise BufferError(f"{self.path}: the buffer is not open")
+        return self._conn
+
+    @property
+    def stream_id(self) -> str:
+        return self._stream_id
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, readings: Sequence[Reading], events: Sequence[Event] = ()) -> None:
+        """Store readings and events durably; committed when this returns."""
+        if not readings and not events:
+            return
+        dumps = orjson.dumps
+        sort = orjson.OPT_SORT_KEYS
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            epoch = self._current_epoch()
+            if readings:
+                conn.executemany(
+                    "INSERT INTO readings (epoch, series, ts, fields) VALUES (?, ?, ?, ?)",
+                    [
+                        (
+                            epoch,
+                            dumps({"m": r.measurement, "t": r.tags}, option=sort),
+                            r.ts,
+                            dumps(r.fields),
+                        )
+                        for r in readings
+                    ],
+                )
+            if events:
+                conn.executemany(
+                    "INSERT INTO events (epoch, doc) VALUES (?, ?)",
+                    [(epoch, dumps(e.model_dump(mode="json"))) for e in events],
+                )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"{self.path}: cannot store readings: {exc}") from exc
+        self.enforce_bound()
+
+    def _current_epoch(self) -> int:
+        """The clock epoch for readings stored now; starts a new one after a clock step."""
+        wall, mono = self._clock.wall_ns(), self._clock.mono_ns()
+        offset, synced = wall - mono, self._clock.synced()
+        e = self._epoch
+        if (
+            e is None
+            or e.boot_id != self._clock.boot_id
+            or abs(offset - e.offset_ns) > EPOCH_JUMP_NS
+            or e.synced != synced
+        ):
+            cur = self.conn.execute(
+                "INSERT INTO clock_epochs (boot_id, offset_ns, synced, started_ns)"
+                " VALUES (?, ?, ?, ?)",
+                (self._clock.boot_id, offset, int(synced), wall),
+            )
+            assert cur.lastrowid is not None
+            e = self._epoch = ClockEpoch(cur.lastrowid, self._clock.boot_id, offset, synced)
+        return e.id
+
+    def pending_readings(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+    def has_pending(self) -> bool:
+        row = self.conn.execute(
+            "SELECT EXISTS(SELECT 1 FROM readings) OR EXISTS(SELECT 1 FROM events)"
+        ).fetchone()
+        return bool(row[0])
+
+    def form_batch(self, *, max_readings: int | None = None) -> PendingBatch | None:
+        """Turn the oldest pending readings and events (of one clock epoch) into a batch."""
+        limit = max_readings or self.batch_max_readings
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            batch = self._form_batch_locked(limit)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"{self.path}: cannot form a batch: {exc}") from exc
+        if batch is not None:
+            self.enforce_bound()
+        return batch
+
+    def _form_batch_locked(self, limit: int) -> PendingBatch | None:
+        conn = self.conn
+        first_r = conn.execute("SELECT epoch FROM readings ORDER BY id LIMIT 1").fetchone()
+        first_e = conn.execute("SELECT epoch FROM events ORDER BY id LIMIT 1").fetchone()
+        epochs = [row[0] for row in (first_r, first_e) if row]
+        if not epochs:
+            return None
+        epoch_id = min(epochs)
+        rows = conn.execute(
+            "SELECT id, series, ts, fields FROM readings WHERE epoch = ? ORDER BY id LIMIT ?",
+            (epoch_id, limit),
+        ).fetchall()
+        ev_rows = conn.execute(
+            "SELECT id, doc FROM events WHERE epoch = ? ORDER BY id LIMIT ?",
+            (epoch_id, max(1, limit // 10)),
+        ).fetchall()
+        boot_id, offset_ns, synced = conn.execute(
+            "SELECT boot_id, offset_ns, synced FROM clock_epochs WHERE id = ?", (epoch_id,)
+        ).fetchone()
+        seq = int(self._meta("next_seq"))
+        created = self._clock.wall_ns()
+        header = {
+            "gw": self.gateway_id,
+            "stream": self._stream_id,
+            "boot": boot_id,
+            "seq": seq,
+            "created": created,
+            "clock": {"offset_ns": offset_ns, "synced": bool(synced)},
+        }
+        payload = _assemble(header, rows, ev_rows)
+        while len(payload) > MAX_FRAME_BYTES and len(rows) > 1:
+            rows = rows[: len(rows) // 2]
+            ev_rows = ev_rows[: max(0, len(ev_rows) // 2)]
+            payload = _assemble(header, rows, ev_rows)
+        if len(payload) > MAX_FRAME_BYTES:
+            # One reading or event larger than a frame can never be delivered: count it.
+            self._drop_pending(rows, ev_rows, DROP_TOO_LARGE)
+            self._log.warning("dropped a reading or event larger than %d bytes", MAX_FRAME_BYTES)
+            return None
+        conn.execute(
+            "INSERT INTO batches (seq, created_ns, readings, events, payload)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (seq, created, len(rows), len(ev_rows), payload),
+        )
+        self._delete_pending(rows, ev_rows)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+        return PendingBatch(seq, created, len(rows), len(ev_rows), payload)
+
+    def _delete_pending(self, rows: list[Any], ev_rows: list[Any]) -> None:
+        if rows:
+            # Readings of one epoch have contiguous ids (epochs only grow).
+            self.conn.execute(
+                "DELETE FROM readings WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0])
+            )
+        if ev_rows:
+            self.conn.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in ev_rows])
+
+    def _drop_pending(self, rows: list[Any], ev_rows: list[Any], reason: str) -> None:
+        self._delete_pending(rows, ev_rows)
+        self._count_drop(reason, len(rows), len(ev_rows))
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def pick(
+        self, count: int, *, exclude: set[int] | frozenset[int] = frozenset()
+    ) -> list[PendingBatch]:
+        """Up to ``count`` batches to send: newest first, alternating with the oldest.
+
+        Fresh data reaches the dashboard first while the backlog drains from its oldest end.
+        """
+        if count <= 0:
+            return []
+        window = count + len(exclude)
+        newest = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT seq FROM batches ORDER BY seq DESC LIMIT ?", (window,)
+            )
+            if r[0] not in exclude
+        ]
+        oldest = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT seq FROM batches ORDER BY seq ASC LIMIT ?", (window,)
+            )
+            if r[0] not in exclude
+        ]
+        chosen: list[int] = []
+        for pair in zip(newest, oldest, strict=False):
+            for seq in pair:
+                if seq not in chosen and len(chosen) < count:
+                    chosen.append(seq)
+        for seq in newest + oldest:
+            if len(chosen) >= count:
+                break
+            if seq not in chosen:
+                chosen.append(seq)
+        if not chosen:
+            return []
+        marks = ",".join("?" * len(chosen))
+        found = {
+            r[0]: PendingBatch(*r)
+            for r in self.conn.execute(
+                f"SELECT seq, created_ns, readings, events, payload FROM batches"
+                f" WHERE seq IN ({marks})",
+                chosen,
+            )
+        }
+        return [found[s] for s in chosen if s in found]
+
+    def acknowledge(self, seq: int, *, rejected: bool = False) -> bool:
+        """Delete batch ``seq`` after the collector's ack; False if it was not here."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(
+                "DELETE FROM batches WHERE seq = ? RETURNING readings, events", (seq,)
+            ).fetchone()
+            if row and rejected:
+                self._count_drop(DROP_REJECTED, row[0], row[1])
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_ack_ns', ?)",
+                (self._clock.wall_ns(),),
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"{self.path}: cannot record ack of batch {seq}: {exc}") from exc
+        return row is not None
+
+    def set_uplink_state(self, state: str) -> None:
+        """Record the connection state for ``outpost-agent status`` (a separate process)."""
+        try:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('uplink', ?)",
+                (f"{state} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",),
+            )
+        except sqlite3.Error as exc:
+            raise BufferError(f"{self.path}: cannot record uplink state: {exc}") from exc
+
+    # -- the disk bound ----------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        conn = self.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * self._page_size)
+
+    def enforce_bound(self) -> int:
+        """Drop the oldest data until the buffer fits ``max_bytes``; return readings dropped."""
+        dropped = 0
+        for _ in range(10_000):
+            over = self.used_bytes() - self.max_bytes
+            if over <= 0:
+                break
+            dropped += self._drop_oldest(over)
+        else:  # pragma: no cover - only if deleting stopped freeing pages
+            self._log.error("buffer stays above its bound of %d bytes", self.max_bytes)
+        if dropped:
+            self._log.warning(
+                "buffer reached its bound of %d bytes: dropped the %d oldest readings",
+                self.max_bytes,
+                dropped,
+            )
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free * self._page_size > self.max_bytes // _VACUUM_FRACTION:
+                self.conn.execute("PRAGMA incremental_vacuum")
+        return dropped
+
+    def _drop_oldest(self, over: int) -> int:
+        """Delete at least ``over`` bytes' worth of the oldest data, events last."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Batches without events first, then pending readings, then anything.
+            victims = conn.execute(
+                "SELECT seq, readings, events, length(payload) FROM batches"
+                " WHERE events = 0 ORDER BY seq LIMIT 64"
+            ).fetchall()
+            if not victims:
+                rows = conn.execute("SELECT id FROM readings ORDER BY id LIMIT 2000").fetchall()
+                if rows:
+                    conn.execute(
+                        "DELETE FROM readings WHERE id BETWEEN ? AND ?", (rows[0][0], rows[-1][0])
+                    )
+                    self._count_drop(DROP_DISK_FULL, len(rows), 0)
+                    conn.execute("COMMIT")
+                    return len(rows)
+                victims = conn.execute(
+                    "SELECT seq, readings, events, length(payload) FROM batches"
+                    " ORDER BY seq LIMIT 64"
+                ).fetchall()
+            freed = n_readings = n_events = 0
+            chosen = []
+            for seq, readings, events, size in victims:
+                chosen.append((seq,))
+                n_readings += readings
+                n_events += events
+                freed += size
+                if freed >= over:
+                    break
+            conn.executemany("DELETE FROM batches WHERE seq = ?", chosen)
+            if chosen:
+                self._count_drop(DROP_DISK_FULL, n_readings, n_events)
+            else:
+                ev = conn.execute("SELECT id FROM events ORDER BY id LIMIT 100").fetchall()
+                conn.executemany("DELETE FROM events WHERE id = ?", ev)
+                self._count_drop(DROP_DISK_FULL, 0, len(ev))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise BufferError(f"{self.path}: cannot drop old data: {exc}") from exc
+        return n_readings
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def stats(self) -> BufferStats:
+        return read_stats(self.conn)
+
+    def _count_drop(self, reason: str, readings: int, events: int) -> None:
+        self.conn.execute(
+            "INSERT INTO drops (reason, readings, events) VALUES (?, ?, ?)"
+            " ON CONFLICT(reason) DO UPDATE SET readings = readings + excluded.readings,"
+            " events = events + excluded.events",
+            (reason, readings, events),
+        )
+
+    def _meta(self, key: str) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise BufferError(f"{self.path}: buffer metadata '{key}' is missing")
+        return str(row[0])
+
+    def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _assemble(header: dict[str, object], rows: list[Any], ev_rows: list[Any]) -> bytes:
+    """Build the batch frame from stored JSON fragments, grouping readings by series."""
+    groups: dict[bytes, list[bytes]] = {}
+    for _id, series, ts, fields in rows:
+        groups.setdefault(series, []).append(b"[%d,%s]" % (ts, fields))
+    # A series key is {"m":…,"t":…}; its inside becomes the start of the series object.
+    series_part = b",".join(
+        b"{" + key[1:-1] + b',"p":[' + b",".join(points) + b"]}" for key, points in groups.items()
+    )
+    events_part = b",".join(doc for _id, doc in ev_rows)
+    body = (
+        orjson.dumps(header)[:-1]
+        + b',"series":['
+        + series_part
+        + b'],"events":['
+        + events_part
+        + b"]}"
+    )
+    return frame(body)
+
+
+def read_stats(conn: sqlite3.Connection) -> BufferStats:
+    """Buffer statistics from an open connection (read-only is enough)."""
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    pending = conn.execute("SELECT count(*), min(ts) FROM readings").fetchone()
+    pending_events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    batches = conn.execute(
+        "SELECT count(*), coalesce(sum(readings), 0), min(created_ns) FROM batches"
+    ).fetchone()
+    oldest_candidates = [v for v in (pending[1], batches[2]) if v is not None]
+    drops = {
+        reason: readings + events
+        for reason, readings, events in conn.execute("SELECT reason, readings, events FROM drops")
+    }
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return BufferStats(
+        stream_id=str(meta.get("stream_id", "")),
+        pending_readings=pending[0],
+        pending_events=pending_events,
+        batches=batches[0],
+        batch_readings=batches[1],
+        oldest_unsent_ns=min(oldest_candidates) if oldest_candidates else None,
+        last_ack_ns=int(meta["last_ack_ns"]) if "last_ack_ns" in meta else None,
+        drops=drops,
+        db_bytes=pages * page_size,
+        uplink=str(meta.get("uplink", "never connected")),
+    )
+
+
+def open_stats(path: Path) -> BufferStats:
+    """Read statistics of the buffer at ``path`` without writing to it."""
+    if not path.exists():
+        raise BufferError(f"{path}: no buffer here yet; has the agent run with this config?")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return read_stats(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BufferError(f"{path}: cannot read the buffer: {exc}") from exc

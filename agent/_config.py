@@ -1,0 +1,141 @@
+"""Agent configuration: a TOML file validated into frozen models, with defaults.
+
+Errors name the file, the key and what to change (see :func:`load_config`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+
+from agent._exceptions import ConfigError
+from wire import topics
+
+_MODEL = ConfigDict(frozen=True, extra="forbid")
+
+
+class UplinkConfig(BaseModel):
+    """The MQTT connection to the cloud broker. TLS with a client certificate, always."""
+
+    model_config = _MODEL
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    ack_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_inflight: Annotated[int, Field(ge=1, le=256)] = 8
+    state_interval: Annotated[float, Field(gt=0)] = 60.0
+    reconnect_min: Annotated[float, Field(gt=0)] = 1.0
+    reconnect_max: Annotated[float, Field(gt=0)] = 60.0
+
+
+class BufferConfig(BaseModel):
+    """The durable SQLite buffer on the gateway."""
+
+    model_config = _MODEL
+
+    path: Path | None = None  # default: <state_dir>/buffer.db
+    max_bytes: Annotated[ByteSize, Field(ge=256 * 1024)] = ByteSize(256 * 1024 * 1024)
+    batch_max_readings: Annotated[int, Field(ge=1, le=20_000)] = 1000
+    batch_max_delay: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # "full": a commit survives power loss (fsync per commit). "normal": survives a crash of
+    # the agent (kill -9) but the last commits may be lost on power loss; faster on SD cards.
+    durability: Literal["full", "normal"] = "full"
+
+
+class HostSourceConfig(BaseModel):
+    """The gateway itself, through psutil."""
+
+    model_config = _MODEL
+
+    type: Literal["host"]
+    name: str = "host"
+    interval: Annotated[float, Field(gt=0)] = 10.0
+
+
+class SimulatedSourceConfig(BaseModel):
+    """Simulated sensors (temperature, humidity, power) for demos and tests."""
+
+    model_config = _MODEL
+
+    type: Literal["simulated"]
+    name: str = "sim"
+    interval: Annotated[float, Field(gt=0)] = 1.0
+    devices: Annotated[int, Field(ge=1, le=10_000)] = 3
+    events_every: Annotated[int, Field(ge=0)] = 0  # emit a simulated event every N polls; 0 = never
+
+
+SourceConfig = Annotated[HostSourceConfig | SimulatedSourceConfig, Field(discriminator="type")]
+
+
+class AgentConfig(BaseModel):
+    """The whole agent configuration."""
+
+    model_config = _MODEL
+
+    gateway_id: str
+    state_dir: Path = Path("/var/lib/outpost")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    uplink: UplinkConfig
+    buffer: BufferConfig = BufferConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _gateway_id(cls, value: str) -> str:
+        if not topics.valid_gateway_id(value):
+            raise ValueError(
+                "must be 1-64 characters of letters, digits, '.', '_' or '-' and match the "
+                "CN of the gateway certificate"
+            )
+        return value
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.buffer.path or self.state_dir / "buffer.db"
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate ``path``; raise :class:`ConfigError` saying what to change."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; pass --config with the agent's TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, object], *, source: str = "<config>") -> AgentConfig:
+    try:
+        config = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    for key in ("ca_file", "cert_file", "key_file"):
+        file = getattr(config.uplink, key)
+        if not file.is_file():
+            raise ConfigError(f"{source}: uplink.{key}: {file} does not exist or is not a file")
+    return config
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against docs/agent-config.md"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""The uplink: MQTT 5 over mutual TLS to the cloud broker.
+
+Publishes batches from the outbox (QoS 1, fresh first), deletes them on ack, keeps them on
+nack and waits the collector's ``retry_after``, retransmits what was not acked in time, and
+reconnects with exponential backoff and jitter. TLS always verifies the broker and there is no
+plaintext fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import wire
+from agent._buffer import Outbox
+from agent._clock import Clock
+from agent._config import UplinkConfig
+from agent._exceptions import UplinkError
+from wire import topics
+
+
+def tls_context(*, ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A client TLS context that verifies the broker (certificate and host name)."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(f"uplink.ca_file {ca_file}: not a usable CA certificate: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(
+            f"uplink.cert_file {cert_file} / uplink.key_file {key_file}: the gateway "
+            f"certificate and key do not load together: {exc}"
+        ) from exc
+    return ctx
+
+
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(max, base * 2**n))``."""
+
+    def __init__(self, *, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self._base, self._cap = base, cap
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._cap, self._base * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 30)
+        return self._rng.uniform(self._base / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class AckTracker:
+    """Batches sent and not yet acknowledged, with the time they were sent."""
+
+    def __init__(self) -> None:
+        self._sent: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def seqs(self) -> frozenset[int]:
+        return frozenset(self._sent)
+
+    def add(self, seq: int, now: float) -> None:
+        self._sent[seq] = now
+
+    def discard(self, seq: int) -> bool:
+        return self._sent.pop(seq, None) is not None
+
+    def expire(self, now: float, timeout: float) -> list[int]:
+        """Forget batches unacked for ``timeout`` seconds so they are sent again."""
+        late = [seq for seq, t in self._sent.items() if now - t >= timeout]
+        for seq in late:
+            del self._sent[seq]
+        return late
+
+    def next_deadline(self, timeout: float) -> float | None:
+        return min(self._sent.values()) + timeout if self._sent else None
+
+    def clear(self) -> None:
+        self._sent.clear()
+
+
+class Uplink:
+    """Sends the outbox to the collector. Run with :meth:`run` inside the agent's task group."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        config: UplinkConfig,
+        outbox: Outbox,
+        clock: Clock,
+        state: Callable[[str], wire.GatewayState],
+        logger: logging.Logger | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self._cfg = config
+        self._outbox = outbox
+        self._clock = clock
+        self._state = state
+        self._log = logger or logging.getLogger("outpost.agent.uplink")
+        self._rng = rng or random.Random()
+        self._tracker = AckTracker()
+        self._wake = asyncio.Event()
+        self._hold_until = 0.0
+        # Congestion window: halves on a nack, grows by one per ack, up to max_inflight.
+        self._window = config.max_inflight
+        self.connected = asyncio.Event()
+        self.acks = 0
+        self.nacks = 0
+        self.retransmits = 0
+
+    def notify(self) -> None:
+        """A batch was formed: wake the sender."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = Backoff(base=self._cfg.reconnect_min, cap=self._cfg.reconnect_max, rng=self._rng)
+        while True:
+            ctx = tls_context(
+                ca_file=self._cfg.ca_file,
+                cert_file=self._cfg.cert_file,
+                key_file=self._cfg.key_file,
+            )
+            try:
+                await self._connected_session(ctx, backoff)
+            except* aiomqtt.MqttError as group:
+                self._log.warning(
+                    "uplink to %s:%d lost or refused: %s",
+                    self._cfg.host,
+                    self._cfg.port,
+                    _describe(group),
+                )
+            self.connected.clear()
+            self._tracker.clear()
+            self._outbox.set_uplink_state("disconnected")
+            delay = backoff.next_delay()
+            self._log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    async def _connected_session(self, ctx: ssl.SSLContext, backoff: Backoff) -> None:
+        will = aiomqtt.Will(
+            topics.up_state(self.gateway_id),
+            wire.encode_message(self._state("offline")),
+            qos=1,
+            retain=True,
+        )
+        client = aiomqtt.Client(
+            self._cfg.host,
+            self._cfg.port,
+            identifier=self.gateway_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=will,
+            tls_context=ctx,
+            keepalive=self._cfg.keepalive,
+            clean_start=True,
+            timeout=max(10.0, self._cfg.keepalive),
+            logger=self._log.getChild("mqtt"),
+        )
+        async with client:
+            backoff.reset()
+            await client.subscribe(topics.down_ack(self.gateway_id), qos=1)
+            await self._publish_state(client)
+            self._outbox.set_uplink_state("connected")
+            self._log.info("uplink connected to %s:%d", self._cfg.host, self._cfg.port)
+            self.connected.set()
+            self._window = self._cfg.max_inflight
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._receive(client), name="uplink-receive")
+                    tg.create_task(self._send(client), name="uplink-send")
+                    tg.create_task(self._report_state(client), name="uplink-state")
+            except asyncio.CancelledError:
+                # Shutting down: say so instead of letting the broker fire the will later.
+                try:
+                    async with asyncio.timeout(2):
+                        await client.publish(
+                            topics.up_state(self.gateway_id),
+                            wire.encode_message(self._state("offline")),
+                            qos=1,
+                            retain=True,
+                        )
+                except (aiomqtt.MqttError, TimeoutError):
+                    pass
+                raise
+
+    async def _publish_state(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            topics.up_state(self.gateway_id),
+            wire.encode_message(self._state("online")),
+            qos=1,
+            retain=True,
+        )
+
+    async def _report_state(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.state_interval)
+            await self._publish_state(client)
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        topic = topics.up_batch(self.gateway_id)
+        timeout = self._cfg.ack_timeout
+        while True:
+            now = loop.time()
+            if self._hold_until > now:
+                await asyncio.sleep(self._hold_until - now)
+                continue
+            late = self._tracker.expire(now, timeout)
+            if late:
+                self.retransmits += len(late)
+                self._log.info("no ack within %.0f s for batches %s: sending again", timeout, late)
+            self._wake.clear()
+            free = self._window - len(self._tracker)
+            batches = self._outbox.pick(free, exclude=self._tracker.seqs()) if free > 0 else []
+            for batch in batches:
+                if self._hold_until > loop.time():
+                    break
+                self._tracker.add(batch.seq, loop.time())
+                await client.publish(
+                    topic, batch.payload, qos=1, properties=self._properties(batch.seq)
+                )
+            if batches:
+                continue
+            deadline = self._tracker.next_deadline(timeout)
+            wait = 1.0 if deadline is None else max(0.01, min(1.0, deadline - loop.time()))
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _properties(self, seq: int) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.UserProperty = [
+            (wire.PROP_STREAM, self._outbox.stream_id),
+            (wire.PROP_SEQ, str(seq)),
+            (wire.PROP_BOOT, self._clock.boot_id),
+            (wire.PROP_SENT_MONO, str(self._clock.mono_ns())),
+            (wire.PROP_SENT_WALL, str(self._clock.wall_ns())),
+        ]
+        return props
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                continue
+            try:
+                msg = wire.decode_ack(bytes(payload))
+            except wire.MessageRejected as exc:
+                self._log.warning("ignoring a message on %s: %s", message.topic, exc)
+                continue
+            if msg.stream != self._outbox.stream_id:
+                continue  # about a stream this buffer no longer holds
+            self._tracker.discard(msg.seq)
+            if isinstance(msg, wire.Ack):
+                self.acks += 1
+                rejected = msg.status == "quarantined"
+                if rejected:
+                    self._log.error(
+                        "collector quarantined batch %d (%s): its readings are counted as dropped",
+                        msg.seq,
+                        msg.reason,
+                    )
+                self._outbox.acknowledge(msg.seq, rejected=rejected)
+                self._window = min(self._cfg.max_inflight, self._window + 1)
+            else:
+                self.nacks += 1
+                delay = msg.retry_after_ms / 1000 * self._rng.uniform(1.0, 1.2)
+                self._hold_until = max(self._hold_until, loop.time() + delay)
+                self._window = max(1, self._window // 2)
+                self._log.info(
+                    "collector nacked batch %d: %s%s; keeping it, next send in %.1f s",
+                    msg.seq,
+                    msg.reason,
+                    f" ({msg.limit})" if msg.limit else "",
+                    delay,
+                )
+            self._wake.set()
+
+
+def _describe(group: BaseExceptionGroup[aiomqtt.MqttError]) -> str:
+    texts = []
+    for exc in group.exceptions:
+        text = str(exc)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            text = (
+                f"TLS: the broker certificate does not verify against uplink.ca_file "
+                f"({cause.verify_message})"
+            )
+        texts.append(text)
+    return "; ".join(texts)

@@ -1,0 +1,26 @@
+"""The Outpost collector: consumes gateway batches, validates, deduplicates, stores, acks."""
+
+from collector._broker import BrokerFiles, init_broker, issue_gateway_identity
+from collector._config import CollectorConfig, load_config
+from collector._exceptions import CollectorError, ConfigError, StoreError, StoreUnavailable
+from collector._ingest import Incoming, IngestMetrics, Ingestor, Reply
+from collector._limits import RateLimiter
+from collector._service import CollectorService
+
+__all__ = [
+    "BrokerFiles",
+    "CollectorConfig",
+    "CollectorError",
+    "CollectorService",
+    "ConfigError",
+    "Incoming",
+    "IngestMetrics",
+    "Ingestor",
+    "RateLimiter",
+    "Reply",
+    "StoreError",
+    "StoreUnavailable",
+    "init_broker",
+    "issue_gateway_identity",
+    "load_config",
+]

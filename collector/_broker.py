@@ -1,0 +1,135 @@
+"""Mosquitto set-up: an mTLS listener where a certificate's CN is the client's identity.
+
+``outpost-collector broker init`` writes the device CA (if there is none yet), the broker's
+server certificate, the collector's client certificate, ``mosquitto.conf`` and ``acl``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioning import CertificateAuthority
+from wire import topics
+
+COLLECTOR_IDENTITY = "outpost-collector"
+
+ACL = f"""\
+# Written by outpost-collector broker init. The username is the client certificate's CN.
+# The collector may read and write every gateway's topics (and use the shared subscription).
+user {COLLECTOR_IDENTITY}
+topic readwrite {topics.ROOT}/#
+
+# A gateway may only publish under its own id and only read what is addressed to it.
+pattern write {topics.ROOT}/%u/up/#
+pattern read {topics.ROOT}/%u/down/#
+"""
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    collector_cert: Path
+    collector_key: Path
+    config: Path
+    acl: Path
+    log: Path
+
+    @classmethod
+    def at(cls, directory: Path) -> BrokerFiles:
+        d = directory
+        return cls(
+            d,
+            d / "ca.pem",
+            d / "ca.key",
+            d / "server.pem",
+            d / "server.key",
+            d / "collector.pem",
+            d / "collector.key",
+            d / "mosquitto.conf",
+            d / "acl",
+            d / "mosquitto.log",
+        )
+
+
+def init_broker(
+    directory: Path,
+    *,
+    port: int = 8883,
+    bind: str = "127.0.0.1",
+    hostnames: tuple[str, ...] = ("localhost",),
+    ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+    persistence: bool = True,
+    user: str | None = None,
+) -> BrokerFiles:
+    """Write (or complete) a broker directory. An existing CA is kept, never replaced."""
+    files = BrokerFiles.at(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if files.ca_cert.exists() and files.ca_key.exists():
+        ca = CertificateAuthority.load(files.ca_cert, files.ca_key)
+    else:
+        ca = CertificateAuthority.create()
+        ca.save(files.ca_cert, files.ca_key)
+    ca.issue_to_files(
+        hostnames[0] if hostnames else "outpost-broker",
+        files.server_cert,
+        files.server_key,
+        server=True,
+        dns_names=hostnames,
+        ip_addresses=ip_addresses,
+        days=825,
+    )
+    ca.issue_to_files(COLLECTOR_IDENTITY, files.collector_cert, files.collector_key, days=825)
+    files.acl.write_text(ACL)
+    lines = [
+        "# Written by outpost-collector broker init.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"persistence {'true' if persistence else 'false'}",
+    ]
+    if user:
+        # Started as root, Mosquitto switches to this user, who must be able to read the keys.
+        lines.append(f"user {user}")
+    if persistence:
+        lines.append(f"persistence_location {directory}/")
+    lines += [
+        f"log_dest file {files.log}",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "connection_messages true",
+        f"acl_file {files.acl}",
+        "",
+        f"listener {port} {bind}",
+        "protocol mqtt",
+        f"cafile {files.ca_cert}",
+        f"certfile {files.server_cert}",
+        f"keyfile {files.server_key}",
+        "tls_version tlsv1.2",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "",
+    ]
+    files.config.write_text("\n".join(lines))
+    return files
+
+
+def issue_gateway_identity(
+    broker_dir: Path, gateway_id: str, out_dir: Path, *, days: int = 90
+) -> tuple[Path, Path, Path]:
+    """Development shortcut until enrollment: a gateway key and certificate from the CA.
+
+    Returns ``(ca_cert, cert, key)`` paths inside ``out_dir``.
+    """
+    files = BrokerFiles.at(broker_dir)
+    ca = CertificateAuthority.load(files.ca_cert, files.ca_key)
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert, key, ca_copy = out_dir / "gateway.pem", out_dir / "gateway.key", out_dir / "ca.pem"
+    ca.issue_to_files(gateway_id, cert, key, days=days)
+    ca_copy.write_bytes(files.ca_cert.read_bytes())
+    return ca_copy, cert, key

@@ -1,0 +1,102 @@
+"""Collector configuration: a TOML file validated into frozen models, with defaults."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from collector._exceptions import ConfigError
+from wire import MAX_FRAME_BYTES, MAX_READINGS
+
+_MODEL = ConfigDict(frozen=True, extra="forbid")
+
+
+class BrokerConfig(BaseModel):
+    """The broker connection, with the collector's own client certificate."""
+
+    model_config = _MODEL
+
+    host: Annotated[str, Field(min_length=1)] = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] = "outpost-collector-1"
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+
+
+class StoresConfig(BaseModel):
+    """The embedded SQLite stores (one file each)."""
+
+    model_config = _MODEL
+
+    timeseries_path: Path = Path("/var/lib/outpost-collector/timeseries.db")
+    documents_path: Path = Path("/var/lib/outpost-collector/documents.db")
+    dedup_window_days: Annotated[float, Field(gt=0)] = 30.0
+
+
+class LimitsConfig(BaseModel):
+    """Per-gateway limits. Past a rate limit the collector nacks with retry-after."""
+
+    model_config = _MODEL
+
+    readings_per_s: Annotated[float, Field(gt=0)] = 5_000
+    readings_burst: Annotated[float, Field(gt=0)] = 50_000
+    bytes_per_s: Annotated[float, Field(gt=0)] = 2_000_000
+    bytes_burst: Annotated[float, Field(gt=0)] = 8_000_000
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_FRAME_BYTES
+    max_readings: Annotated[int, Field(ge=1)] = MAX_READINGS
+    store_retry_after_ms: Annotated[int, Field(ge=100)] = 5_000
+
+
+class ClockConfig(BaseModel):
+    """A gateway whose wall clock is off by more than ``tolerance_s`` is flagged and its
+    readings' timestamps are corrected from its monotonic clock."""
+
+    model_config = _MODEL
+
+    tolerance_s: Annotated[float, Field(gt=0)] = 2.0
+
+
+class CollectorConfig(BaseModel):
+    model_config = _MODEL
+
+    log_level: str = "info"
+    broker: BrokerConfig
+    stores: StoresConfig = StoresConfig()
+    limits: LimitsConfig = LimitsConfig()
+    clock: ClockConfig = ClockConfig()
+
+
+def load_config(path: Path) -> CollectorConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; pass --config with the collector's TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = CollectorConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {exc.error_count()} problem(s):"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = (
+                "unknown key; check the spelling"
+                if err["type"] == "extra_forbidden"
+                else err["msg"]
+            )
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    for key in ("ca_file", "cert_file", "key_file"):
+        file = getattr(config.broker, key)
+        if not file.is_file():
+            raise ConfigError(f"{path}: broker.{key}: {file} does not exist or is not a file")
+    return config

@@ -1,0 +1,311 @@
+"""Ingest: decode → validate → deduplicate → rate-limit → correct clocks → store → ack.
+
+:class:`Ingestor` is the synchronous core and knows nothing of MQTT: it takes received
+messages and returns the replies to publish. Acks are produced only after the stores
+committed. A batch that cannot be decoded is quarantined with its raw bytes and acked as
+``quarantined`` so the gateway stops resending it; a store that fails gives nacks, not loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import wire
+from collector._clockfix import ClockCorrector, SendStamp
+from collector._config import CollectorConfig
+from collector._exceptions import StoreError, StoreUnavailable
+from collector._limits import RateLimiter
+from collector.stores import (
+    BatchRecord,
+    DocumentStore,
+    QuarantineEntry,
+    SeriesWrite,
+    TimeSeriesStore,
+)
+from wire import topics
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    properties: dict[str, str]
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    topic: str
+    message: wire.Ack | wire.Nack
+
+
+@dataclass
+class IngestMetrics:
+    batches_stored: int = 0
+    readings_stored: int = 0
+    events_stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    readings_corrected: int = 0
+    nacks: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Accepted:
+    gateway_id: str
+    batch: wire.Batch
+    size: int
+    delta_ns: int
+    received_ns: int
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        config: CollectorConfig,
+        timeseries: TimeSeriesStore,
+        documents: DocumentStore,
+        monotonic: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._cfg = config
+        self._ts = timeseries
+        self._docs = documents
+        self._now = monotonic
+        self._log = logger or logging.getLogger("outpost.collector.ingest")
+        lim = config.limits
+        self._limiter = RateLimiter(
+            readings_per_s=lim.readings_per_s,
+            readings_burst=lim.readings_burst,
+            bytes_per_s=lim.bytes_per_s,
+            bytes_burst=lim.bytes_burst,
+        )
+        self._clock = ClockCorrector(
+            docs=documents, tolerance_ns=int(config.clock.tolerance_s * 1e9), logger=self._log
+        )
+        self.metrics = IngestMetrics()
+
+    def handle(self, messages: Sequence[Incoming]) -> list[Reply]:
+        """Process messages received together; writes are committed before acks are returned."""
+        replies: list[Reply] = []
+        accepted: list[_Accepted] = []
+        keys: set[tuple[str, str, int]] = set()
+        for msg in messages:
+            parsed = topics.parse_up_topic(msg.topic)
+            if parsed is None:
+                self._quarantine(msg, "", "bad_topic", "not an outpost/v1/gw/<id>/up/<kind> topic")
+                continue
+            gateway_id, kind = parsed
+            if kind == "batch":
+                self._batch(msg, gateway_id, replies, accepted, keys)
+            elif kind == "state":
+                self._state(msg, gateway_id)
+            else:
+                self._log.debug("ignoring %s from %s (not handled yet)", kind, gateway_id)
+        if accepted:
+            replies.extend(self._store(accepted))
+        return replies
+
+    def _batch(
+        self,
+        msg: Incoming,
+        gateway_id: str,
+        replies: list[Reply],
+        accepted: list[_Accepted],
+        keys: set[tuple[str, str, int]],
+    ) -> None:
+        ack_topic = topics.down_ack(gateway_id)
+        stream = msg.properties.get(wire.PROP_STREAM, "")
+        try:
+            seq = int(msg.properties.get(wire.PROP_SEQ, ""))
+        except ValueError:
+            seq = 0
+        if not stream or seq < 1:
+            # Without (stream, seq) there is nothing to ack; the raw bytes are kept.
+            self._quarantine(
+                msg, gateway_id, "malformed", "publish lacks the 'stream' and 'seq' user properties"
+            )
+            return
+        lim = self._cfg.limits
+        try:
+            batch = wire.decode_batch(
+                msg.payload, max_frame_bytes=lim.max_frame_bytes, max_readings=lim.max_readings
+            )
+            if batch.gateway_id != gateway_id:
+                raise wire.BatchRejected(
+                    "gateway_mismatch",
+                    f"batch says gateway {batch.gateway_id!r} but arrived on {gateway_id!r}'s topic",
+                )
+            if batch.stream_id != stream or batch.seq != seq:
+                raise wire.BatchRejected(
+                    "malformed", "stream/seq in the body differ from the publish properties"
+                )
+        except wire.BatchRejected as exc:
+            if not self._quarantine(msg, gateway_id, exc.reason, exc.detail):
+                replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
+                return
+            replies.append(
+                Reply(
+                    ack_topic,
+                    wire.Ack(stream=stream, seq=seq, status="quarantined", reason=exc.reason),
+                )
+            )
+            return
+        key = (gateway_id, stream, seq)
+        if key in keys or self._docs.seen(*key):
+            self.metrics.duplicates += 1
+            replies.append(Reply(ack_topic, wire.Ack(stream=stream, seq=seq, status="duplicate")))
+            return
+        verdict = self._limiter.consume(
+            gateway_id, batch.reading_count, len(msg.payload), self._now()
+        )
+        if not verdict.allowed:
+            self.metrics.nacks["rate_limited"] += 1
+            replies.append(
+                Reply(
+                    ack_topic,
+                    wire.Nack(
+                        stream=stream,
+                        seq=seq,
+                        reason="rate_limited",
+                        limit=verdict.limit,
+                        retry_after_ms=max(1, int(verdict.retry_after_s * 1000)),
+                    ),
+                )
+            )
+            return
+        stamp = _send_stamp(msg.properties)
+        if stamp is not None:
+            self._clock.observe(gateway_id, stamp, msg.received_ns)
+        keys.add(key)
+        accepted.append(
+            _Accepted(
+                gateway_id,
+                batch,
+                len(msg.payload),
+                self._clock.delta_ns(gateway_id, batch),
+                msg.received_ns,
+            )
+        )
+
+    def _store(self, accepted: list[_Accepted]) -> list[Reply]:
+        writes: list[SeriesWrite] = []
+        events: list[tuple[str, wire.Event]] = []
+        corrected = 0
+        for a in accepted:
+            d = a.delta_ns
+            for s in a.batch.series:
+                # The gateway id is a tag the collector sets: a gateway speaks only for itself.
+                tags = {**s.t, "gateway": a.gateway_id}
+                points = [(ts + d, f) for ts, f in s.p] if d else list(s.p)
+                writes.append(SeriesWrite(s.m, tags, points))
+            for e in a.batch.events:
+                events.append((a.gateway_id, e.model_copy(update={"ts": e.ts + d}) if d else e))
+            if d:
+                corrected += a.batch.reading_count
+        try:
+            self._ts.write(writes)
+            self._docs.record(
+                [
+                    BatchRecord(
+                        a.gateway_id,
+                        a.batch.stream_id,
+                        a.batch.seq,
+                        a.batch.reading_count,
+                        a.received_ns,
+                    )
+                    for a in accepted
+                ],
+                events,
+            )
+        except StoreError as exc:
+            kind = "unavailable" if isinstance(exc, StoreUnavailable) else "failed"
+            self._log.error("store %s, nacking %d batch(es): %s", kind, len(accepted), exc)
+            replies = []
+            for a in accepted:
+                self._limiter.refund(a.gateway_id, a.batch.reading_count, a.size)
+                replies.append(
+                    Reply(
+                        topics.down_ack(a.gateway_id),
+                        self._store_nack(a.batch.stream_id, a.batch.seq),
+                    )
+                )
+            return replies
+        self.metrics.batches_stored += len(accepted)
+        self.metrics.readings_stored += sum(a.batch.reading_count for a in accepted)
+        self.metrics.events_stored += len(events)
+        self.metrics.readings_corrected += corrected
+        return [
+            Reply(
+                topics.down_ack(a.gateway_id),
+                wire.Ack(stream=a.batch.stream_id, seq=a.batch.seq, status="stored"),
+            )
+            for a in accepted
+        ]
+
+    def _state(self, msg: Incoming, gateway_id: str) -> None:
+        try:
+            state = wire.decode_state(msg.payload)
+        except wire.MessageRejected as exc:
+            self._quarantine(msg, gateway_id, "invalid_schema", str(exc))
+            return
+        try:
+            self._docs.save_state(gateway_id, state, msg.received_ns)
+        except StoreError as exc:
+            self._log.error("cannot save state of %s: %s", gateway_id, exc)
+            return
+        if state.drops:
+            self._log.info("gateway %s reports drops: %s", gateway_id, state.drops)
+
+    def _store_nack(self, stream: str, seq: int) -> wire.Nack:
+        self.metrics.nacks["store_unavailable"] += 1
+        return wire.Nack(
+            stream=stream,
+            seq=seq,
+            reason="store_unavailable",
+            retry_after_ms=self._cfg.limits.store_retry_after_ms,
+            detail="the collector's store is unavailable; keep the batch",
+        )
+
+    def _quarantine(self, msg: Incoming, gateway_id: str, reason: str, detail: str) -> bool:
+        """Keep a bad message with its raw bytes; False if even that failed."""
+        try:
+            self._docs.quarantine(
+                QuarantineEntry(
+                    received_ns=msg.received_ns,
+                    topic=msg.topic,
+                    reason=reason,
+                    detail=detail,
+                    raw=msg.payload,
+                    gateway_id=gateway_id,
+                    properties=msg.properties,
+                )
+            )
+        except StoreError as exc:
+            self._log.error("cannot quarantine a message on %s: %s", msg.topic, exc)
+            return False
+        self.metrics.quarantined += 1
+        self._log.warning(
+            "quarantined a message on %s (%d bytes): %s: %s",
+            msg.topic,
+            len(msg.payload),
+            reason,
+            detail,
+        )
+        return True
+
+
+def _send_stamp(props: dict[str, str]) -> SendStamp | None:
+    try:
+        return SendStamp(
+            boot_id=props[wire.PROP_BOOT],
+            mono_ns=int(props[wire.PROP_SENT_MONO]),
+            wall_ns=int(props[wire.PROP_SENT_WALL]),
+        )
+    except (KeyError, ValueError):
+        return None

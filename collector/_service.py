@@ -1,0 +1,101 @@
+"""The collector's MQTT side: a shared subscription feeding the :class:`Ingestor`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+
+import aiomqtt
+
+import wire
+from collector._config import BrokerConfig
+from collector._ingest import Incoming, Ingestor
+from wire import topics
+
+_MAX_GROUP = 64  # messages processed (and committed) together
+
+
+def client_tls(config: BrokerConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(config.cert_file), str(config.key_file))
+    return ctx
+
+
+class CollectorService:
+    """Subscribes with ``$share/collectors/…``; any number of replicas split the stream."""
+
+    def __init__(
+        self,
+        *,
+        broker: BrokerConfig,
+        ingestor: Ingestor,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._cfg = broker
+        self._ingestor = ingestor
+        self._log = logger or logging.getLogger("outpost.collector")
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+            except* aiomqtt.MqttError as group:
+                self._log.warning(
+                    "broker %s:%d lost or refused: %s",
+                    self._cfg.host,
+                    self._cfg.port,
+                    "; ".join(str(e) for e in group.exceptions),
+                )
+            self.subscribed.clear()
+            attempt = min(attempt + 1, 6)
+            await asyncio.sleep(random.uniform(0.5, 0.5 * 2**attempt))
+
+    async def _session(self) -> None:
+        client = aiomqtt.Client(
+            self._cfg.host,
+            self._cfg.port,
+            identifier=self._cfg.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=client_tls(self._cfg),
+            keepalive=self._cfg.keepalive,
+            clean_start=True,
+            logger=self._log.getChild("mqtt"),
+        )
+        async with client:
+            await client.subscribe(topics.COLLECTOR_SUBSCRIPTION, qos=1)
+            self._log.info(
+                "collector subscribed to %s on %s:%d",
+                topics.COLLECTOR_SUBSCRIPTION,
+                self._cfg.host,
+                self._cfg.port,
+            )
+            self.subscribed.set()
+            queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=10_000)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive(client, queue), name="collector-receive")
+                tg.create_task(self._work(client, queue), name="collector-ingest")
+
+    async def _receive(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+            props: dict[str, str] = {}
+            user = getattr(message.properties, "UserProperty", None) if message.properties else None
+            for key, value in user or []:
+                props[str(key)] = str(value)
+            await queue.put(Incoming(str(message.topic), data, props, time.time_ns()))
+
+    async def _work(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
+        while True:
+            group = [await queue.get()]
+            while len(group) < _MAX_GROUP and not queue.empty():
+                group.append(queue.get_nowait())
+            replies = await asyncio.to_thread(self._ingestor.handle, group)
+            for reply in replies:
+                await client.publish(reply.topic, wire.encode_message(reply.message), qos=1)

@@ -1,0 +1,179 @@
+"""Processes for the demo and the tests: a real Mosquitto, the collector, agents."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from collector._broker import BrokerFiles, init_broker
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+class Mosquitto:
+    """A Mosquitto with its own config, CA and certificates, on a free loopback port."""
+
+    def __init__(self, directory: Path, *, port: int | None = None) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.files: BrokerFiles = init_broker(
+            directory, port=self.port, persistence=False, user=getpass.getuser()
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # Mosquitto logs to its file once configured; startup errors come before that.
+        with (self.files.directory / "mosquitto.stderr").open("ab") as err:
+            self._proc = subprocess.Popen(
+                [self.binary, "-c", str(self.files.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {self.log_tail()}") from None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = ""
+        for f in (self.files.directory / "mosquitto.stderr", self.files.log):
+            if f.exists():
+                text += f.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:]) or "(no log)"
+
+
+def collector_config(
+    path: Path, broker: Mosquitto, data_dir: Path, *, extra: str = "", client_id: str = "outpost-collector-1"
+) -> Path:
+    f = broker.files
+    path.write_text(
+        f"""\
+log_level = "info"
+
+[broker]
+host = "localhost"
+port = {broker.port}
+ca_file = "{f.ca_cert}"
+cert_file = "{f.collector_cert}"
+key_file = "{f.collector_key}"
+client_id = "{client_id}"
+
+[stores]
+timeseries_path = "{data_dir / "timeseries.db"}"
+documents_path = "{data_dir / "documents.db"}"
+{extra}
+"""
+    )
+    return path
+
+
+def agent_config(
+    path: Path,
+    *,
+    gateway_id: str,
+    port: int,
+    identity: tuple[Path, Path, Path],
+    state_dir: Path,
+    sources: str = "",
+    uplink_extra: str = "",
+    buffer_extra: str = "",
+) -> Path:
+    ca, cert, key = identity
+    path.write_text(
+        f"""\
+gateway_id = "{gateway_id}"
+state_dir = "{state_dir}"
+
+[uplink]
+host = "localhost"
+port = {port}
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+reconnect_min = 0.2
+reconnect_max = 2.0
+{uplink_extra}
+
+[buffer]
+{buffer_extra}
+
+{sources}
+"""
+    )
+    return path
+
+
+def spawn(
+    args: list[str], *, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m ARGS`` with the current interpreter, output appended to ``log``."""
+    out = log.open("ab") if log else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    finally:
+        if out:
+            out.close()  # the child has its own copy
+
+
+def stop(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

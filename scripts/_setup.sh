@@ -1,0 +1,35 @@
+# Shared set-up for scripts/demo and scripts/test on Debian/Ubuntu. Sourced, not run.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_debian_packages() {
+    local missing=()
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -q
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q "${missing[@]}"
+    fi
+}
+
+ensure_python() {
+    if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "Outpost needs Python >= 3.11; this machine has $(python3 --version)." >&2
+        exit 1
+    fi
+}
+
+ensure_venv() {
+    # Reinstall only when pyproject.toml changed since the last install.
+    local stamp=.venv/.outpost-installed
+    local want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        .venv/bin/python -m pip install -q --upgrade pip
+        .venv/bin/python -m pip install -q -e ".[dev]"
+        echo "$want" > "$stamp"
+    fi
+}

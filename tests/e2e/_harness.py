@@ -1,0 +1,166 @@
+"""Real processes for the end-to-end tests: the collector and producer agents."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class JournalEntry:
+    run: str
+    n: int
+    ts: int
+    real_ns: int
+
+
+@dataclass
+class Harness:
+    broker: Mosquitto
+    root: Path
+    collector_extra: str = ""
+    collector: subprocess.Popen[bytes] | None = None
+    producers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "collector-data"
+
+    @property
+    def collector_log(self) -> Path:
+        return self.root / "collector.log"
+
+    def start_collector(self) -> None:
+        cfg = collector_config(
+            self.root / "collector.toml", self.broker, self.data, extra=self.collector_extra
+        )
+        before = self.collector_log.read_text() if self.collector_log.exists() else ""
+        self.collector = spawn(
+            ["collector.cli", "serve", "--config", str(cfg)], log=self.collector_log
+        )
+        wait_until(
+            lambda: self.collector_log.read_text().count("collector subscribed")
+            > before.count("collector subscribed"),
+            timeout=20,
+            what="the collector to subscribe",
+        )
+
+    def stop_collector(self) -> None:
+        if self.collector is not None:
+            stop(self.collector)
+            self.collector = None
+
+    def agent_config(
+        self, gateway_id: str, identity: tuple[Path, Path, Path], *, buffer_extra: str = "",
+        uplink_extra: str = "",
+    ) -> Path:
+        return agent_config(
+            self.root / f"{gateway_id}.toml",
+            gateway_id=gateway_id,
+            port=self.broker.port,
+            identity=identity,
+            state_dir=self.root / gateway_id / "state",
+            buffer_extra=buffer_extra or "batch_max_delay = 0.2",
+            uplink_extra=uplink_extra or "ack_timeout = 3",
+        )
+
+    def journal(self, gateway_id: str) -> Path:
+        return self.root / f"{gateway_id}.journal"
+
+    def start_producer(
+        self, config: Path, gateway_id: str, *, run: str = "0", per_poll: int = 20,
+        interval: float = 0.05, limit: int = 0, skew: float = 0.0,
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            "tests.e2e.producer",
+            "--config", str(config), "--journal", str(self.journal(gateway_id)), "--run", run,
+            "--per-poll", str(per_poll), "--interval", str(interval), "--limit", str(limit),
+            "--skew", str(skew),
+        ]
+        proc = spawn(args, log=self.root / f"{gateway_id}.log", env={"PYTHONPATH": str(REPO)})
+        self.producers.append(proc)
+        return proc
+
+    def read_journal(self, gateway_id: str) -> list[JournalEntry]:
+        path = self.journal(gateway_id)
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 4:  # a line cut by kill -9 mid-write is incomplete: not counted
+                out.append(JournalEntry(parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+        return out
+
+    def stored(self, gateway_id: str) -> dict[tuple[str, int], list[tuple[int, dict[str, object]]]]:
+        """(run, n) → every stored reading with that identity: [(ts, fields)]."""
+        db = self.data / "timeseries.db"
+        found: dict[tuple[str, int], list[tuple[int, dict[str, object]]]] = defaultdict(list)
+        if not db.exists():
+            return found
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            try:
+                rows = conn.execute(
+                    "SELECT s.tags, p.ts, p.field, p.value FROM series s JOIN points p"
+                    " ON p.series_id = s.id WHERE s.measurement = 'counter'"
+                ).fetchall()
+            except sqlite3.OperationalError:
+                return found
+        points: dict[tuple[str, int], dict[str, object]] = defaultdict(dict)
+        for tags, ts, name, value in rows:
+            t = json.loads(tags)
+            if t.get("gateway") != gateway_id:
+                continue
+            points[(tags, ts)][name] = value
+        for (tags, ts), fields in points.items():
+            found[(json.loads(tags)["run"], int(fields["n"]))].append((ts, fields))  # type: ignore[call-overload]
+        return found
+
+    def status(self, config: Path) -> dict[str, object]:
+        out = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "status", "--config", str(config), "--json"],
+            capture_output=True, text=True, check=True,
+        )
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def quarantine(self) -> list[tuple[str, str, str]]:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self.data / 'documents.db'}?mode=ro", uri=True)
+        ) as conn:
+            return conn.execute("SELECT gateway_id, reason, detail FROM quarantine ORDER BY id").fetchall()
+
+    def close(self) -> None:
+        for p in self.producers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.stop_collector()
+
+
+def assert_exactly_once(h: Harness, gateway_id: str, journal: list[JournalEntry]) -> None:
+    stored = h.stored(gateway_id)
+    missing = [(e.run, e.n) for e in journal if (e.run, e.n) not in stored]
+    assert not missing, f"{len(missing)} readings handed to the buffer were lost, e.g. {missing[:5]}"
+    dup = {k: v for k, v in stored.items() if len(v) > 1}
+    assert not dup, f"{len(dup)} readings stored more than once, e.g. {list(dup.items())[:3]}"

@@ -1,0 +1,79 @@
+"""The wire contract shared by the agent and the collector.
+
+Readings and events, the batch codec, the MQTT topic layout and the control messages. The
+agent imports this package and never the collector; the collector imports this package and
+never the agent.
+"""
+
+from wire import _topics as topics
+from wire._codec import (
+    MAX_BODY_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_READINGS,
+    VERSION,
+    Batch,
+    ClockInfo,
+    SeriesPoints,
+    decode_batch,
+    encode_batch,
+    frame,
+    group_readings,
+)
+from wire._exceptions import BatchRejected, MessageRejected, RejectReason, WireError
+from wire._messages import (
+    Ack,
+    AckStatus,
+    GatewayState,
+    LimitName,
+    Nack,
+    NackReason,
+    decode_ack,
+    decode_state,
+    encode_message,
+)
+from wire._models import Event, FieldValue, Reading
+
+# MQTT 5 user properties on every batch publish. They travel outside the encoded body, so a
+# batch is encoded once and still carries its send time, and a body that does not decode
+# can still be acknowledged by (stream, seq).
+PROP_STREAM = "stream"
+PROP_SEQ = "seq"
+PROP_BOOT = "boot"
+PROP_SENT_MONO = "sent_mono_ns"
+PROP_SENT_WALL = "sent_wall_ns"
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_READINGS",
+    "PROP_BOOT",
+    "PROP_SENT_MONO",
+    "PROP_SENT_WALL",
+    "PROP_SEQ",
+    "PROP_STREAM",
+    "VERSION",
+    "Ack",
+    "AckStatus",
+    "Batch",
+    "BatchRejected",
+    "ClockInfo",
+    "Event",
+    "FieldValue",
+    "GatewayState",
+    "LimitName",
+    "MessageRejected",
+    "Nack",
+    "NackReason",
+    "Reading",
+    "RejectReason",
+    "SeriesPoints",
+    "WireError",
+    "decode_ack",
+    "decode_batch",
+    "decode_state",
+    "encode_batch",
+    "encode_message",
+    "frame",
+    "group_readings",
+    "topics",
+]

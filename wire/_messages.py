@@ -1,0 +1,82 @@
+"""Control messages: acks and nacks (collector → gateway) and gateway state (birth / will)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from wire._exceptions import MessageRejected
+
+AckStatus = Literal["stored", "duplicate", "quarantined"]
+NackReason = Literal["rate_limited", "store_unavailable", "overloaded", "revoked"]
+LimitName = Literal["readings_per_s", "bytes_per_s"]
+
+
+class Ack(BaseModel):
+    """The batch ``(stream, seq)`` is durably handled; the gateway may delete it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    kind: Literal["ack"] = "ack"
+    stream: str
+    seq: int
+    status: AckStatus
+    reason: str = ""  # for "quarantined": why, so the gateway can log and count it
+
+
+class Nack(BaseModel):
+    """The batch was not stored; keep it and send again after ``retry_after_ms``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    kind: Literal["nack"] = "nack"
+    stream: str
+    seq: int
+    reason: NackReason
+    limit: LimitName | None = None
+    retry_after_ms: Annotated[int, Field(ge=0)]
+    detail: str = ""
+
+
+AckMessage = Annotated[Ack | Nack, Field(discriminator="kind")]
+_ACK_ADAPTER: TypeAdapter[Ack | Nack] = TypeAdapter(AckMessage)
+
+
+class GatewayState(BaseModel):
+    """Retained on ``P/up/state``: the birth message, periodic status, and the will."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    state: Literal["online", "offline"]
+    ts: int
+    boot_id: str
+    agent_version: str = ""
+    stream: str = ""
+    backlog_batches: int = 0
+    backlog_readings: int = 0
+    oldest_unsent_s: float | None = None
+    last_ack_ts: int | None = None
+    drops: dict[str, int] = Field(default_factory=dict)
+
+
+def encode_message(msg: Ack | Nack | GatewayState) -> bytes:
+    return orjson.dumps(msg.model_dump(mode="json"))
+
+
+def decode_ack(data: bytes) -> Ack | Nack:
+    try:
+        return _ACK_ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        raise MessageRejected(f"not an ack or nack: {exc.errors()[0]['msg']}") from None
+
+
+def decode_state(data: bytes) -> GatewayState:
+    try:
+        return GatewayState.model_validate_json(data)
+    except ValidationError as exc:
+        raise MessageRejected(f"not a gateway state message: {exc.errors()[0]['msg']}") from None
