@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+import orjson
 
 from collector._broker import init_broker, issue_gateway_identity
 from collector._config import load_config
@@ -192,6 +193,40 @@ def quarantine_list(config_path: Path, limit: int) -> None:
     for e in entries:
         click.echo(
             f"#{e.id} {e.gateway_id or '-'} {e.topic} {e.reason}: {e.detail} ({len(e.raw)} bytes)"
+        )
+
+
+@main.command()
+@_config_option
+@click.option("--measurement", required=True, help="e.g. environment, cpu, mem, net.")
+@click.option(
+    "--tag", "tag_filters", multiple=True, metavar="KEY=VALUE", help="Only series with this tag."
+)
+@click.option("--last", type=click.IntRange(1, 100_000), default=10, show_default=True)
+def readings(config_path: Path, measurement: str, tag_filters: tuple[str, ...], last: int) -> None:
+    """Print the most recent stored readings of a measurement, one JSON object per line."""
+    tags: dict[str, str] = {}
+    for item in tag_filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--tag")
+        tags[key] = value
+    try:
+        config = load_config(config_path)
+        ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
+    except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        points = ts.query(measurement, tags=tags)[-last:]
+    finally:
+        ts.close()
+    if not points:
+        click.echo(f"no readings of {measurement!r} stored yet", err=True)
+    for p in points:
+        click.echo(
+            orjson.dumps(
+                {"measurement": p.measurement, "tags": p.tags, "fields": p.fields, "ts": p.ts}
+            ).decode()
         )
 
 

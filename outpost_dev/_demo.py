@@ -20,7 +20,9 @@ GATEWAY_ID = "gw-demo"
 def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     broker = Mosquitto(workdir / "broker")
-    identity = issue_gateway_identity(workdir / "broker", GATEWAY_ID, workdir / "gateway" / "identity")
+    identity = issue_gateway_identity(
+        workdir / "broker", GATEWAY_ID, workdir / "gateway" / "identity"
+    )
     data = workdir / "collector-data"
     ccfg = collector_config(workdir / "collector.toml", broker, data)
     acfg = agent_config(
@@ -37,9 +39,7 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     broker.start()
-    collector = spawn(
-        ["collector.cli", "serve", "--config", str(ccfg)], log=logs / "collector.log"
-    )
+    collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=logs / "collector.log")
     agent = spawn(["agent.cli", "run", "--config", str(acfg)], log=logs / "agent.log")
     ts_db = data / "timeseries.db"
     click.echo(
@@ -73,7 +73,9 @@ Where the data is:
                 time.sleep(0.6)
             for name, proc in (("collector", collector), ("agent", agent)):
                 if proc.poll() is not None:
-                    click.echo(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
+                    click.echo(
+                        f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}"
+                    )
                     stopping = True
             if duration is not None and time.monotonic() - started > duration:
                 stopping = True
@@ -97,5 +99,3 @@ def _summary(ts_db: Path) -> str:
         except sqlite3.Error:
             return "no readings stored yet"
     return f"{readings} readings stored in {series} series"
-
-

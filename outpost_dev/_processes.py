@@ -89,7 +89,12 @@ class Mosquitto:
 
 
 def collector_config(
-    path: Path, broker: Mosquitto, data_dir: Path, *, extra: str = "", client_id: str = "outpost-collector-1"
+    path: Path,
+    broker: Mosquitto,
+    data_dir: Path,
+    *,
+    extra: str = "",
+    client_id: str = "outpost-collector-1",
 ) -> Path:
     f = broker.files
     path.write_text(

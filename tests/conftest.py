@@ -40,6 +40,8 @@ def identity(broker: Mosquitto, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Issue a gateway identity: ``identity("gw-1") -> (ca, cert, key)``."""
 
     def issue(gateway_id: str) -> tuple[Path, Path, Path]:
-        return issue_gateway_identity(broker.files.directory, gateway_id, tmp_path / gateway_id / "id")
+        return issue_gateway_identity(
+            broker.files.directory, gateway_id, tmp_path / gateway_id / "id"
+        )
 
     return issue

@@ -18,7 +18,9 @@ from outpost_dev._processes import Mosquitto, agent_config, collector_config, sp
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -60,8 +62,10 @@ class Harness:
             ["collector.cli", "serve", "--config", str(cfg)], log=self.collector_log
         )
         wait_until(
-            lambda: self.collector_log.read_text().count("collector subscribed")
-            > before.count("collector subscribed"),
+            lambda: (
+                self.collector_log.read_text().count("collector subscribed")
+                > before.count("collector subscribed")
+            ),
             timeout=20,
             what="the collector to subscribe",
         )
@@ -72,7 +76,11 @@ class Harness:
             self.collector = None
 
     def agent_config(
-        self, gateway_id: str, identity: tuple[Path, Path, Path], *, buffer_extra: str = "",
+        self,
+        gateway_id: str,
+        identity: tuple[Path, Path, Path],
+        *,
+        buffer_extra: str = "",
         uplink_extra: str = "",
     ) -> Path:
         return agent_config(
@@ -89,14 +97,32 @@ class Harness:
         return self.root / f"{gateway_id}.journal"
 
     def start_producer(
-        self, config: Path, gateway_id: str, *, run: str = "0", per_poll: int = 20,
-        interval: float = 0.05, limit: int = 0, skew: float = 0.0,
+        self,
+        config: Path,
+        gateway_id: str,
+        *,
+        run: str = "0",
+        per_poll: int = 20,
+        interval: float = 0.05,
+        limit: int = 0,
+        skew: float = 0.0,
     ) -> subprocess.Popen[bytes]:
         args = [
             "tests.e2e.producer",
-            "--config", str(config), "--journal", str(self.journal(gateway_id)), "--run", run,
-            "--per-poll", str(per_poll), "--interval", str(interval), "--limit", str(limit),
-            "--skew", str(skew),
+            "--config",
+            str(config),
+            "--journal",
+            str(self.journal(gateway_id)),
+            "--run",
+            run,
+            "--per-poll",
+            str(per_poll),
+            "--interval",
+            str(interval),
+            "--limit",
+            str(limit),
+            "--skew",
+            str(skew),
         ]
         proc = spawn(args, log=self.root / f"{gateway_id}.log", env={"PYTHONPATH": str(REPO)})
         self.producers.append(proc)
@@ -140,7 +166,9 @@ class Harness:
     def status(self, config: Path) -> dict[str, object]:
         out = subprocess.run(
             [sys.executable, "-m", "agent.cli", "status", "--config", str(config), "--json"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -148,7 +176,9 @@ class Harness:
         with contextlib.closing(
             sqlite3.connect(f"file:{self.data / 'documents.db'}?mode=ro", uri=True)
         ) as conn:
-            return conn.execute("SELECT gateway_id, reason, detail FROM quarantine ORDER BY id").fetchall()
+            return conn.execute(
+                "SELECT gateway_id, reason, detail FROM quarantine ORDER BY id"
+            ).fetchall()
 
     def close(self) -> None:
         for p in self.producers:
@@ -161,6 +191,8 @@ class Harness:
 def assert_exactly_once(h: Harness, gateway_id: str, journal: list[JournalEntry]) -> None:
     stored = h.stored(gateway_id)
     missing = [(e.run, e.n) for e in journal if (e.run, e.n) not in stored]
-    assert not missing, f"{len(missing)} readings handed to the buffer were lost, e.g. {missing[:5]}"
+    assert not missing, (
+        f"{len(missing)} readings handed to the buffer were lost, e.g. {missing[:5]}"
+    )
     dup = {k: v for k, v in stored.items() if len(v) > 1}
     assert not dup, f"{len(dup)} readings stored more than once, e.g. {list(dup.items())[:3]}"

@@ -24,7 +24,9 @@ from wire import Event, Reading
 
 
 class CountingSource:
-    def __init__(self, *, run: str, per_poll: int, interval: float, clock: Clock, limit: int) -> None:
+    def __init__(
+        self, *, run: str, per_poll: int, interval: float, clock: Clock, limit: int
+    ) -> None:
         self.name = "counter"
         self.interval = interval
         self._run, self._per_poll, self._clock, self._limit = run, per_poll, clock, limit
@@ -69,28 +71,38 @@ async def main() -> None:
     p.add_argument("--run", default="0")
     p.add_argument("--per-poll", type=int, default=20)
     p.add_argument("--interval", type=float, default=0.05)
-    p.add_argument("--limit", type=int, default=0, help="stop producing after this many; 0 = no limit")
+    p.add_argument(
+        "--limit", type=int, default=0, help="stop producing after this many; 0 = no limit"
+    )
     p.add_argument("--skew", type=float, default=0.0, help="wall clock error in seconds")
     args = p.parse_args()
     config = load_config(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     clock = SkewedClock(skew_ns=int(args.skew * 1e9)) if args.skew else SystemClock()
     sources = []
     if args.per_poll > 0:
         sources.append(
             CountingSource(
-                run=args.run, per_poll=args.per_poll, interval=args.interval, clock=clock,
+                run=args.run,
+                per_poll=args.per_poll,
+                interval=args.interval,
+                clock=clock,
                 limit=args.limit,
             )
         )
-    with Outbox(
-        path=config.buffer_path,
-        gateway_id=config.gateway_id,
-        clock=clock,
-        max_bytes=int(config.buffer.max_bytes),
-        batch_max_readings=config.buffer.batch_max_readings,
-        durability=config.buffer.durability,
-    ) as outbox, args.journal.open("a") as journal:
+    with (
+        Outbox(
+            path=config.buffer_path,
+            gateway_id=config.gateway_id,
+            clock=clock,
+            max_bytes=int(config.buffer.max_bytes),
+            batch_max_readings=config.buffer.batch_max_readings,
+            durability=config.buffer.durability,
+        ) as outbox,
+        args.journal.open("a") as journal,
+    ):
         agent = JournalingAgent(config=config, clock=clock, outbox=outbox, sources=sources)
         agent.journal, agent.run_id = journal, args.run
         task = asyncio.current_task()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-import sqlite3
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -20,8 +20,9 @@ def drain(h: Harness, config: Path, gateway_id: str, *, timeout: float = 60) -> 
     """Run the agent without producing until the collector has acked its whole buffer."""
     proc = h.start_producer(config, gateway_id, run="drain", per_poll=0)
     wait_until(
-        lambda: h.status(config)["backlog_readings"] == 0
-        and h.status(config)["pending_events"] == 0,
+        lambda: (
+            h.status(config)["backlog_readings"] == 0 and h.status(config)["pending_events"] == 0
+        ),
         timeout=timeout,
         what="the agent's backlog to drain",
     )
@@ -69,7 +70,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(harness: Harness,
     assert_exactly_once(h, "gw-kill", journal)
 
 
-def test_collector_and_broker_restarts_lose_and_duplicate_nothing(harness: Harness, identity) -> None:
+def test_collector_and_broker_restarts_lose_and_duplicate_nothing(
+    harness: Harness, identity
+) -> None:
     h = harness
     h.start_collector()
     cfg = h.agent_config("gw-restart", identity("gw-restart"))
@@ -107,10 +110,14 @@ def test_clock_wrong_at_boot_is_corrected(harness: Harness, identity) -> None:
     wait_until(lambda: len(h.stored("gw-clock")) >= 100, timeout=30, what="stored readings")
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
-    proc = h.start_producer(cfg, "gw-clock", run="live", per_poll=10, interval=0.05, limit=100, skew=-year)
+    proc = h.start_producer(
+        cfg, "gw-clock", run="live", per_poll=10, interval=0.05, limit=100, skew=-year
+    )
     journal_len = len(h.read_journal("gw-clock"))
     wait_until(
-        lambda: len(h.read_journal("gw-clock")) >= journal_len + 100, timeout=20, what="live readings"
+        lambda: len(h.read_journal("gw-clock")) >= journal_len + 100,
+        timeout=20,
+        what="live readings",
     )
     wait_until(lambda: clock_flag(h) == 1, timeout=20, what="the gateway to be flagged")
     assert clock_skew(h) < -year * 0.99

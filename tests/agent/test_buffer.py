@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import wire
+from agent import BufferError, Outbox
+from agent._buffer import DROP_DISK_FULL, DROP_REJECTED
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.boot_id = "boot-1"
+        self.wall = 1_700_000_000 * 10**9
+        self.mono = 1_000 * 10**9
+        self.is_synced = True
+
+    def wall_ns(self) -> int:
+        return self.wall
+
+    def mono_ns(self) -> int:
+        return self.mono
+
+    def synced(self) -> bool:
+        return self.is_synced
+
+    def advance(self, seconds: float) -> None:
+        self.wall += int(seconds * 1e9)
+        self.mono += int(seconds * 1e9)
+
+
+def readings(n: int, start: int = 0, ts: int = 10**18, noise: bool = False) -> list[wire.Reading]:
+    rng = random.Random(start)
+    return [
+        wire.Reading(
+            measurement="m",
+            tags={"d": str(i % 3)},
+            fields={"n": i, "x": rng.random()} if noise else {"n": i},
+            ts=ts + i,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def outbox(path: Path, clock: FakeClock | None = None, **kw: object) -> Outbox:
+    defaults: dict[str, object] = {"max_bytes": 64 << 20, "batch_max_readings": 100}
+    defaults.update(kw)
+    return Outbox(path=path, gateway_id="gw-1", clock=clock or FakeClock(), **defaults).open()  # type: ignore[arg-type]
+
+
+def decoded(b: object) -> wire.Batch:
+    return wire.decode_batch(b.payload)  # type: ignore[attr-defined]
+
+
+def test_readings_become_batches_in_order_and_survive_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    with outbox(db) as ob:
+        ob.append(readings(250))
+        stream = ob.stream_id
+        b1, b2 = ob.form_batch(), ob.form_batch()
+        assert b1 is not None
+        assert b2 is not None
+        assert (b1.seq, b1.readings, b2.seq) == (1, 100, 2)
+    with outbox(db) as ob:  # reopened: same stream, counter continues, nothing lost
+        assert ob.stream_id == stream
+        b3 = ob.form_batch()
+        assert b3 is not None
+        assert b3.seq == 3
+        assert b3.readings == 50
+        assert ob.form_batch() is None
+        got = [r.fields["n"] for b in ob.pick(10) for r in decoded(b).readings()]
+        assert sorted(got) == list(range(250))
+        assert decoded(b3).gateway_id == "gw-1"
+        assert decoded(b3).stream_id == stream
+
+
+def test_batches_are_deleted_only_on_ack_and_rejections_count_as_drops(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db") as ob:
+        ob.append(readings(300))
+        while ob.form_batch():
+            pass
+        assert ob.acknowledge(2) is True
+        assert ob.acknowledge(2) is False  # a second ack of the same batch changes nothing
+        assert ob.acknowledge(3, rejected=True) is True
+        s = ob.stats()
+        assert (s.batches, s.batch_readings) == (1, 100)
+        assert s.drops == {DROP_REJECTED: 100}
+        assert s.last_ack_ns is not None
+
+
+def test_pick_sends_the_newest_first_and_drains_the_oldest(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db", batch_max_readings=10) as ob:
+        ob.append(readings(100))
+        while ob.form_batch():
+            pass
+        assert [b.seq for b in ob.pick(4)] == [10, 1, 9, 2]
+        assert [b.seq for b in ob.pick(2, exclude={10, 1})] == [9, 2]
+        assert ob.pick(0) == []
+
+
+def test_a_clock_step_starts_a_new_batch_with_its_own_offset(tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.is_synced = False
+    with outbox(tmp_path / "b.db", clock) as ob:
+        ob.append(readings(5))
+        clock.wall += 3600 * 10**9  # NTP sets the clock: wall − mono jumps by an hour
+        clock.is_synced = True
+        ob.append(readings(5, start=5))
+        first, second = decoded(ob.form_batch()), decoded(ob.form_batch())
+        assert first.reading_count == second.reading_count == 5
+        assert second.clock.offset_ns - first.clock.offset_ns == 3600 * 10**9
+        assert (first.clock.synced, second.clock.synced) == (False, True)
+        assert first.boot_id == "boot-1"
+
+
+def test_disk_bound_drops_oldest_batches_and_counts_every_reading(tmp_path: Path) -> None:
+    bound = 256 * 1024
+    with outbox(tmp_path / "b.db", max_bytes=bound, batch_max_readings=200) as ob:
+        produced = 0
+        for i in range(100):
+            ob.append(readings(200, start=produced, ts=10**18 + i * 1000, noise=True))
+            produced += 200
+            ob.form_batch()
+        s = ob.stats()
+        assert ob.used_bytes() <= bound
+        dropped = s.drops[DROP_DISK_FULL]
+        assert dropped > 0
+        assert s.backlog_readings + dropped == produced
+        kept = sorted(r.fields["n"] for b in ob.pick(1000) for r in decoded(b).readings())
+        assert kept[-1] == produced - 1, "the newest data is kept"
+        assert kept == list(range(dropped, produced)), "exactly the oldest were dropped"
+
+
+def test_migrations_are_recorded(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "b.db")
+    rows = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
+    assert rows == [("outpost-agent-buffer", "0001_initial")]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unusable_path_gives_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BufferError, match="cannot create the buffer"):
+        Outbox(path=blocker / "b.db", gateway_id="g", clock=FakeClock(), max_bytes=1 << 20).open()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 100)
+    with pytest.raises(BufferError, match=r"garbage\.db"):
+        Outbox(path=garbage, gateway_id="g", clock=FakeClock(), max_bytes=1 << 20).open()
+
+
+def test_events_ride_in_batches(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db") as ob:
+        ev = wire.Event(id="e1", type="offline", ts=5, source="cam", body={"why": "timeout"})
+        ob.append([], [ev])
+        b = decoded(ob.form_batch())
+        assert b.events == [ev]
+        assert b.series == []

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import ConfigError, load_config
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    for name in ("ca.pem", "gw.pem", "gw.key"):
+        (tmp_path / name).write_text("x")
+    return tmp_path
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "agent.toml"
+    p.write_text(body)
+    return p
+
+
+def base(d: Path, extra: str = "", gateway: str = "gw-1") -> str:
+    return f"""
+gateway_id = "{gateway}"
+[uplink]
+host = "broker"
+ca_file = "{d / "ca.pem"}"
+cert_file = "{d / "gw.pem"}"
+key_file = "{d / "gw.key"}"
+{extra}
+"""
+
+
+def test_minimal_config_gets_defaults(files: Path) -> None:
+    cfg = load_config(write(files, base(files)))
+    assert cfg.uplink.port == 8883
+    assert int(cfg.buffer.max_bytes) == 256 * 1024 * 1024
+    assert cfg.buffer_path == Path("/var/lib/outpost/buffer.db")
+
+
+def test_sizes_take_units(files: Path) -> None:
+    cfg = load_config(write(files, base(files) + '[buffer]\nmax_bytes = "64MiB"\n'))
+    assert int(cfg.buffer.max_bytes) == 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("gateway_id = 1", "not valid TOML"),
+        ('[[sources]]\ntype = "host"\ninterval = 0\n', "sources.0.host.interval"),
+        ('[[sources]]\ntype = "snmp"\n', "sources.0"),
+        ("[uplink]\nportt = 1\n", "unknown key"),
+        ("", None),
+    ],
+)
+def test_errors_name_the_file_and_the_key(files: Path, body: str, words: str | None) -> None:
+    text = (
+        base(files) + body
+        if not body.startswith("[uplink]")
+        else base(files).replace("[uplink]", body.strip() + "\n")
+    )
+    if body == "gateway_id = 1":
+        text = "gateway_id = = 1"
+    if words is None:
+        load_config(write(files, text))
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(write(files, text))
+    assert str(files / "agent.toml") in str(err.value)
+    assert words in str(err.value)
+
+
+def test_gateway_id_must_fit_a_topic_level(files: Path) -> None:
+    with pytest.raises(ConfigError, match="gateway_id: Value error, must be 1-64"):
+        load_config(write(files, base(files, gateway="gw/1")))
+
+
+def test_missing_certificate_file_is_named(files: Path) -> None:
+    (files / "gw.key").unlink()
+    with pytest.raises(ConfigError, match=r"uplink.key_file: .*gw.key does not exist"):
+        load_config(write(files, base(files)))
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file; pass --config"):
+        load_config(tmp_path / "nope.toml")

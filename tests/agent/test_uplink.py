@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import random
+import ssl
+from pathlib import Path
+
+import pytest
+
+from agent import AckTracker, Backoff, UplinkError, tls_context
+from provisioning import CertificateAuthority
+
+
+def test_backoff_grows_exponentially_with_jitter_and_resets() -> None:
+    b = Backoff(base=1, cap=30, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(8)]
+    assert all(0.5 <= d <= 30 for d in delays)
+    assert max(delays[5:]) > 4  # grown well past the base
+    ceilings = [min(30, 2**i) for i in range(8)]
+    assert all(d <= c for d, c in zip(delays, ceilings, strict=True))
+    b.reset()
+    assert b.next_delay() <= 1
+
+
+def test_ack_tracker_expires_unacked_batches() -> None:
+    t = AckTracker()
+    t.add(1, now=0)
+    t.add(2, now=5)
+    assert t.next_deadline(10) == 10
+    assert t.expire(now=10, timeout=10) == [1]
+    assert t.seqs() == {2}
+    assert t.discard(2)
+    assert not t.discard(2)
+    assert len(t) == 0
+
+
+def test_tls_context_always_verifies_the_broker(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create()
+    ca.save(tmp_path / "ca.pem", tmp_path / "ca.key")
+    ca.issue_to_files("gw-1", tmp_path / "gw.pem", tmp_path / "gw.key")
+    ctx = tls_context(
+        ca_file=tmp_path / "ca.pem", cert_file=tmp_path / "gw.pem", key_file=tmp_path / "gw.key"
+    )
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+def test_tls_material_that_does_not_load_is_named(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create()
+    ca.save(tmp_path / "ca.pem", tmp_path / "ca.key")
+    ca.issue_to_files("gw-1", tmp_path / "gw.pem", tmp_path / "gw.key")
+    ca.issue_to_files("gw-2", tmp_path / "other.pem", tmp_path / "other.key")
+    with pytest.raises(UplinkError, match="do not load together"):
+        tls_context(
+            ca_file=tmp_path / "ca.pem",
+            cert_file=tmp_path / "gw.pem",
+            key_file=tmp_path / "other.key",
+        )
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    with pytest.raises(UplinkError, match="ca_file"):
+        tls_context(
+            ca_file=tmp_path / "bad.pem",
+            cert_file=tmp_path / "gw.pem",
+            key_file=tmp_path / "gw.key",
+        )

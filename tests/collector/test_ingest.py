@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import wire
+from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable
+from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from wire import topics
+
+NOW = 1_800_000_000 * 10**9
+
+
+def make_config(tmp_path: Path, **limits: object) -> CollectorConfig:
+    return CollectorConfig.model_validate(
+        {
+            "broker": {"ca_file": "ca", "cert_file": "c", "key_file": "k"},
+            "stores": {
+                "timeseries_path": tmp_path / "ts.db",
+                "documents_path": tmp_path / "docs.db",
+            },
+            "limits": limits,
+        }
+    )
+
+
+class Env:
+    def __init__(self, tmp_path: Path, **limits: object) -> None:
+        self.cfg = make_config(tmp_path, **limits)
+        self.ts = SqliteTimeSeriesStore(self.cfg.stores.timeseries_path)
+        self.docs = SqliteDocumentStore(self.cfg.stores.documents_path)
+        self.t = 0.0
+        self.ingestor = Ingestor(
+            config=self.cfg, timeseries=self.ts, documents=self.docs, monotonic=lambda: self.t
+        )
+
+    def close(self) -> None:
+        self.ts.close()
+        self.docs.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def frame(
+    seq: int,
+    *,
+    gw: str = "gw-1",
+    n: int = 3,
+    offset: int = 0,
+    boot: str = "b1",
+    events: Sequence[wire.Event] = (),
+) -> bytes:
+    readings = [
+        wire.Reading(
+            measurement="env",
+            tags={"device": "d1"},
+            fields={"t": float(i), "on": True},
+            ts=NOW + seq * 1000 + i,
+        )
+        for i in range(n)
+    ]
+    b = wire.Batch.model_validate(
+        {
+            "gw": gw,
+            "stream": "s1",
+            "boot": boot,
+            "seq": seq,
+            "created": NOW,
+            "clock": {"offset_ns": offset, "synced": True},
+            "series": wire.group_readings(readings),
+            "events": list(events),
+        }
+    )
+    return wire.encode_batch(b)
+
+
+def msg(
+    payload: bytes, seq: int, *, gw: str = "gw-1", props: dict[str, str] | None = None
+) -> Incoming:
+    p = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
+    p.update(props or {})
+    return Incoming(topics.up_batch(gw), payload, p, NOW)
+
+
+def test_stored_then_acked_and_a_retransmit_is_acked_but_not_stored_again(env: Env) -> None:
+    ev = wire.Event(id="e1", type="motion", ts=NOW, body={"zone": "door"})
+    [reply] = env.ingestor.handle([msg(frame(1, events=[ev]), 1)])
+    assert reply.topic == "outpost/v1/gw/gw-1/down/ack"
+    assert reply.message == wire.Ack(stream="s1", seq=1, status="stored")
+    points = env.ts.query("env")
+    assert [(p.tags, p.fields) for p in points] == [
+        ({"device": "d1", "gateway": "gw-1"}, {"t": float(i), "on": True}) for i in range(3)
+    ]
+    assert env.docs.events("gw-1") == [ev]
+    # Retransmitted (twice in one round, and once later): acked as duplicate, stored once.
+    replies = env.ingestor.handle([msg(frame(1, events=[ev]), 1), msg(frame(1), 1)])
+    assert [r.message.status for r in replies] == ["duplicate", "duplicate"]  # type: ignore[union-attr]
+    replies = env.ingestor.handle([msg(frame(2), 2), msg(frame(2), 2)])
+    assert [r.message.status for r in replies] == ["duplicate", "stored"]  # type: ignore[union-attr]
+    assert env.ts.count_points("env") == 6
+    assert len(env.docs.events("gw-1")) == 1
+    assert env.ingestor.metrics.duplicates == 3
+
+
+def test_a_gateway_cannot_write_another_gateways_series(env: Env) -> None:
+    [reply] = env.ingestor.handle([msg(frame(1, gw="gw-2"), 1, gw="gw-1")])
+    assert reply.message == wire.Ack(
+        stream="s1", seq=1, status="quarantined", reason="gateway_mismatch"
+    )
+    [q] = env.docs.quarantined()
+    assert q.reason == "gateway_mismatch"
+    assert q.raw == frame(1, gw="gw-2")
+    assert env.ts.count_points() == 0
+    # And a tag named "gateway" in the batch cannot override the topic's identity.
+    r = wire.Reading(measurement="m", tags={"gateway": "gw-2"}, fields={"v": 1}, ts=NOW)
+    b = wire.Batch.model_validate(
+        {
+            "gw": "gw-1",
+            "stream": "s1",
+            "boot": "b",
+            "seq": 2,
+            "created": NOW,
+            "clock": {"offset_ns": 0, "synced": True},
+            "series": wire.group_readings([r]),
+        }
+    )
+    env.ingestor.handle([msg(wire.encode_batch(b), 2)])
+    assert env.ts.query("m")[0].tags == {"gateway": "gw-1"}
+
+
+def test_publish_without_stream_and_seq_is_quarantined_without_ack(env: Env) -> None:
+    replies = env.ingestor.handle([Incoming(topics.up_batch("gw-1"), frame(1), {}, NOW)])
+    assert replies == []
+    assert env.docs.quarantined()[0].reason == "malformed"
+
+
+def test_unknown_topic_shapes_are_quarantined(env: Env) -> None:
+    env.ingestor.handle([Incoming("outpost/v1/gw/gw-1/sideways", b"x", {}, NOW)])
+    assert env.docs.quarantined()[0].reason == "bad_topic"
+
+
+def test_rate_limit_nacks_with_the_limit_and_retry_after(tmp_path: Path) -> None:
+    env = Env(tmp_path, readings_per_s=10, readings_burst=10)
+    try:
+        r1 = env.ingestor.handle([msg(frame(1, n=8), 1)])
+        r2 = env.ingestor.handle([msg(frame(2, n=8), 2)])
+        assert r1[0].message.status == "stored"  # type: ignore[union-attr]
+        nack = r2[0].message
+        assert isinstance(nack, wire.Nack)
+        assert (nack.reason, nack.limit) == ("rate_limited", "readings_per_s")
+        assert nack.retry_after_ms == 600  # 6 tokens missing at 10/s
+        env.t += 0.6
+        assert env.ingestor.handle([msg(frame(2, n=8), 2)])[0].message.status == "stored"  # type: ignore[union-attr]
+    finally:
+        env.close()
+
+
+class FailingTimeSeries(SqliteTimeSeriesStore):
+    def write(self, series: Sequence[SeriesWrite]) -> None:
+        raise StoreUnavailable("disk I/O error")
+
+
+def test_a_failing_store_gives_nacks_and_refunds_the_rate_limit(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, readings_per_s=10, readings_burst=10)
+    ts = FailingTimeSeries(cfg.stores.timeseries_path)
+    docs = SqliteDocumentStore(cfg.stores.documents_path)
+    ing = Ingestor(config=cfg, timeseries=ts, documents=docs, monotonic=lambda: 0.0)
+    for _ in range(3):  # refunded each time, so never rate limited
+        [reply] = ing.handle([msg(frame(1, n=8), 1)])
+        assert isinstance(reply.message, wire.Nack)
+        assert reply.message.reason == "store_unavailable"
+        assert reply.message.retry_after_ms == 5000
+    assert not docs.seen("gw-1", "s1", 1)
+    ts.close()
+    docs.close()
+
+
+def test_clock_correction_is_applied_once_and_identically_on_retransmit(env: Env) -> None:
+    year = 365 * 24 * 3600 * 10**9
+    mono = 500 * 10**9
+    true_offset = NOW - mono
+    skewed = true_offset - year  # the gateway's wall clock is a year behind
+    props = {
+        wire.PROP_BOOT: "b1",
+        wire.PROP_SENT_MONO: str(mono),
+        wire.PROP_SENT_WALL: str(NOW - year),
+    }
+    env.ingestor.handle([msg(frame(1, offset=skewed), 1, props=props)])
+    ts1 = [p.ts for p in env.ts.query("env")]
+    assert ts1 == [NOW + 1000 + i + year for i in range(3)]
+    gw = env.docs.gateway("gw-1")
+    assert gw is not None
+    assert gw.clock_flagged
+    assert gw.clock_skew_s == pytest.approx(-year / 1e9)
+    # A later batch of the same boot, after NTP fixed the clock: no correction needed.
+    props_later = {
+        **props,
+        wire.PROP_SENT_MONO: str(mono + 10**9),
+        wire.PROP_SENT_WALL: str(NOW + 10**9),
+    }
+    env.ingestor.handle([msg(frame(2, offset=true_offset), 2, props=props_later)])
+    assert [p.ts for p in env.ts.query("env")] == [NOW + 2000 + i for i in range(3)] + ts1
+    assert not env.docs.gateway("gw-1").clock_flagged  # type: ignore[union-attr]
+    # A new collector process (fresh caches) corrects the old batch the same way.
+    fresh = Ingestor(config=env.cfg, timeseries=env.ts, documents=env.docs)
+    assert fresh._clock.delta_ns("gw-1", wire.decode_batch(frame(1, offset=skewed))) == year
+
+
+def test_state_messages_update_the_gateway(env: Env) -> None:
+    state = wire.GatewayState(
+        state="online",
+        ts=NOW,
+        boot_id="b1",
+        agent_version="0.1.0",
+        backlog_readings=12,
+        drops={"disk_full": 3},
+    )
+    env.ingestor.handle([Incoming(topics.up_state("gw-1"), wire.encode_message(state), {}, NOW)])
+    gw = env.docs.gateway("gw-1")
+    assert gw is not None
+    assert gw.state == "online"
+    assert gw.status["backlog_readings"] == 12
+    assert gw.status["drops"] == {"disk_full": 3}
+    env.ingestor.handle([Incoming(topics.up_state("gw-1"), b"{}", {}, NOW)])
+    assert env.docs.quarantined()[0].reason == "invalid_schema"

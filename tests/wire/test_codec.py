@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import zlib
+
+import orjson
+import pytest
+
+import wire
+from wire import topics
+
+
+def reading(i: int, **tags: str) -> wire.Reading:
+    return wire.Reading(
+        measurement="env",
+        tags=tags or {"device": "d1"},
+        fields={"t": 20.5 + i, "ok": True},
+        ts=10**18 + i,
+    )
+
+
+def batch(**overrides: object) -> wire.Batch:
+    data: dict[str, object] = {
+        "gw": "gw-1",
+        "stream": "s1",
+        "boot": "b1",
+        "seq": 7,
+        "created": 10**18,
+        "clock": wire.ClockInfo(offset_ns=123, synced=False),
+        "series": wire.group_readings([reading(i) for i in range(5)] + [reading(9, device="d2")]),
+    }
+    data.update(overrides)
+    return wire.Batch.model_validate(data)
+
+
+def test_round_trip_keeps_every_reading_and_groups_tags_once() -> None:
+    b = batch(events=[wire.Event(id="e1", type="motion", ts=5, body={"zone": "door"})])
+    frame = wire.encode_batch(b)
+    back = wire.decode_batch(frame)
+    assert back == b
+    assert [r.tags["device"] for r in back.readings()] == ["d1"] * 5 + ["d2"]
+    assert len(back.series) == 2
+    body = orjson.loads(zlib.decompress(frame[5:]))
+    assert body["series"][0]["t"] == {"device": "d1"}
+    assert len(body["series"][0]["p"]) == 5
+
+
+def test_types_survive_strictly() -> None:
+    r = wire.Reading(measurement="m", fields={"b": True, "i": 3, "f": 3.0, "s": "3"}, ts=1)
+    back = next(
+        wire.decode_batch(wire.encode_batch(batch(series=wire.group_readings([r])))).readings()
+    )
+    assert back.fields == {"b": True, "i": 3, "f": 3.0, "s": "3"}
+    assert [type(v) for v in back.fields.values()] == [bool, int, float, str]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "words"),
+    [
+        (b"garbage", "malformed", "magic"),
+        (wire.frame(b"{}", version=2), "unsupported_version", "version 2"),
+        (b"OPB\x01\x07xx", "malformed", "compression"),
+        (b"OPB\x01\x01not zlib", "malformed", "decompress"),
+        (wire.frame(b"{not json"), "malformed", "JSON"),
+        (wire.frame(b'{"gw": "gw-1"}'), "invalid_schema", "stream"),
+        (b"OPB\x01\x00" + bytes(2 << 20), "oversized", "limit"),
+    ],
+)
+def test_bad_frames_are_rejected_with_a_reason(data: bytes, reason: str, words: str) -> None:
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(data)
+    assert err.value.reason == reason
+    assert words in err.value.detail
+
+
+def test_zip_bomb_stops_at_the_body_limit() -> None:
+    bomb = wire.frame(b" " * (20 << 20))  # 20 MiB of spaces compresses to ~20 KiB
+    assert len(bomb) < 100_000
+    with pytest.raises(wire.BatchRejected, match="oversized"):
+        wire.decode_batch(bomb)
+
+
+def test_too_many_readings_is_oversized() -> None:
+    frame = wire.encode_batch(batch())
+    with pytest.raises(wire.BatchRejected, match="6 readings, the limit is 5"):
+        wire.decode_batch(frame, max_readings=5)
+
+
+@pytest.mark.parametrize(
+    "bad_point",
+    [[1, {}], ["1", {"v": 1}], [-1, {"v": 1}], [1, {"v": [1]}], [1, {"v": None}], [1, {"": 1}]],
+)
+def test_schema_violations_name_the_place(bad_point: list[object]) -> None:
+    body = batch().model_dump(mode="json")
+    body["series"][0]["p"][0] = bad_point
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(wire.frame(orjson.dumps(body)))
+    assert err.value.reason == "invalid_schema"
+    assert "series.0.p.0" in err.value.detail
+
+
+def test_gateway_id_must_be_a_single_topic_level() -> None:
+    body = batch().model_dump(mode="json")
+    body["gw"] = "gw/+"
+    with pytest.raises(wire.BatchRejected, match="gw"):
+        wire.decode_batch(wire.frame(orjson.dumps(body)))
+
+
+def test_topics() -> None:
+    assert topics.up_batch("gw-1") == "outpost/v1/gw/gw-1/up/batch"
+    assert topics.down_ack("gw-1") == "outpost/v1/gw/gw-1/down/ack"
+    assert topics.parse_up_topic("outpost/v1/gw/gw-1/up/state") == ("gw-1", "state")
+    assert topics.parse_up_topic("outpost/v1/gw/gw-1/down/ack") is None
+    assert topics.parse_up_topic("outpost/v1/gw/+/up/batch") is None
+    assert topics.COLLECTOR_SUBSCRIPTION == "$share/collectors/outpost/v1/gw/+/up/#"
+
+
+def test_ack_and_nack_messages() -> None:
+    nack = wire.Nack(
+        stream="s", seq=3, reason="rate_limited", limit="bytes_per_s", retry_after_ms=250
+    )
+    assert wire.decode_ack(wire.encode_message(nack)) == nack
+    ack = wire.Ack(stream="s", seq=3, status="stored")
+    assert wire.decode_ack(wire.encode_message(ack)) == ack
+    with pytest.raises(wire.MessageRejected):
+        wire.decode_ack(b'{"kind": "ack"}')
+    with pytest.raises(wire.MessageRejected):
+        wire.decode_ack(b"\xff")
