@@ -92,6 +92,9 @@ class Outbox:
         self._epoch: ClockEpoch | None = None
         self._stream_id = ""
         self._page_size = 4096
+        # (measurement, tag items) → series id, and series id → its JSON key.
+        self._series_ids: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        self._series_keys: dict[int, bytes] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,23 +154,22 @@ class Outbox:
         if not readings and not events:
             return
         dumps = orjson.dumps
-        sort = orjson.OPT_SORT_KEYS
+        ids = self._series_ids
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             epoch = self._current_epoch()
             if readings:
+                rows = []
+                for r in readings:
+                    key = (r.measurement, tuple(r.tags.items()))
+                    sid = ids.get(key)
+                    if sid is None:
+                        sid = self._series_id(r)
+                        ids[key] = sid
+                    rows.append((epoch, sid, r.ts, dumps(r.fields)))
                 conn.executemany(
-                    "INSERT INTO readings (epoch, series, ts, fields) VALUES (?, ?, ?, ?)",
-                    [
-                        (
-                            epoch,
-                            dumps({"m": r.measurement, "t": r.tags}, option=sort),
-                            r.ts,
-                            dumps(r.fields),
-                        )
-                        for r in readings
-                    ],
+                    "INSERT INTO readings (epoch, series, ts, fields) VALUES (?, ?, ?, ?)", rows
                 )
             if events:
                 conn.executemany(
@@ -177,8 +179,27 @@ class Outbox:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            self._series_ids.clear()  # ids made in the rolled-back transaction are gone
             raise BufferError(f"{self.path}: cannot store readings: {exc}") from exc
         self.enforce_bound()
+
+    def _series_id(self, reading: Reading) -> int:
+        key = orjson.dumps(
+            {"m": reading.measurement, "t": reading.tags}, option=orjson.OPT_SORT_KEYS
+        )
+        self.conn.execute("INSERT OR IGNORE INTO series (key) VALUES (?)", (key,))
+        sid = int(self.conn.execute("SELECT id FROM series WHERE key = ?", (key,)).fetchone()[0])
+        self._series_keys[sid] = key
+        return sid
+
+    def _series_key(self, sid: int) -> bytes:
+        key = self._series_keys.get(sid)
+        if key is None:
+            key = bytes(
+                self.conn.execute("SELECT key FROM series WHERE id = ?", (sid,)).fetchone()[0]
+            )
+            self._series_keys[sid] = key
+        return key
 
     def _current_epoch(self) -> int:
         """The clock epoch for readings stored now; starts a new one after a clock step."""
@@ -253,11 +274,12 @@ class Outbox:
             "created": created,
             "clock": {"offset_ns": offset_ns, "synced": bool(synced)},
         }
-        payload = _assemble(header, rows, ev_rows)
+        keys = {sid: self._series_key(sid) for sid in {r[1] for r in rows}}
+        payload = _assemble(header, rows, ev_rows, keys)
         while len(payload) > MAX_FRAME_BYTES and len(rows) > 1:
             rows = rows[: len(rows) // 2]
             ev_rows = ev_rows[: max(0, len(ev_rows) // 2)]
-            payload = _assemble(header, rows, ev_rows)
+            payload = _assemble(header, rows, ev_rows, keys)
         if len(payload) > MAX_FRAME_BYTES:
             # One reading or event larger than a frame can never be delivered: count it.
             self._drop_pending(rows, ev_rows, DROP_TOO_LARGE)
@@ -462,11 +484,13 @@ class Outbox:
             self._conn.execute("ROLLBACK")
 
 
-def _assemble(header: dict[str, object], rows: list[Any], ev_rows: list[Any]) -> bytes:
+def _assemble(
+    header: dict[str, object], rows: list[Any], ev_rows: list[Any], keys: dict[int, bytes]
+) -> bytes:
     """Build the batch frame from stored JSON fragments, grouping readings by series."""
     groups: dict[bytes, list[bytes]] = {}
-    for _id, series, ts, fields in rows:
-        groups.setdefault(series, []).append(b"[%d,%s]" % (ts, fields))
+    for _id, sid, ts, fields in rows:
+        groups.setdefault(keys[sid], []).append(b"[%d,%s]" % (ts, fields))
     # A series key is {"m":…,"t":…}; its inside becomes the start of the series object.
     series_part = b",".join(
         b"{" + key[1:-1] + b',"p":[' + b",".join(points) + b"]}" for key, points in groups.items()

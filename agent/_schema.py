@@ -23,11 +23,13 @@ def _initial(db: Database) -> None:
         "CREATE TABLE clock_epochs (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL,"
         " offset_ns INTEGER NOT NULL, synced INTEGER NOT NULL, started_ns INTEGER NOT NULL)"
     )
-    # Readings waiting for a batch: series key and fields are stored as the JSON fragments
-    # the batch body is assembled from, so forming a batch never re-encodes a reading.
+    # A series (measurement + tags) is stored once, as the JSON fragment batches are built from.
+    db.execute("CREATE TABLE series (id INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE)")
+    # Readings waiting for a batch: fields are stored as the JSON fragment the batch body is
+    # assembled from, so forming a batch never re-encodes a reading.
     db.execute(
         "CREATE TABLE readings (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL,"
-        " series BLOB NOT NULL, ts INTEGER NOT NULL, fields BLOB NOT NULL)"
+        " series INTEGER NOT NULL, ts INTEGER NOT NULL, fields BLOB NOT NULL)"
     )
     db.execute(
         "CREATE TABLE events (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, doc BLOB NOT NULL)"

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def wait_until(
     predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1
@@ -108,7 +106,7 @@ class Harness:
         skew: float = 0.0,
     ) -> subprocess.Popen[bytes]:
         args = [
-            "tests.e2e.producer",
+            "outpost_dev.producer",
             "--config",
             str(config),
             "--journal",
@@ -124,7 +122,7 @@ class Harness:
             "--skew",
             str(skew),
         ]
-        proc = spawn(args, log=self.root / f"{gateway_id}.log", env={"PYTHONPATH": str(REPO)})
+        proc = spawn(args, log=self.root / f"{gateway_id}.log")
         self.producers.append(proc)
         return proc
 

@@ -1,4 +1,4 @@
-"""A real agent process with a counting source, for the end-to-end tests.
+"""A real agent process with a counting source, for the end-to-end tests and benchmarks.
 
 Every reading carries ``run`` (tag) and ``n`` (field). After the buffer has committed a poll,
 the producer appends ``run n ts real_ns`` lines to the journal: the journal is exactly the set

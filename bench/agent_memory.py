@@ -1,0 +1,70 @@
+"""Agent resident memory while running the host source, connected to a collector.
+
+.venv/bin/python -m bench.agent_memory [--seconds 30] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from bench._common import report
+from collector import issue_gateway_identity
+from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_once(seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        broker = Mosquitto(root / "broker")
+        broker.start()
+        try:
+            ident = issue_gateway_identity(root / "broker", "gw-mem", root / "id")
+            acfg = agent_config(
+                root / "agent.toml",
+                gateway_id="gw-mem",
+                port=broker.port,
+                identity=ident,
+                state_dir=root / "state",
+                sources='[[sources]]\ntype = "host"\ninterval = 1\n',
+            )
+            ccfg = collector_config(root / "collector.toml", broker, root / "data")
+            collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=root / "c.log")
+            agent = spawn(["agent.cli", "run", "--config", str(acfg)], log=root / "a.log")
+            peak = 0
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                peak = max(peak, rss_kib(agent.pid))
+                time.sleep(0.5)
+            stop(agent)
+            stop(collector)
+            return peak / 1024
+        finally:
+            broker.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=30)
+    args = p.parse_args()
+    report(
+        "agent.peak_rss",
+        [run_once(args.seconds) for _ in range(args.runs)],
+        "MiB",
+        seconds=args.seconds,
+        sources="host every 1 s",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Every JSON example in docs/protocol.md is valid under the models it illustrates."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+
+import wire
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+BLOCKS = re.findall(r"```json (\S+)\n(.*?)```", DOC.read_text(), re.S)
+
+
+def test_the_doc_has_an_example_of_every_message() -> None:
+    assert sorted(kind for kind, _ in BLOCKS) == ["ack", "batch-body", "nack", "state"]
+
+
+@pytest.mark.parametrize(("kind", "text"), BLOCKS, ids=[k for k, _ in BLOCKS])
+def test_example_is_valid(kind: str, text: str) -> None:
+    data = orjson.dumps(orjson.loads(text))
+    if kind == "batch-body":
+        batch = wire.decode_batch(wire.frame(data))
+        assert batch.reading_count == 3
+    elif kind in ("ack", "nack"):
+        assert wire.decode_ack(data).kind == kind
+    else:
+        assert wire.decode_state(data).state == "online"
