@@ -12,7 +12,9 @@ import aiomqtt
 
 import wire
 from collector._config import BrokerConfig
+from collector._exceptions import StoreError
 from collector._ingest import Incoming, Ingestor
+from collector.stores import DocumentStore
 from wire import topics
 
 _MAX_GROUP = 64  # messages processed (and committed) together
@@ -33,14 +35,40 @@ class CollectorService:
         *,
         broker: BrokerConfig,
         ingestor: Ingestor,
+        documents: DocumentStore,
+        dedup_window_s: float,
         logger: logging.Logger | None = None,
     ) -> None:
         self._cfg = broker
         self._ingestor = ingestor
+        self._docs = documents
+        self._dedup_window_s = dedup_window_s
         self._log = logger or logging.getLogger("outpost.collector")
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._prune_dedup_records(), name="collector-prune")
+            tg.create_task(self._connect_forever(), name="collector-mqtt")
+
+    async def _prune_dedup_records(self) -> None:
+        """Forget stored-batch records older than the dedup window, hourly.
+
+        A gateway retransmits within minutes (``ack_timeout``), so a window of days is ample;
+        the idempotent time-series writes cover anything older.
+        """
+        while True:
+            cutoff = time.time_ns() - int(self._dedup_window_s * 1e9)
+            try:
+                pruned = await asyncio.to_thread(self._docs.prune_seen, cutoff)
+            except StoreError as exc:
+                self._log.warning("cannot prune dedup records: %s", exc)
+            else:
+                if pruned:
+                    self._log.info("pruned %d dedup records older than the window", pruned)
+            await asyncio.sleep(3600)
+
+    async def _connect_forever(self) -> None:
         attempt = 0
         while True:
             try:

@@ -56,7 +56,12 @@ def serve(config_path: Path) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         ingestor = Ingestor(config=config, timeseries=ts, documents=docs)
-        service = CollectorService(broker=config.broker, ingestor=ingestor)
+        service = CollectorService(
+            broker=config.broker,
+            ingestor=ingestor,
+            documents=docs,
+            dedup_window_s=config.stores.dedup_window_days * 86400,
+        )
         asyncio.run(_run_until_signal(service))
     finally:
         ts.close()

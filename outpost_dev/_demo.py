@@ -39,8 +39,11 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     broker.start()
-    collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=logs / "collector.log")
-    agent = spawn(["agent.cli", "run", "--config", str(acfg)], log=logs / "agent.log")
+    commands = {
+        "collector": ["collector.cli", "serve", "--config", str(ccfg)],
+        "agent": ["agent.cli", "run", "--config", str(acfg)],
+    }
+    procs = {name: spawn(args, log=logs / f"{name}.log") for name, args in commands.items()}
     ts_db = data / "timeseries.db"
     click.echo(
         f"""
@@ -54,6 +57,9 @@ Where the data is:
   documents    {data / "documents.db"}
   e.g.  sqlite3 {ts_db} "SELECT s.measurement, s.tags, p.field, p.value FROM points p JOIN series s ON s.id = p.series_id ORDER BY p.ts DESC LIMIT 10"
   agent buffer {sys.executable} -m agent.cli status --config {acfg}
+
+Try it: kill -9 {procs["agent"].pid} (the agent) or kill -9 {procs["collector"].pid} (the collector).
+The demo starts a killed process again; the count goes on with nothing lost or doubled.
 """
     )
     stopping = False
@@ -71,18 +77,19 @@ Where the data is:
             if int(time.monotonic() - started) % 5 == 0:
                 click.echo(f"  {time.strftime('%H:%M:%S')}  {_summary(ts_db)}")
                 time.sleep(0.6)
-            for name, proc in (("collector", collector), ("agent", agent)):
-                if proc.poll() is not None:
+            for name, proc in list(procs.items()):
+                if proc.poll() is not None and not stopping:
+                    procs[name] = spawn(commands[name], log=logs / f"{name}.log")
                     click.echo(
-                        f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}"
+                        f"  {name} exited ({proc.returncode}); started again as pid "
+                        f"{procs[name].pid}"
                     )
-                    stopping = True
             if duration is not None and time.monotonic() - started > duration:
                 stopping = True
     finally:
         click.echo("stopping agent, collector and broker ...")
-        stop(agent)
-        stop(collector)
+        stop(procs["agent"])
+        stop(procs["collector"])
         broker.stop()
         click.echo(f"stopped; {_summary(ts_db)}. Files stay in {workdir}")
 

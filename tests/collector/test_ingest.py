@@ -230,3 +230,11 @@ def test_state_messages_update_the_gateway(env: Env) -> None:
     assert gw.status["drops"] == {"disk_full": 3}
     env.ingestor.handle([Incoming(topics.up_state("gw-1"), b"{}", {}, NOW)])
     assert env.docs.quarantined()[0].reason == "invalid_schema"
+
+
+def test_dedup_records_older_than_the_window_are_pruned(env: Env) -> None:
+    env.ingestor.handle([msg(frame(1), 1)])  # received at NOW
+    assert env.docs.prune_seen(NOW) == 0
+    assert env.docs.seen("gw-1", "s1", 1)
+    assert env.docs.prune_seen(NOW + 1) == 1
+    assert not env.docs.seen("gw-1", "s1", 1)

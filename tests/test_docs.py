@@ -1,0 +1,45 @@
+"""The docs describe the commands that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from agent.cli import main as agent_cli
+from collector.cli import main as collector_cli
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def commands(group: click.Group, prefix: str) -> list[str]:
+    out = []
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out += commands(cmd, f"{prefix} {name}")
+        else:
+            out.append(f"{prefix} {name}")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("group", "prefix", "doc"),
+    [
+        (agent_cli, "outpost-agent", "agent.md"),
+        (collector_cli, "outpost-collector", "collector.md"),
+    ],
+)
+def test_every_command_is_documented(group: click.Group, prefix: str, doc: str) -> None:
+    text = (DOCS / doc).read_text()
+    missing = [c for c in commands(group, prefix) if c not in text]
+    assert not missing, f"docs/{doc} does not mention {missing}"
+
+
+def test_every_agent_config_key_is_documented() -> None:
+    from agent._config import AgentConfig, BufferConfig, UplinkConfig
+
+    text = (DOCS / "agent.md").read_text()
+    for model in (AgentConfig, UplinkConfig, BufferConfig):
+        for key in model.model_fields:
+            assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
