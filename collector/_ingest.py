@@ -157,7 +157,13 @@ class Ingestor:
             )
             return
         key = (gateway_id, stream, seq)
-        if key in keys or self._docs.seen(*key):
+        try:
+            seen = key in keys or self._docs.seen(*key)
+        except StoreError as exc:
+            self._log.error("cannot check batch %s for duplicates: %s", key, exc)
+            replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
+            return
+        if seen:
             self.metrics.duplicates += 1
             replies.append(Reply(ack_topic, wire.Ack(stream=stream, seq=seq, status="duplicate")))
             return
@@ -180,18 +186,17 @@ class Ingestor:
             )
             return
         stamp = _send_stamp(msg.properties)
-        if stamp is not None:
-            self._clock.observe(gateway_id, stamp, msg.received_ns)
+        try:
+            if stamp is not None:
+                self._clock.observe(gateway_id, stamp, msg.received_ns)
+            delta = self._clock.delta_ns(gateway_id, batch)
+        except StoreError as exc:
+            self._log.error("cannot record the clock of %s: %s", gateway_id, exc)
+            self._limiter.refund(gateway_id, batch.reading_count, len(msg.payload))
+            replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
+            return
         keys.add(key)
-        accepted.append(
-            _Accepted(
-                gateway_id,
-                batch,
-                len(msg.payload),
-                self._clock.delta_ns(gateway_id, batch),
-                msg.received_ns,
-            )
-        )
+        accepted.append(_Accepted(gateway_id, batch, len(msg.payload), delta, msg.received_ns))
 
     def _store(self, accepted: list[_Accepted]) -> list[Reply]:
         writes: list[SeriesWrite] = []

@@ -238,3 +238,21 @@ def test_dedup_records_older_than_the_window_are_pruned(env: Env) -> None:
     assert env.docs.seen("gw-1", "s1", 1)
     assert env.docs.prune_seen(NOW + 1) == 1
     assert not env.docs.seen("gw-1", "s1", 1)
+
+
+class LockedDocuments(SqliteDocumentStore):
+    def seen(self, gateway_id: str, stream_id: str, seq: int) -> bool:
+        raise StoreUnavailable("database is locked")
+
+
+def test_a_failing_document_store_gives_nacks_not_a_crash(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
+    docs = LockedDocuments(cfg.stores.documents_path)
+    ing = Ingestor(config=cfg, timeseries=ts, documents=docs)
+    [reply] = ing.handle([msg(frame(1), 1)])
+    assert isinstance(reply.message, wire.Nack)
+    assert reply.message.reason == "store_unavailable"
+    assert ts.count_points() == 0
+    ts.close()
+    docs.close()
