@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,6 +50,9 @@ class LimitsConfig(BaseModel):
     max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_FRAME_BYTES
     max_readings: Annotated[int, Field(ge=1)] = MAX_READINGS
     store_retry_after_ms: Annotated[int, Field(ge=100)] = 5_000
+    # Batches received but not yet processed; past this the collector answers "overloaded".
+    max_queued_batches: Annotated[int, Field(ge=1)] = 2_000
+    overload_retry_after_ms: Annotated[int, Field(ge=100)] = 2_000
 
 
 class ClockConfig(BaseModel):
@@ -64,7 +67,7 @@ class ClockConfig(BaseModel):
 class CollectorConfig(BaseModel):
     model_config = _MODEL
 
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     broker: BrokerConfig
     stores: StoresConfig = StoresConfig()
     limits: LimitsConfig = LimitsConfig()

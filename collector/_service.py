@@ -37,18 +37,26 @@ class CollectorService:
         ingestor: Ingestor,
         documents: DocumentStore,
         dedup_window_s: float,
+        max_queued: int = 2_000,
+        overload_retry_after_ms: int = 2_000,
+        summary_interval_s: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self._cfg = broker
         self._ingestor = ingestor
         self._docs = documents
         self._dedup_window_s = dedup_window_s
+        self._max_queued = max_queued
+        self._overload_retry_ms = overload_retry_after_ms
+        self._summary_interval = summary_interval_s
+        self.overloaded = 0
         self._log = logger or logging.getLogger("outpost.collector")
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._prune_dedup_records(), name="collector-prune")
+            tg.create_task(self._log_summary(), name="collector-summary")
             tg.create_task(self._connect_forever(), name="collector-mqtt")
 
     async def _prune_dedup_records(self) -> None:
@@ -67,6 +75,22 @@ class CollectorService:
                 if pruned:
                     self._log.info("pruned %d dedup records older than the window", pruned)
             await asyncio.sleep(3600)
+
+    async def _log_summary(self) -> None:
+        """One line per interval with what was ingested, for operators reading the log."""
+        last = ""
+        while True:
+            await asyncio.sleep(self._summary_interval)
+            m = self._ingestor.metrics
+            line = (
+                f"stored {m.batches_stored} batches / {m.readings_stored} readings / "
+                f"{m.events_stored} events; duplicates {m.duplicates}; quarantined "
+                f"{m.quarantined}; corrected {m.readings_corrected}; nacks "
+                f"{dict(m.nacks) or 0}; overloaded {self.overloaded} (totals since start)"
+            )
+            if line != last:
+                self._log.info("%s", line)
+                last = line
 
     async def _connect_forever(self) -> None:
         attempt = 0
@@ -104,7 +128,7 @@ class CollectorService:
                 self._cfg.port,
             )
             self.subscribed.set()
-            queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=10_000)
+            queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=self._max_queued)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client, queue), name="collector-receive")
                 tg.create_task(self._work(client, queue), name="collector-ingest")
@@ -117,7 +141,28 @@ class CollectorService:
             user = getattr(message.properties, "UserProperty", None) if message.properties else None
             for key, value in user or []:
                 props[str(key)] = str(value)
-            await queue.put(Incoming(str(message.topic), data, props, time.time_ns()))
+            incoming = Incoming(str(message.topic), data, props, time.time_ns())
+            if queue.full():
+                # Backpressure instead of unbounded memory: the gateway keeps the batch.
+                await self._refuse_overloaded(client, incoming)
+                continue
+            queue.put_nowait(incoming)
+
+    async def _refuse_overloaded(self, client: aiomqtt.Client, msg: Incoming) -> None:
+        self.overloaded += 1
+        parsed = topics.parse_up_topic(msg.topic)
+        stream, seq = msg.properties.get(wire.PROP_STREAM), msg.properties.get(wire.PROP_SEQ)
+        if parsed is None or parsed[1] != "batch" or not stream or not (seq or "").isdigit():
+            # Not a batch (e.g. a periodic state report): the next one supersedes it.
+            return
+        nack = wire.Nack(
+            stream=stream,
+            seq=int(seq or 0),
+            reason="overloaded",
+            retry_after_ms=self._overload_retry_ms,
+            detail="the collector is behind; keep the batch and retry",
+        )
+        await client.publish(topics.down_ack(parsed[0]), wire.encode_message(nack), qos=1)
 
     async def _work(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
         while True:

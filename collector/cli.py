@@ -61,6 +61,8 @@ def serve(config_path: Path) -> None:
             ingestor=ingestor,
             documents=docs,
             dedup_window_s=config.stores.dedup_window_days * 86400,
+            max_queued=config.limits.max_queued_batches,
+            overload_retry_after_ms=config.limits.overload_retry_after_ms,
         )
         asyncio.run(_run_until_signal(service))
     finally:

@@ -1,0 +1,85 @@
+"""The collector's MQTT side against a real Mosquitto, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import wire
+from collector import CollectorConfig, CollectorService, Incoming, Ingestor, Reply
+from collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_dev._processes import Mosquitto
+from tests.collector.test_ingest import frame
+from tests.e2e._harness import wait_until
+from tests.e2e.test_protection import Client
+from wire import topics
+
+pytestmark = [pytest.mark.broker]
+
+
+class SlowIngestor(Ingestor):
+    """A real ingestor that takes its time, like one behind a slow store."""
+
+    def handle(self, messages: Sequence[Incoming]) -> list[Reply]:
+        time.sleep(0.3)
+        return super().handle(messages)
+
+
+async def test_an_overloaded_collector_nacks_instead_of_queueing_without_bound(
+    broker: Mosquitto, identity, tmp_path: Path
+) -> None:
+    f = broker.files
+    cfg = CollectorConfig.model_validate(
+        {
+            "broker": {
+                "port": broker.port,
+                "ca_file": f.ca_cert,
+                "cert_file": f.collector_cert,
+                "key_file": f.collector_key,
+            },
+            "stores": {"timeseries_path": tmp_path / "ts.db", "documents_path": tmp_path / "d.db"},
+        }
+    )
+    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
+    docs = SqliteDocumentStore(cfg.stores.documents_path)
+    service = CollectorService(
+        broker=cfg.broker,
+        ingestor=SlowIngestor(config=cfg, timeseries=ts, documents=docs),
+        documents=docs,
+        dedup_window_s=3600,
+        max_queued=2,
+        overload_retry_after_ms=1500,
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.subscribed.wait(), 10)
+        ca, cert, key = identity("gw-1")
+        gw = Client(broker, cert=cert, key=key, ca=ca, client_id="gw-1")
+        gw.connect()
+        gw.subscribe(topics.down_ack("gw-1"))
+        for seq in range(1, 21):
+            await asyncio.to_thread(gw.publish_batch, "gw-1", frame(seq), seq=seq)
+        await asyncio.to_thread(
+            wait_until, lambda: len(gw.received("/down/ack")) == 20, timeout=30, what="20 answers"
+        )
+        answers = [wire.decode_ack(p) for _, _, p in gw.received("/down/ack")]
+        overloaded = [a for a in answers if isinstance(a, wire.Nack)]
+        stored = {a.seq for a in answers if isinstance(a, wire.Ack) and a.status == "stored"}
+        assert overloaded, "some batches were refused while the queue was full"
+        assert all(a.reason == "overloaded" and a.retry_after_ms == 1500 for a in overloaded)
+        assert stored | {a.seq for a in overloaded} == set(range(1, 21))
+        assert not stored & {a.seq for a in overloaded}
+        assert service.overloaded == len(overloaded)
+        assert ts.count_points("env") == 3 * len(stored)
+        gw.close()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        ts.close()
+        docs.close()
