@@ -221,15 +221,6 @@ class Outbox:
             e = self._epoch = ClockEpoch(cur.lastrowid, self._clock.boot_id, offset, synced)
         return e.id
 
-    def pending_readings(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM readings").fetchone()[0])
-
-    def has_pending(self) -> bool:
-        row = self.conn.execute(
-            "SELECT EXISTS(SELECT 1 FROM readings) OR EXISTS(SELECT 1 FROM events)"
-        ).fetchone()
-        return bool(row[0])
-
     def form_batch(self, *, max_readings: int | None = None) -> PendingBatch | None:
         """Turn the oldest pending readings and events (of one clock epoch) into a batch."""
         limit = max_readings or self.batch_max_readings

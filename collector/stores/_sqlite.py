@@ -317,10 +317,6 @@ class SqliteDocumentStore(_SqliteBase):
                 (gateway_id, state.state, seen_ns, orjson.dumps(status).decode()),
             )
 
-    def touch(self, gateway_id: str, seen_ns: int) -> None:
-        with self._tx("update gateway") as conn:
-            self._touch(conn, gateway_id, seen_ns)
-
     @staticmethod
     def _touch(conn: sqlite3.Connection, gateway_id: str, seen_ns: int) -> None:
         conn.execute(
