@@ -33,6 +33,9 @@ class UplinkConfig(BaseModel):
     state_interval: Annotated[float, Field(gt=0)] = 60.0
     reconnect_min: Annotated[float, Field(gt=0)] = 1.0
     reconnect_max: Annotated[float, Field(gt=0)] = 60.0
+    # Renew the certificate at this fraction of its lifetime, at most once per interval.
+    renew_at: Annotated[float, Field(gt=0, lt=1)] = 2 / 3
+    renew_min_interval: Annotated[float, Field(ge=0)] = 3600.0
 
 
 class BufferConfig(BaseModel):

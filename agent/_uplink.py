@@ -24,6 +24,7 @@ from agent._buffer import Outbox
 from agent._clock import Clock
 from agent._config import UplinkConfig
 from agent._exceptions import UplinkError
+from agent._renewal import CertificateRenewer
 from wire import topics
 
 
@@ -93,6 +94,10 @@ class AckTracker:
         self._sent.clear()
 
 
+class _Reconnect(Exception):
+    """Leave the current connection and connect again at once (new certificate)."""
+
+
 class Uplink:
     """Sends the outbox to the collector. Run with :meth:`run` inside the agent's task group."""
 
@@ -120,6 +125,14 @@ class Uplink:
         # Congestion window: halves on a nack, grows by one per ack, up to max_inflight.
         self._window = config.max_inflight
         self.connected = asyncio.Event()
+        self.renewer = CertificateRenewer(
+            gateway_id=gateway_id,
+            cert_file=config.cert_file,
+            key_file=config.key_file,
+            renew_at=config.renew_at,
+            min_interval_s=config.renew_min_interval,
+            logger=self._log.getChild("renewal"),
+        )
         self.acks = 0
         self.nacks = 0
         self.retransmits = 0
@@ -136,8 +149,11 @@ class Uplink:
                 cert_file=self._cfg.cert_file,
                 key_file=self._cfg.key_file,
             )
+            reconnect_now = False
             try:
                 await self._connected_session(ctx, backoff)
+            except* _Reconnect:
+                reconnect_now = True
             except* aiomqtt.MqttError as group:
                 self._log.warning(
                     "uplink to %s:%d lost or refused: %s",
@@ -147,6 +163,9 @@ class Uplink:
                 )
             self.connected.clear()
             self._tracker.clear()
+            if reconnect_now:
+                self._log.info("reconnecting with the renewed certificate")
+                continue
             self._outbox.set_uplink_state("disconnected")
             delay = backoff.next_delay()
             self._log.info("reconnecting in %.1f s", delay)
@@ -174,6 +193,7 @@ class Uplink:
         async with client:
             backoff.reset()
             await client.subscribe(topics.down_ack(self.gateway_id), qos=1)
+            await client.subscribe(topics.down_renew(self.gateway_id), qos=1)
             await self._publish_state(client)
             self._outbox.set_uplink_state("connected")
             self._log.info("uplink connected to %s:%d", self._cfg.host, self._cfg.port)
@@ -184,6 +204,7 @@ class Uplink:
                     tg.create_task(self._receive(client), name="uplink-receive")
                     tg.create_task(self._send(client), name="uplink-send")
                     tg.create_task(self._report_state(client), name="uplink-state")
+                    tg.create_task(self._renew(client), name="uplink-renew")
             except asyncio.CancelledError:
                 # Shutting down: say so instead of letting the broker fire the will later.
                 try:
@@ -197,6 +218,36 @@ class Uplink:
                 except (aiomqtt.MqttError, TimeoutError):
                     pass
                 raise
+
+    async def _renew(self, client: aiomqtt.Client) -> None:
+        """Check the certificate now and every 10 minutes; renew it when it is due."""
+        while True:
+            if self.renewer.due():
+                request = self.renewer.request()
+                try:
+                    await client.publish(
+                        topics.up_renew(self.gateway_id),
+                        wire.encode_message(
+                            wire.RenewRequest(request_id=request.request_id, csr=request.csr_pem)
+                        ),
+                        qos=1,
+                    )
+                    async with asyncio.timeout(60):
+                        answer: wire.RenewResponse | None = await request.answer
+                except TimeoutError:
+                    answer = None
+                finally:
+                    self.renewer.forget(request)
+                if answer is None:
+                    self._log.warning("no answer to the certificate renewal; trying again later")
+                elif answer.status == "issued":
+                    self.renewer.install(answer.certificate, request.key_pem)
+                    raise _Reconnect
+                else:
+                    self._log.error(
+                        "certificate renewal refused (%s): %s", answer.reason, answer.detail
+                    )
+            await asyncio.sleep(600)
 
     async def _publish_state(self, client: aiomqtt.Client) -> None:
         await client.publish(
@@ -260,6 +311,12 @@ class Uplink:
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
+                continue
+            if message.topic.matches(topics.down_renew(self.gateway_id)):
+                try:
+                    self.renewer.deliver(wire.decode_renew_response(bytes(payload)))
+                except wire.MessageRejected as exc:
+                    self._log.warning("ignoring a message on %s: %s", message.topic, exc)
                 continue
             try:
                 msg = wire.decode_ack(bytes(payload))

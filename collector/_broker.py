@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioning import CertificateAuthority
+from provisioning import CertificateAuthority, build_crl, create_signing_key, write_crl
 from wire import topics
 
 COLLECTOR_IDENTITY = "outpost-collector"
@@ -38,6 +38,11 @@ class BrokerFiles:
     config: Path
     acl: Path
     log: Path
+    api_cert: Path
+    api_key: Path
+    signing_key: Path
+    signing_pub: Path
+    crl: Path
 
     @classmethod
     def at(cls, directory: Path) -> BrokerFiles:
@@ -53,6 +58,11 @@ class BrokerFiles:
             d / "mosquitto.conf",
             d / "acl",
             d / "mosquitto.log",
+            d / "api.pem",
+            d / "api.key",
+            d / "signing.key",
+            d / "signing.pub",
+            d / "crl.pem",
         )
 
 
@@ -84,6 +94,20 @@ def init_broker(
         days=825,
     )
     ca.issue_to_files(COLLECTOR_IDENTITY, files.collector_cert, files.collector_key, days=825)
+    # The collector's HTTPS API (enrollment) has its own server certificate for the same names.
+    ca.issue_to_files(
+        hostnames[0] if hostnames else "outpost-collector",
+        files.api_cert,
+        files.api_key,
+        server=True,
+        dns_names=hostnames,
+        ip_addresses=ip_addresses,
+        days=825,
+    )
+    if not files.signing_key.exists():
+        create_signing_key(files.signing_key, files.signing_pub)
+    if not files.crl.exists():
+        write_crl(files.crl, build_crl(ca, []))
     files.acl.write_text(ACL)
     lines = [
         "# Written by outpost-collector broker init.",
@@ -110,6 +134,9 @@ def init_broker(
         f"cafile {files.ca_cert}",
         f"certfile {files.server_cert}",
         f"keyfile {files.server_key}",
+        # Revoked gateway certificates; the collector rewrites this file, and Mosquitto reads it
+        # again on SIGHUP (see docs/collector.md).
+        f"crlfile {files.crl}",
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",

@@ -64,6 +64,41 @@ class ClockConfig(BaseModel):
     tolerance_s: Annotated[float, Field(gt=0)] = 2.0
 
 
+class PkiConfig(BaseModel):
+    """The device CA the collector holds, the config-signing key, and the CRL it publishes."""
+
+    model_config = _MODEL
+
+    ca_cert: Path
+    ca_key: Path  # 0600; never leaves the collector
+    signing_key: Path  # Ed25519, signs desired configs (OTA config)
+    crl_file: Path  # read by the broker (`crlfile`)
+    gateway_cert_days: Annotated[int, Field(ge=1, le=825)] = 90
+    # Run after the CRL file changed, so the broker reads it again (e.g. "systemctl reload
+    # mosquitto"). Split on spaces; no shell.
+    crl_reload_command: str = ""
+
+
+class ApiConfig(BaseModel):
+    """The collector's HTTPS API (enrollment now; fleet and queries later)."""
+
+    model_config = _MODEL
+
+    listen: str = "0.0.0.0"  # noqa: S104 - the API is meant to be reached by gateways
+    port: Annotated[int, Field(ge=1, le=65535)] = 8443
+    tls_cert: Path
+    tls_key: Path
+
+
+class EnrollmentConfig(BaseModel):
+    """What an enrolled gateway is told: where its broker is."""
+
+    model_config = _MODEL
+
+    broker_host: Annotated[str, Field(min_length=1)]
+    broker_port: Annotated[int, Field(ge=1, le=65535)] = 8883
+
+
 class CollectorConfig(BaseModel):
     model_config = _MODEL
 
@@ -72,6 +107,9 @@ class CollectorConfig(BaseModel):
     stores: StoresConfig = StoresConfig()
     limits: LimitsConfig = LimitsConfig()
     clock: ClockConfig = ClockConfig()
+    pki: PkiConfig | None = None
+    api: ApiConfig | None = None
+    enrollment: EnrollmentConfig | None = None
 
 
 def load_config(path: Path) -> CollectorConfig:
@@ -98,8 +136,16 @@ def load_config(path: Path) -> CollectorConfig:
             )
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
-    for key in ("ca_file", "cert_file", "key_file"):
-        file = getattr(config.broker, key)
+    files = [("broker", k, getattr(config.broker, k)) for k in ("ca_file", "cert_file", "key_file")]
+    if config.pki:
+        files += [("pki", k, getattr(config.pki, k)) for k in ("ca_cert", "ca_key", "signing_key")]
+    if config.api:
+        files += [("api", k, getattr(config.api, k)) for k in ("tls_cert", "tls_key")]
+        if config.pki is None or config.enrollment is None:
+            raise ConfigError(
+                f"{path}: [api] needs [pki] and [enrollment] (enrollment issues certificates)"
+            )
+    for section, key, file in files:
         if not file.is_file():
-            raise ConfigError(f"{path}: broker.{key}: {file} does not exist or is not a file")
+            raise ConfigError(f"{path}: {section}.{key}: {file} does not exist or is not a file")
     return config

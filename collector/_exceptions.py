@@ -4,8 +4,10 @@
 
     CollectorError
     ├── ConfigError        the config file is missing, not TOML, or fails validation
-    └── StoreError         a store failed (sqlite3 / driver errors, translated)
-        └── StoreUnavailable   the store cannot be reached now; retry later (nack, not crash)
+    ├── StoreError         a store failed (sqlite3 / driver errors, translated)
+    │   └── StoreUnavailable   the store cannot be reached now; retry later (nack, not crash)
+    └── EnrollmentRefused  an enrollment or renewal request that cannot be granted
+        └── TokenRefused       the enrollment token is unknown, expired, used up or revoked
 """
 
 from __future__ import annotations
@@ -25,3 +27,16 @@ class StoreError(CollectorError):
 
 class StoreUnavailable(StoreError):
     """The store cannot take writes now (locked, full disk, connection down)."""
+
+
+class EnrollmentRefused(CollectorError):
+    """A request the collector refuses; ``code`` is stable, ``message`` says what to do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TokenRefused(EnrollmentRefused):
+    """The enrollment token cannot be used (code: unknown, expired, used_up, revoked)."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import wire
 from collector._clockfix import ClockCorrector, SendStamp
 from collector._config import CollectorConfig
-from collector._exceptions import StoreError, StoreUnavailable
+from collector._enrollment import EnrollmentService
+from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from collector._limits import RateLimiter
 from collector.stores import (
     BatchRecord,
@@ -40,7 +41,7 @@ class Incoming:
 @dataclass(frozen=True, slots=True)
 class Reply:
     topic: str
-    message: wire.Ack | wire.Nack
+    message: wire.Ack | wire.Nack | wire.RenewResponse
 
 
 @dataclass
@@ -70,12 +71,14 @@ class Ingestor:
         config: CollectorConfig,
         timeseries: TimeSeriesStore,
         documents: DocumentStore,
+        enrollment: EnrollmentService | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
         self._cfg = config
         self._ts = timeseries
         self._docs = documents
+        self._enrollment = enrollment
         self._now = monotonic
         self._log = logger or logging.getLogger("outpost.collector.ingest")
         lim = config.limits
@@ -90,6 +93,10 @@ class Ingestor:
         )
         self.metrics = IngestMetrics()
 
+    def refresh_revocations(self) -> None:
+        if self._enrollment is not None:
+            self._enrollment.refresh_revoked()
+
     def handle(self, messages: Sequence[Incoming]) -> list[Reply]:
         """Process messages received together; writes are committed before acks are returned."""
         replies: list[Reply] = []
@@ -101,10 +108,15 @@ class Ingestor:
                 self._quarantine(msg, "", "bad_topic", "not an outpost/v1/gw/<id>/up/<kind> topic")
                 continue
             gateway_id, kind = parsed
+            if self._enrollment is not None and self._enrollment.is_revoked(gateway_id):
+                self._refuse_revoked(msg, gateway_id, kind, replies)
+                continue
             if kind == "batch":
                 self._batch(msg, gateway_id, replies, accepted, keys)
             elif kind == "state":
                 self._state(msg, gateway_id)
+            elif kind == "renew":
+                replies.extend(self._renew(msg, gateway_id))
             else:
                 self._log.debug("ignoring %s from %s (not handled yet)", kind, gateway_id)
         if accepted:
@@ -266,6 +278,72 @@ class Ingestor:
             return
         if state.drops:
             self._log.info("gateway %s reports drops: %s", gateway_id, state.drops)
+
+    def _refuse_revoked(
+        self, msg: Incoming, gateway_id: str, kind: str, replies: list[Reply]
+    ) -> None:
+        """A decommissioned gateway: store nothing, answer batches with a nack."""
+        self.metrics.nacks["revoked"] += 1
+        stream = msg.properties.get(wire.PROP_STREAM, "")
+        seq = msg.properties.get(wire.PROP_SEQ, "")
+        self._log.warning("refused a %s from decommissioned gateway %s", kind, gateway_id)
+        if kind == "batch" and stream and seq.isdigit():
+            replies.append(
+                Reply(
+                    topics.down_ack(gateway_id),
+                    wire.Nack(
+                        stream=stream,
+                        seq=int(seq),
+                        reason="revoked",
+                        retry_after_ms=3_600_000,
+                        detail="this gateway was decommissioned; re-enroll it to send again",
+                    ),
+                )
+            )
+
+    def _renew(self, msg: Incoming, gateway_id: str) -> list[Reply]:
+        topic = topics.down_renew(gateway_id)
+        try:
+            request = wire.decode_renew_request(msg.payload)
+        except wire.MessageRejected as exc:
+            self._quarantine(msg, gateway_id, "invalid_schema", str(exc))
+            return []
+        if self._enrollment is None:
+            return [
+                Reply(
+                    topic,
+                    wire.RenewResponse(
+                        request_id=request.request_id,
+                        status="refused",
+                        reason="unavailable",
+                        detail="this collector does not issue certificates (no [pki])",
+                    ),
+                )
+            ]
+        try:
+            pem = self._enrollment.renew(gateway_id, request.csr)
+        except EnrollmentRefused as exc:
+            self._log.warning("refused renewal for %s: %s", gateway_id, exc.message)
+            return [
+                Reply(
+                    topic,
+                    wire.RenewResponse(
+                        request_id=request.request_id,
+                        status="refused",
+                        reason=exc.code,
+                        detail=exc.message,
+                    ),
+                )
+            ]
+        except StoreError as exc:
+            self._log.error("cannot record renewal for %s: %s", gateway_id, exc)
+            return []  # the gateway asks again later
+        return [
+            Reply(
+                topic,
+                wire.RenewResponse(request_id=request.request_id, status="issued", certificate=pem),
+            )
+        ]
 
     def _store_nack(self, stream: str, seq: int) -> wire.Nack:
         self.metrics.nacks["store_unavailable"] += 1

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
 import time
+from collections.abc import Iterator
 
 import aiomqtt
+import uvicorn
 
 import wire
-from collector._config import BrokerConfig
+from collector._config import ApiConfig, BrokerConfig
 from collector._exceptions import StoreError
 from collector._ingest import Incoming, Ingestor
 from collector.stores import DocumentStore
@@ -25,6 +28,39 @@ def client_tls(config: BrokerConfig) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(config.cert_file), str(config.key_file))
     return ctx
+
+
+class ApiServer:
+    """The HTTPS API inside the collector's event loop (uvicorn, TLS from [api])."""
+
+    def __init__(self, config: ApiConfig, app: object) -> None:
+        self._server = _EmbeddedServer(
+            uvicorn.Config(
+                app,  # type: ignore[arg-type]
+                host=config.listen,
+                port=config.port,
+                ssl_certfile=str(config.tls_cert),
+                ssl_keyfile=str(config.tls_key),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+
+    @property
+    def started(self) -> bool:
+        return bool(self._server.started)
+
+    async def serve(self) -> None:
+        await self._server.serve()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """Leaves SIGINT and SIGTERM to the collector, which stops all its tasks together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class CollectorService:
@@ -57,6 +93,7 @@ class CollectorService:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._prune_dedup_records(), name="collector-prune")
             tg.create_task(self._log_summary(), name="collector-summary")
+            tg.create_task(self._refresh_revocations(), name="collector-revocations")
             tg.create_task(self._connect_forever(), name="collector-mqtt")
 
     async def _prune_dedup_records(self) -> None:
@@ -75,6 +112,15 @@ class CollectorService:
                 if pruned:
                     self._log.info("pruned %d dedup records older than the window", pruned)
             await asyncio.sleep(3600)
+
+    async def _refresh_revocations(self) -> None:
+        """Pick up decommissions made with the CLI (another process) within seconds."""
+        while True:
+            await asyncio.sleep(2)
+            try:
+                await asyncio.to_thread(self._ingestor.refresh_revocations)
+            except StoreError as exc:
+                self._log.warning("cannot read revocations: %s", exc)
 
     async def _log_summary(self) -> None:
         """One line per interval with what was ingested, for operators reading the log."""

@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 import orjson
 
 from collector._broker import init_broker, issue_gateway_identity
-from collector._config import load_config
-from collector._exceptions import CollectorError
+from collector._config import CollectorConfig, load_config
+from collector._enrollment import EnrollmentService, hash_token, parse_duration
+from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
-from collector._service import CollectorService
-from collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
+from collector._service import ApiServer, CollectorService
+from collector.api import ApiServices, create_app
+from collector.stores import ApiTokenRecord, SqliteDocumentStore, SqliteTimeSeriesStore
 from provisioning import ProvisioningError
 from wire import topics
 
@@ -54,8 +58,14 @@ def serve(config_path: Path) -> None:
         docs = SqliteDocumentStore(config.stores.documents_path)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
+    enrollment = None
+    if config.pki and config.enrollment:
+        try:
+            enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
+        except (ProvisioningError, OSError, ValueError) as exc:
+            raise click.ClickException(f"[pki]: cannot load the CA or signing key: {exc}") from None
     try:
-        ingestor = Ingestor(config=config, timeseries=ts, documents=docs)
+        ingestor = Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment)
         service = CollectorService(
             broker=config.broker,
             ingestor=ingestor,
@@ -64,20 +74,28 @@ def serve(config_path: Path) -> None:
             max_queued=config.limits.max_queued_batches,
             overload_retry_after_ms=config.limits.overload_retry_after_ms,
         )
-        asyncio.run(_run_until_signal(service))
+        api = None
+        if config.api and enrollment:
+            api = ApiServer(
+                config.api, create_app(ApiServices(documents=docs, enrollment=enrollment))
+            )
+        asyncio.run(_run_until_signal(service, api))
     finally:
         ts.close()
         docs.close()
 
 
-async def _run_until_signal(service: CollectorService) -> None:
+async def _run_until_signal(service: CollectorService, api: ApiServer | None) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        await service.run()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(service.run(), name="collector")
+            if api is not None:
+                tg.create_task(api.serve(), name="api")
     logging.getLogger("outpost.collector").info("collector stopped")
 
 
@@ -235,6 +253,191 @@ def readings(config_path: Path, measurement: str, tag_filters: tuple[str, ...], 
                 {"measurement": p.measurement, "tags": p.tags, "fields": p.fields, "ts": p.ts}
             ).decode()
         )
+
+
+def _open_docs(config_path: Path) -> tuple[CollectorConfig, SqliteDocumentStore]:
+    try:
+        config = load_config(config_path)
+        return config, SqliteDocumentStore(config.stores.documents_path)
+    except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _enrollment(config: CollectorConfig, docs: SqliteDocumentStore) -> EnrollmentService:
+    if config.pki is None or config.enrollment is None:
+        raise click.ClickException(
+            "the config has no [pki] and [enrollment] sections; see docs/collector.md"
+        )
+    try:
+        return EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
+    except (ProvisioningError, OSError, ValueError) as exc:
+        raise click.ClickException(f"[pki]: cannot load the CA or signing key: {exc}") from None
+
+
+@main.group()
+def token() -> None:
+    """Enrollment tokens: what a technician needs to enroll a gateway."""
+
+
+@token.command("create")
+@_config_option
+@click.option("--tenant", required=True, help="The customer the gateway belongs to.")
+@click.option("--site", required=True, help="The site the gateway is installed at.")
+@click.option("--expires", default="24h", show_default=True, help="Lifetime: 30m, 24h, 7d.")
+@click.option("--uses", type=click.IntRange(1, 10_000), default=1, show_default=True)
+def token_create(config_path: Path, tenant: str, site: str, expires: str, uses: int) -> None:
+    """Create a token. It is printed once; only its hash is stored."""
+    try:
+        expires_s = parse_duration(expires)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from None
+    config, docs = _open_docs(config_path)
+    try:
+        secret, rec = _enrollment(config, docs).create_token(
+            tenant=tenant, site=site, expires_s=expires_s, uses=uses
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        docs.close()
+    click.echo(secret)
+    click.echo(
+        f"token {rec.id}: tenant {tenant}, site {site}, {uses} use(s), expires in {expires}. "
+        "It is shown only now.",
+        err=True,
+    )
+
+
+@token.command("list")
+@_config_option
+@click.option("--tenant", default=None, help="Only this tenant's tokens.")
+def token_list(config_path: Path, tenant: str | None) -> None:
+    """Tokens with their scope, expiry and uses left (never the tokens themselves)."""
+    _, docs = _open_docs(config_path)
+    try:
+        tokens = docs.enrollment_tokens(tenant)
+    finally:
+        docs.close()
+    now = time.time_ns()
+    for t in tokens:
+        state = (
+            "revoked"
+            if t.revoked
+            else "expired"
+            if t.expires_ns <= now
+            else "used up"
+            if t.uses_left <= 0
+            else "valid"
+        )
+        click.echo(f"{t.id}  {t.tenant}/{t.site}  {t.uses_left}/{t.uses_total} uses left  {state}")
+
+
+@token.command("revoke")
+@_config_option
+@click.argument("token_id")
+def token_revoke(config_path: Path, token_id: str) -> None:
+    """Revoke an enrollment token by its id (from 'token list')."""
+    _, docs = _open_docs(config_path)
+    try:
+        if not docs.revoke_enrollment_token(token_id):
+            raise click.ClickException(f"no enrollment token {token_id!r}; see 'token list'")
+    finally:
+        docs.close()
+    click.echo(f"token {token_id} revoked")
+
+
+@main.group()
+def gateway() -> None:
+    """Enrolled gateways."""
+
+
+@gateway.command("list")
+@_config_option
+@click.option("--tenant", default=None)
+def gateway_list(config_path: Path, tenant: str | None) -> None:
+    """Gateways with tenant, site, state and certificate expiry."""
+    _, docs = _open_docs(config_path)
+    try:
+        rows = docs.gateways(tenant)
+    finally:
+        docs.close()
+    for g in rows:
+        expiry = (
+            time.strftime("%Y-%m-%d", time.gmtime(g["cert_not_after_ns"] / 1e9))
+            if g["cert_not_after_ns"]
+            else "-"
+        )
+        state = "decommissioned" if g["revoked_ns"] else g["state"]
+        click.echo(
+            f"{g['id']}  {g['tenant'] or '-'}/{g['site'] or '-'}  {state}  cert until {expiry}"
+        )
+
+
+@gateway.command("decommission")
+@_config_option
+@click.argument("gateway_id")
+def gateway_decommission(config_path: Path, gateway_id: str) -> None:
+    """Revoke a gateway's certificates and publish the CRL; the collector refuses it at once."""
+    config, docs = _open_docs(config_path)
+    try:
+        count = _enrollment(config, docs).decommission(gateway_id)
+    except EnrollmentRefused as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        docs.close()
+    assert config.pki is not None
+    click.echo(
+        f"gateway {gateway_id} decommissioned: {count} certificate(s) revoked; "
+        f"CRL written to {config.pki.crl_file}"
+    )
+
+
+@main.group("api-token")
+def api_token() -> None:
+    """Bearer tokens for the collector's HTTP API."""
+
+
+@api_token.command("create")
+@_config_option
+@click.option("--tenant", required=True, help="The tenant it acts for; '*' (admin only): all.")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
+@click.option("--name", default="", help="What it is for (shown in listings).")
+def api_token_create(config_path: Path, tenant: str, role: str, name: str) -> None:
+    """Create an API token. It is printed once; only its hash is stored."""
+    if tenant == "*" and role != "admin":
+        raise click.BadParameter(
+            "only an admin token may act for all tenants ('*')", param_hint="--tenant"
+        )
+    _, docs = _open_docs(config_path)
+    secret = "opa_" + secrets.token_urlsafe(32)
+    record = ApiTokenRecord(
+        id=secrets.token_hex(4),
+        hash=hash_token(secret),
+        tenant=tenant,
+        role=role,
+        name=name,
+        created_ns=time.time_ns(),
+    )
+    try:
+        docs.create_api_token(record)
+    finally:
+        docs.close()
+    click.echo(secret)
+    click.echo(f"API token {record.id}: {role} of tenant {tenant}. It is shown only now.", err=True)
+
+
+@api_token.command("revoke")
+@_config_option
+@click.argument("token_id")
+def api_token_revoke(config_path: Path, token_id: str) -> None:
+    """Revoke an API token by its id."""
+    _, docs = _open_docs(config_path)
+    try:
+        if not docs.revoke_api_token(token_id, time.time_ns()):
+            raise click.ClickException(f"no active API token {token_id!r}")
+    finally:
+        docs.close()
+    click.echo(f"API token {token_id} revoked")
 
 
 if __name__ == "__main__":  # pragma: no cover

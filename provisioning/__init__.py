@@ -1,13 +1,31 @@
 """Provisioning: the device CA and the identities it issues."""
 
-from provisioning._ca import CertificateAuthority, cert_pem, key_pem, new_key, write_private
+from provisioning._ca import (
+    CertificateAuthority,
+    build_crl,
+    cert_pem,
+    check_key_strength,
+    create_signing_key,
+    key_pem,
+    load_csr,
+    make_csr,
+    new_key,
+    write_crl,
+    write_private,
+)
 from provisioning._exceptions import ProvisioningError
 
 __all__ = [
     "CertificateAuthority",
     "ProvisioningError",
+    "build_crl",
     "cert_pem",
+    "check_key_strength",
+    "create_signing_key",
     "key_pem",
+    "load_csr",
+    "make_csr",
     "new_key",
+    "write_crl",
     "write_private",
 ]

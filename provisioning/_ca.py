@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning._exceptions import ProvisioningError
@@ -106,7 +107,7 @@ class CertificateAuthority:
     def issue(
         self,
         common_name: str,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: CertificatePublicKeyTypes,
         *,
         server: bool = False,
         dns_names: tuple[str, ...] = (),
@@ -154,3 +155,99 @@ class CertificateAuthority:
         write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert_pem(cert))
         return cert
+
+
+# -- requests, checks and revocation -------------------------------------------------------------
+
+MIN_RSA_BITS = 2048
+ALLOWED_CURVES = ("secp256r1", "secp384r1")
+
+
+def make_csr(
+    key: ec.EllipticCurvePrivateKey, common_name: str = "outpost-gateway"
+) -> x509.CertificateSigningRequest:
+    """A certificate request signed by the gateway's own key (proof that it holds it)."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
+    """Parse and check a CSR: a valid signature and a key that is strong enough."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as exc:
+        raise ProvisioningError(f"not a PEM certificate request: {exc}") from None
+    if not csr.is_signature_valid:
+        raise ProvisioningError("the certificate request's signature does not verify")
+    check_key_strength(csr.public_key())
+    return csr
+
+
+def check_key_strength(key: object) -> None:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ALLOWED_CURVES:
+            raise ProvisioningError(
+                f"key too weak or unsupported: EC curve {key.curve.name}; use P-256 or P-384"
+            )
+        return
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise ProvisioningError(
+                f"key too weak: RSA {key.key_size} bits; use at least {MIN_RSA_BITS} bits or EC P-256"
+            )
+        return
+    raise ProvisioningError(f"unsupported key type {type(key).__name__}; use EC P-256")
+
+
+def build_crl(
+    ca: CertificateAuthority, revoked: list[tuple[int, dt.datetime]], *, days: int = 30
+) -> x509.CertificateRevocationList:
+    """A CRL signed by the CA listing ``(serial, revoked_at)`` pairs."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+    )
+    for serial, when in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256())
+
+
+def write_crl(path: Path, crl: x509.CertificateRevocationList) -> None:
+    """Replace the CRL file atomically (the broker may read it at any moment)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+# -- the config-signing key (Ed25519) --------------------------------------------------------------
+
+
+def create_signing_key(key_path: Path, public_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )

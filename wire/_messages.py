@@ -64,7 +64,30 @@ class GatewayState(BaseModel):
     drops: dict[str, int] = Field(default_factory=dict)
 
 
-def encode_message(msg: Ack | Nack | GatewayState) -> bytes:
+class RenewRequest(BaseModel):
+    """On ``P/up/renew``: a new certificate request, made with a new key on the gateway."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    request_id: Annotated[str, Field(min_length=1, max_length=64)]
+    csr: Annotated[str, Field(min_length=1, max_length=16_384)]
+
+
+class RenewResponse(BaseModel):
+    """On ``P/down/renew``: the new certificate, or why there is none."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    request_id: str
+    status: Literal["issued", "refused"]
+    certificate: str = ""
+    reason: str = ""
+    detail: str = ""
+
+
+def encode_message(msg: BaseModel) -> bytes:
     return orjson.dumps(msg.model_dump(mode="json"))
 
 
@@ -80,3 +103,17 @@ def decode_state(data: bytes) -> GatewayState:
         return GatewayState.model_validate_json(data)
     except ValidationError as exc:
         raise MessageRejected(f"not a gateway state message: {exc.errors()[0]['msg']}") from None
+
+
+def decode_renew_request(data: bytes) -> RenewRequest:
+    try:
+        return RenewRequest.model_validate_json(data)
+    except ValidationError as exc:
+        raise MessageRejected(f"not a renew request: {exc.errors()[0]['msg']}") from None
+
+
+def decode_renew_response(data: bytes) -> RenewResponse:
+    try:
+        return RenewResponse.model_validate_json(data)
+    except ValidationError as exc:
+        raise MessageRejected(f"not a renew response: {exc.errors()[0]['msg']}") from None

@@ -34,6 +34,14 @@ def up_config(gateway_id: str) -> str:
     return f"{ROOT}/{gateway_id}/up/config"
 
 
+def up_renew(gateway_id: str) -> str:
+    return f"{ROOT}/{gateway_id}/up/renew"
+
+
+def down_renew(gateway_id: str) -> str:
+    return f"{ROOT}/{gateway_id}/down/renew"
+
+
 def down_ack(gateway_id: str) -> str:
     return f"{ROOT}/{gateway_id}/down/ack"
 

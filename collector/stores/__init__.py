@@ -1,9 +1,13 @@
 """Stores behind small interfaces; the embedded default is SQLite."""
 
 from collector.stores._base import (
+    ApiTokenRecord,
     BatchRecord,
+    CertificateRecord,
     DocumentStore,
+    EnrollmentTokenRecord,
     GatewayRecord,
+    GatewayRegistration,
     QuarantineEntry,
     SeriesWrite,
     StoredPoint,
@@ -12,9 +16,13 @@ from collector.stores._base import (
 from collector.stores._sqlite import SqliteDocumentStore, SqliteTimeSeriesStore
 
 __all__ = [
+    "ApiTokenRecord",
     "BatchRecord",
+    "CertificateRecord",
     "DocumentStore",
+    "EnrollmentTokenRecord",
     "GatewayRecord",
+    "GatewayRegistration",
     "QuarantineEntry",
     "SeriesWrite",
     "SqliteDocumentStore",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +59,51 @@ class GatewayRecord:
     clock_flagged: bool
 
 
+@dataclass(frozen=True, slots=True)
+class EnrollmentTokenRecord:
+    """An enrollment token as stored: only the hash of the token itself."""
+
+    id: str
+    hash: str
+    tenant: str
+    site: str
+    created_ns: int
+    expires_ns: int
+    uses_total: int
+    uses_left: int
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    serial: str  # hex
+    gateway_id: str
+    issued_ns: int
+    not_after_ns: int
+    revoked_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRegistration:
+    """What enrollment registers: the gateway and its first certificate."""
+
+    gateway_id: str
+    hardware: dict[str, Any]
+    certificate: CertificateRecord
+    certificate_pem: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenRecord:
+    id: str
+    hash: str
+    tenant: str  # "*" for an admin token that works across tenants
+    role: str  # viewer, operator, admin
+    name: str
+    created_ns: int
+    revoked_ns: int | None = None
+
+
 class TimeSeriesStore(Protocol):
     """Readings. Writes are idempotent: the same series, field and timestamp overwrite."""
 
@@ -104,5 +149,40 @@ class DocumentStore(Protocol):
     def gateway(self, gateway_id: str) -> GatewayRecord | None: ...
 
     def prune_seen(self, older_than_ns: int) -> int: ...
+
+    def create_enrollment_token(self, token: EnrollmentTokenRecord) -> None: ...
+
+    def enrollment_tokens(self, tenant: str | None = None) -> list[EnrollmentTokenRecord]: ...
+
+    def revoke_enrollment_token(self, token_id: str, tenant: str | None = None) -> bool: ...
+
+    def redeem_enrollment_token(
+        self,
+        token_hash: str,
+        now_ns: int,
+        register: Callable[[EnrollmentTokenRecord], GatewayRegistration],
+    ) -> GatewayRegistration: ...
+
+    def record_certificate(self, cert: CertificateRecord) -> None: ...
+
+    def certificate(self, serial: str) -> CertificateRecord | None: ...
+
+    def gateway_exists(self, gateway_id: str) -> bool: ...
+
+    def gateway_tenant(self, gateway_id: str) -> str | None: ...
+
+    def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]: ...
+
+    def revoke_gateway(self, gateway_id: str, now_ns: int) -> int: ...
+
+    def revoked_certificates(self) -> list[tuple[str, int]]: ...
+
+    def revoked_gateways(self) -> set[str]: ...
+
+    def create_api_token(self, token: ApiTokenRecord) -> None: ...
+
+    def api_token(self, token_hash: str) -> ApiTokenRecord | None: ...
+
+    def revoke_api_token(self, token_id: str, now_ns: int) -> bool: ...
 
     def close(self) -> None: ...

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,14 @@ import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from collector._exceptions import StoreError, StoreUnavailable
+from collector._exceptions import StoreError, StoreUnavailable, TokenRefused
 from collector.stores._base import (
+    ApiTokenRecord,
     BatchRecord,
+    CertificateRecord,
+    EnrollmentTokenRecord,
     GatewayRecord,
+    GatewayRegistration,
     QuarantineEntry,
     SeriesWrite,
     StoredPoint,
@@ -76,6 +81,37 @@ def _doc_initial(db: Database) -> None:
     )
 
 
+@DOC_MIGRATIONS(name="0002_enrollment")
+def _doc_enrollment(db: Database) -> None:
+    # Tokens are stored as SHA-256 hashes: they are 256-bit random, so no slow hash is needed,
+    # and the token itself is shown once and never stored.
+    db.execute(
+        "CREATE TABLE enrollment_tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+        " tenant TEXT NOT NULL, site TEXT NOT NULL, created_ns INTEGER NOT NULL,"
+        " expires_ns INTEGER NOT NULL, uses_total INTEGER NOT NULL, uses_left INTEGER NOT NULL,"
+        " revoked INTEGER NOT NULL DEFAULT 0)"
+    )
+    for column in (
+        "tenant TEXT NOT NULL DEFAULT ''",
+        "site TEXT NOT NULL DEFAULT ''",
+        "hardware TEXT NOT NULL DEFAULT '{}'",
+        "enrolled_ns INTEGER",
+        "cert_serial TEXT",
+        "cert_not_after_ns INTEGER",
+        "revoked_ns INTEGER",
+    ):
+        db.execute(f"ALTER TABLE gateways ADD COLUMN {column}")
+    db.execute(
+        "CREATE TABLE certificates (serial TEXT PRIMARY KEY, gateway_id TEXT NOT NULL,"
+        " issued_ns INTEGER NOT NULL, not_after_ns INTEGER NOT NULL, revoked_ns INTEGER)"
+    )
+    db.execute(
+        "CREATE TABLE api_tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+        " tenant TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',"
+        " created_ns INTEGER NOT NULL, revoked_ns INTEGER)"
+    )
+
+
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,12 +129,27 @@ def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
 
 
 class _SqliteBase:
+    """One connection shared by the ingest thread and the API's threads, one user at a time."""
+
     def __init__(self, path: Path, migrations: Migrations) -> None:
         self.path = path
         self._conn = _connect(path, migrations)
+        self._lock = threading.RLock()
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchone()
 
     @contextmanager
     def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield from self._tx_locked(what)
+
+    def _tx_locked(self, what: str) -> Iterator[sqlite3.Connection]:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -193,7 +244,7 @@ class SqliteTimeSeriesStore(_SqliteBase):
         want = tags or {}
         out: list[StoredPoint] = []
         current: tuple[int, int] | None = None
-        for sid, tag_json, ts, field, value, type_code in self._conn.execute(sql, args):
+        for sid, tag_json, ts, field, value, type_code in self._all(sql, args):
             series_tags = orjson.loads(tag_json)
             if any(series_tags.get(k) != v for k, v in want.items()):
                 continue
@@ -214,7 +265,21 @@ class SqliteTimeSeriesStore(_SqliteBase):
                 " JOIN series s ON s.id = p.series_id WHERE s.measurement = ?)"
             )
             args = [measurement]
-        return int(self._conn.execute(sql, args).fetchone()[0])
+        return int(self._one(sql, args)[0])
+
+
+def _token(row: Sequence[Any]) -> EnrollmentTokenRecord:
+    return EnrollmentTokenRecord(
+        id=row[0],
+        hash=row[1],
+        tenant=row[2],
+        site=row[3],
+        created_ns=row[4],
+        expires_ns=row[5],
+        uses_total=row[6],
+        uses_left=row[7],
+        revoked=bool(row[8]),
+    )
 
 
 def _type_code(value: FieldValue) -> str:
@@ -234,10 +299,10 @@ class SqliteDocumentStore(_SqliteBase):
         super().__init__(path, DOC_MIGRATIONS)
 
     def seen(self, gateway_id: str, stream_id: str, seq: int) -> bool:
-        row = self._conn.execute(
+        row = self._one(
             "SELECT 1 FROM stored_batches WHERE gateway_id = ? AND stream_id = ? AND seq = ?",
             (gateway_id, stream_id, seq),
-        ).fetchone()
+        )
         return row is not None
 
     def record(self, batches: Sequence[BatchRecord], events: Sequence[tuple[str, Event]]) -> None:
@@ -278,11 +343,11 @@ class SqliteDocumentStore(_SqliteBase):
         return cur.lastrowid
 
     def quarantined(self, *, limit: int = 100) -> list[QuarantineEntry]:
-        rows = self._conn.execute(
+        rows = self._all(
             "SELECT id, received_ns, gateway_id, topic, reason, detail, properties, raw"
             " FROM quarantine ORDER BY id DESC LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         return [
             QuarantineEntry(
                 id=r[0],
@@ -300,7 +365,7 @@ class SqliteDocumentStore(_SqliteBase):
     def events(self, gateway_id: str) -> list[Event]:
         return [
             Event(id=r[0], type=r[1], ts=r[2], source=r[3], body=orjson.loads(r[4]))
-            for r in self._conn.execute(
+            for r in self._all(
                 "SELECT id, type, ts, source, body FROM events WHERE gateway_id = ? ORDER BY ts",
                 (gateway_id,),
             )
@@ -335,10 +400,10 @@ class SqliteDocumentStore(_SqliteBase):
             )
 
     def boot_offset(self, gateway_id: str, boot_id: str) -> int | None:
-        row = self._conn.execute(
+        row = self._one(
             "SELECT offset_ns FROM clock_boots WHERE gateway_id = ? AND boot_id = ?",
             (gateway_id, boot_id),
-        ).fetchone()
+        )
         return None if row is None else int(row[0])
 
     def set_boot_offset(self, gateway_id: str, boot_id: str, offset_ns: int) -> None:
@@ -350,11 +415,11 @@ class SqliteDocumentStore(_SqliteBase):
             )
 
     def gateway(self, gateway_id: str) -> GatewayRecord | None:
-        row = self._conn.execute(
+        row = self._one(
             "SELECT id, state, last_seen_ns, status, clock_skew_s, clock_flagged"
             " FROM gateways WHERE id = ?",
             (gateway_id,),
-        ).fetchone()
+        )
         if row is None:
             return None
         return GatewayRecord(row[0], row[1], row[2], orjson.loads(row[3]), row[4], bool(row[5]))
@@ -363,3 +428,202 @@ class SqliteDocumentStore(_SqliteBase):
         with self._tx("prune dedup records") as conn:
             cur = conn.execute("DELETE FROM stored_batches WHERE received_ns < ?", (older_than_ns,))
         return cur.rowcount
+
+    # -- enrollment ---------------------------------------------------------------------------
+
+    def create_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
+        with self._tx("create an enrollment token") as conn:
+            conn.execute(
+                "INSERT INTO enrollment_tokens (id, hash, tenant, site, created_ns, expires_ns,"
+                " uses_total, uses_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.hash,
+                    token.tenant,
+                    token.site,
+                    token.created_ns,
+                    token.expires_ns,
+                    token.uses_total,
+                    token.uses_left,
+                ),
+            )
+
+    def enrollment_tokens(self, tenant: str | None = None) -> list[EnrollmentTokenRecord]:
+        sql = (
+            "SELECT id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left, revoked"
+            " FROM enrollment_tokens"
+        )
+        args: list[Any] = []
+        if tenant is not None:
+            sql += " WHERE tenant = ?"
+            args.append(tenant)
+        return [_token(r) for r in self._all(sql + " ORDER BY created_ns", args)]
+
+    def revoke_enrollment_token(self, token_id: str, tenant: str | None = None) -> bool:
+        with self._tx("revoke an enrollment token") as conn:
+            cur = conn.execute(
+                "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?"
+                + (" AND tenant = ?" if tenant is not None else ""),
+                (token_id, tenant) if tenant is not None else (token_id,),
+            )
+        return cur.rowcount == 1
+
+    def redeem_enrollment_token(
+        self,
+        token_hash: str,
+        now_ns: int,
+        register: Callable[[EnrollmentTokenRecord], GatewayRegistration],
+    ) -> GatewayRegistration:
+        """Check and use one use of a token, and register what ``register`` returns, atomically.
+
+        Raises :class:`TokenRefused` (unknown, expired, used_up, revoked) and uses nothing then.
+        """
+        with self._tx("enroll a gateway") as conn:
+            row = conn.execute(
+                "SELECT id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left,"
+                " revoked FROM enrollment_tokens WHERE hash = ?",
+                (token_hash,),
+            ).fetchone()
+            if row is None:
+                raise TokenRefused("unknown", "this enrollment token does not exist")
+            token = _token(row)
+            if token.revoked:
+                raise TokenRefused("revoked", "this enrollment token was revoked by an operator")
+            if token.expires_ns <= now_ns:
+                raise TokenRefused("expired", "this enrollment token has expired")
+            if token.uses_left <= 0:
+                raise TokenRefused(
+                    "used_up", f"this enrollment token was already used {token.uses_total} time(s)"
+                )
+            reg = register(token)
+            conn.execute(
+                "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?", (token.id,)
+            )
+            conn.execute(
+                "INSERT INTO gateways (id, tenant, site, hardware, enrolled_ns, cert_serial,"
+                " cert_not_after_ns) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " tenant = excluded.tenant, site = excluded.site, hardware = excluded.hardware,"
+                " enrolled_ns = excluded.enrolled_ns, cert_serial = excluded.cert_serial,"
+                " cert_not_after_ns = excluded.cert_not_after_ns",
+                (
+                    reg.gateway_id,
+                    token.tenant,
+                    token.site,
+                    orjson.dumps(reg.hardware).decode(),
+                    now_ns,
+                    reg.certificate.serial,
+                    reg.certificate.not_after_ns,
+                ),
+            )
+            self._insert_certificate(conn, reg.certificate)
+        return reg
+
+    @staticmethod
+    def _insert_certificate(conn: sqlite3.Connection, cert: CertificateRecord) -> None:
+        conn.execute(
+            "INSERT INTO certificates (serial, gateway_id, issued_ns, not_after_ns)"
+            " VALUES (?, ?, ?, ?)",
+            (cert.serial, cert.gateway_id, cert.issued_ns, cert.not_after_ns),
+        )
+
+    def record_certificate(self, cert: CertificateRecord) -> None:
+        """A renewed certificate for an enrolled gateway."""
+        with self._tx("record a certificate") as conn:
+            self._insert_certificate(conn, cert)
+            conn.execute(
+                "UPDATE gateways SET cert_serial = ?, cert_not_after_ns = ? WHERE id = ?",
+                (cert.serial, cert.not_after_ns, cert.gateway_id),
+            )
+
+    def gateway_exists(self, gateway_id: str) -> bool:
+        return self._one("SELECT 1 FROM gateways WHERE id = ?", (gateway_id,)) is not None
+
+    def gateway_tenant(self, gateway_id: str) -> str | None:
+        row = self._one("SELECT tenant FROM gateways WHERE id = ?", (gateway_id,))
+        return None if row is None else str(row[0])
+
+    def revoke_gateway(self, gateway_id: str, now_ns: int) -> int:
+        """Decommission: mark the gateway and all its certificates revoked; count certificates."""
+        with self._tx("revoke a gateway") as conn:
+            conn.execute(
+                "UPDATE gateways SET revoked_ns = coalesce(revoked_ns, ?) WHERE id = ?",
+                (now_ns, gateway_id),
+            )
+            cur = conn.execute(
+                "UPDATE certificates SET revoked_ns = ? WHERE gateway_id = ? AND revoked_ns IS NULL",
+                (now_ns, gateway_id),
+            )
+        return cur.rowcount
+
+    def revoked_certificates(self) -> list[tuple[str, int]]:
+        return [
+            (r[0], r[1])
+            for r in self._all(
+                "SELECT serial, revoked_ns FROM certificates WHERE revoked_ns IS NOT NULL"
+                " ORDER BY revoked_ns"
+            )
+        ]
+
+    def revoked_gateways(self) -> set[str]:
+        return {r[0] for r in self._all("SELECT id FROM gateways WHERE revoked_ns IS NOT NULL")}
+
+    def certificate(self, serial: str) -> CertificateRecord | None:
+        row = self._one(
+            "SELECT serial, gateway_id, issued_ns, not_after_ns, revoked_ns FROM certificates"
+            " WHERE serial = ?",
+            (serial,),
+        )
+        return None if row is None else CertificateRecord(*row)
+
+    def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT id, tenant, site, state, last_seen_ns, enrolled_ns, cert_not_after_ns,"
+            " revoked_ns, hardware FROM gateways"
+        )
+        args: list[Any] = []
+        if tenant is not None:
+            sql += " WHERE tenant = ?"
+            args.append(tenant)
+        cols = (
+            "id",
+            "tenant",
+            "site",
+            "state",
+            "last_seen_ns",
+            "enrolled_ns",
+            "cert_not_after_ns",
+            "revoked_ns",
+            "hardware",
+        )
+        out = []
+        for row in self._all(sql + " ORDER BY id", args):
+            item = dict(zip(cols, row, strict=True))
+            item["hardware"] = orjson.loads(item["hardware"])
+            out.append(item)
+        return out
+
+    # -- API tokens ---------------------------------------------------------------------------
+
+    def create_api_token(self, token: ApiTokenRecord) -> None:
+        with self._tx("create an API token") as conn:
+            conn.execute(
+                "INSERT INTO api_tokens (id, hash, tenant, role, name, created_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token.id, token.hash, token.tenant, token.role, token.name, token.created_ns),
+            )
+
+    def api_token(self, token_hash: str) -> ApiTokenRecord | None:
+        row = self._one(
+            "SELECT id, hash, tenant, role, name, created_ns, revoked_ns FROM api_tokens"
+            " WHERE hash = ?",
+            (token_hash,),
+        )
+        return None if row is None else ApiTokenRecord(*row)
+
+    def revoke_api_token(self, token_id: str, now_ns: int) -> bool:
+        with self._tx("revoke an API token") as conn:
+            cur = conn.execute(
+                "UPDATE api_tokens SET revoked_ns = ? WHERE id = ? AND revoked_ns IS NULL",
+                (now_ns, token_id),
+            )
+        return cur.rowcount == 1

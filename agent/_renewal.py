@@ -1,0 +1,127 @@
+"""Certificate renewal: before the gateway certificate expires, get a new one over the uplink.
+
+At ``renew_at`` of its lifetime (two thirds by default) the agent makes a new key, sends a
+certificate request on ``P/up/renew`` (its current certificate authenticates it to the broker,
+which only lets it use its own topics), and writes the new key and certificate together when
+the collector answers on ``P/down/renew``. The uplink then reconnects with them; the buffer is
+untouched, and batches in flight are simply sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent._exceptions import UplinkError
+from wire import RenewResponse
+
+
+@dataclass(frozen=True)
+class RenewalRequest:
+    request_id: str
+    csr_pem: str
+    key_pem: bytes
+    answer: asyncio.Future[RenewResponse]
+
+
+class CertificateRenewer:
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        cert_file: Path,
+        key_file: Path,
+        renew_at: float,
+        min_interval_s: float,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self._renew_at = renew_at
+        self._min_interval = min_interval_s
+        self._log = logger or logging.getLogger("outpost.agent.renewal")
+        self._last_attempt: float | None = None
+        self._waiting: dict[str, asyncio.Future[RenewResponse]] = {}
+        self.renewals = 0
+
+    def due(self) -> bool:
+        if (
+            self._last_attempt is not None
+            and time.monotonic() - self._last_attempt < self._min_interval
+        ):
+            return False
+        from cryptography import x509  # imported only when needed: the agent stays small
+
+        try:
+            cert = x509.load_pem_x509_certificate(self._cert_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            self._log.error("cannot read the gateway certificate %s: %s", self._cert_file, exc)
+            return False
+        start = cert.not_valid_before_utc.timestamp()
+        end = cert.not_valid_after_utc.timestamp()
+        return time.time() >= start + (end - start) * self._renew_at
+
+    def deliver(self, response: RenewResponse) -> None:
+        future = self._waiting.get(response.request_id)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    def request(self) -> RenewalRequest:
+        """A new key and a CSR for it, registered before it is sent (the answer may be quick)."""
+        from cryptography.hazmat.primitives import serialization
+
+        from provisioning._ca import key_pem, make_csr, new_key
+
+        self._last_attempt = time.monotonic()
+        key = new_key()
+        csr = make_csr(key, self.gateway_id).public_bytes(serialization.Encoding.PEM)
+        request = RenewalRequest(
+            uuid.uuid4().hex, csr.decode(), key_pem(key), asyncio.get_running_loop().create_future()
+        )
+        self._waiting[request.request_id] = request.answer
+        return request
+
+    def forget(self, request: RenewalRequest) -> None:
+        self._waiting.pop(request.request_id, None)
+
+    def install(self, certificate_pem: str, key: bytes) -> None:
+        """Check the new certificate against the new key and our id, then replace both files."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        from provisioning._exceptions import ProvisioningError
+        from provisioning._files import replace_files
+
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+        private = serialization.load_pem_private_key(key, password=None)
+        if cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) != private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
+            raise UplinkError("the renewed certificate is not for the new key; keeping the old one")
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if not cn or cn[0].value != self.gateway_id:
+            raise UplinkError("the renewed certificate names another gateway; keeping the old one")
+        if self._cert_file.parent != self._key_file.parent:
+            raise UplinkError("cert_file and key_file must be in one directory to be renewed")
+        try:
+            replace_files(
+                self._cert_file.parent,
+                {
+                    self._key_file.name: (key, 0o600),
+                    self._cert_file.name: (certificate_pem.encode(), 0o644),
+                },
+            )
+        except ProvisioningError as exc:
+            raise UplinkError(str(exc)) from exc
+        self.renewals += 1
+        self._log.info(
+            "gateway certificate renewed, valid until %s",
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}",
+        )
