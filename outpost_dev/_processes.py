@@ -76,6 +76,12 @@ class Mosquitto:
                 self._proc.wait()
             self._proc = None
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("mosquitto is not running")
+        return self._proc.pid
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -95,8 +101,30 @@ def collector_config(
     *,
     extra: str = "",
     client_id: str = "outpost-collector-1",
+    api_port: int | None = None,
+    crl_reload_command: str = "",
 ) -> Path:
+    """A collector config for ``broker``; with ``api_port``, also the CA and the HTTPS API."""
     f = broker.files
+    if api_port is not None:
+        extra += f"""
+[pki]
+ca_cert = "{f.ca_cert}"
+ca_key = "{f.ca_key}"
+signing_key = "{f.signing_key}"
+crl_file = "{f.crl}"
+crl_reload_command = "{crl_reload_command}"
+
+[api]
+listen = "127.0.0.1"
+port = {api_port}
+tls_cert = "{f.api_cert}"
+tls_key = "{f.api_key}"
+
+[enrollment]
+broker_host = "localhost"
+broker_port = {broker.port}
+"""
     path.write_text(
         f"""\
 log_level = "info"

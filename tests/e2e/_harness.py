@@ -40,6 +40,8 @@ class Harness:
     broker: Mosquitto
     root: Path
     collector_extra: str = ""
+    api_port: int | None = None  # set: the collector is also the CA with its HTTPS API
+    crl_reload_command: str = ""
     collector: subprocess.Popen[bytes] | None = None
     producers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -52,9 +54,7 @@ class Harness:
         return self.root / "collector.log"
 
     def start_collector(self) -> None:
-        cfg = collector_config(
-            self.root / "collector.toml", self.broker, self.data, extra=self.collector_extra
-        )
+        cfg = self.collector_config_path()
         before = self.collector_log.read_text() if self.collector_log.exists() else ""
         self.collector = spawn(
             ["collector.cli", "serve", "--config", str(cfg)], log=self.collector_log
@@ -66,6 +66,16 @@ class Harness:
             ),
             timeout=20,
             what="the collector to subscribe",
+        )
+
+    def collector_config_path(self) -> Path:
+        return collector_config(
+            self.root / "collector.toml",
+            self.broker,
+            self.data,
+            extra=self.collector_extra,
+            api_port=self.api_port,
+            crl_reload_command=self.crl_reload_command,
         )
 
     def stop_collector(self) -> None:
