@@ -14,6 +14,7 @@ from agent._clock import Clock
 from agent._config import AgentConfig, HostSourceConfig, SimulatedSourceConfig
 from agent._uplink import Uplink
 from agent.sources import HostSource, SimulatedSource, Source
+from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
 def agent_version() -> str:
@@ -53,8 +54,12 @@ class Agent:
         sources: Sequence[Source],
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
+        notifier: Notifier | None = None,
+        monitor: ProgressMonitor | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or Notifier({})
+        self.monitor = monitor or ProgressMonitor()
         self.outbox = outbox
         self._clock = clock
         self._sources = list(sources)
@@ -70,6 +75,7 @@ class Agent:
             state=self.state_message,
             logger=self._log.getChild("uplink"),
             rng=self._rng,
+            on_progress=lambda: self.monitor.beat("uplink"),
         )
 
     def state_message(self, state: str) -> wire.GatewayState:
@@ -107,20 +113,44 @@ class Agent:
             self.outbox.path,
             len(self._sources),
         )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._batcher(), name="batcher")
-            tg.create_task(self.uplink.run(), name="uplink")
-            for source in self._sources:
-                tg.create_task(self._poll(source), name=f"source:{source.name}")
+        self.monitor.register("batcher")
+        self.monitor.register("uplink")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._batcher(), name="batcher")
+                tg.create_task(self.uplink.run(), name="uplink")
+                for source in self._sources:
+                    tg.create_task(self._poll(source), name=f"source:{source.name}")
+                tg.create_task(
+                    feed_watchdog(
+                        self._notifier, self.monitor, status=self._status, logger=self._log
+                    ),
+                    name="watchdog",
+                )
+                self._notifier.ready(self._status())
+        finally:
+            self._notifier.stopping()
+
+    def _status(self) -> str:
+        stats = self.outbox.stats()
+        link = "connected" if self.uplink.connected.is_set() else "not connected"
+        return (
+            f"{link}; backlog {stats.backlog_readings} readings; drops {sum(stats.drops.values())}"
+        )
 
     async def _batcher(self) -> None:
         delay = self.config.buffer.batch_max_delay
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                async with asyncio.timeout(delay):
-                    await self._batch_due.wait()
-            except TimeoutError:
-                pass
+            deadline = loop.time() + delay
+            while not self._batch_due.is_set() and (left := deadline - loop.time()) > 0:
+                self.monitor.beat("batcher")  # waiting for readings is not a stall
+                try:
+                    async with asyncio.timeout(min(left, 0.5)):
+                        await self._batch_due.wait()
+                except TimeoutError:
+                    pass
+            self.monitor.beat("batcher")
             self._batch_due.clear()
             self._appended = 0
             formed = 0

@@ -111,8 +111,10 @@ class Uplink:
         state: Callable[[str], wire.GatewayState],
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         self.gateway_id = gateway_id
+        self._progress = on_progress
         self._cfg = config
         self._outbox = outbox
         self._clock = clock
@@ -169,7 +171,12 @@ class Uplink:
             self._outbox.set_uplink_state("disconnected")
             delay = backoff.next_delay()
             self._log.info("reconnecting in %.1f s", delay)
-            await asyncio.sleep(delay)
+            # Waiting to reconnect is progress too: sleep in slices and say so.
+            end = asyncio.get_running_loop().time() + delay
+            while (left := end - asyncio.get_running_loop().time()) > 0:
+                self._progress()
+                await asyncio.sleep(min(1.0, left))
+            self._progress()
 
     async def _connected_session(self, ctx: ssl.SSLContext, backoff: Backoff) -> None:
         will = aiomqtt.Will(
@@ -267,9 +274,10 @@ class Uplink:
         topic = topics.up_batch(self.gateway_id)
         timeout = self._cfg.ack_timeout
         while True:
+            self._progress()
             now = loop.time()
             if self._hold_until > now:
-                await asyncio.sleep(self._hold_until - now)
+                await asyncio.sleep(min(1.0, self._hold_until - now))
                 continue
             late = self._tracker.expire(now, timeout)
             if late:

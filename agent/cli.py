@@ -18,6 +18,7 @@ from agent._buffer import Outbox, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
 from agent._config import load_config
 from agent._exceptions import AgentError
+from outpost_systemd import Notifier
 
 DEFAULT_CONFIG = Path("/etc/outpost/agent.toml")
 _config_option = click.option(
@@ -69,7 +70,11 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
             durability=config.buffer.durability,
         ) as outbox:
             agent = Agent(
-                config=config, clock=clock, outbox=outbox, sources=build_sources(config, clock)
+                config=config,
+                clock=clock,
+                outbox=outbox,
+                sources=build_sources(config, clock),
+                notifier=Notifier(),
             )
             asyncio.run(_run_until_signal(agent))
     except* AgentError as group:

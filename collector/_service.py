@@ -18,6 +18,7 @@ from collector._config import ApiConfig, BrokerConfig
 from collector._exceptions import StoreError
 from collector._ingest import Incoming, Ingestor
 from collector.stores import DocumentStore
+from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 from wire import topics
 
 _MAX_GROUP = 64  # messages processed (and committed) together
@@ -76,8 +77,11 @@ class CollectorService:
         max_queued: int = 2_000,
         overload_retry_after_ms: int = 2_000,
         summary_interval_s: float = 60.0,
+        notifier: Notifier | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        self._notifier = notifier or Notifier({})
+        self.monitor = ProgressMonitor()
         self._cfg = broker
         self._ingestor = ingestor
         self._docs = documents
@@ -90,7 +94,12 @@ class CollectorService:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
+        self.monitor.register("ingest")
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                feed_watchdog(self._notifier, self.monitor, status=self._status, logger=self._log),
+                name="collector-watchdog",
+            )
             tg.create_task(self._prune_dedup_records(), name="collector-prune")
             tg.create_task(self._log_summary(), name="collector-summary")
             tg.create_task(self._refresh_revocations(), name="collector-revocations")
@@ -138,6 +147,11 @@ class CollectorService:
                 self._log.info("%s", line)
                 last = line
 
+    def _status(self) -> str:
+        m = self._ingestor.metrics
+        link = "subscribed" if self.subscribed.is_set() else "not connected"
+        return f"{link}; {m.readings_stored} readings stored; {m.quarantined} quarantined"
+
     async def _connect_forever(self) -> None:
         attempt = 0
         while True:
@@ -152,7 +166,11 @@ class CollectorService:
                 )
             self.subscribed.clear()
             attempt = min(attempt + 1, 6)
-            await asyncio.sleep(random.uniform(0.5, 0.5 * 2**attempt))
+            delay = random.uniform(0.5, 0.5 * 2**attempt)
+            while delay > 0:  # waiting to reconnect is not a stall
+                self.monitor.beat("ingest")
+                await asyncio.sleep(min(1.0, delay))
+                delay -= 1.0
 
     async def _session(self) -> None:
         client = aiomqtt.Client(
@@ -174,6 +192,7 @@ class CollectorService:
                 self._cfg.port,
             )
             self.subscribed.set()
+            self._notifier.ready(self._status())
             queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=self._max_queued)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client, queue), name="collector-receive")
@@ -212,7 +231,13 @@ class CollectorService:
 
     async def _work(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
         while True:
-            group = [await queue.get()]
+            self.monitor.beat("ingest")
+            try:
+                async with asyncio.timeout(1.0):
+                    first = await queue.get()
+            except TimeoutError:
+                continue
+            group = [first]
             while len(group) < _MAX_GROUP and not queue.empty():
                 group.append(queue.get_nowait())
             replies = await asyncio.to_thread(self._ingestor.handle, group)

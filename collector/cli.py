@@ -22,6 +22,7 @@ from collector._ingest import Ingestor
 from collector._service import ApiServer, CollectorService
 from collector.api import ApiServices, create_app
 from collector.stores import ApiTokenRecord, SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_systemd import Notifier
 from provisioning import ProvisioningError
 from wire import topics
 
@@ -73,6 +74,7 @@ def serve(config_path: Path) -> None:
             dedup_window_s=config.stores.dedup_window_days * 86400,
             max_queued=config.limits.max_queued_batches,
             overload_retry_after_ms=config.limits.overload_retry_after_ms,
+            notifier=Notifier(),
         )
         api = None
         if config.api and enrollment:
