@@ -138,8 +138,10 @@ def test_clock_wrong_at_boot_is_corrected(harness: Harness, identity) -> None:
     wrong = 0
     for e in journal:
         [(ts, _)] = stored[(e.run, e.n)]
-        # real_ns was read right after the buffer commit, a few ms after capture.
-        if not (e.real_ns - 2_000_000_000 <= ts <= e.real_ns + 10_000_000):
+        # real_ns was read right after the buffer commit, a few ms after capture; a corrected
+        # timestamp is late by the one-way delivery delay of the batch that taught the
+        # collector the boot's offset (tens of ms on a loaded machine).
+        if not (e.real_ns - 2_000_000_000 <= ts <= e.real_ns + 500_000_000):
             wrong += 1
     skewed = [e for e in journal if e.run in ("offline", "live")]
     assert all(abs(e.ts - e.real_ns) > year * 0.9e9 for e in skewed), "the fake clock was wrong"
