@@ -3,59 +3,100 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import json
 import signal
 import sqlite3
+import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import click
+import httpx
 
-from collector._broker import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
-
-GATEWAY_ID = "gw-demo"
+from outpost_dev._processes import Mosquitto, collector_config, free_port, spawn, stop
 
 
 def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Mosquitto(workdir / "broker")
-    identity = issue_gateway_identity(
-        workdir / "broker", GATEWAY_ID, workdir / "gateway" / "identity"
-    )
-    data = workdir / "collector-data"
-    ccfg = collector_config(workdir / "collector.toml", broker, data)
-    acfg = agent_config(
-        workdir / "agent.toml",
-        gateway_id=GATEWAY_ID,
-        port=broker.port,
-        identity=identity,
-        state_dir=workdir / "gateway" / "state",
-        sources=(
-            '[[sources]]\ntype = "host"\ninterval = 5\n\n'
-            '[[sources]]\ntype = "simulated"\ninterval = 1\ndevices = 3\nevents_every = 10\n'
-        ),
-    )
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
+    broker = Mosquitto(workdir / "broker")
+    data = workdir / "collector-data"
+    api_port = free_port()
     broker.start()
-    commands = {
-        "collector": ["collector.cli", "serve", "--config", str(ccfg)],
-        "agent": ["agent.cli", "run", "--config", str(acfg)],
-    }
-    procs = {name: spawn(args, log=logs / f"{name}.log") for name, args in commands.items()}
+    ccfg = collector_config(
+        workdir / "collector.toml",
+        broker,
+        data,
+        api_port=api_port,
+        crl_reload_command=f"kill -HUP {broker.pid}",
+    )
+    commands = {"collector": ["collector.cli", "serve", "--config", str(ccfg)]}
+    procs = {"collector": spawn(commands["collector"], log=logs / "collector.log")}
+    api = f"https://localhost:{api_port}"
+    _wait_for_api(api, broker.files.ca_cert)
+
+    # The technician's flow: an operator makes a token, the gateway enrolls with it.
+    token = _run(
+        "collector.cli",
+        "token",
+        "create",
+        "--config",
+        str(ccfg),
+        "--tenant",
+        "demo",
+        "--site",
+        "demo-site",
+        "--expires",
+        "1h",
+    ).split()[0]
+    gateway = workdir / "gateway"
+    acfg = gateway / "agent.toml"
+    if not (gateway / "identity" / "gateway.pem").exists():
+        click.echo(
+            _run(
+                "provisioning.cli",
+                "enroll",
+                "--collector",
+                api,
+                "--token",
+                token,
+                "--identity-dir",
+                str(gateway / "identity"),
+                "--config",
+                str(acfg),
+                "--state-dir",
+                str(gateway / "state"),
+                "--ca-file",
+                str(broker.files.ca_cert),
+                "--owner",
+                getpass.getuser(),
+            )
+        )
+        with acfg.open("a") as f:
+            f.write(
+                '\n[[sources]]\ntype = "simulated"\ninterval = 1\ndevices = 3\nevents_every = 10\n'
+            )
+    else:  # a second demo run in the same directory: the gateway is enrolled already
+        _point_at(acfg, broker.port)
+    gateway_id = json.loads((gateway / "identity" / "enrollment.json").read_text())["gateway_id"]
+    commands["agent"] = ["agent.cli", "run", "--config", str(acfg)]
+    procs["agent"] = spawn(commands["agent"], log=logs / "agent.log")
     ts_db = data / "timeseries.db"
     click.echo(
         f"""
 Outpost demo is running (Ctrl-C stops it).
   broker      mosquitto, mTLS on localhost:{broker.port}   config {broker.files.config}
-  collector   config {ccfg}   log {logs / "collector.log"}
-  agent       gateway {GATEWAY_ID}, config {acfg}   log {logs / "agent.log"}
+  collector   config {ccfg}   API {api}   log {logs / "collector.log"}
+  agent       gateway {gateway_id}, config {acfg}   log {logs / "agent.log"}
 
 Where the data is:
   time series  {ts_db}
   documents    {data / "documents.db"}
-  e.g.  sqlite3 {ts_db} "SELECT s.measurement, s.tags, p.field, p.value FROM points p JOIN series s ON s.id = p.series_id ORDER BY p.ts DESC LIMIT 10"
+  latest       {sys.executable} -m collector.cli readings --config {ccfg} --measurement environment
   agent buffer {sys.executable} -m agent.cli status --config {acfg}
 
 Try it: kill -9 {procs["agent"].pid} (the agent) or kill -9 {procs["collector"].pid} (the collector).
@@ -92,6 +133,35 @@ The demo starts a killed process again; the count goes on with nothing lost or d
         stop(procs["collector"])
         broker.stop()
         click.echo(f"stopped; {_summary(ts_db)}. Files stay in {workdir}")
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise click.ClickException(f"{args[0]} {args[1]} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def _wait_for_api(url: str, ca: Path, timeout: float = 20) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", verify=ctx, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise click.ClickException(f"the collector's API did not come up at {url}; see the logs")
+
+
+def _point_at(config: Path, port: int) -> None:
+    """The broker of a new demo run has a new port: update the enrolled agent's config."""
+    lines = config.read_text().splitlines()
+    config.write_text(
+        "\n".join(f"port = {port}" if line.startswith("port = ") else line for line in lines) + "\n"
+    )
 
 
 def _summary(ts_db: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -69,6 +71,12 @@ def main() -> None:
 @click.option("--tenant", default=None, help="Refuse the token unless it belongs to this tenant.")
 @click.option("--force", is_flag=True, help="Re-enroll an enrolled gateway (its buffer is kept).")
 @click.option("--start", is_flag=True, help="Enable and start outpost-agent (systemd) afterwards.")
+@click.option(
+    "--owner",
+    default="outpost",
+    show_default=True,
+    help="Run as root, hand the identity and state directories to this user (the agent's).",
+)
 def enroll(
     collector: str,
     token: str,
@@ -79,6 +87,7 @@ def enroll(
     tenant: str | None,
     force: bool,
     start: bool,
+    owner: str,
 ) -> None:
     """Enroll this gateway: make its key here, get its certificate, write the agent config."""
     try:
@@ -98,6 +107,7 @@ def enroll(
         )
         identity = write_identity(identity_dir, key, answer, collector)
         wrote_config = write_agent_config(config_path, identity, state_dir)
+        handed = hand_over(owner, identity_dir, state_dir)
     except ProvisioningError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
@@ -105,6 +115,8 @@ def enroll(
     )
     click.echo(f"  identity   {identity_dir} (key {identity.key}, mode 0600)")
     click.echo(f"  broker     {identity.broker_host}:{identity.broker_port}")
+    if handed:
+        click.echo(f"  owner      {owner} (the agent's user) owns {identity_dir} and {state_dir}")
     click.echo(
         f"  config     {config_path} ({'written' if wrote_config else 'kept: it already names this gateway'})"
     )
@@ -147,6 +159,21 @@ interval = 10
         tmp.replace(path)
     except OSError as exc:
         raise ProvisioningError(f"cannot write the agent config {path}: {exc.strerror}") from None
+    return True
+
+
+def hand_over(owner: str, *directories: Path) -> bool:
+    """As root, give the agent's user its directories (the key stays 0600, now theirs)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        entry = pwd.getpwnam(owner)
+    except KeyError:
+        return False  # no such user (yet): the files stay root's; docs/technician.md says so
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in [directory, *directory.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
     return True
 
 

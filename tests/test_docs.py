@@ -9,6 +9,7 @@ import pytest
 
 from agent.cli import main as agent_cli
 from collector.cli import main as collector_cli
+from provisioning.cli import main as provision_cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -43,3 +44,12 @@ def test_every_agent_config_key_is_documented() -> None:
     for model in (AgentConfig, UplinkConfig, BufferConfig):
         for key in model.model_fields:
             assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
+
+
+def test_every_enroll_option_is_documented() -> None:
+    text = (DOCS / "technician.md").read_text()
+    enroll = provision_cli.commands["enroll"]
+    for param in enroll.params:
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--") and opt != "--help":
+                assert opt in text, opt

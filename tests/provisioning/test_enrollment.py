@@ -124,7 +124,7 @@ def tune(config: Path, uplink: str = "", buffer: str = "batch_max_delay = 0.2") 
 def test_an_enrolled_gateway_streams_and_its_token_is_single_use(pki: Harness) -> None:
     h = pki
     token = new_token(h)
-    result = enroll(h, token, "site-gw")
+    result = enroll(h, token, "site-gw", "--owner", "nobody")
     assert result.exit_code == 0, result.output
     gw = gateway_id_of(h, "site-gw")
     assert gw.startswith("warehouse-3-")
@@ -134,6 +134,9 @@ def test_an_enrolled_gateway_streams_and_its_token_is_single_use(pki: Harness) -
     assert identity.stat().st_mode & 0o777 == 0o700
     key = identity / "gateway.key"
     assert key.stat().st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:  # run as root, enroll hands the files to the agent's user
+        assert key.stat().st_uid == identity.stat().st_uid == 65534
+        assert (h.root / "site-gw" / "state").stat().st_uid == 65534
     cert = x509.load_pem_x509_certificate((identity / "gateway.pem").read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == gw
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc

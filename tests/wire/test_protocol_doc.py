@@ -15,7 +15,14 @@ BLOCKS = re.findall(r"```json (\S+)\n(.*?)```", DOC.read_text(), re.S)
 
 
 def test_the_doc_has_an_example_of_every_message() -> None:
-    assert sorted(kind for kind, _ in BLOCKS) == ["ack", "batch-body", "nack", "state"]
+    assert sorted(kind for kind, _ in BLOCKS) == [
+        "ack",
+        "batch-body",
+        "nack",
+        "renew-request",
+        "renew-response",
+        "state",
+    ]
 
 
 @pytest.mark.parametrize(("kind", "text"), BLOCKS, ids=[k for k, _ in BLOCKS])
@@ -26,5 +33,9 @@ def test_example_is_valid(kind: str, text: str) -> None:
         assert batch.reading_count == 3
     elif kind in ("ack", "nack"):
         assert wire.decode_ack(data).kind == kind
+    elif kind == "renew-request":
+        assert "CERTIFICATE REQUEST" in wire.decode_renew_request(data).csr
+    elif kind == "renew-response":
+        assert wire.decode_renew_response(data).status == "issued"
     else:
         assert wire.decode_state(data).state == "online"
