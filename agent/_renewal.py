@@ -10,6 +10,9 @@ untouched, and batches in flight are simply sent again.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import datetime as dt
 import logging
 import time
 import uuid
@@ -55,15 +58,11 @@ class CertificateRenewer:
             and time.monotonic() - self._last_attempt < self._min_interval
         ):
             return False
-        from cryptography import x509  # imported only when needed: the agent stays small
-
         try:
-            cert = x509.load_pem_x509_certificate(self._cert_file.read_bytes())
+            start, end = certificate_validity(self._cert_file.read_bytes())
         except (OSError, ValueError) as exc:
             self._log.error("cannot read the gateway certificate %s: %s", self._cert_file, exc)
             return False
-        start = cert.not_valid_before_utc.timestamp()
-        end = cert.not_valid_after_utc.timestamp()
         return time.time() >= start + (end - start) * self._renew_at
 
     def deliver(self, response: RenewResponse) -> None:
@@ -125,3 +124,63 @@ class CertificateRenewer:
             "gateway certificate renewed, valid until %s",
             f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}",
         )
+
+
+def certificate_validity(pem: bytes) -> tuple[float, float]:
+    """``(not_before, not_after)`` of a PEM certificate, as Unix times.
+
+    Checking whether renewal is due happens at every connection; loading ``cryptography`` for
+    it would add about 11 MB to the agent's memory for good (measured: 45 → 56 MiB). The two
+    dates sit at a fixed place in the DER structure (RFC 5280, 4.1), so a few lines read them;
+    ``cryptography`` is imported only when a renewal actually happens.
+    """
+    body = b"".join(
+        line.strip() for line in pem.splitlines() if line.strip() and not line.startswith(b"-----")
+    )
+    try:
+        der = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise ValueError("not a PEM certificate") from None
+    _, cert_start, _ = _tlv(der, 0, 0x30)  # Certificate
+    _, tbs, _ = _tlv(der, cert_start, 0x30)  # TBSCertificate
+    pos = tbs
+    if der[pos] == 0xA0:  # [0] version
+        pos = _skip(der, pos)
+    for _ in range(3):  # serialNumber, signature, issuer
+        pos = _skip(der, pos)
+    _, validity, _ = _tlv(der, pos, 0x30)
+    t1, start1, end1 = _tlv(der, validity, None)
+    t2, start2, end2 = _tlv(der, end1, None)
+    return _asn1_time(t1, der[start1:end1]), _asn1_time(t2, der[start2:end2])
+
+
+def _tlv(der: bytes, pos: int, want: int | None) -> tuple[int, int, int]:
+    """Tag at ``pos``: ``(tag, content start, content end)``."""
+    if pos + 2 > len(der):
+        raise ValueError("truncated certificate")
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if want is not None and tag != want:
+        raise ValueError(f"unexpected DER tag {tag:#x} (wanted {want:#x})")
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(der[pos : pos + n], "big")
+        pos += n
+    if pos + length > len(der):
+        raise ValueError("truncated certificate")
+    return tag, pos, pos + length
+
+
+def _skip(der: bytes, pos: int) -> int:
+    return _tlv(der, pos, None)[2]
+
+
+def _asn1_time(tag: int, raw: bytes) -> float:
+    text = raw.decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: years 1950-2049
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise ValueError(f"unexpected time tag {tag:#x}")
+    stamp = dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
