@@ -350,11 +350,14 @@ class Uplink:
                 delay = msg.retry_after_ms / 1000 * self._rng.uniform(1.0, 1.2)
                 self._hold_until = max(self._hold_until, loop.time() + delay)
                 self._window = max(1, self._window // 2)
-                self._log.info(
-                    "collector nacked batch %d: %s%s; keeping it, next send in %.1f s",
+                self._log.log(
+                    # Decommissioned: nothing will be accepted until a technician re-enrolls.
+                    logging.ERROR if msg.reason == "revoked" else logging.INFO,
+                    "collector nacked batch %d: %s%s%s; keeping it, next send in %.1f s",
                     msg.seq,
                     msg.reason,
                     f" ({msg.limit})" if msg.limit else "",
+                    f": {msg.detail}" if msg.detail else "",
                     delay,
                 )
             self._wake.set()
