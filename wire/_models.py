@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 # Strict types: a bool must stay a bool and "1" must not become 1 on the way.
-FieldValue = StrictBool | StrictInt | StrictFloat | StrictStr
+# Finite floats only: JSON has no NaN or infinity (orjson would write null).
+FieldValue = StrictBool | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictStr
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 TagValue = Annotated[str, Field(max_length=1024)]
 

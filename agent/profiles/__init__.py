@@ -1,0 +1,25 @@
+"""Firmware profiles: declarative descriptions of device types, and the engine that applies them."""
+
+from agent.profiles._engine import Mapper, RateTracker, decode_mqtt_payload, get_path, snake
+from agent.profiles._loader import (
+    ProfileError,
+    all_profiles,
+    find_profile,
+    load_profile,
+    profiles_dir,
+)
+from agent.profiles._model import Profile
+
+__all__ = [
+    "Mapper",
+    "Profile",
+    "ProfileError",
+    "RateTracker",
+    "all_profiles",
+    "decode_mqtt_payload",
+    "find_profile",
+    "get_path",
+    "load_profile",
+    "profiles_dir",
+    "snake",
+]

@@ -1,0 +1,151 @@
+"""The profile format: a declarative description of one device type and firmware family.
+
+A profile says how to reach the device (``transport``), what to read, and how raw values map to
+readings (measurement, tags, fields, units, counters that need rates) and events. See
+``firmware-profiles/README.md`` for the format with examples.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_MODEL = ConfigDict(frozen=True, extra="forbid")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A path into a decoded payload: "$" the whole item, ".a.b" members, "[0]" list elements.
+_PATH = re.compile(r"^(\$|(\.[^.\[\]]+|\[\d+\])+)$")
+
+Transport = Literal["mqtt", "http", "snmp", "host"]
+
+
+def _check_path(value: str) -> str:
+    if not _PATH.match(value):
+        raise ValueError(f"{value!r} is not a path: use '$', '.member', '.a.b' or '.list[0]'")
+    return value
+
+
+class FieldSpec(BaseModel):
+    """Where a field's value comes from and how it is converted."""
+
+    model_config = _MODEL
+
+    path: str
+    type: Literal["float", "int", "bool", "str", "auto"] = "auto"
+    scale: float = 1.0  # multiply (unit conversion: KiB → bytes is 1024, ms → s is 0.001)
+    rate: bool = False  # a counter: report the per-second rate of change instead
+    counter_bits: Literal[32, 64] = 64  # where the counter wraps
+    map: dict[str, str | float | int | bool] = Field(default_factory=dict)  # enum → value
+
+    _path = field_validator("path")(_check_path)
+
+
+class ReadingRule(BaseModel):
+    """One kind of raw input → readings."""
+
+    model_config = _MODEL
+
+    match: Annotated[str, Field(min_length=1)]  # MQTT topic template, HTTP endpoint, SNMP table
+    select: str = "$"  # "$" the payload; "$.items[*]" each element; "$.*" each member ({key})
+    objects_only: bool = False  # with "*": skip members that are not objects
+    measurement: Annotated[str, Field(min_length=1)]
+    tags: dict[str, str] = Field(default_factory=dict)  # templates: "{device}", "{key}", "{.name}"
+    fields: dict[str, FieldSpec | str] = Field(default_factory=dict)  # a str is a path
+    numeric_fields: bool = False  # also every number / bool member of the item, snake_cased
+    exclude: list[str] = Field(default_factory=list)  # members numeric_fields leaves out
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        if not re.match(r"^\$((\.[^.\[\]*]+|\[\d+\])*)(\.\*|\[\*\])?$", value):
+            raise ValueError(
+                f"{value!r} is not a selection: use '$', '$.a.b', '$.list[*]' or '$.map.*'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _has_fields(self) -> ReadingRule:
+        if not self.fields and not self.numeric_fields:
+            raise ValueError("a reading rule needs 'fields' or 'numeric_fields = true'")
+        for name, spec in self.fields.items():
+            if not name:
+                raise ValueError("field names must not be empty")
+            if isinstance(spec, str):
+                try:
+                    _check_path(spec)
+                except ValueError as exc:
+                    raise ValueError(f"fields.{name}: {exc}") from None
+        return self
+
+
+class EventRule(BaseModel):
+    """Raw input → events (detections, alerts)."""
+
+    model_config = _MODEL
+
+    match: Annotated[str, Field(min_length=1)]
+    type: Annotated[str, Field(min_length=1)]
+    id: str = ""  # template for a stable id, e.g. "{.after.id}-{.type}"; empty: a random id
+    when: dict[str, str | float | int | bool] = Field(default_factory=dict)  # path → value
+    source: str = "{device}"
+    body: list[str] = Field(default_factory=list)  # paths copied into the body; empty: whole item
+
+
+class Availability(BaseModel):
+    """How a device says it is online or offline (an MQTT last will, a status topic)."""
+
+    model_config = _MODEL
+
+    match: Annotated[str, Field(min_length=1)]
+    path: str = "$"
+    online: list[str] = Field(default_factory=lambda: ["online"])
+    offline: list[str] = Field(default_factory=lambda: ["offline"])
+
+    _path = field_validator("path")(_check_path)
+
+
+class MqttSettings(BaseModel):
+    model_config = _MODEL
+
+    payload: Literal["json", "text"] = "json"  # "text": a plain value ("23.4", "ON")
+    exclude_devices: list[str] = Field(default_factory=list)  # e.g. zigbee2mqtt's "bridge"
+
+
+class ProfileInfo(BaseModel):
+    model_config = _MODEL
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    title: Annotated[str, Field(min_length=1)]
+    transport: Transport
+    interval: Annotated[float, Field(gt=0)] = 30.0  # default poll interval, seconds
+    firmware: list[str] = Field(default_factory=list)  # versions verified
+    variables: dict[str, str] = Field(default_factory=dict)  # defaults, e.g. {prefix = "tele"}
+
+
+class Profile(BaseModel):
+    """A loaded, validated profile."""
+
+    model_config = _MODEL
+
+    profile: ProfileInfo
+    mqtt: MqttSettings = MqttSettings()
+    availability: list[Availability] = Field(default_factory=list)
+    readings: list[ReadingRule] = Field(default_factory=list)
+    events: list[EventRule] = Field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Profile:
+        if not self.readings and not self.events and not self.availability:
+            raise ValueError(
+                "the profile maps nothing: add [[readings]], [[events]] or [[availability]]"
+            )
+        return self
+
+
+def placeholders(template: str) -> list[str]:
+    return _PLACEHOLDER.findall(template)
