@@ -13,7 +13,10 @@ from agent._buffer import Outbox
 from agent._clock import Clock
 from agent._config import AgentConfig, HostSourceConfig, SimulatedSourceConfig
 from agent._uplink import Uplink
+from agent.profiles import find_profile
 from agent.sources import HostSource, SimulatedSource, Source
+from agent.sources._base import PushSource
+from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
@@ -22,6 +25,26 @@ def agent_version() -> str:
         return metadata.version("outpost")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         return "0+unknown"
+
+
+def build_push_sources(config: AgentConfig, clock: Clock) -> list[PushSource]:
+    """Sources that receive data as it comes (MQTT devices)."""
+    out: list[PushSource] = []
+    for device in config.devices:
+        profile = find_profile(device.profile)
+        if profile.profile.transport == "mqtt":
+            out.append(
+                MqttDeviceSource(
+                    name=device.name,
+                    profile=profile,
+                    target=MqttTarget.parse(device.target),
+                    clock=clock,
+                    username=device.username,
+                    password=device.password.get_secret_value() if device.password else None,
+                    variables=device.variables,
+                )
+            )
+    return out
 
 
 def build_sources(config: AgentConfig, clock: Clock) -> list[Source]:
@@ -52,6 +75,7 @@ class Agent:
         clock: Clock,
         outbox: Outbox,
         sources: Sequence[Source],
+        push_sources: Sequence[PushSource] = (),
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
         notifier: Notifier | None = None,
@@ -63,6 +87,7 @@ class Agent:
         self.outbox = outbox
         self._clock = clock
         self._sources = list(sources)
+        self._push_sources = list(push_sources)
         self._log = logger or logging.getLogger("outpost.agent")
         self._rng = rng or random.Random()
         self._appended = 0
@@ -111,7 +136,7 @@ class Agent:
             agent_version(),
             self.config.gateway_id,
             self.outbox.path,
-            len(self._sources),
+            len(self._sources) + len(self._push_sources),
         )
         self.monitor.register("batcher")
         self.monitor.register("uplink")
@@ -121,6 +146,8 @@ class Agent:
                 tg.create_task(self.uplink.run(), name="uplink")
                 for source in self._sources:
                     tg.create_task(self._poll(source), name=f"source:{source.name}")
+                for push in self._push_sources:
+                    tg.create_task(push.run(self.submit), name=f"device:{push.name}")
                 tg.create_task(
                     feed_watchdog(
                         self._notifier, self.monitor, status=self._status, logger=self._log

@@ -9,7 +9,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent._exceptions import ConfigError
 from wire import topics
@@ -76,6 +85,42 @@ class SimulatedSourceConfig(BaseModel):
 
 SourceConfig = Annotated[HostSourceConfig | SimulatedSourceConfig, Field(discriminator="type")]
 
+_SCHEMES = {"mqtt": ("mqtt",), "http": ("http", "https"), "snmp": ("snmp",), "host": ("host",)}
+
+
+class DeviceConfig(BaseModel):
+    """A device (or a local broker with a family of devices) read through a firmware profile."""
+
+    model_config = _MODEL
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    profile: str
+    target: str  # mqtt://host[:port], https://host[:port], snmp://host[:port]
+    interval: Annotated[float, Field(gt=0)] | None = None  # default: the profile's
+    username: str | None = None
+    # Secrets: never printed, logged or shown by `status`.
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    community: SecretStr | None = None
+    variables: dict[str, str] = Field(default_factory=dict)  # e.g. {prefix = "tele"}
+
+    @model_validator(mode="after")
+    def _profile_and_target(self) -> DeviceConfig:
+        from agent.profiles import find_profile  # the profiles load only when devices are set
+
+        try:
+            profile = find_profile(self.profile)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        scheme = self.target.split("://", 1)[0] if "://" in self.target else ""
+        allowed = _SCHEMES[profile.profile.transport]
+        if scheme not in allowed:
+            raise ValueError(
+                f"target {self.target!r}: profile {self.profile} reads over "
+                f"{profile.profile.transport}; use {' or '.join(a + '://host[:port]' for a in allowed)}"
+            )
+        return self
+
 
 class AgentConfig(BaseModel):
     """The whole agent configuration."""
@@ -88,6 +133,15 @@ class AgentConfig(BaseModel):
     uplink: UplinkConfig
     buffer: BufferConfig = BufferConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> AgentConfig:
+        names = [d.name for d in self.devices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"devices: names must be unique; repeated: {', '.join(dupes)}")
+        return self
 
     @field_validator("gateway_id")
     @classmethod

@@ -94,6 +94,51 @@ class Mosquitto:
         return "\n".join(text.splitlines()[-lines:]) or "(no log)"
 
 
+class LocalBroker:
+    """A site's own Mosquitto, as devices use it: plain MQTT, optionally with passwords."""
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, users: dict[str, str] | None = None
+    ) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.port = port or free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence false",
+            f"user {getpass.getuser()}",
+        ]
+        if users:
+            pwfile = directory / "passwords"
+            pwfile.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
+            subprocess.run(["mosquitto_passwd", "-U", str(pwfile)], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(5)
+            self._proc = None
+
+
 def collector_config(
     path: Path,
     broker: Mosquitto,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,3 +22,11 @@ class Source(Protocol):
     interval: float
 
     def collect(self) -> Collection: ...
+
+
+class PushSource(Protocol):
+    """A source that receives data as it arrives (MQTT devices) and submits it itself."""
+
+    name: str
+
+    async def run(self, submit: Callable[[Sequence[Reading], Sequence[Event]], None]) -> None: ...

@@ -85,3 +85,20 @@ def test_missing_certificate_file_is_named(files: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file; pass --config"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_devices_are_checked_against_their_profiles(files: Path) -> None:
+    ok = (
+        base(files)
+        + '[[devices]]\nname = "site"\nprofile = "tasmota"\ntarget = "mqtt://10.0.0.2"\npassword = "pw"\n'
+    )
+    cfg = load_config(write(files, ok))
+    assert cfg.devices[0].password is not None
+    assert "pw" not in repr(cfg)  # secrets do not print
+    with pytest.raises(ConfigError, match=r"devices\.0.*unknown profile 'tasmotta'"):
+        load_config(write(files, ok.replace('"tasmota"', '"tasmotta"')))
+    with pytest.raises(ConfigError, match=r"reads over mqtt; use mqtt://host\[:port\]"):
+        load_config(write(files, ok.replace("mqtt://10.0.0.2", "https://10.0.0.2")))
+    twice = ok + '[[devices]]\nname = "site"\nprofile = "esphome"\ntarget = "mqtt://10.0.0.3"\n'
+    with pytest.raises(ConfigError, match="names must be unique; repeated: site"):
+        load_config(write(files, twice))

@@ -1,0 +1,142 @@
+"""Devices on the site's local MQTT broker (Tasmota, Zigbee2MQTT, Shelly, ESPHome, Frigate).
+
+Subscribes to the topics the profile's rules name, maps every message with the profile, and
+hands readings and events to the buffer in small groups (a quarter second), so a busy sensor
+network does not cost one disk sync per message. If the local broker goes away, the device
+entry becomes unavailable (an event) and the source reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from agent._clock import Clock
+from agent.profiles import Mapper, Profile, decode_mqtt_payload
+from wire import Event, Reading
+
+Submit = Callable[[Sequence[Reading], Sequence[Event]], None]
+_FLUSH_S = 0.25
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, target: str) -> MqttTarget:
+        parts = urlsplit(target)
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ValueError(f"{target!r}: use mqtt://host[:port] for MQTT devices")
+        if parts.username or parts.password:
+            raise ValueError(f"{target!r}: put credentials in username/password, not in the URL")
+        return cls(parts.hostname, parts.port or 1883)
+
+    def __str__(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+class MqttDeviceSource:
+    """One profile on one local broker; every device the profile recognizes there."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        profile: Profile,
+        target: MqttTarget,
+        clock: Clock,
+        username: str | None = None,
+        password: str | None = None,
+        variables: dict[str, str] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.target = target
+        self._profile = profile
+        self._clock = clock
+        self._username = username
+        self._password = password
+        self.mapper = Mapper(profile, variables=variables, device=name)
+        self._log = logger or logging.getLogger(f"outpost.agent.source.{name}")
+        self.connected = asyncio.Event()
+        self.messages = 0
+        self._was_unavailable = False
+
+    async def run(self, submit: Submit) -> None:
+        """Run until cancelled, reconnecting to the local broker when it goes away."""
+        attempt = 0
+        while True:
+            try:
+                await self.session(submit)
+            except aiomqtt.MqttError as exc:
+                self._unavailable(submit, str(exc))
+            attempt = min(attempt + 1, 6)
+            await asyncio.sleep(random.uniform(0.5, 0.5 * 2**attempt))
+
+    def _unavailable(self, submit: Submit, why: str) -> None:
+        self.connected.clear()
+        self._was_unavailable = True
+        event = self.mapper.availability_event(self.name, "offline", self._clock.wall_ns())
+        if event is not None:
+            self._log.warning("%s: local broker %s unavailable: %s", self.name, self.target, why)
+            submit([], [event])
+
+    async def session(self, submit: Submit) -> None:
+        """One connection to the local broker, until it ends (``MqttError``) or is cancelled."""
+        async with aiomqtt.Client(
+            self.target.host,
+            self.target.port,
+            username=self._username,
+            password=self._password,
+            identifier=f"outpost-{self.name}-{random.getrandbits(32):08x}",
+            keepalive=30,
+            logger=self._log.getChild("mqtt"),
+        ) as client:
+            for topic in self.mapper.mqtt_filters():
+                await client.subscribe(topic, qos=1)
+            self.connected.set()
+            back = self.mapper.availability_event(self.name, "online", self._clock.wall_ns())
+            if back is not None and self._was_unavailable:  # back after an outage
+                self._log.info("%s: local broker %s is back", self.name, self.target)
+                submit([], [back])
+            self._log.info("%s: listening on %s for %s", self.name, self.target, self._profile.name)
+            pending_r: list[Reading] = []
+            pending_e: list[Event] = []
+
+            async def flush_loop() -> None:
+                while True:
+                    await asyncio.sleep(_FLUSH_S)
+                    if pending_r or pending_e:
+                        submit(list(pending_r), list(pending_e))
+                        pending_r.clear()
+                        pending_e.clear()
+
+            flusher = asyncio.create_task(flush_loop(), name=f"flush:{self.name}")
+            try:
+                async for message in client.messages:
+                    payload = message.payload
+                    if not isinstance(payload, bytes | bytearray | str):
+                        continue
+                    self.messages += 1
+                    out = self.mapper.apply(
+                        str(message.topic),
+                        decode_mqtt_payload(
+                            self._profile,
+                            bytes(payload) if not isinstance(payload, str) else payload,
+                        ),
+                        self._clock.wall_ns(),
+                    )
+                    pending_r.extend(out.readings)
+                    pending_e.extend(out.events)
+            finally:
+                flusher.cancel()
+                if pending_r or pending_e:
+                    submit(pending_r, pending_e)

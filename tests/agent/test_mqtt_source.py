@@ -1,0 +1,243 @@
+"""MQTT device families against a real local Mosquitto (plain, as on a site)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from click.testing import CliRunner
+
+from agent import SystemClock
+from agent.cli import main as agent_cli
+from agent.profiles import find_profile
+from agent.sources._mqtt import MqttDeviceSource, MqttTarget
+from outpost_dev._processes import LocalBroker, find_mosquitto, free_port
+from tests.conftest import require_service
+from wire import Event, Reading
+
+pytestmark = [pytest.mark.broker]
+
+
+@pytest.fixture
+def site_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    b = LocalBroker(tmp_path / "site-broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def publish(port: int, messages: list[tuple[str, str]], *, retain: bool = False) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    for topic, payload in messages:
+        c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.events: list[Event] = []
+
+    def __call__(self, readings: object, events: object) -> None:
+        self.readings += list(readings)  # type: ignore[call-overload]
+        self.events += list(events)  # type: ignore[call-overload]
+
+
+async def wait_for(predicate, within: float = 10) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - the condition spans several objects
+            await asyncio.sleep(0.05)
+
+
+async def test_tasmota_devices_on_the_site_broker_become_readings(site_broker: LocalBroker) -> None:
+    got = Collected()
+    src = MqttDeviceSource(
+        name="site",
+        profile=find_profile("tasmota"),
+        target=MqttTarget("127.0.0.1", site_broker.port),
+        clock=SystemClock(),
+    )
+    task = asyncio.create_task(src.run(got))
+    try:
+        await asyncio.wait_for(src.connected.wait(), 10)
+        await asyncio.to_thread(
+            publish,
+            site_broker.port,
+            [
+                (
+                    "tele/kitchen/SENSOR",
+                    '{"Time":"x","AM2301":{"Temperature":24.6,"Humidity":58.2},"TempUnit":"C"}',
+                ),
+                ("tele/hall/SENSOR", '{"Time":"x","DS18B20":{"Id":"01","Temperature":19.5}}'),
+                ("stat/kitchen/RESULT", '{"POWER":"ON"}'),  # not subscribed to
+                ("tele/kitchen/LWT", "Offline"),
+            ],
+        )
+        await wait_for(lambda: len(got.readings) == 2 and len(got.events) == 1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    by_device = {r.tags["device"]: r for r in got.readings}
+    assert by_device["kitchen"].fields == {"temperature": 24.6, "humidity": 58.2}
+    assert by_device["hall"].tags["sensor"] == "DS18B20"
+    assert by_device["hall"].fields == {"temperature": 19.5}
+    assert got.events[0].body["state"] == "offline"
+    assert got.events[0].source == "kitchen"
+
+
+async def test_the_source_survives_its_local_broker_restarting(site_broker: LocalBroker) -> None:
+    got = Collected()
+    src = MqttDeviceSource(
+        name="site",
+        profile=find_profile("esphome"),
+        target=MqttTarget("127.0.0.1", site_broker.port),
+        clock=SystemClock(),
+    )
+    task = asyncio.create_task(src.run(got))
+    try:
+        await asyncio.wait_for(src.connected.wait(), 10)
+        await asyncio.to_thread(publish, site_broker.port, [("node1/sensor/temp/state", "20.5")])
+        await wait_for(lambda: len(got.readings) == 1)
+        site_broker.stop()
+        await wait_for(
+            lambda: any(e.body["state"] == "offline" and e.source == "site" for e in got.events)
+        )
+        site_broker.start()
+        await wait_for(lambda: src.connected.is_set(), within=30)
+        await asyncio.to_thread(publish, site_broker.port, [("node1/sensor/temp/state", "21.0")])
+        await wait_for(lambda: len(got.readings) == 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [r.fields["value"] for r in got.readings] == [20.5, 21.0]
+    states = [e.body["state"] for e in got.events if e.source == "site"]
+    assert states == ["offline", "online"]
+
+
+def test_probe_prints_json_lines_and_a_summary(site_broker: LocalBroker) -> None:
+    def device() -> None:
+        time.sleep(1.0)
+        publish(
+            site_broker.port,
+            [
+                ("zigbee2mqtt/hall-climate", '{"temperature":21.3,"humidity":45.1,"battery":97}'),
+                ("zigbee2mqtt/front-door/availability", "offline"),
+            ],
+        )
+
+    t = threading.Thread(target=device)
+    t.start()
+    result = CliRunner().invoke(
+        agent_cli,
+        [
+            "probe",
+            "--profile",
+            "zigbee2mqtt",
+            "--target",
+            f"mqtt://127.0.0.1:{site_broker.port}",
+            "--duration",
+            "3",
+        ],
+    )
+    t.join()
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0] == {
+        "measurement": "sensor",
+        "tags": {"device": "hall-climate"},
+        "fields": {"temperature": 21.3, "humidity": 45.1, "battery": 97},
+        "ts": lines[0]["ts"],
+    }
+    assert lines[1]["type"] == "availability"
+    assert "1 readings and 1 events from 1 device(s)" in result.stderr
+
+
+def test_probe_errors_are_in_device_terms(tmp_path: Path) -> None:
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    closed = free_port()
+    r = CliRunner().invoke(
+        agent_cli,
+        [
+            "probe",
+            "--profile",
+            "tasmota",
+            "--target",
+            f"mqtt://127.0.0.1:{closed}",
+            "--duration",
+            "1",
+        ],
+    )
+    assert r.exit_code == 1
+    assert "connection refused; check the address" in r.output
+    protected = LocalBroker(tmp_path / "protected", users={"agent": "right-password"})
+    protected.start()
+    try:
+        r = CliRunner().invoke(
+            agent_cli,
+            [
+                "probe",
+                "--profile",
+                "tasmota",
+                "--target",
+                f"mqtt://127.0.0.1:{protected.port}",
+                "--username",
+                "agent",
+                "--password",
+                "wrong-password",
+                "--duration",
+                "1",
+            ],
+        )
+        assert r.exit_code == 1
+        assert "refused the credentials" in r.output
+        assert "wrong-password" not in r.output
+    finally:
+        protected.stop()
+    r = CliRunner().invoke(agent_cli, ["probe", "--profile", "no-such", "--target", "mqtt://x"])
+    assert r.exit_code == 2
+    assert "known profiles:" in r.output
+    r = CliRunner().invoke(agent_cli, ["probe", "--profile", "tasmota", "--target", "https://x"])
+    assert r.exit_code == 2
+    assert "mqtt://host[:port]" in r.output
+
+
+async def test_a_password_never_reaches_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    protected = LocalBroker(tmp_path / "protected", users={"agent": "right-password"})
+    protected.start()
+    got = Collected()
+    src = MqttDeviceSource(
+        name="site",
+        profile=find_profile("tasmota"),
+        target=MqttTarget("127.0.0.1", protected.port),
+        clock=SystemClock(),
+        username="agent",
+        password="s3cret-wrong",
+    )
+    try:
+        with caplog.at_level(logging.DEBUG):
+            task = asyncio.create_task(src.run(got))
+            await wait_for(lambda: got.events, within=10)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        protected.stop()
+    assert got.events[0].body["state"] == "offline"
+    assert "s3cret-wrong" not in caplog.text
