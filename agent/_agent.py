@@ -13,10 +13,12 @@ from agent._buffer import Outbox
 from agent._clock import Clock
 from agent._config import AgentConfig, HostSourceConfig, SimulatedSourceConfig
 from agent._uplink import Uplink
-from agent.profiles import find_profile
+from agent.profiles import Mapper, find_profile
 from agent.sources import HostSource, SimulatedSource, Source
 from agent.sources._base import PushSource
+from agent.sources._http import HttpDeviceClient
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
+from agent.sources._polling import PolledDevice
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
@@ -32,7 +34,7 @@ def build_push_sources(config: AgentConfig, clock: Clock) -> list[PushSource]:
     out: list[PushSource] = []
     for device in config.devices:
         profile = find_profile(device.profile)
-        if profile.profile.transport == "mqtt":
+        if device.target.startswith("mqtt://"):
             out.append(
                 MqttDeviceSource(
                     name=device.name,
@@ -44,6 +46,33 @@ def build_push_sources(config: AgentConfig, clock: Clock) -> list[PushSource]:
                     variables=device.variables,
                 )
             )
+    return out
+
+
+def build_polled_devices(config: AgentConfig, clock: Clock) -> list[PolledDevice]:
+    """Devices that are asked on an interval (HTTP now; SNMP follows)."""
+    out: list[PolledDevice] = []
+    for device in config.devices:
+        if not device.target.startswith(("http://", "https://")):
+            continue
+        profile = find_profile(device.profile)
+        client = HttpDeviceClient(
+            profile=profile,
+            base_url=device.target,
+            api_key=device.api_key.get_secret_value() if device.api_key else None,
+            username=device.username,
+            password=device.password.get_secret_value() if device.password else None,
+            insecure=device.insecure,
+        )
+        out.append(
+            PolledDevice(
+                name=device.name,
+                client=client,
+                mapper=Mapper(profile, variables=device.variables, device=device.name),
+                interval=device.interval or profile.profile.interval,
+                clock=clock,
+            )
+        )
     return out
 
 

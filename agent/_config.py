@@ -103,6 +103,7 @@ class DeviceConfig(BaseModel):
     api_key: SecretStr | None = None
     community: SecretStr | None = None
     variables: dict[str, str] = Field(default_factory=dict)  # e.g. {prefix = "tele"}
+    insecure: bool = False  # accept a self-signed device certificate (UniFi consoles ship one)
 
     @model_validator(mode="after")
     def _profile_and_target(self) -> DeviceConfig:
@@ -113,11 +114,12 @@ class DeviceConfig(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         scheme = self.target.split("://", 1)[0] if "://" in self.target else ""
-        allowed = _SCHEMES[profile.profile.transport]
+        allowed = [s for t in profile.profile.transports for s in _SCHEMES[t]]
         if scheme not in allowed:
             raise ValueError(
                 f"target {self.target!r}: profile {self.profile} reads over "
-                f"{profile.profile.transport}; use {' or '.join(a + '://host[:port]' for a in allowed)}"
+                f"{'/'.join(profile.profile.transports)}; use "
+                f"{' or '.join(a + '://host[:port]' for a in allowed)}"
             )
         return self
 

@@ -16,7 +16,7 @@ import aiomqtt
 import click
 import orjson
 
-from agent._agent import Agent, build_push_sources, build_sources
+from agent._agent import Agent, build_polled_devices, build_push_sources, build_sources
 from agent._buffer import Outbox, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
 from agent._config import load_config
@@ -80,7 +80,10 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
                 clock=clock,
                 outbox=outbox,
                 sources=build_sources(config, clock),
-                push_sources=build_push_sources(config, clock),
+                push_sources=[
+                    *build_push_sources(config, clock),
+                    *build_polled_devices(config, clock),
+                ],
                 notifier=Notifier(),
             )
             asyncio.run(_run_until_signal(agent))
@@ -188,9 +191,9 @@ def probe(
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--variable")
         values[key] = value
-    if profile.profile.transport != "mqtt":
+    if "mqtt" not in profile.profile.transports:
         raise click.ClickException(
-            f"profile {profile_name} reads over {profile.profile.transport}, which this probe "
+            f"profile {profile_name} reads over {'/'.join(profile.profile.transports)}, which this probe "
             "does not reach yet"
         )
     try:

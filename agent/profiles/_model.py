@@ -112,12 +112,32 @@ class MqttSettings(BaseModel):
     exclude_devices: list[str] = Field(default_factory=list)  # e.g. zigbee2mqtt's "bridge"
 
 
+class HttpEndpoint(BaseModel):
+    model_config = _MODEL
+
+    key: Annotated[str, Field(min_length=1)]  # what the rules' `match` names
+    path: Annotated[str, Field(pattern=r"^/")]
+
+
+class HttpSettings(BaseModel):
+    model_config = _MODEL
+
+    auth: Literal["none", "api_key", "basic"] = "none"
+    api_key_header: str = "X-API-Key"
+    endpoints: list[HttpEndpoint] = Field(default_factory=list)
+
+
 class ProfileInfo(BaseModel):
     model_config = _MODEL
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
     title: Annotated[str, Field(min_length=1)]
-    transport: Transport
+    transport: Transport | list[Transport]  # a list when the device speaks several
+
+    @property
+    def transports(self) -> list[Transport]:
+        return self.transport if isinstance(self.transport, list) else [self.transport]
+
     interval: Annotated[float, Field(gt=0)] = 30.0  # default poll interval, seconds
     firmware: list[str] = Field(default_factory=list)  # versions verified
     variables: dict[str, str] = Field(default_factory=dict)  # defaults, e.g. {prefix = "tele"}
@@ -130,6 +150,7 @@ class Profile(BaseModel):
 
     profile: ProfileInfo
     mqtt: MqttSettings = MqttSettings()
+    http: HttpSettings = HttpSettings()
     availability: list[Availability] = Field(default_factory=list)
     readings: list[ReadingRule] = Field(default_factory=list)
     events: list[EventRule] = Field(default_factory=list)
@@ -144,6 +165,8 @@ class Profile(BaseModel):
             raise ValueError(
                 "the profile maps nothing: add [[readings]], [[events]] or [[availability]]"
             )
+        if "http" in self.profile.transports and not self.http.endpoints:
+            raise ValueError("http.endpoints: an HTTP profile must name the endpoints to GET")
         return self
 
 

@@ -29,6 +29,7 @@ def _profile(**rule: object) -> Profile:
     return Profile.model_validate(
         {
             "profile": {"name": "t", "title": "t", "transport": "http"},
+            "http": {"endpoints": [{"key": "stat/device", "path": "/stat/device"}]},
             "readings": [{"match": "stat/device", "measurement": "dev", **rule}],
         }
     )

@@ -18,7 +18,7 @@ CASES = [
 
 def test_the_required_profiles_exist() -> None:
     names = {p.name for p in FOLDERS}
-    assert {"tasmota", "zigbee2mqtt", "shelly-gen2", "esphome", "frigate"} <= names
+    assert {"tasmota", "zigbee2mqtt", "shelly-gen2", "esphome", "frigate", "pfsense-rest"} <= names
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
@@ -40,7 +40,7 @@ def test_golden_case(folder: Path, case: Path) -> None:
     readings, events = [], []
     for item in spec["inputs"]:
         payload = item["payload"]
-        if isinstance(payload, str) and profile.profile.transport == "mqtt":
+        if isinstance(payload, str) and "mqtt" in profile.profile.transports:
             payload = decode_mqtt_payload(profile, payload)
         out = mapper.apply(item["key"], payload, item["ts"])
         readings += [r.model_dump() for r in out.readings]

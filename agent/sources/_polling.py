@@ -1,0 +1,121 @@
+"""Polling discipline for devices that are asked (HTTP, SNMP): one task per device, an interval
+with jitter, a timeout, backoff while the device is down, and availability events when it stops
+answering and when it comes back. One slow or dead device never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from agent._clock import Clock
+from agent.profiles import Mapper
+from agent.sources._base import Collection
+from wire import Event, Reading
+
+Submit = Callable[[Sequence[Reading], Sequence[Event]], None]
+
+
+class DeviceError(Exception):
+    """A device did not give what was asked; ``kind`` in device terms, ``message`` what to do."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # unreachable, timeout, auth_failed, tls_untrusted, bad_response
+        self.message = message
+
+
+class DeviceClient(Protocol):
+    """Fetches raw data from one device: ``[(key, payload)]`` for the profile's rules."""
+
+    async def fetch(self) -> list[tuple[str, object]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class PolledDevice:
+    """Runs one device: poll, map, submit; back off and report availability when it is down."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        client: DeviceClient,
+        mapper: Mapper,
+        interval: float,
+        clock: Clock,
+        timeout: float | None = None,
+        max_backoff: float = 300.0,
+        rng: random.Random | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.interval = interval
+        self._client = client
+        self.mapper = mapper
+        self._clock = clock
+        self._timeout = timeout or max(1.0, min(interval * 0.8, 30.0))
+        self._max_backoff = max(max_backoff, interval)
+        self._rng = rng or random.Random()
+        self._log = logger or logging.getLogger(f"outpost.agent.device.{name}")
+        self.polls = 0
+        self.failures = 0
+
+    async def collect_once(self) -> Collection:
+        """One poll, mapped; raises :class:`DeviceError`."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await self._client.fetch()
+        except TimeoutError:
+            raise DeviceError(
+                "timeout", f"{self.name} did not answer within {self._timeout:.0f} s"
+            ) from None
+        ts = self._clock.wall_ns()
+        out = Collection()
+        for key, payload in raw:
+            got = self.mapper.apply(key, payload, ts)
+            out.readings += got.readings
+            out.events += got.events
+        return out
+
+    async def run(self, submit: Submit) -> None:
+        loop = asyncio.get_running_loop()
+        # Spread devices over the interval instead of polling them all at once.
+        await asyncio.sleep(self._rng.uniform(0, min(self.interval, 5.0)))
+        failures = 0
+        try:
+            while True:
+                started = loop.time()
+                try:
+                    out = await self.collect_once()
+                except DeviceError as exc:
+                    failures += 1
+                    self.failures += 1
+                    event = self.mapper.availability_event(
+                        self.name, "offline", self._clock.wall_ns()
+                    )
+                    if event is not None:
+                        self._log.warning(
+                            "%s is not answering (%s): %s", self.name, exc.kind, exc.message
+                        )
+                        submit([], [event])
+                    wait = min(self.interval * 2 ** min(failures, 10), self._max_backoff)
+                else:
+                    self.polls += 1
+                    if failures:
+                        self._log.info("%s answers again", self.name)
+                    failures = 0
+                    back = self.mapper.availability_event(
+                        self.name, "online", self._clock.wall_ns()
+                    )
+                    events = [*out.events, *([back] if back and self.failures else [])]
+                    if out.readings or events:
+                        submit(out.readings, events)
+                    wait = self.interval
+                jitter = self._rng.uniform(0, min(0.1 * wait, 2.0))
+                await asyncio.sleep(max(0.0, started + wait - loop.time()) + jitter)
+        finally:
+            await self._client.aclose()

@@ -1,0 +1,109 @@
+"""HTTP devices against simulators that answer like them; the polling discipline, measured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from agent import SystemClock
+from agent.profiles import Mapper, find_profile
+from agent.sources._http import HttpDeviceClient
+from agent.sources._polling import PolledDevice
+from outpost_dev.simulators import DeviceSimulator, pfsense_routes
+from wire import Event, Reading
+
+KEY = "sim-api-key-0123456789"
+
+
+@pytest.fixture
+def pfsense() -> Iterator[DeviceSimulator]:
+    sim = DeviceSimulator(pfsense_routes(), api_key=KEY).start()
+    yield sim
+    sim.stop()
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.readings: list[tuple[float, Reading]] = []
+        self.events: list[Event] = []
+
+    def __call__(self, readings: object, events: object) -> None:
+        now = asyncio.get_running_loop().time()
+        self.readings += [(now, r) for r in readings]  # type: ignore[attr-defined]
+        self.events += list(events)  # type: ignore[call-overload]
+
+
+def device(name: str, url: str, *, interval: float, api_key: str = KEY) -> PolledDevice:
+    profile = find_profile("pfsense-rest")
+    return PolledDevice(
+        name=name,
+        client=HttpDeviceClient(profile=profile, base_url=url, api_key=api_key, timeout=5),
+        mapper=Mapper(profile, device=name),
+        interval=interval,
+        clock=SystemClock(),
+        timeout=0.5,
+        max_backoff=1.0,
+    )
+
+
+async def run_for(seconds: float, *devices: PolledDevice) -> Collected:
+    got = Collected()
+    tasks = [asyncio.create_task(d.run(got)) for d in devices]
+    await asyncio.sleep(seconds)
+    for t in tasks:
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+    return got
+
+
+async def test_pfsense_rest_readings_from_the_simulator(pfsense: DeviceSimulator) -> None:
+    got = await run_for(1.5, device("fw-1", pfsense.url, interval=0.5))
+    measurements = {r.measurement for _, r in got.readings}
+    assert measurements == {"pfsense_system", "pfsense_gateway", "pfsense_states"}
+    system = next(r for _, r in got.readings if r.measurement == "pfsense_system")
+    assert system.tags == {"device": "fw-1"}
+    assert system.fields["cpu_count"] == 2
+    assert not got.events
+
+
+async def test_wrong_api_key_is_reported_in_device_terms(
+    pfsense: DeviceSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        got = await run_for(
+            1.0, device("fw-1", pfsense.url, interval=0.5, api_key="wrong-key-value")
+        )
+    assert not got.readings
+    assert [e.body["state"] for e in got.events] == ["offline"]
+    assert "refused the credentials (HTTP 401)" in caplog.text
+    assert "wrong-key-value" not in caplog.text
+
+
+async def test_a_dead_device_does_not_stall_the_others(pfsense: DeviceSimulator) -> None:
+    dead = DeviceSimulator(pfsense_routes(), api_key=KEY).start()
+    dead.hanging.set()  # accepts connections, never answers
+    try:
+        healthy, stuck = (
+            device("fw-1", pfsense.url, interval=0.5),
+            device("fw-dead", dead.url, interval=0.5),
+        )
+        polling = asyncio.gather(run_for(4.0, healthy, stuck))
+        await asyncio.sleep(2.5)
+        dead.hanging.clear()  # it comes back
+        got = (await polling)[0]
+    finally:
+        dead.stop()
+    times = sorted({t for t, r in got.readings if r.tags["device"] == "fw-1"})
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) >= 6
+    # The healthy firewall kept its interval (0.5 s + up to 10 % jitter) while the other hung.
+    assert max(gaps) < 0.8, gaps
+    dead_events = [e.body["state"] for e in got.events if e.source == "fw-dead"]
+    assert dead_events == ["offline", "online"]
+    assert any(r.tags["device"] == "fw-dead" for _, r in got.readings), "it is read again once back"
