@@ -16,7 +16,6 @@ from agent._uplink import Uplink
 from agent.profiles import Mapper, find_profile
 from agent.sources import HostSource, SimulatedSource, Source
 from agent.sources._base import PushSource
-from agent.sources._http import HttpDeviceClient
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from agent.sources._polling import PolledDevice
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
@@ -55,6 +54,9 @@ def build_polled_devices(config: AgentConfig, clock: Clock) -> list[PolledDevice
     for device in config.devices:
         if not device.target.startswith(("http://", "https://")):
             continue
+        # httpx is imported only when an HTTP device is configured: the agent stays small.
+        from agent.sources._http import HttpDeviceClient
+
         profile = find_profile(device.profile)
         client = HttpDeviceClient(
             profile=profile,

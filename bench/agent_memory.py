@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 from bench._common import report
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from bench._site import site
+from outpost_dev._processes import spawn, stop
 
 
 def rss_kib(pid: int) -> int:
@@ -23,33 +22,19 @@ def rss_kib(pid: int) -> int:
 
 
 def run_once(seconds: float) -> float:
-    with tempfile.TemporaryDirectory() as d:
-        root = Path(d)
-        broker = Mosquitto(root / "broker")
-        broker.start()
-        try:
-            ident = issue_gateway_identity(root / "broker", "gw-mem", root / "id")
-            acfg = agent_config(
-                root / "agent.toml",
-                gateway_id="gw-mem",
-                port=broker.port,
-                identity=ident,
-                state_dir=root / "state",
-                sources='[[sources]]\ntype = "host"\ninterval = 1\n',
-            )
-            ccfg = collector_config(root / "collector.toml", broker, root / "data")
-            collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=root / "c.log")
-            agent = spawn(["agent.cli", "run", "--config", str(acfg)], log=root / "a.log")
-            peak = 0
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                peak = max(peak, rss_kib(agent.pid))
-                time.sleep(0.5)
-            stop(agent)
-            stop(collector)
-            return peak / 1024
-        finally:
-            broker.stop()
+    with site("gw-mem", sources='[[sources]]\ntype = "host"\ninterval = 1\n') as st:
+        collector = spawn(
+            ["collector.cli", "serve", "--config", str(st.collector_config)], log=st.root / "c.log"
+        )
+        agent = spawn(["agent.cli", "run", "--config", str(st.agent_config)], log=st.root / "a.log")
+        peak = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            peak = max(peak, rss_kib(agent.pid))
+            time.sleep(0.5)
+        stop(agent)
+        stop(collector)
+        return peak / 1024
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from bench._common import report
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from bench._site import site
+from outpost_dev._processes import spawn, stop
 
 LIMITS = "[limits]\nreadings_per_s = 10000000\nreadings_burst = 10000000\nbytes_per_s = 1e9\nbytes_burst = 1e9\n"
 
@@ -43,40 +42,30 @@ def producer(cfg: Path, journal: Path, log: Path, **kw: object) -> subprocess.Po
 
 
 def run_once(n: int, batch: int, inflight: int) -> float:
-    with tempfile.TemporaryDirectory() as d:
-        root = Path(d)
-        broker = Mosquitto(root / "broker")
-        broker.start()
-        try:
-            ident = issue_gateway_identity(root / "broker", "gw-bench", root / "id")
-            acfg = agent_config(
-                root / "agent.toml",
-                gateway_id="gw-bench",
-                port=broker.port,
-                identity=ident,
-                state_dir=root / "state",
-                buffer_extra=f"batch_max_readings = {batch}\nbatch_max_delay = 0.2",
-                uplink_extra=f"max_inflight = {inflight}",
-            )
-            ccfg = collector_config(root / "collector.toml", broker, root / "data", extra=LIMITS)
-            journal = root / "journal"
-            fill = producer(acfg, journal, root / "fill.log", per_poll=5000, interval=0.01, limit=n)
-            while status_safe(acfg) < n:
-                time.sleep(0.2)
-            fill.send_signal(signal.SIGTERM)
-            fill.wait(30)
-            collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=root / "c.log")
-            time.sleep(1.5)  # let it subscribe
-            t0 = time.perf_counter()
-            drain = producer(acfg, journal, root / "drain.log", per_poll=0)
-            while status(acfg)["backlog_readings"] > 0:
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - t0
-            stop(drain)
-            stop(collector)
-            return n / elapsed
-        finally:
-            broker.stop()
+    with site(
+        "gw-bench",
+        collector_extra=LIMITS,
+        buffer_extra=f"batch_max_readings = {batch}\nbatch_max_delay = 0.2",
+        uplink_extra=f"max_inflight = {inflight}",
+    ) as st:
+        acfg, journal = st.agent_config, st.root / "journal"
+        fill = producer(acfg, journal, st.root / "fill.log", per_poll=5000, interval=0.01, limit=n)
+        while status_safe(acfg) < n:
+            time.sleep(0.2)
+        fill.send_signal(signal.SIGTERM)
+        fill.wait(30)
+        collector = spawn(
+            ["collector.cli", "serve", "--config", str(st.collector_config)], log=st.root / "c.log"
+        )
+        time.sleep(1.5)  # let it subscribe
+        t0 = time.perf_counter()
+        drain = producer(acfg, journal, st.root / "drain.log", per_poll=0)
+        while status(acfg)["backlog_readings"] > 0:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        stop(drain)
+        stop(collector)
+        return n / elapsed
 
 
 def status_safe(cfg: Path) -> int:

@@ -206,11 +206,7 @@ def quarantine() -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 def quarantine_list(config_path: Path, limit: int) -> None:
     """The most recent quarantined messages, newest first."""
-    try:
-        config = load_config(config_path)
-        docs = SqliteDocumentStore(config.stores.documents_path)
-    except CollectorError as exc:
-        raise click.ClickException(str(exc)) from None
+    _, docs = _open_docs(config_path)
     try:
         entries = docs.quarantined(limit=limit)
     finally:

@@ -56,25 +56,28 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     gateway = workdir / "gateway"
     acfg = gateway / "agent.toml"
     if not (gateway / "identity" / "gateway.pem").exists():
+        enrolled = _run(
+            "provisioning.cli",
+            "enroll",
+            "--collector",
+            api,
+            "--token",
+            token,
+            "--identity-dir",
+            str(gateway / "identity"),
+            "--config",
+            str(acfg),
+            "--state-dir",
+            str(gateway / "state"),
+            "--ca-file",
+            str(broker.files.ca_cert),
+            "--owner",
+            getpass.getuser(),
+        )
+        # enroll's last line ("Next: systemctl enable ...") is for a real gateway; the demo
+        # starts the agent itself.
         click.echo(
-            _run(
-                "provisioning.cli",
-                "enroll",
-                "--collector",
-                api,
-                "--token",
-                token,
-                "--identity-dir",
-                str(gateway / "identity"),
-                "--config",
-                str(acfg),
-                "--state-dir",
-                str(gateway / "state"),
-                "--ca-file",
-                str(broker.files.ca_cert),
-                "--owner",
-                getpass.getuser(),
-            )
+            "\n".join(line for line in enrolled.splitlines() if not line.startswith("Next:"))
         )
         with acfg.open("a") as f:
             f.write(
