@@ -8,16 +8,18 @@ import random
 from collections.abc import Sequence
 from importlib import metadata
 
+from pydantic import SecretStr
+
 import wire
 from agent._buffer import Outbox
 from agent._clock import Clock
-from agent._config import AgentConfig, HostSourceConfig, SimulatedSourceConfig
+from agent._config import AgentConfig, DeviceConfig, HostSourceConfig, SimulatedSourceConfig
 from agent._uplink import Uplink
-from agent.profiles import Mapper, find_profile
+from agent.profiles import Mapper, Profile, find_profile
 from agent.sources import HostSource, SimulatedSource, Source
 from agent.sources._base import PushSource
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
-from agent.sources._polling import PolledDevice
+from agent.sources._polling import DeviceClient, PolledDevice
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
@@ -48,31 +50,77 @@ def build_push_sources(config: AgentConfig, clock: Clock) -> list[PushSource]:
     return out
 
 
-def build_polled_devices(config: AgentConfig, clock: Clock) -> list[PolledDevice]:
-    """Devices that are asked on an interval (HTTP now; SNMP follows)."""
-    out: list[PolledDevice] = []
-    for device in config.devices:
-        if not device.target.startswith(("http://", "https://")):
-            continue
-        # httpx is imported only when an HTTP device is configured: the agent stays small.
-        from agent.sources._http import HttpDeviceClient
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
-        profile = find_profile(device.profile)
-        client = HttpDeviceClient(
+
+def make_device_client(device: DeviceConfig, profile: Profile) -> DeviceClient:
+    """The client that asks ``device`` (HTTP, UniFi or SNMP), with its credentials.
+
+    httpx and pysnmp are imported only when a device needs them: the agent stays small.
+    """
+    timeout = device.timeout or 10.0
+    if device.target.startswith("snmp://"):
+        from agent.sources._snmp import SnmpCredentials, SnmpDeviceClient, parse_snmp_target
+
+        host, port = parse_snmp_target(device.target)
+        return SnmpDeviceClient(
+            profile=profile,
+            host=host,
+            port=port,
+            credentials=SnmpCredentials(
+                community=_secret(device.community),
+                user=device.snmp_user,
+                auth_protocol=device.auth_protocol,
+                auth_key=_secret(device.auth_key),
+                priv_protocol=device.priv_protocol,
+                priv_key=_secret(device.priv_key),
+            ),
+            # SNMP is UDP: a short wait and one retry beat one long wait.
+            timeout=min(timeout, 5.0) / 2,
+            retries=1,
+        )
+    if profile.http.auth == "unifi":
+        from agent.sources._unifi import UnifiClient
+
+        return UnifiClient(
             profile=profile,
             base_url=device.target,
-            api_key=device.api_key.get_secret_value() if device.api_key else None,
             username=device.username,
-            password=device.password.get_secret_value() if device.password else None,
+            password=_secret(device.password),
+            api_key=_secret(device.api_key),
+            site=device.site,
             insecure=device.insecure,
+            timeout=timeout,
         )
+    from agent.sources._http import HttpDeviceClient
+
+    return HttpDeviceClient(
+        profile=profile,
+        base_url=device.target,
+        api_key=_secret(device.api_key),
+        username=device.username,
+        password=_secret(device.password),
+        insecure=device.insecure,
+        timeout=timeout,
+    )
+
+
+def build_polled_devices(config: AgentConfig, clock: Clock) -> list[PolledDevice]:
+    """Devices that are asked on an interval (HTTP, UniFi, SNMP)."""
+    out: list[PolledDevice] = []
+    for device in config.devices:
+        if device.target.startswith("mqtt://"):
+            continue
+        profile = find_profile(device.profile)
         out.append(
             PolledDevice(
                 name=device.name,
-                client=client,
+                client=make_device_client(device, profile),
                 mapper=Mapper(profile, variables=device.variables, device=device.name),
                 interval=device.interval or profile.profile.interval,
                 clock=clock,
+                timeout=device.timeout,
             )
         )
     return out

@@ -101,7 +101,15 @@ class DeviceConfig(BaseModel):
     # Secrets: never printed, logged or shown by `status`.
     password: SecretStr | None = None
     api_key: SecretStr | None = None
-    community: SecretStr | None = None
+    community: SecretStr | None = None  # SNMPv2c
+    # SNMPv3 (USM): a user, and keys for authNoPriv / authPriv.
+    snmp_user: str | None = None
+    auth_protocol: Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"] = "SHA"
+    auth_key: SecretStr | None = None
+    priv_protocol: Literal["DES", "3DES", "AES", "AES192", "AES256"] = "AES"
+    priv_key: SecretStr | None = None
+    site: Annotated[str, Field(min_length=1)] = "default"  # UniFi site name
+    timeout: Annotated[float, Field(gt=0, le=120)] | None = None  # default: from the interval
     variables: dict[str, str] = Field(default_factory=dict)  # e.g. {prefix = "tele"}
     insecure: bool = False  # accept a self-signed device certificate (UniFi consoles ship one)
 
@@ -121,7 +129,40 @@ class DeviceConfig(BaseModel):
                 f"{'/'.join(profile.profile.transports)}; use "
                 f"{' or '.join(a + '://host[:port]' for a in allowed)}"
             )
+        problems = self.credential_problems(scheme, profile.http.auth)
+        if problems:
+            raise ValueError(f"device {self.name}: " + "; ".join(problems))
         return self
+
+    def credential_problems(self, scheme: str, http_auth: str) -> list[str]:
+        """Missing or contradictory credentials for this transport, in config-key words."""
+        out: list[str] = []
+        if scheme == "snmp":
+            if self.community and self.snmp_user:
+                out.append("give either community (SNMPv2c) or snmp_user (SNMPv3), not both")
+            elif not self.community and not self.snmp_user:
+                out.append("an SNMP device needs community (v2c) or snmp_user with auth_key (v3)")
+            if self.priv_key and not self.auth_key:
+                out.append("priv_key needs auth_key too (SNMPv3 authPriv)")
+            for name in ("auth_key", "priv_key"):
+                secret = getattr(self, name)
+                if secret is not None and len(secret.get_secret_value()) < 8:
+                    out.append(f"{name} must be at least 8 characters (RFC 3414)")
+        elif scheme in ("http", "https"):
+            if http_auth == "api_key" and not self.api_key:
+                out.append("this profile's HTTP API needs api_key")
+            if http_auth == "basic" and (not self.username or self.password is None):
+                out.append("this profile's HTTP API needs username and password")
+            if (
+                http_auth == "unifi"
+                and not self.api_key
+                and (not self.username or self.password is None)
+            ):
+                out.append(
+                    "UniFi needs username and password (a local account), or api_key for the "
+                    "integration API"
+                )
+        return out
 
 
 class AgentConfig(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -15,14 +16,24 @@ from pathlib import Path
 import aiomqtt
 import click
 import orjson
+from pydantic import ValidationError
 
-from agent._agent import Agent, build_polled_devices, build_push_sources, build_sources
+from agent._agent import (
+    Agent,
+    build_polled_devices,
+    build_push_sources,
+    build_sources,
+    make_device_client,
+)
 from agent._buffer import Outbox, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
-from agent._config import load_config
+from agent._config import DeviceConfig, load_config
 from agent._exceptions import AgentError
-from agent.profiles import find_profile
+from agent.profiles import Mapper, Profile, find_profile
+from agent.profiles._model import FieldSpec
+from agent.sources._base import Collection
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
+from agent.sources._polling import DeviceError, PolledDevice
 from outpost_systemd import Notifier
 from wire import Event, Reading
 
@@ -146,10 +157,26 @@ def status(config_path: Path, as_json: bool) -> None:
     click.echo(f"buffer         {stats.db_bytes} of {int(config.buffer.max_bytes)} bytes")
 
 
+_PROBE_OPTIONS = {
+    "api_key": "--api-key",
+    "snmp_user": "--snmp-user",
+    "auth_key": "--auth-key",
+    "priv_key": "--priv-key",
+    "auth_protocol": "--auth-protocol",
+    "priv_protocol": "--priv-protocol",
+    "community": "--community",
+    "username": "--username",
+    "password": "--password",
+}
+
+
 @main.command()
 @click.option("--profile", "profile_name", required=True, help="A folder of firmware-profiles/.")
 @click.option(
-    "--target", required=True, metavar="URL", help="mqtt://host[:port] (more transports follow)."
+    "--target",
+    required=True,
+    metavar="URL",
+    help="snmp://host[:port], https://host[:port], http://host[:port] or mqtt://host[:port].",
 )
 @click.option("--username", default=None, help="Username on the device or broker.")
 @click.option(
@@ -157,6 +184,52 @@ def status(config_path: Path, as_json: bool) -> None:
     default=None,
     envvar="OUTPOST_PROBE_PASSWORD",
     help="Password (or set OUTPOST_PROBE_PASSWORD).",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="OUTPOST_PROBE_API_KEY",
+    help="API key: pfSense REST API, UniFi integration API (or set OUTPOST_PROBE_API_KEY).",
+)
+@click.option(
+    "--community",
+    default=None,
+    envvar="OUTPOST_PROBE_COMMUNITY",
+    help="SNMPv2c community (or set OUTPOST_PROBE_COMMUNITY).",
+)
+@click.option("--snmp-user", default=None, help="SNMPv3 user (USM).")
+@click.option(
+    "--auth-protocol",
+    type=click.Choice(["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"], case_sensitive=False),
+    default="SHA",
+    show_default=True,
+    help="SNMPv3 authentication protocol.",
+)
+@click.option(
+    "--auth-key",
+    default=None,
+    envvar="OUTPOST_PROBE_AUTH_KEY",
+    help="SNMPv3 authentication passphrase (or set OUTPOST_PROBE_AUTH_KEY).",
+)
+@click.option(
+    "--priv-protocol",
+    type=click.Choice(["DES", "3DES", "AES", "AES192", "AES256"], case_sensitive=False),
+    default="AES",
+    show_default=True,
+    help="SNMPv3 privacy protocol.",
+)
+@click.option(
+    "--priv-key",
+    default=None,
+    envvar="OUTPOST_PROBE_PRIV_KEY",
+    help="SNMPv3 privacy passphrase (or set OUTPOST_PROBE_PRIV_KEY).",
+)
+@click.option("--site", default="default", show_default=True, help="UniFi site (short name).")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Accept a device certificate that is not trusted (UniFi consoles ship a self-signed "
+    "one). Only if you accept the risk.",
 )
 @click.option(
     "--variable",
@@ -172,15 +245,35 @@ def status(config_path: Path, as_json: bool) -> None:
     show_default=True,
     help="For MQTT families: how long to listen, in seconds.",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.5, 120),
+    default=10.0,
+    show_default=True,
+    help="For polled devices: how long to wait for the device, in seconds.",
+)
 def probe(
     profile_name: str,
     target: str,
     username: str | None,
     password: str | None,
+    api_key: str | None,
+    community: str | None,
+    snmp_user: str | None,
+    auth_protocol: str,
+    auth_key: str | None,
+    priv_protocol: str,
+    priv_key: str | None,
+    site: str,
+    insecure: bool,
     variables: tuple[str, ...],
     duration: float,
+    timeout: float,
 ) -> None:
-    """Collect once from a device and print what would be sent, one JSON object per line."""
+    """Collect once from a device and print what would be sent, one JSON object per line.
+
+    Readings and events go to stdout; a summary and errors go to stderr.
+    """
     try:
         profile = find_profile(profile_name)
     except AgentError as exc:
@@ -191,11 +284,114 @@ def probe(
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--variable")
         values[key] = value
-    if "mqtt" not in profile.profile.transports:
-        raise click.ClickException(
-            f"profile {profile_name} reads over {'/'.join(profile.profile.transports)}, which this probe "
-            "does not reach yet"
+    if target.startswith("mqtt://") and "mqtt" in profile.profile.transports:
+        _probe_mqtt(profile, profile_name, target, username, password, values, duration)
+        return
+    raw = {
+        "name": _probe_name(target),
+        "profile": profile_name,
+        "target": target,
+        "username": username,
+        "password": password,
+        "api_key": api_key,
+        "community": community,
+        "snmp_user": snmp_user,
+        "auth_protocol": auth_protocol.upper(),
+        "auth_key": auth_key,
+        "priv_protocol": priv_protocol.upper(),
+        "priv_key": priv_key,
+        "site": site,
+        "insecure": insecure,
+        "timeout": timeout,
+        "variables": values,
+    }
+    try:
+        device = DeviceConfig.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            _probe_words(str(e["msg"]).removeprefix("Value error, ")) for e in exc.errors()
         )
+        hint = "--target" if "target" in problems else None
+        raise click.BadParameter(problems, param_hint=hint) from None
+    started = time.monotonic()
+    try:
+        collected = asyncio.run(_collect_once(device, profile))
+    except DeviceError as exc:
+        kind = exc.kind.replace("_", " ")
+        message = _probe_words(exc.message)
+        raise click.ClickException(
+            message if kind in message[:30].lower() else f"{kind}: {message}"
+        ) from None
+    except ValueError as exc:  # a target the client cannot use
+        raise click.BadParameter(str(exc), param_hint="--target") from None
+    for r in collected.readings:
+        click.echo(orjson.dumps(r.model_dump()).decode())
+    for e in collected.events:
+        click.echo(orjson.dumps(e.model_dump()).decode())
+    measurements = sorted({r.measurement for r in collected.readings})
+    click.echo(
+        f"probe: {len(collected.readings)} readings and {len(collected.events)} events from "
+        f"{target} in {time.monotonic() - started:.1f} s ({profile_name}"
+        + (f": {', '.join(measurements)}" if measurements else "")
+        + ")",
+        err=True,
+    )
+    if any(
+        isinstance(spec, FieldSpec) and spec.rate
+        for rule in profile.readings
+        for spec in rule.fields.values()
+    ):
+        click.echo(
+            "note: rates (per-second fields) need two polls; the agent sends them from its "
+            "second poll on",
+            err=True,
+        )
+    if not collected.readings and not collected.events:
+        click.echo(
+            "the device answered but nothing mapped to readings: is this the right profile "
+            "for its firmware?",
+            err=True,
+        )
+
+
+def _probe_name(target: str) -> str:
+    host = target.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", host).strip("-.") or "device"
+    return name[:64]
+
+
+def _probe_words(message: str) -> str:
+    """Config-key names in an error → the probe's option names."""
+    for key, option in _PROBE_OPTIONS.items():
+        message = re.sub(rf"(?<![\w-]){key}(?![\w-])", option, message)
+    return message
+
+
+async def _collect_once(device: DeviceConfig, profile: Profile) -> Collection:
+    client = make_device_client(device, profile)
+    polled = PolledDevice(
+        name=device.name,
+        client=client,
+        mapper=Mapper(profile, variables=device.variables, device=device.name),
+        interval=device.interval or profile.profile.interval,
+        clock=SystemClock(),
+        timeout=(device.timeout or 10.0) * 3,  # several requests, each with its own timeout
+    )
+    try:
+        return await polled.collect_once()
+    finally:
+        await client.aclose()
+
+
+def _probe_mqtt(
+    profile: Profile,
+    profile_name: str,
+    target: str,
+    username: str | None,
+    password: str | None,
+    values: dict[str, str],
+    duration: float,
+) -> None:
     try:
         mqtt_target = MqttTarget.parse(target)
     except ValueError as exc:

@@ -86,6 +86,10 @@ class RateTracker:
     def __init__(self) -> None:
         self._last: dict[tuple[object, ...], tuple[float, int]] = {}
 
+    def clear(self) -> None:
+        """Forget every baseline: the device restarted and its counters began again."""
+        self._last.clear()
+
     def rate(self, key: tuple[object, ...], value: float, ts: int, bits: int) -> float | None:
         previous = self._last.get(key)
         self._last[key] = (value, ts)
@@ -153,18 +157,26 @@ class Mapper:
             captures = template.match(key)
             if captures is None or self._excluded(captures):
                 continue
-            raw = get_path(payload, avail.path)
-            text = str(raw).strip().lower() if raw is not _MISSING else ""
-            if text in (s.lower() for s in avail.online):
-                state = "online"
-            elif text in (s.lower() for s in avail.offline):
-                state = "offline"
-            else:
-                continue
-            device = captures.get("device", self.device)
-            changed = self.availability_event(device, state, ts)
-            if changed is not None:
-                out.events.append(changed)
+            ctx = self._context(captures, None)
+            for item, _ in _select(payload, avail.select, False):
+                raw = get_path(item, avail.path)
+                text = str(raw).strip().lower() if raw is not _MISSING else ""
+                if text in (s.lower() for s in avail.online):
+                    state = "online"
+                elif text in (s.lower() for s in avail.offline):
+                    state = "offline"
+                else:
+                    continue
+                device = (
+                    _render(avail.device, ctx, item)
+                    if avail.device
+                    else captures.get("device", self.device)
+                )
+                if not device:
+                    continue
+                changed = self.availability_event(device, state, ts)
+                if changed is not None:
+                    out.events.append(changed)
         return out
 
     def availability_event(self, device: str, state: str, ts: int) -> Event | None:
@@ -212,9 +224,12 @@ class Mapper:
                     fields[snake(member)] = raw
         for name, spec in rule.fields.items():
             spec_ = FieldSpec(path=spec) if isinstance(spec, str) else spec
+            raw = get_path(item, spec_.path)
+            if spec_.multiply is not None and raw is not _MISSING and raw is not None:
+                raw = _product(raw, get_path(item, spec_.multiply))
             field_value = self._field(
                 spec_,
-                get_path(item, spec_.path),
+                raw,
                 (rule.measurement, tuple(sorted(tags.items())), name),
                 ts,
             )
@@ -242,6 +257,8 @@ class Mapper:
                 return None if rate is None else rate * spec.scale
             if spec.scale != 1.0:
                 value = value * spec.scale
+            if spec.type == "int":
+                value = round(value)  # KiB → bytes stays an integer
         return value
 
     def _event(
@@ -267,6 +284,16 @@ class Mapper:
             source=_render(rule.source, ctx, payload) or "",
             body=body,
         )
+
+
+def _product(raw: Any, factor: Any) -> Any:
+    """``raw × factor`` for numbers (or numeric strings); missing when either is not a number."""
+    try:
+        if isinstance(raw, bool) or isinstance(factor, bool):
+            return _MISSING
+        return float(raw) * float(factor)
+    except (TypeError, ValueError):
+        return _MISSING
 
 
 def _select(payload: Any, select: str, objects_only: bool) -> Iterator[tuple[Any, str | None]]:

@@ -26,6 +26,14 @@ def _check_path(value: str) -> str:
     return value
 
 
+def _check_select(value: str) -> str:
+    if not re.match(r"^\$((\.[^.\[\]*]+|\[\d+\])*)(\.\*|\[\*\])?$", value):
+        raise ValueError(
+            f"{value!r} is not a selection: use '$', '$.a.b', '$.list[*]' or '$.map.*'"
+        )
+    return value
+
+
 class FieldSpec(BaseModel):
     """Where a field's value comes from and how it is converted."""
 
@@ -36,9 +44,15 @@ class FieldSpec(BaseModel):
     scale: float = 1.0  # multiply (unit conversion: KiB → bytes is 1024, ms → s is 0.001)
     rate: bool = False  # a counter: report the per-second rate of change instead
     counter_bits: Literal[32, 64] = 64  # where the counter wraps
+    multiply: str | None = None  # path to another member to multiply by (SNMP allocation units)
     map: dict[str, str | float | int | bool] = Field(default_factory=dict)  # enum → value
 
     _path = field_validator("path")(_check_path)
+
+    @field_validator("multiply")
+    @classmethod
+    def _multiply(cls, value: str | None) -> str | None:
+        return None if value is None else _check_path(value)
 
 
 class ReadingRule(BaseModel):
@@ -55,14 +69,7 @@ class ReadingRule(BaseModel):
     numeric_fields: bool = False  # also every number / bool member of the item, snake_cased
     exclude: list[str] = Field(default_factory=list)  # members numeric_fields leaves out
 
-    @field_validator("select")
-    @classmethod
-    def _select(cls, value: str) -> str:
-        if not re.match(r"^\$((\.[^.\[\]*]+|\[\d+\])*)(\.\*|\[\*\])?$", value):
-            raise ValueError(
-                f"{value!r} is not a selection: use '$', '$.a.b', '$.list[*]' or '$.map.*'"
-            )
-        return value
+    _select = field_validator("select")(_check_select)
 
     @model_validator(mode="after")
     def _has_fields(self) -> ReadingRule:
@@ -98,11 +105,14 @@ class Availability(BaseModel):
     model_config = _MODEL
 
     match: Annotated[str, Field(min_length=1)]
+    select: str = "$"  # "$.data[*]": one state per item (the devices behind a controller)
+    device: str = ""  # template naming the device, e.g. "{device}/{.name}"; empty: the device
     path: str = "$"
     online: list[str] = Field(default_factory=lambda: ["online"])
     offline: list[str] = Field(default_factory=lambda: ["offline"])
 
     _path = field_validator("path")(_check_path)
+    _select = field_validator("select")(_check_select)
 
 
 class MqttSettings(BaseModel):
@@ -122,9 +132,56 @@ class HttpEndpoint(BaseModel):
 class HttpSettings(BaseModel):
     model_config = _MODEL
 
-    auth: Literal["none", "api_key", "basic"] = "none"
+    # "unifi": a UniFi Network controller or console (classic login, UniFi OS login with CSRF
+    # token, or the integration API with an API key); the client handles the session.
+    auth: Literal["none", "api_key", "basic", "unifi"] = "none"
     api_key_header: str = "X-API-Key"
     endpoints: list[HttpEndpoint] = Field(default_factory=list)
+
+
+_OID = re.compile(r"^\.?[0-2](\.\d+)+$")
+
+
+def _check_oid(value: str) -> str:
+    if not _OID.match(value):
+        raise ValueError(f"{value!r} is not a numeric OID such as '1.3.6.1.2.1.1.3.0'")
+    return value.lstrip(".")
+
+
+class SnmpGet(BaseModel):
+    """Scalars fetched with one GET; the payload is ``{name: value}`` (absent OIDs left out)."""
+
+    model_config = _MODEL
+
+    key: Annotated[str, Field(min_length=1)]  # what the rules' `match` names
+    oids: Annotated[dict[str, str], Field(min_length=1)]  # name → numeric OID of the instance
+
+    @field_validator("oids")
+    @classmethod
+    def _oids(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _check_oid(oid) for name, oid in value.items()}
+
+
+class SnmpWalk(BaseModel):
+    """Table columns walked with GETBULK; the payload is ``{index: {column: value}}``."""
+
+    model_config = _MODEL
+
+    key: Annotated[str, Field(min_length=1)]
+    columns: Annotated[dict[str, str], Field(min_length=1)]  # name → numeric OID of the column
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _check_oid(oid) for name, oid in value.items()}
+
+
+class SnmpSettings(BaseModel):
+    model_config = _MODEL
+
+    get: list[SnmpGet] = Field(default_factory=list)
+    walk: list[SnmpWalk] = Field(default_factory=list)
+    max_repetitions: Annotated[int, Field(ge=1, le=100)] = 25
 
 
 class ProfileInfo(BaseModel):
@@ -151,6 +208,7 @@ class Profile(BaseModel):
     profile: ProfileInfo
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
+    snmp: SnmpSettings = SnmpSettings()
     availability: list[Availability] = Field(default_factory=list)
     readings: list[ReadingRule] = Field(default_factory=list)
     events: list[EventRule] = Field(default_factory=list)
@@ -167,6 +225,11 @@ class Profile(BaseModel):
             )
         if "http" in self.profile.transports and not self.http.endpoints:
             raise ValueError("http.endpoints: an HTTP profile must name the endpoints to GET")
+        if "snmp" in self.profile.transports and not (self.snmp.get or self.snmp.walk):
+            raise ValueError("snmp: an SNMP profile needs [[snmp.get]] or [[snmp.walk]] entries")
+        keys = [g.key for g in self.snmp.get] + [w.key for w in self.snmp.walk]
+        if len(keys) != len(set(keys)):
+            raise ValueError("snmp: every [[snmp.get]] and [[snmp.walk]] needs its own key")
         return self
 
 

@@ -74,6 +74,10 @@ class PolledDevice:
                 "timeout", f"{self.name} did not answer within {self._timeout:.0f} s"
             ) from None
         ts = self._clock.wall_ns()
+        if getattr(self._client, "restarted", False):
+            # Counters began again from zero: new baselines, no rate across the restart.
+            self._log.info("%s restarted; counter rates start again", self.name)
+            self.mapper.rates.clear()
         out = Collection()
         for key, payload in raw:
             got = self.mapper.apply(key, payload, ts)
