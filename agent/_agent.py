@@ -130,7 +130,9 @@ def build_sources(config: AgentConfig, clock: Clock) -> list[Source]:
     sources: list[Source] = []
     for sc in config.sources:
         if isinstance(sc, HostSourceConfig):
-            sources.append(HostSource(name=sc.name, interval=sc.interval, clock=clock))
+            sources.append(
+                HostSource(name=sc.name, interval=sc.interval, clock=clock, profile=sc.profile)
+            )
         elif isinstance(sc, SimulatedSourceConfig):
             sources.append(
                 SimulatedSource(

@@ -69,6 +69,20 @@ class HostSourceConfig(BaseModel):
     type: Literal["host"]
     name: str = "host"
     interval: Annotated[float, Field(gt=0)] = 10.0
+    profile: str = "host"  # a firmware profile with transport "host" (a board may have its own)
+
+    @field_validator("profile")
+    @classmethod
+    def _host_profile(cls, value: str) -> str:
+        from agent.profiles import find_profile
+
+        try:
+            profile = find_profile(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if "host" not in profile.profile.transports:
+            raise ValueError(f"profile {value} does not read the host (transport 'host')")
+        return value
 
 
 class SimulatedSourceConfig(BaseModel):

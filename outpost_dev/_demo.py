@@ -17,6 +17,7 @@ import click
 import httpx
 
 from outpost_dev._processes import Mosquitto, collector_config, free_port, spawn, stop
+from outpost_dev.site import SimulatedSite
 
 
 def run_demo(workdir: Path, *, duration: float | None = None) -> None:
@@ -55,6 +56,9 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     ).split()[0]
     gateway = workdir / "gateway"
     acfg = gateway / "agent.toml"
+    enrolled_cfg = (
+        gateway / "agent.enrolled.toml"
+    )  # what enrollment wrote, before the demo's devices
     if not (gateway / "identity" / "gateway.pem").exists():
         enrolled = _run(
             "provisioning.cli",
@@ -79,12 +83,19 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
         click.echo(
             "\n".join(line for line in enrolled.splitlines() if not line.startswith("Next:"))
         )
-        with acfg.open("a") as f:
-            f.write(
-                '\n[[sources]]\ntype = "simulated"\ninterval = 1\ndevices = 3\nevents_every = 10\n'
-            )
-    else:  # a second demo run in the same directory: the gateway is enrolled already
-        _point_at(acfg, broker.port)
+        enrolled_cfg.write_text(acfg.read_text())
+    # A second demo run in the same directory: the gateway is enrolled already, but the broker
+    # and the simulated devices have new ports.
+    if not enrolled_cfg.exists():  # a demo directory from before the simulated site
+        enrolled_cfg.write_text(acfg.read_text().split("\n[[sources]]", 1)[0] + "\n")
+    _point_at(enrolled_cfg, broker.port)
+    site = SimulatedSite(workdir / "site", interval=5).start()
+    acfg.write_text(
+        enrolled_cfg.read_text()
+        + '\n[[sources]]\ntype = "simulated"\ninterval = 1\ndevices = 3\nevents_every = 10\n'
+        + '\n[[sources]]\ntype = "host"\ninterval = 10\n\n'
+        + site.devices_toml(interval=10)
+    )
     gateway_id = json.loads((gateway / "identity" / "enrollment.json").read_text())["gateway_id"]
     commands["agent"] = ["agent.cli", "run", "--config", str(acfg)]
     procs["agent"] = spawn(commands["agent"], log=logs / "agent.log")
@@ -95,11 +106,13 @@ Outpost demo is running (Ctrl-C stops it).
   broker      mosquitto, mTLS on localhost:{broker.port}   config {broker.files.config}
   collector   config {ccfg}   API {api}   log {logs / "collector.log"}
   agent       gateway {gateway_id}, config {acfg}   log {logs / "agent.log"}
+  site        simulated devices: pfSense (REST{" and SNMP" if site.snmp else ""}), UniFi OS console,
+              Frigate, Tasmota, Zigbee2MQTT, Shelly, ESPHome on a local broker (port {site.broker.port})
 
 Where the data is:
   time series  {ts_db}
   documents    {data / "documents.db"}
-  latest       {sys.executable} -m collector.cli readings --config {ccfg} --measurement environment
+  latest       {sys.executable} -m collector.cli readings --config {ccfg} --measurement unifi_device
   agent buffer {sys.executable} -m agent.cli status --config {acfg}
 
 Try it: kill -9 {procs["agent"].pid} (the agent) or kill -9 {procs["collector"].pid} (the collector).
@@ -134,6 +147,7 @@ The demo starts a killed process again; the count goes on with nothing lost or d
         click.echo("stopping agent, collector and broker ...")
         stop(procs["agent"])
         stop(procs["collector"])
+        site.stop()
         broker.stop()
         click.echo(f"stopped; {_summary(ts_db)}. Files stay in {workdir}")
 

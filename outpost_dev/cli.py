@@ -26,7 +26,11 @@ def main() -> None:
 )
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 def demo(workdir: Path, duration: float | None) -> None:
-    """Run Mosquitto, the collector and an agent with host and simulated sources."""
+    """Run Mosquitto, the collector, an enrolled agent and a simulated site of devices."""
     if find_mosquitto() is None:
         raise click.ClickException("mosquitto is not installed: sudo apt-get install mosquitto")
     run_demo(workdir.resolve(), duration=duration)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,43 +1,29 @@
-"""The gateway itself: cpu, memory, disks, network, load, uptime, temperatures (psutil)."""
+"""The gateway itself: cpu, memory, disks, network, load, uptime, temperatures (psutil).
+
+psutil's numbers are gathered into a raw snapshot, one payload per section; the ``host``
+firmware profile maps them to readings like any device (and computes the network rates), so a
+board with other needs gets its own profile folder rather than new code.
+"""
 
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import psutil
 
 from agent._clock import Clock
 from agent.sources._base import Collection
-from wire import Reading
 
 # Pseudo and transient file systems say nothing about the gateway's storage.
 _SKIP_FSTYPES = {"squashfs", "tmpfs", "devtmpfs", "overlay", "proc", "sysfs", "ramfs"}
 
 
-class HostSource:
-    """Readings about the gateway host, through psutil."""
-
-    def __init__(self, *, name: str, interval: float, clock: Clock) -> None:
-        self.name = name
-        self.interval = interval
-        self._clock = clock
-        self._host = socket.gethostname()
-        # The first cpu_percent call only primes the counters and returns 0.0.
-        psutil.cpu_percent(interval=None)
-
-    def collect(self) -> Collection:
-        ts = self._clock.wall_ns()
-        tags = {"source": self.name, "host": self._host}
-        out: list[Reading] = []
-
-        def add(measurement: str, fields: dict[str, float | int], **extra: str) -> None:
-            if fields:
-                out.append(
-                    Reading(measurement=measurement, tags={**tags, **extra}, fields=fields, ts=ts)
-                )
-
-        cpu = psutil.cpu_times_percent(interval=None)
-        add(
+def host_snapshot(now_s: float) -> list[tuple[str, Any]]:
+    """The raw host sections: ``[(section, payload)]`` as the ``host`` profile expects them."""
+    cpu = psutil.cpu_times_percent(interval=None)
+    out: list[tuple[str, Any]] = [
+        (
             "cpu",
             {
                 "usage_percent": psutil.cpu_percent(interval=None),
@@ -47,71 +33,93 @@ class HostSource:
                 "count": psutil.cpu_count() or 0,
             },
         )
-        mem = psutil.virtual_memory()
-        swap = psutil.swap_memory()
-        add(
-            "mem",
+    ]
+    mem = psutil.virtual_memory()
+    swap = psutil.swap_memory()
+    out.append(
+        (
+            "memory",
             {
-                "total_bytes": mem.total,
-                "available_bytes": mem.available,
-                "used_bytes": mem.used,
-                "used_percent": mem.percent,
-                "swap_used_bytes": swap.used,
+                "total": mem.total,
+                "available": mem.available,
+                "used": mem.used,
+                "percent": mem.percent,
+                "swap_used": swap.used,
             },
         )
-        for part in psutil.disk_partitions(all=False):
-            if part.fstype in _SKIP_FSTYPES:
-                continue
-            try:
-                usage = psutil.disk_usage(part.mountpoint)
-            except OSError:
-                continue  # a mount that vanished or is not readable
-            add(
-                "disk",
-                {
-                    "total_bytes": usage.total,
-                    "used_bytes": usage.used,
-                    "free_bytes": usage.free,
-                    "used_percent": usage.percent,
-                },
-                path=part.mountpoint,
-                fstype=part.fstype,
-            )
-        for nic, c in psutil.net_io_counters(pernic=True).items():
-            add(
-                "net",
-                {
-                    "bytes_sent": c.bytes_sent,
-                    "bytes_recv": c.bytes_recv,
-                    "packets_sent": c.packets_sent,
-                    "packets_recv": c.packets_recv,
-                    "errin": c.errin,
-                    "errout": c.errout,
-                    "dropin": c.dropin,
-                    "dropout": c.dropout,
-                },
-                interface=nic,
-            )
-        load1, load5, load15 = psutil.getloadavg()
-        boot = psutil.boot_time()
-        add(
+    )
+    disks: dict[str, Any] = {}
+    for part in psutil.disk_partitions(all=False):
+        if part.fstype in _SKIP_FSTYPES:
+            continue
+        try:
+            usage = psutil.disk_usage(part.mountpoint)
+        except OSError:
+            continue  # a mount that vanished or is not readable
+        disks[part.mountpoint] = {
+            "fstype": part.fstype,
+            "total": usage.total,
+            "used": usage.used,
+            "free": usage.free,
+            "percent": usage.percent,
+        }
+    out.append(("disks", disks))
+    out.append(
+        (
+            "net",
+            {nic: c._asdict() for nic, c in psutil.net_io_counters(pernic=True).items()},
+        )
+    )
+    load1, load5, load15 = psutil.getloadavg()
+    boot = psutil.boot_time()
+    out.append(
+        (
             "system",
             {
                 "load1": load1,
                 "load5": load5,
                 "load15": load15,
-                "uptime_s": max(0.0, ts / 1e9 - boot),
+                "uptime_s": max(0.0, now_s - boot),
                 "boot_time_s": boot,
             },
         )
-        temps = getattr(psutil, "sensors_temperatures", None)
-        if temps is not None:
-            for chip, entries in temps().items():
-                for i, entry in enumerate(entries):
-                    add(
-                        "temperature",
-                        {"celsius": entry.current},
-                        sensor=chip,
-                        label=entry.label or str(i),
-                    )
-        return Collection(readings=out)
+    )
+    temperatures: dict[str, Any] = {}
+    sensors = getattr(psutil, "sensors_temperatures", None)
+    if sensors is not None:
+        for chip, entries in sensors().items():
+            for i, entry in enumerate(entries):
+                label = entry.label or str(i)
+                temperatures[f"{chip}/{label}"] = {
+                    "sensor": chip,
+                    "label": label,
+                    "celsius": entry.current,
+                }
+    out.append(("temperatures", temperatures))
+    return out
+
+
+class HostSource:
+    """Readings about the gateway host, through psutil and a host profile."""
+
+    def __init__(self, *, name: str, interval: float, clock: Clock, profile: str = "host") -> None:
+        self.name = name
+        self.interval = interval
+        self._clock = clock
+        from agent.profiles import Mapper, find_profile  # agent.profiles imports agent.sources
+
+        self.mapper = Mapper(
+            find_profile(profile), variables={"source": name, "host": socket.gethostname()}
+        )
+        # The first cpu_percent call only primes the counters and returns 0.0.
+        psutil.cpu_percent(interval=None)
+        psutil.cpu_times_percent(interval=None)
+
+    def collect(self) -> Collection:
+        ts = self._clock.wall_ns()
+        out = Collection()
+        for key, payload in host_snapshot(ts / 1e9):
+            got = self.mapper.apply(key, payload, ts)
+            out.readings += got.readings
+            out.events += got.events
+        return out

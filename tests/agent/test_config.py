@@ -102,3 +102,66 @@ def test_devices_are_checked_against_their_profiles(files: Path) -> None:
     twice = ok + '[[devices]]\nname = "site"\nprofile = "esphome"\ntarget = "mqtt://10.0.0.3"\n'
     with pytest.raises(ConfigError, match="names must be unique; repeated: site"):
         load_config(write(files, twice))
+
+
+@pytest.mark.parametrize(
+    ("device", "words"),
+    [
+        (
+            'profile = "pfsense-snmp"\ntarget = "snmp://fw"',
+            "needs community \\(v2c\\) or snmp_user",
+        ),
+        (
+            'profile = "pfsense-snmp"\ntarget = "snmp://fw"\ncommunity = "c"\nsnmp_user = "u"',
+            "either community .* or snmp_user",
+        ),
+        (
+            'profile = "pfsense-snmp"\ntarget = "snmp://fw"\nsnmp_user = "u"\npriv_key = "long-enough"',
+            "priv_key needs auth_key",
+        ),
+        (
+            'profile = "pfsense-snmp"\ntarget = "snmp://fw"\nsnmp_user = "u"\nauth_key = "short"',
+            "auth_key must be at least 8 characters",
+        ),
+        (
+            'profile = "pfsense-snmp"\ntarget = "snmp://fw"\nsnmp_user = "u"\n'
+            'auth_key = "long-enough"\nauth_protocol = "SHA1"',
+            "auth_protocol",
+        ),
+        ('profile = "pfsense-rest"\ntarget = "https://fw"', "needs api_key"),
+        ('profile = "unifi-network"\ntarget = "https://unifi"\nusername = "ro"', "UniFi needs"),
+        ('profile = "unifi-network"\ntarget = "snmp://unifi"\napi_key = "k"', "reads over http"),
+    ],
+    ids=[
+        "no-snmp-credentials",
+        "v2c-and-v3",
+        "priv-without-auth",
+        "short-key",
+        "unknown-auth-protocol",
+        "pfsense-rest-without-key",
+        "unifi-without-password",
+        "unifi-over-snmp",
+    ],
+)
+def test_device_credentials_are_checked(files: Path, device: str, words: str) -> None:
+    body = base(files) + f'[[devices]]\nname = "d1"\n{device}\n'
+    with pytest.raises(ConfigError, match=words):
+        load_config(write(files, body))
+
+
+def test_device_secrets_never_print(files: Path) -> None:
+    body = base(files) + (
+        '[[devices]]\nname = "fw"\nprofile = "pfsense-snmp"\ntarget = "snmp://fw"\n'
+        'snmp_user = "outpost"\nauth_key = "auth-secret-1"\npriv_key = "priv-secret-1"\n'
+        '[[devices]]\nname = "ctl"\nprofile = "unifi-network"\ntarget = "https://unifi"\n'
+        'username = "ro"\npassword = "unifi-secret-1"\nsite = "branch"\ninsecure = true\n'
+        '[[devices]]\nname = "fw2"\nprofile = "pfsense-snmp"\ntarget = "snmp://fw2"\n'
+        'community = "community-secret-1"\n'
+    )
+    cfg = load_config(write(files, body))
+    shown = repr(cfg) + str(cfg.model_dump()) + cfg.model_dump_json()
+    for secret in ("auth-secret-1", "priv-secret-1", "unifi-secret-1", "community-secret-1"):
+        assert secret not in shown
+    assert cfg.devices[1].site == "branch"
+    assert cfg.devices[0].auth_key is not None
+    assert cfg.devices[0].auth_key.get_secret_value() == "auth-secret-1"

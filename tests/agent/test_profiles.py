@@ -18,7 +18,17 @@ CASES = [
 
 def test_the_required_profiles_exist() -> None:
     names = {p.name for p in FOLDERS}
-    assert {"tasmota", "zigbee2mqtt", "shelly-gen2", "esphome", "frigate", "pfsense-rest"} <= names
+    assert {
+        "pfsense-snmp",
+        "pfsense-rest",
+        "unifi-network",
+        "frigate",
+        "tasmota",
+        "zigbee2mqtt",
+        "shelly-gen2",
+        "esphome",
+        "host",
+    } <= names
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])

@@ -16,6 +16,9 @@ def test_host_source_reports_the_basics() -> None:
     assert by_measurement["system"].fields["uptime_s"] > 0
     assert all(r.tags["source"] == "host" for r in out)
     assert any(r.measurement == "net" and r.tags["interface"] == "lo" for r in out)
+    assert all(r.tags["host"] for r in out)
+    second = {r.tags["interface"]: r for r in src.collect().readings if r.measurement == "net"}
+    assert second["lo"].fields["rx_bps"] >= 0  # rates from the second snapshot on
 
 
 def test_simulated_source_produces_per_device_readings_and_events() -> None:
