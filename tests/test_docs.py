@@ -38,10 +38,25 @@ def test_every_command_is_documented(group: click.Group, prefix: str, doc: str) 
 
 
 def test_every_agent_config_key_is_documented() -> None:
-    from agent._config import AgentConfig, BufferConfig, UplinkConfig
+    from agent._config import (
+        AgentConfig,
+        BufferConfig,
+        DeviceConfig,
+        HostSourceConfig,
+        SimulatedSourceConfig,
+        UplinkConfig,
+    )
 
     text = (DOCS / "agent.md").read_text()
-    for model in (AgentConfig, UplinkConfig, BufferConfig):
+    models = (
+        AgentConfig,
+        UplinkConfig,
+        BufferConfig,
+        DeviceConfig,
+        HostSourceConfig,
+        SimulatedSourceConfig,
+    )
+    for model in models:
         for key in model.model_fields:
             assert f"{key} =" in text or f"[{key}]" in text or f"[[{key}]]" in text, key
 
@@ -53,3 +68,15 @@ def test_every_enroll_option_is_documented() -> None:
         for opt in getattr(param, "opts", []):
             if opt.startswith("--") and opt != "--help":
                 assert opt in text, opt
+
+
+def test_every_probe_option_is_documented() -> None:
+    text = (DOCS / "agent.md").read_text()
+    probe = agent_cli.commands["probe"]
+    for param in probe.params:
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--") and opt != "--help":
+                assert f"`{opt}" in text, opt
+        envvar = getattr(param, "envvar", None)
+        if envvar:
+            assert envvar in text, envvar

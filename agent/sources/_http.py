@@ -7,7 +7,7 @@ import ssl
 import httpx
 
 from agent.profiles import Profile
-from agent.sources._polling import DeviceError
+from agent.sources._polling import DeviceError, default_tls_context
 
 
 class HttpDeviceClient:
@@ -41,7 +41,7 @@ class HttpDeviceClient:
                     "auth_failed", f"profile {profile.name} needs a username and password"
                 )
             auth = httpx.BasicAuth(username, password)
-        verify: ssl.SSLContext | bool = ssl.create_default_context()
+        verify: ssl.SSLContext | bool = default_tls_context()
         if insecure:
             verify = False  # the operator accepted a self-signed device certificate
         self._client = httpx.AsyncClient(headers=headers, auth=auth, verify=verify, timeout=timeout)

@@ -10,9 +10,16 @@ instead of turning a counter reset into a huge or negative rate.
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+# Numeric OIDs only: keep pysnmp from loading its optional MIB compiler (pysmi, ~10 MiB on a
+# small board, and a compiler that would fetch MIB files from the network on a name lookup).
+# pysnmp treats pysmi as optional and works without it.
+if "pysmi" not in sys.modules:
+    sys.modules["pysmi"] = None  # type: ignore[assignment]
 
 from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,

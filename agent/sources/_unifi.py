@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 
 from agent.profiles import Profile
-from agent.sources._polling import DeviceError
+from agent.sources._polling import DeviceError, default_tls_context
 
 Mode = Literal["classic", "os", "integration"]
 INTEGRATION_DEVICES = "integration/devices"
@@ -67,7 +67,7 @@ class UnifiClient:
         self._logged_in = False
         self._site_id: str | None = None
         self.logins = 0  # how many times a session was opened (renewals show here)
-        verify: ssl.SSLContext | bool = ssl.create_default_context()
+        verify: ssl.SSLContext | bool = default_tls_context()
         if insecure:
             verify = False  # the operator accepted the console's self-signed certificate
         headers = {"Accept": "application/json"}
