@@ -29,16 +29,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def rss_mib(pid: int) -> float:
+def memory_mib(pid: int) -> tuple[float, float]:
+    """Resident memory: all of it (VmRSS), and the private part (RssAnon: heap, not the mapped
+    shared libraries that the kernel can drop and read again)."""
+    values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("RssAnon", 0.0)
 
 
 def run_once(
     devices: int, interval: float, seconds: float, warmup: float, snmp: bool
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as d:
         sim = SimulatedSite(Path(d), interval=interval, snmp=snmp).start()
         try:
@@ -55,9 +59,10 @@ def run_once(
                 try:
                     time.sleep(warmup)
                     cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
-                    peak = 0.0
+                    peak = peak_anon = 0.0
                     while time.monotonic() - t0 < seconds:
-                        peak = max(peak, rss_mib(agent.pid))
+                        rss, anon = memory_mib(agent.pid)
+                        peak, peak_anon = max(peak, rss), max(peak_anon, anon)
                         time.sleep(0.5)
                     cpu = (cpu_seconds(agent.pid) - cpu0) / (time.monotonic() - t0) * 100
                     log = (st.root / "a.log").read_text()
@@ -66,7 +71,7 @@ def run_once(
                 finally:
                     stop(agent)
                     stop(collector)
-                return peak, cpu
+                return peak, peak_anon, cpu
         finally:
             sim.stop()
 
@@ -93,7 +98,8 @@ def main() -> None:
         "snmp": not args.no_snmp,
     }
     report("agent.devices.peak_rss", [r[0] for r in results], "MiB", **extra)
-    report("agent.devices.cpu", [r[1] for r in results], "% of one core", **extra)
+    report("agent.devices.peak_rss_anon", [r[1] for r in results], "MiB", **extra)
+    report("agent.devices.cpu", [r[2] for r in results], "% of one core", **extra)
 
 
 if __name__ == "__main__":

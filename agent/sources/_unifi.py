@@ -190,6 +190,12 @@ class UnifiClient:
                 f"UniFi at {self._base} refused the API key (HTTP {response.status_code}); "
                 "create one under Settings > Control Plane > Integrations",
             )
+        if response.status_code == 404 and path.startswith("/sites?"):
+            raise DeviceError(
+                "bad_response",
+                f"{self._base} has no integration API (it needs UniFi Network 9.0+ on a UniFi OS "
+                "console); use a username and password instead of an API key",
+            )
         if response.status_code >= 400:
             raise DeviceError(
                 "bad_response", f"UniFi integration API {path} answered HTTP {response.status_code}"

@@ -171,6 +171,17 @@ async def test_access_point_disconnecting_and_returning_are_events(
     assert [e.body["state"] for e in events if e.source == "unifi/gw-main"] == ["online"]
 
 
+async def test_an_api_key_on_a_classic_controller_says_what_to_use(
+    controller: UnifiSimulator,
+) -> None:
+    c = client(controller, username=None, password=None, api_key=API_KEY)
+    try:
+        with pytest.raises(DeviceError, match="has no integration API .* use a username"):
+            await device(c).collect_once()
+    finally:
+        await c.aclose()
+
+
 async def test_integration_api_with_an_api_key(console: UnifiSimulator) -> None:
     c = client(console, username=None, password=None, api_key=API_KEY)
     try:
