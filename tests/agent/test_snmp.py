@@ -51,11 +51,21 @@ def v3(agent: Snmpd, **changes: str) -> SnmpCredentials:
 
 
 def polled(
-    port: int, credentials: SnmpCredentials, profile: str = "pfsense-snmp", **kw: object
+    port: int,
+    credentials: SnmpCredentials,
+    profile: str = "pfsense-snmp",
+    *,
+    timeout: float = 1.0,
+    retries: int = 1,
 ) -> PolledDevice:
     prof = find_profile(profile) if "/" not in profile else load_profile(Path(profile))
     client = SnmpDeviceClient(
-        profile=prof, host="127.0.0.1", port=port, credentials=credentials, timeout=0.5, retries=0
+        profile=prof,
+        host="127.0.0.1",
+        port=port,
+        credentials=credentials,
+        timeout=timeout,
+        retries=retries,
     )
     return PolledDevice(
         name="fw-1",
@@ -64,7 +74,6 @@ def polled(
         interval=10,
         clock=SystemClock(),
         timeout=10,
-        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -131,7 +140,7 @@ async def test_wrong_credentials_say_what_to_check(
         if values.get("priv_key") == "":
             values["priv_key"] = None  # type: ignore[assignment]
         credentials = v3(snmpd, **values)
-    device = polled(snmpd.port, credentials)
+    device = polled(snmpd.port, credentials, timeout=0.5, retries=0)
     try:
         with pytest.raises(DeviceError) as caught:
             await device.collect_once()
@@ -189,7 +198,10 @@ async def test_counter_wrap_and_device_reboot_give_no_negative_or_huge_rates(
 
 
 async def test_pfsense_profile_against_a_recorded_pfsense_walk(pfsense_sim: Snmpsim) -> None:
-    device = polled(pfsense_sim.port, SnmpCredentials(community="pfsense-lab"))
+    # snmpsim is Python and answers its first request slowly on a busy machine: wait longer.
+    device = polled(
+        pfsense_sim.port, SnmpCredentials(community="pfsense-lab"), timeout=3, retries=1
+    )
     try:
         got = by_measurement((await device.collect_once()).readings)
     finally:

@@ -176,7 +176,7 @@ async def test_an_api_key_on_a_classic_controller_says_what_to_use(
 ) -> None:
     c = client(controller, username=None, password=None, api_key=API_KEY)
     try:
-        with pytest.raises(DeviceError, match="has no integration API .* use a username"):
+        with pytest.raises(DeviceError, match=r"has no integration API .* use a username"):
             await device(c).collect_once()
     finally:
         await c.aclose()
