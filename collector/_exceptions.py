@@ -6,8 +6,9 @@
     ├── ConfigError        the config file is missing, not TOML, or fails validation
     ├── StoreError         a store failed (sqlite3 / driver errors, translated)
     │   └── StoreUnavailable   the store cannot be reached now; retry later (nack, not crash)
-    └── EnrollmentRefused  an enrollment or renewal request that cannot be granted
-        └── TokenRefused       the enrollment token is unknown, expired, used up or revoked
+    ├── EnrollmentRefused  an enrollment or renewal request that cannot be granted
+    │   └── TokenRefused       the enrollment token is unknown, expired, used up or revoked
+    └── TooManyPoints      a query would return more points than its limit
 """
 
 from __future__ import annotations
@@ -40,3 +41,15 @@ class EnrollmentRefused(CollectorError):
 
 class TokenRefused(EnrollmentRefused):
     """The enrollment token cannot be used (code: unknown, expired, used_up, revoked)."""
+
+
+class TooManyPoints(CollectorError):
+    """A query would return more points than allowed."""
+
+    def __init__(self, points: int, limit: int) -> None:
+        super().__init__(
+            f"the query would return {points} points, more than the limit of {limit}; "
+            "use a larger bucket, a shorter time range or fewer groups"
+        )
+        self.points = points
+        self.limit = limit

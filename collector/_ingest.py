@@ -44,6 +44,26 @@ class Reply:
     message: wire.Ack | wire.Nack | wire.RenewResponse
 
 
+WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative-bucket histogram (Prometheus style) of store write latency, in seconds."""
+
+    buckets: tuple[float, ...] = WRITE_BUCKETS_S
+    counts: list[int] = field(default_factory=lambda: [0] * len(WRITE_BUCKETS_S))
+    total_s: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.total_s += seconds
+        self.count += 1
+        for i, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+
 @dataclass
 class IngestMetrics:
     batches_stored: int = 0
@@ -53,6 +73,7 @@ class IngestMetrics:
     quarantined: int = 0
     readings_corrected: int = 0
     nacks: Counter[str] = field(default_factory=Counter)
+    write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 @dataclass(slots=True)
@@ -78,6 +99,7 @@ class Ingestor:
         self._cfg = config
         self._ts = timeseries
         self._docs = documents
+        self._tenants: dict[str, str] = {}
         self._enrollment = enrollment
         self._now = monotonic
         self._log = logger or logging.getLogger("outpost.collector.ingest")
@@ -210,22 +232,32 @@ class Ingestor:
         keys.add(key)
         accepted.append(_Accepted(gateway_id, batch, len(msg.payload), delta, msg.received_ns))
 
+    def _tenant(self, gateway_id: str) -> str:
+        """The gateway's tenant (fixed at enrollment, so cached); '' for one not enrolled."""
+        tenant = self._tenants.get(gateway_id)
+        if tenant is None:
+            tenant = self._docs.gateway_tenant(gateway_id) or ""
+            self._tenants[gateway_id] = tenant
+        return tenant
+
     def _store(self, accepted: list[_Accepted]) -> list[Reply]:
         writes: list[SeriesWrite] = []
         events: list[tuple[str, wire.Event]] = []
         corrected = 0
-        for a in accepted:
-            d = a.delta_ns
-            for s in a.batch.series:
-                # The gateway id is a tag the collector sets: a gateway speaks only for itself.
-                tags = {**s.t, "gateway": a.gateway_id}
-                points = [(ts + d, f) for ts, f in s.p] if d else list(s.p)
-                writes.append(SeriesWrite(s.m, tags, points))
-            for e in a.batch.events:
-                events.append((a.gateway_id, e.model_copy(update={"ts": e.ts + d}) if d else e))
-            if d:
-                corrected += a.batch.reading_count
+        started = time.perf_counter()
         try:
+            for a in accepted:
+                d = a.delta_ns
+                tenant = self._tenant(a.gateway_id)
+                for s in a.batch.series:
+                    # The gateway id is a tag the collector sets: a gateway speaks only for itself.
+                    tags = {**s.t, "gateway": a.gateway_id}
+                    points = [(ts + d, f) for ts, f in s.p] if d else list(s.p)
+                    writes.append(SeriesWrite(s.m, tags, points, tenant))
+                for e in a.batch.events:
+                    events.append((a.gateway_id, e.model_copy(update={"ts": e.ts + d}) if d else e))
+                if d:
+                    corrected += a.batch.reading_count
             self._ts.write(writes)
             self._docs.record(
                 [
@@ -253,6 +285,7 @@ class Ingestor:
                     )
                 )
             return replies
+        self.metrics.write_latency.observe(time.perf_counter() - started)
         self.metrics.batches_stored += len(accepted)
         self.metrics.readings_stored += sum(a.batch.reading_count for a in accepted)
         self.metrics.events_stored += len(events)

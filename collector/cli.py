@@ -78,9 +78,14 @@ def serve(config_path: Path) -> None:
         )
         api = None
         if config.api and enrollment:
-            api = ApiServer(
-                config.api, create_app(ApiServices(documents=docs, enrollment=enrollment))
+            services = ApiServices(
+                documents=docs,
+                enrollment=enrollment,
+                timeseries=ts,
+                metrics=ingestor.metrics,
+                broker_connected=service.subscribed.is_set,
             )
+            api = ApiServer(config.api, create_app(services))
         asyncio.run(_run_until_signal(service, api))
     finally:
         ts.close()

@@ -6,11 +6,12 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from collector._version import version
 from collector.api._deps import ApiServices
-from collector.api.routes import enrollment, gateways
+from collector.api._metrics import metrics_text
+from collector.api.routes import data, enrollment, fleet, gateways
 
 
 def create_app(services: ApiServices) -> FastAPI:
@@ -18,10 +19,40 @@ def create_app(services: ApiServices) -> FastAPI:
     app.state.services = services
     app.include_router(enrollment.router)
     app.include_router(gateways.router)
+    app.include_router(fleet.router)
+    app.include_router(data.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
+        """The process is up."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "a part is not ready"}})
+    def readyz() -> JSONResponse:
+        """Every store and the broker reachable; a 503 names the one that is not."""
+        checks: dict[str, str] = {}
+        for name, store in (
+            ("document_store", services.documents),
+            ("timeseries_store", services.timeseries),
+        ):
+            if store is None:
+                continue
+            try:
+                store.ping()
+                checks[name] = "ok"
+            except Exception as exc:  # any failure means not ready; say which and why
+                checks[name] = f"failing: {type(exc).__name__}"
+        if services.broker_connected is not None:
+            checks["broker"] = "ok" if services.broker_connected() else "failing: not connected"
+        failing = sorted(k for k, v in checks.items() if v != "ok")
+        body = {"status": "not_ready" if failing else "ready", "failing": failing, "checks": checks}
+        return JSONResponse(body, status_code=503 if failing else 200)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        """Prometheus metrics: ingest, acks, nacks by reason, quarantine, dedup, write latency."""
+        text, content_type = metrics_text(services.metrics)
+        return PlainTextResponse(text, media_type=content_type)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -52,4 +83,10 @@ def create_app(services: ApiServices) -> FastAPI:
 
 
 def _code(status_code: int) -> str:
-    return {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status_code, "error")
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        503: "unavailable",
+    }.get(status_code, "error")

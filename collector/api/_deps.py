@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -9,7 +10,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from collector._enrollment import EnrollmentService, hash_token
-from collector.stores import DocumentStore
+from collector._ingest import IngestMetrics
+from collector.stores import DocumentStore, TimeSeriesStore
 
 Role = Literal["viewer", "operator", "admin"]
 _RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -20,6 +22,9 @@ ALL_TENANTS = "*"
 class ApiServices:
     documents: DocumentStore
     enrollment: EnrollmentService
+    timeseries: TimeSeriesStore | None = None
+    metrics: IngestMetrics | None = None
+    broker_connected: Callable[[], bool] | None = None  # the collector's MQTT session is up
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,17 @@ class Principal:
 
     def can_see(self, tenant: str) -> bool:
         return self.tenant in (ALL_TENANTS, tenant)
+
+    def scope(self, requested: str | None) -> str:
+        """The tenant a read is filtered on: the token's own; an admin (``*``) may narrow it."""
+        if self.tenant == ALL_TENANTS:
+            return requested or ALL_TENANTS
+        if requested not in (None, self.tenant):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "this token reads its own tenant only; leave out the tenant parameter",
+            )
+        return self.tenant
 
 
 def services(request: Request) -> ApiServices:
@@ -72,4 +88,5 @@ def requires(role: Role):  # type: ignore[no-untyped-def]
     return check
 
 
+Viewer = Annotated[Principal, Depends(requires("viewer"))]
 Operator = Annotated[Principal, Depends(requires("operator"))]

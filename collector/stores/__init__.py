@@ -1,6 +1,8 @@
 """Stores behind small interfaces; the embedded default is SQLite."""
 
 from collector.stores._base import (
+    AGGREGATES,
+    ALL_TENANTS,
     ApiTokenRecord,
     BatchRecord,
     CertificateRecord,
@@ -8,7 +10,10 @@ from collector.stores._base import (
     EnrollmentTokenRecord,
     GatewayRecord,
     GatewayRegistration,
+    LatestValue,
     QuarantineEntry,
+    SeriesGroup,
+    SeriesQuery,
     SeriesWrite,
     StoredPoint,
     TimeSeriesStore,
@@ -16,6 +21,8 @@ from collector.stores._base import (
 from collector.stores._sqlite import SqliteDocumentStore, SqliteTimeSeriesStore
 
 __all__ = [
+    "AGGREGATES",
+    "ALL_TENANTS",
     "ApiTokenRecord",
     "BatchRecord",
     "CertificateRecord",
@@ -23,7 +30,10 @@ __all__ = [
     "EnrollmentTokenRecord",
     "GatewayRecord",
     "GatewayRegistration",
+    "LatestValue",
     "QuarantineEntry",
+    "SeriesGroup",
+    "SeriesQuery",
     "SeriesWrite",
     "SqliteDocumentStore",
     "SqliteTimeSeriesStore",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ class SeriesWrite:
     measurement: str
     tags: dict[str, str]
     points: list[tuple[int, dict[str, FieldValue]]]
+    tenant: str = ""  # the tenant of the gateway that sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,43 @@ class StoredPoint:
     tags: dict[str, str]
     ts: int
     fields: dict[str, FieldValue]
+
+
+ALL_TENANTS = "*"  # an admin's view: every tenant
+AGGREGATES = ("mean", "min", "max", "sum", "count", "last")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    """Bucketed aggregates of one field of one measurement, for one tenant (or ``*``)."""
+
+    tenant: str
+    measurement: str
+    field: str
+    start_ns: int
+    end_ns: int
+    bucket_ns: int
+    aggregate: str = "mean"
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # these tag values only
+    group_by: tuple[str, ...] = ()  # tags whose values split the result into groups
+    max_points: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesGroup:
+    """One group of a query's result: its tag values and ``(bucket_start_ns, value)`` points."""
+
+    tags: dict[str, str]
+    points: list[tuple[int, FieldValue]]
+
+
+@dataclass(frozen=True, slots=True)
+class LatestValue:
+    measurement: str
+    tags: dict[str, str]
+    field: str
+    ts: int
+    value: FieldValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +144,11 @@ class ApiTokenRecord:
 
 
 class TimeSeriesStore(Protocol):
-    """Readings. Writes are idempotent: the same series, field and timestamp overwrite."""
+    """Readings. Writes are idempotent: the same series, field and timestamp overwrite.
+
+    Every read takes the tenant: a store never answers across tenants unless asked for
+    :data:`ALL_TENANTS` (an admin's token, the operator's CLI).
+    """
 
     def write(self, series: Sequence[SeriesWrite]) -> None: ...
 
@@ -113,12 +156,25 @@ class TimeSeriesStore(Protocol):
         self,
         measurement: str,
         *,
+        tenant: str = ALL_TENANTS,
         tags: dict[str, str] | None = None,
         start_ns: int | None = None,
         end_ns: int | None = None,
     ) -> list[StoredPoint]: ...
 
+    def aggregate(self, query: SeriesQuery) -> list[SeriesGroup]:
+        """Raises :class:`~collector._exceptions.TooManyPoints` past ``query.max_points``."""
+        ...
+
+    def latest(
+        self, tenant: str, measurement: str, *, tags: dict[str, str] | None = None
+    ) -> list[LatestValue]: ...
+
+    def devices(self, tenant: str, gateway_id: str) -> dict[str, tuple[list[str], int]]: ...
+
     def count_points(self, measurement: str | None = None) -> int: ...
+
+    def ping(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -173,6 +229,21 @@ class DocumentStore(Protocol):
 
     def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]: ...
 
+    def find_events(
+        self,
+        tenant: str,
+        *,
+        gateway_id: str | None = None,
+        source: str | None = None,
+        type: str | None = None,
+        start_ns: int = 0,
+        end_ns: int = 2**63 - 1,
+        after: tuple[int, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[tuple[str, Event]]: ...
+
+    def availability(self, gateway_id: str) -> dict[str, tuple[str, int]]: ...
+
     def revoke_gateway(self, gateway_id: str, now_ns: int) -> int: ...
 
     def revoked_certificates(self) -> list[tuple[str, int]]: ...
@@ -184,5 +255,7 @@ class DocumentStore(Protocol):
     def api_token(self, token_hash: str) -> ApiTokenRecord | None: ...
 
     def revoke_api_token(self, token_id: str, now_ns: int) -> bool: ...
+
+    def ping(self) -> None: ...
 
     def close(self) -> None: ...

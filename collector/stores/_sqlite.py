@@ -7,21 +7,25 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from collector._exceptions import StoreError, StoreUnavailable, TokenRefused
+from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, TooManyPoints
 from collector.stores._base import (
+    ALL_TENANTS,
     ApiTokenRecord,
     BatchRecord,
     CertificateRecord,
     EnrollmentTokenRecord,
     GatewayRecord,
     GatewayRegistration,
+    LatestValue,
     QuarantineEntry,
+    SeriesGroup,
+    SeriesQuery,
     SeriesWrite,
     StoredPoint,
 )
@@ -49,6 +53,23 @@ def _ts_initial(db: Database) -> None:
         "CREATE TABLE points (series_id INTEGER NOT NULL, field TEXT NOT NULL,"
         " ts INTEGER NOT NULL, value, PRIMARY KEY (series_id, field, ts)) WITHOUT ROWID"
     )
+
+
+@TS_MIGRATIONS(name="0002_tenants")
+def _ts_tenants(db: Database) -> None:
+    # Every series belongs to a tenant; reads filter on it in SQL. Series written before
+    # tenants existed belong to no tenant ('') and are seen by admins only.
+    db.execute(
+        "CREATE TABLE series_t (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL DEFAULT '',"
+        " measurement TEXT NOT NULL, tags TEXT NOT NULL, UNIQUE (tenant, measurement, tags))"
+    )
+    db.execute(
+        "INSERT INTO series_t (id, tenant, measurement, tags)"
+        " SELECT id, '', measurement, tags FROM series"
+    )
+    db.execute("DROP TABLE series")
+    db.execute("ALTER TABLE series_t RENAME TO series")
+    db.execute("CREATE INDEX series_measurement ON series (measurement, tenant)")
 
 
 @DOC_MIGRATIONS(name="0001_initial")
@@ -169,28 +190,38 @@ class _SqliteBase:
                 conn.execute("ROLLBACK")
             raise
 
+    def ping(self) -> None:
+        """Raise if the store cannot answer a query now."""
+        try:
+            self._one("SELECT 1")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.path}: {exc}") from exc
+
     def close(self) -> None:
         self._conn.close()
 
 
 class SqliteTimeSeriesStore(_SqliteBase):
-    """Time series in SQLite: ``series`` (measurement + tags) and ``points`` per field."""
+    """Time series in SQLite: ``series`` (tenant + measurement + tags) and ``points`` per field."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, TS_MIGRATIONS)
-        self._series: dict[tuple[str, bytes], int] = {}
+        self._series: dict[tuple[str, str, bytes], int] = {}
         self._fields: set[tuple[int, str]] = set()
 
-    def _series_id(self, conn: sqlite3.Connection, measurement: str, tags: bytes) -> int:
-        key = (measurement, tags)
+    def _series_id(
+        self, conn: sqlite3.Connection, tenant: str, measurement: str, tags: bytes
+    ) -> int:
+        key = (tenant, measurement, tags)
         sid = self._series.get(key)
         if sid is None:
             conn.execute(
-                "INSERT OR IGNORE INTO series (measurement, tags) VALUES (?, ?)",
-                (measurement, tags),
+                "INSERT OR IGNORE INTO series (tenant, measurement, tags) VALUES (?, ?, ?)",
+                (tenant, measurement, tags),
             )
             sid = conn.execute(
-                "SELECT id FROM series WHERE measurement = ? AND tags = ?", (measurement, tags)
+                "SELECT id FROM series WHERE tenant = ? AND measurement = ? AND tags = ?",
+                (tenant, measurement, tags),
             ).fetchone()[0]
             self._series[key] = sid
         return sid
@@ -202,7 +233,7 @@ class SqliteTimeSeriesStore(_SqliteBase):
                 new_fields: list[tuple[int, str, str]] = []
                 for s in series:
                     tags = orjson.dumps(s.tags, option=orjson.OPT_SORT_KEYS)
-                    sid = self._series_id(conn, s.measurement, tags)
+                    sid = self._series_id(conn, s.tenant, s.measurement, tags)
                     for ts, fields in s.points:
                         for name, value in fields.items():
                             rows.append((sid, name, ts, value))
@@ -224,36 +255,149 @@ class SqliteTimeSeriesStore(_SqliteBase):
             self._fields.clear()
             raise
 
+    @staticmethod
+    def _series_filter(
+        tenant: str, measurement: str, tags: dict[str, str] | None
+    ) -> tuple[str, list[Any]]:
+        """SQL that selects the tenant's series of ``measurement`` with ``tags`` (alias ``s``)."""
+        sql = "s.measurement = ?"
+        args: list[Any] = [measurement]
+        if tenant != ALL_TENANTS:
+            sql += " AND s.tenant = ?"
+            args.append(tenant)
+        for key, value in (tags or {}).items():
+            sql += " AND json_extract(s.tags, ?) = ?"
+            args += [_json_path(key), value]
+        return sql, args
+
     def query(
         self,
         measurement: str,
         *,
+        tenant: str = ALL_TENANTS,
         tags: dict[str, str] | None = None,
         start_ns: int | None = None,
         end_ns: int | None = None,
     ) -> list[StoredPoint]:
         """Points of ``measurement`` whose tags include ``tags``, oldest first, one per ts."""
+        where, args = self._series_filter(tenant, measurement, tags)
         sql = (
             "SELECT s.id, s.tags, p.ts, p.field, p.value, f.type FROM series s"
             " JOIN points p ON p.series_id = s.id"
             " JOIN fields f ON f.series_id = s.id AND f.field = p.field"
-            " WHERE s.measurement = ? AND p.ts >= ? AND p.ts < ?"
+            f" WHERE {where} AND p.ts >= ? AND p.ts < ?"
             " ORDER BY s.id, p.ts"
         )
-        args: list[Any] = [measurement, start_ns or 0, end_ns or 2**63 - 1]
-        want = tags or {}
+        args += [start_ns or 0, end_ns or 2**63 - 1]
         out: list[StoredPoint] = []
         current: tuple[int, int] | None = None
         for sid, tag_json, ts, field, value, type_code in self._all(sql, args):
-            series_tags = orjson.loads(tag_json)
-            if any(series_tags.get(k) != v for k, v in want.items()):
-                continue
             if current != (sid, ts):
-                out.append(StoredPoint(measurement, series_tags, ts, {}))
+                out.append(StoredPoint(measurement, orjson.loads(tag_json), ts, {}))
                 current = (sid, ts)
             out[-1].fields[field] = bool(value) if type_code == _T_BOOL else value
         out.sort(key=lambda p: p.ts)
         return out
+
+    def aggregate(self, query: SeriesQuery) -> list[SeriesGroup]:
+        """Per series and bucket in SQL, then series merged into groups by their tag values."""
+        where, args = self._series_filter(query.tenant, query.measurement, query.tags)
+        bucket = query.bucket_ns
+        # One row per (series, bucket): count, sum, min, max, and the value at the last ts
+        # (SQLite gives the bare column of the row where max() is found).
+        sql = (
+            "SELECT s.tags, (p.ts - ?) / ? AS b, count(p.value), sum(p.value), min(p.value),"
+            " max(p.value), max(p.ts), p.value, f.type FROM series s"
+            " JOIN points p ON p.series_id = s.id AND p.field = ?"
+            " JOIN fields f ON f.series_id = s.id AND f.field = p.field"
+            f" WHERE {where} AND p.ts >= ? AND p.ts < ?"
+            " GROUP BY s.id, b"
+        )
+        rows = self._all(
+            sql, [query.start_ns, bucket, query.field, *args, query.start_ns, query.end_ns]
+        )
+        groups: dict[tuple[str, ...], dict[int, list[Any]]] = {}
+        group_tags: dict[tuple[str, ...], dict[str, str]] = {}
+        for tag_json, b, count, total, low, high, last_ts, last, type_code in rows:
+            tags = orjson.loads(tag_json)
+            key = tuple(str(tags.get(t, "")) for t in query.group_by)
+            group_tags.setdefault(key, {t: str(tags.get(t, "")) for t in query.group_by})
+            acc = groups.setdefault(key, {}).get(b)
+            numeric = type_code in (_T_INT, _T_FLOAT, _T_BOOL)
+            if acc is None:
+                groups[key][b] = [
+                    count,
+                    total if numeric else None,
+                    low,
+                    high,
+                    last_ts,
+                    last,
+                    type_code,
+                ]
+                continue
+            acc[0] += count
+            acc[1] = acc[1] + total if numeric and acc[1] is not None else None
+            acc[2] = min(acc[2], low)
+            acc[3] = max(acc[3], high)
+            if last_ts > acc[4]:
+                acc[4], acc[5] = last_ts, last
+        total_points = sum(len(b) for b in groups.values())
+        if total_points > query.max_points:
+            raise TooManyPoints(total_points, query.max_points)
+        out = []
+        for key in sorted(groups):
+            points: list[tuple[int, FieldValue]] = []
+            for b in sorted(groups[key]):
+                value = _finish(query.aggregate, groups[key][b])
+                if value is not None:
+                    points.append((query.start_ns + b * bucket, value))
+            out.append(SeriesGroup(group_tags[key], points))
+        return out
+
+    def devices(self, tenant: str, gateway_id: str) -> dict[str, tuple[list[str], int]]:
+        """Devices seen behind a gateway (the ``device`` tag): device → (measurements, last ts)."""
+        sql = (
+            "SELECT json_extract(s.tags, '$.device') AS d, s.measurement,"
+            " (SELECT max(p.ts) FROM points p WHERE p.series_id = s.id)"
+            " FROM series s WHERE json_extract(s.tags, '$.gateway') = ? AND d IS NOT NULL"
+        )
+        args: list[Any] = [gateway_id]
+        if tenant != ALL_TENANTS:
+            sql += " AND s.tenant = ?"
+            args.append(tenant)
+        out: dict[str, tuple[list[str], int]] = {}
+        for device, measurement, last in self._all(sql, args):
+            names, seen = out.get(device, ([], 0))
+            if measurement not in names:
+                names.append(measurement)
+            out[device] = (sorted(names), max(seen, last or 0))
+        return out
+
+    def latest(
+        self, tenant: str, measurement: str, *, tags: dict[str, str] | None = None
+    ) -> list[LatestValue]:
+        """The newest value of every field of every matching series."""
+        where, args = self._series_filter(tenant, measurement, tags)
+        sql = (
+            "SELECT s.tags, f.field, f.type,"
+            " (SELECT p.ts FROM points p WHERE p.series_id = s.id AND p.field = f.field"
+            "  ORDER BY p.ts DESC LIMIT 1) AS ts,"
+            " (SELECT p.value FROM points p WHERE p.series_id = s.id AND p.field = f.field"
+            "  ORDER BY p.ts DESC LIMIT 1) AS value"
+            f" FROM series s JOIN fields f ON f.series_id = s.id WHERE {where}"
+            " ORDER BY s.id, f.field"
+        )
+        return [
+            LatestValue(
+                measurement,
+                orjson.loads(tag_json),
+                field,
+                ts,
+                bool(value) if type_code == _T_BOOL else value,
+            )
+            for tag_json, field, type_code, ts, value in self._all(sql, args)
+            if ts is not None
+        ]
 
     def count_points(self, measurement: str | None = None) -> int:
         """Distinct (series, timestamp) pairs: readings stored."""
@@ -266,6 +410,27 @@ class SqliteTimeSeriesStore(_SqliteBase):
             )
             args = [measurement]
         return int(self._one(sql, args)[0])
+
+
+def _json_path(key: str) -> str:
+    """A JSON path naming one top-level member, quoted so any tag name is taken literally."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _finish(aggregate: str, acc: list[Any]) -> FieldValue | None:
+    count, total, low, high, _last_ts, last, type_code = acc
+    if aggregate == "count":
+        return int(count)
+    if aggregate == "last":
+        return bool(last) if type_code == _T_BOOL else last
+    if type_code == _T_STR:
+        return None  # mean, min, max, sum of text make no sense
+    if aggregate in ("min", "max"):
+        value = low if aggregate == "min" else high
+        return bool(value) if type_code == _T_BOOL else cast(FieldValue, value)
+    if aggregate == "sum":
+        return cast(FieldValue, total)
+    return float(total) / count if count else None
 
 
 def _token(row: Sequence[Any]) -> EnrollmentTokenRecord:
@@ -578,10 +743,10 @@ class SqliteDocumentStore(_SqliteBase):
     def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
         sql = (
             "SELECT id, tenant, site, state, last_seen_ns, enrolled_ns, cert_not_after_ns,"
-            " revoked_ns, hardware FROM gateways"
+            " revoked_ns, hardware, status, clock_skew_s, clock_flagged FROM gateways"
         )
         args: list[Any] = []
-        if tenant is not None:
+        if tenant is not None and tenant != ALL_TENANTS:
             sql += " WHERE tenant = ?"
             args.append(tenant)
         cols = (
@@ -594,13 +759,63 @@ class SqliteDocumentStore(_SqliteBase):
             "cert_not_after_ns",
             "revoked_ns",
             "hardware",
+            "status",
+            "clock_skew_s",
+            "clock_flagged",
         )
         out = []
         for row in self._all(sql + " ORDER BY id", args):
             item = dict(zip(cols, row, strict=True))
             item["hardware"] = orjson.loads(item["hardware"])
+            item["status"] = orjson.loads(item["status"])
+            item["clock_flagged"] = bool(item["clock_flagged"])
             out.append(item)
         return out
+
+    def find_events(
+        self,
+        tenant: str,
+        *,
+        gateway_id: str | None = None,
+        source: str | None = None,
+        type: str | None = None,
+        start_ns: int = 0,
+        end_ns: int = 2**63 - 1,
+        after: tuple[int, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[tuple[str, Event]]:
+        """Events of the tenant's gateways, oldest first; ``after`` is the last (ts, gateway, id)
+        of the previous page."""
+        sql = (
+            "SELECT e.gateway_id, e.id, e.type, e.ts, e.source, e.body FROM events e"
+            " JOIN gateways g ON g.id = e.gateway_id WHERE e.ts >= ? AND e.ts < ?"
+        )
+        args: list[Any] = [start_ns, end_ns]
+        if tenant != ALL_TENANTS:
+            sql += " AND g.tenant = ?"
+            args.append(tenant)
+        for column, value in (("e.gateway_id", gateway_id), ("e.source", source), ("e.type", type)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if after is not None:
+            sql += " AND (e.ts, e.gateway_id, e.id) > (?, ?, ?)"
+            args += list(after)
+        sql += " ORDER BY e.ts, e.gateway_id, e.id LIMIT ?"
+        args.append(limit)
+        return [
+            (r[0], Event(id=r[1], type=r[2], ts=r[3], source=r[4], body=orjson.loads(r[5])))
+            for r in self._all(sql, args)
+        ]
+
+    def availability(self, gateway_id: str) -> dict[str, tuple[str, int]]:
+        """The last reported availability of each device behind a gateway: source → (state, ts)."""
+        rows = self._all(
+            "SELECT source, json_extract(body, '$.state'), max(ts) FROM events"
+            " WHERE gateway_id = ? AND type = 'availability' GROUP BY source",
+            (gateway_id,),
+        )
+        return {r[0]: (str(r[1]), int(r[2])) for r in rows}
 
     # -- API tokens ---------------------------------------------------------------------------
 

@@ -159,6 +159,16 @@ def test_an_enrolled_gateway_streams_and_its_token_is_single_use(pki: Harness) -
         ).fetchone()
     assert (tenant, site) == ("acme", "Warehouse 3")
     assert json.loads(hardware)["cpu_count"] == os.cpu_count()
+    # Its readings belong to its tenant: the store answers that tenant, and no other.
+    with sqlite3.connect(h.data / "timeseries.db") as series:
+        owners = {
+            t
+            for (t,) in series.execute(
+                "SELECT DISTINCT tenant FROM series WHERE json_extract(tags, '$.gateway') = ?",
+                (gw,),
+            )
+        }
+    assert owners == {"acme"}
 
     # The same token cannot enroll a second gateway.
     again = enroll(h, token, "second-gw")

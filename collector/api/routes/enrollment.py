@@ -76,7 +76,7 @@ def enroll(body: EnrollRequest, svc: Services) -> EnrollResponse:
     if body.proof is not None:
         try:
             proof = base64.b64decode(body.proof, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: characters outside ASCII
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "proof is not base64") from None
     try:
         result = svc.enrollment.enroll(

@@ -1,0 +1,57 @@
+"""Prometheus metrics, read from the ingest counters at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from collector._ingest import IngestMetrics
+
+
+class _IngestCollector(Collector):
+    def __init__(self, metrics: IngestMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        for name, doc, value in (
+            ("outpost_batches_stored", "Batches stored and acked", m.batches_stored),
+            ("outpost_readings_stored", "Readings stored", m.readings_stored),
+            ("outpost_events_stored", "Events stored", m.events_stored),
+            (
+                "outpost_duplicates",
+                "Retransmitted batches acked without storing again",
+                m.duplicates,
+            ),
+            ("outpost_quarantined", "Messages quarantined as invalid", m.quarantined),
+            (
+                "outpost_readings_clock_corrected",
+                "Readings with corrected timestamps",
+                m.readings_corrected,
+            ),
+            ("outpost_acks", "Acks sent (stored)", m.batches_stored),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        nacks = CounterMetricFamily("outpost_nacks", "Nacks sent, by reason", labels=["reason"])
+        for reason, count in sorted(m.nacks.items()):
+            nacks.add_metric([reason], count)
+        yield nacks
+        h = m.write_latency
+        yield HistogramMetricFamily(
+            "outpost_store_write_seconds",
+            "Time to write a group of batches to the stores",
+            buckets=[(str(b), c) for b, c in zip(h.buckets, h.counts, strict=True)]
+            + [("+Inf", h.count)],
+            sum_value=h.total_s,
+        )
+
+
+def metrics_text(metrics: IngestMetrics | None) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    if metrics is not None:
+        registry.register(_IngestCollector(metrics))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

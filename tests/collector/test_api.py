@@ -1,0 +1,349 @@
+"""The collector's read API: tenants, fleet, series queries, events, health and metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from collector._config import load_config
+from collector._enrollment import EnrollmentService, hash_token
+from collector._ingest import IngestMetrics
+from collector.api import ApiServices, create_app
+from collector.stores import (
+    ApiTokenRecord,
+    BatchRecord,
+    SeriesWrite,
+    SqliteDocumentStore,
+    SqliteTimeSeriesStore,
+)
+from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
+from provisioning._ca import make_csr, new_key
+from tests.conftest import require_service
+from wire import Event, GatewayState
+
+T0 = 1_795_300_000 * 10**9  # 2026-11-21T20:26:40Z
+MINUTE = 60 * 10**9
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    ts: SqliteTimeSeriesStore
+    docs: SqliteDocumentStore
+    metrics: IngestMetrics
+    broker_up: list[bool]
+    gateways: dict[str, str]  # name → gateway id
+    tokens: dict[str, str]  # name → bearer token
+
+    async def get(
+        self, path: str, token: str | None = "viewer-a", **params: object
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[token]}"} if token else {}
+        return await self.client.get(path, params=params, headers=headers)  # type: ignore[arg-type]
+
+
+def iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    broker = Mosquitto(tmp_path / "broker")  # only its CA and files; not started
+    config = load_config(
+        collector_config(tmp_path / "c.toml", broker, tmp_path / "data", api_port=free_port())
+    )
+    ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
+    docs = SqliteDocumentStore(config.stores.documents_path)
+    assert config.pki is not None
+    assert config.enrollment is not None
+    enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
+    gateways = {}
+    for name, tenant, site in (
+        ("a1", "acme", "hq"),
+        ("a2", "acme", "depot"),
+        ("b1", "globex", "hq"),
+    ):
+        token, _ = enrollment.create_token(tenant=tenant, site=site, expires_s=60, uses=1)
+        csr = make_csr(new_key()).public_bytes(serialization.Encoding.PEM).decode()
+        gateways[name] = enrollment.enroll(token=token, csr_pem=csr, hardware={}).gateway_id
+    tokens = {}
+    for name, tenant, role in (
+        ("viewer-a", "acme", "viewer"),
+        ("viewer-b", "globex", "viewer"),
+        ("admin", "*", "admin"),
+    ):
+        tokens[name] = f"opa_test_{name}_0123456789abcdef"
+        docs.create_api_token(
+            ApiTokenRecord(name, hash_token(tokens[name]), tenant, role, name, T0)
+        )
+    metrics = IngestMetrics()
+    broker_up = [True]
+    services = ApiServices(
+        documents=docs,
+        enrollment=enrollment,
+        timeseries=ts,
+        metrics=metrics,
+        broker_connected=lambda: broker_up[0],
+    )
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        yield Api(client, ts, docs, metrics, broker_up, gateways, tokens)
+    ts.close()
+    docs.close()
+
+
+def write_temperatures(api: Api, name: str, tenant: str, offset: float = 0.0) -> list[float]:
+    """Two minutes of 1 s readings for two devices; returns device d1's values."""
+    gw = api.gateways[name]
+    values = []
+    for device in ("d1", "d2"):
+        points = []
+        for i in range(120):
+            v = 20.0 + offset + (i % 7) * 0.5 + (1.0 if device == "d2" else 0.0)
+            points.append((T0 + i * 10**9, {"celsius": v}))
+            if device == "d1":
+                values.append(v)
+        api.ts.write([SeriesWrite("climate", {"gateway": gw, "device": device}, points, tenant)])
+    return values
+
+
+async def test_a_viewer_sees_only_its_tenant(api: Api) -> None:
+    write_temperatures(api, "a1", "acme")
+    write_temperatures(api, "b1", "globex", offset=100.0)  # same measurement, other tenant
+    b1 = api.gateways["b1"]
+
+    listed = {g["id"] for g in (await api.get("/api/v1/gateways")).json()}
+    assert listed == {api.gateways["a1"], api.gateways["a2"]}
+    r = await api.get(f"/api/v1/gateways/{b1}")
+    assert r.status_code == 404
+    assert r.json() == {"error": "not_found", "detail": f"no gateway {b1!r}"}
+    assert (await api.get(f"/api/v1/gateways/{b1}/devices")).status_code == 404
+
+    window = {"start": iso(T0), "end": iso(T0 + 2 * MINUTE)}
+    r = await api.get(
+        "/api/v1/series", measurement="climate", field="celsius", aggregate="max", **window
+    )
+    assert r.status_code == 200
+    values = [v for g in r.json()["groups"] for _, v in g["points"]]
+    assert values
+    assert max(values) < 100  # nothing of globex's (all ≥ 120)
+    r = await api.get(
+        "/api/v1/series", measurement="climate", field="celsius", tag=f"gateway:{b1}", **window
+    )
+    assert r.json()["groups"] == []
+    latest = (await api.get("/api/v1/series/latest", measurement="climate")).json()
+    assert {x["tags"]["gateway"] for x in latest} == {api.gateways["a1"]}
+
+    # globex's viewer sees the mirror image; an admin sees both and may narrow to one tenant
+    assert {g["id"] for g in (await api.get("/api/v1/gateways", token="viewer-b")).json()} == {b1}
+    assert len((await api.get("/api/v1/gateways", token="admin")).json()) == 3
+    narrowed = (await api.get("/api/v1/gateways", token="admin", tenant="globex")).json()
+    assert [g["id"] for g in narrowed] == [b1]
+    r = await api.get("/api/v1/gateways", tenant="globex")
+    assert r.status_code == 403
+    assert "own tenant" in r.json()["detail"]
+
+
+async def test_series_aggregates_match_the_readings_written(api: Api) -> None:
+    d1 = write_temperatures(api, "a1", "acme")
+    window = {"start": iso(T0), "end": iso(T0 + 2 * MINUTE), "bucket": "1m"}
+    minutes = [d1[:60], d1[60:]]
+    expected = {
+        "mean": [statistics.fmean(m) for m in minutes],
+        "min": [min(m) for m in minutes],
+        "max": [max(m) for m in minutes],
+        "sum": [sum(m) for m in minutes],
+        "count": [60, 60],
+        "last": [m[-1] for m in minutes],
+    }
+    for aggregate, want in expected.items():
+        r = await api.get(
+            "/api/v1/series",
+            measurement="climate",
+            field="celsius",
+            aggregate=aggregate,
+            tag="device:d1",
+            **window,
+        )
+        assert r.status_code == 200, r.text
+        (group,) = r.json()["groups"]
+        assert [ts for ts, _ in group["points"]] == [T0 / 1e9, T0 / 1e9 + 60]
+        assert [v for _, v in group["points"]] == pytest.approx(want), aggregate
+
+    r = await api.get(
+        "/api/v1/series", measurement="climate", field="celsius", group_by="device", **window
+    )
+    groups = {g["tags"]["device"]: [v for _, v in g["points"]] for g in r.json()["groups"]}
+    assert groups["d2"] == pytest.approx([v + 1 for v in expected["mean"]])
+
+    latest = (await api.get("/api/v1/series/latest", measurement="climate", tag="device:d1")).json()
+    assert latest[0]["fields"] == {"celsius": d1[-1]}
+    assert latest[0]["ts"] == (T0 + 119 * 10**9) / 1e9
+
+
+@pytest.mark.parametrize(
+    ("token", "params", "status", "error"),
+    [
+        (None, {}, 401, "unauthorized"),
+        ("nobody", {}, 401, "unauthorized"),
+        ("viewer-a", {"start": iso(T0 + MINUTE), "end": iso(T0)}, 400, "bad_time_range"),
+        ("viewer-a", {"aggregate": "median"}, 422, "invalid_request"),
+        ("viewer-a", {"bucket": "fortnight"}, 400, "bad_bucket"),
+        ("viewer-a", {"tag": "no-colon"}, 400, "bad_tag"),
+        ("viewer-a", {"max_points": 1}, 400, "too_many_points"),
+        (
+            "viewer-a",
+            {"bucket": "1ms", "start": iso(T0), "end": iso(T0 + 10**12)},
+            400,
+            "too_many_points",
+        ),
+    ],
+    ids=[
+        "no-token",
+        "wrong-token",
+        "bad-range",
+        "unknown-aggregate",
+        "bad-bucket",
+        "bad-tag",
+        "too-many-points",
+        "too-many-buckets",
+    ],
+)
+async def test_bad_queries_are_4xx_saying_what_is_wrong(
+    api: Api, token: str | None, params: dict[str, object], status: int, error: str
+) -> None:
+    write_temperatures(api, "a1", "acme")
+    api.tokens["nobody"] = "opa_not_a_token"
+    query = {
+        "measurement": "climate",
+        "field": "celsius",
+        "start": iso(T0),
+        "end": iso(T0 + 2 * MINUTE),
+    }
+    r = await api.get("/api/v1/series", token=token, **{**query, **params})
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"] == error
+    assert "Traceback" not in r.text
+    if error == "invalid_request":
+        assert body["problems"][0]["field"] == "query.aggregate"
+
+
+async def test_fleet_status_and_devices(api: Api) -> None:
+    gw = api.gateways["a1"]
+    api.docs.save_state(
+        gw,
+        GatewayState(
+            state="online",
+            ts=T0,
+            boot_id="b-1",
+            agent_version="0.1.0",
+            backlog_batches=2,
+            backlog_readings=1500,
+            oldest_unsent_s=12.5,
+            drops={"disk_full": 7},
+        ),
+        T0,
+    )
+    write_temperatures(api, "a1", "acme")
+    api.docs.record(
+        [BatchRecord(gw, "s", 1, 0, T0)],
+        [
+            (
+                gw,
+                Event(
+                    id="av-1",
+                    type="availability",
+                    ts=T0 + 5 * 10**9,
+                    source="d1",
+                    body={"device": "d1", "state": "offline"},
+                ),
+            )
+        ],
+    )
+    (item,) = [g for g in (await api.get("/api/v1/gateways")).json() if g["id"] == gw]
+    assert item["state"] == "online"
+    assert item["site"] == "hq"
+    assert item["agent_version"] == "0.1.0"
+    assert item["backlog_readings"] == 1500
+    assert item["oldest_unsent_s"] == 12.5
+    assert item["drops"] == {"disk_full": 7}
+    assert item["last_seen"] == T0 / 1e9
+    assert [g["id"] for g in (await api.get("/api/v1/gateways", site="depot")).json()] == [
+        api.gateways["a2"]
+    ]
+    detail = (await api.get(f"/api/v1/gateways/{gw}")).json()
+    assert detail["backlog_batches"] == 2
+    assert detail["boot_id"] == "b-1"
+    devices = {
+        d["name"]: d for d in (await api.get(f"/api/v1/gateways/{gw}/devices")).json()["devices"]
+    }
+    assert devices["d1"]["availability"] == "offline"
+    assert devices["d1"]["measurements"] == ["climate"]
+    assert devices["d2"]["availability"] == "unknown"
+    assert devices["d2"]["last_reading"] == (T0 + 119 * 10**9) / 1e9
+
+
+async def test_events_come_a_page_at_a_time(api: Api) -> None:
+    gw, other = api.gateways["a1"], api.gateways["b1"]
+    events = [
+        (gw, Event(id=f"e{i:02d}", type="motion", ts=T0 + i * 10**9, source="cam", body={"i": i}))
+        for i in range(25)
+    ]
+    events.append((other, Event(id="x", type="motion", ts=T0, source="cam", body={})))
+    api.docs.record([], events)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, object] = {"limit": 10, "type": "motion"}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await api.get("/api/v1/events", **params)).json()
+        pages += 1
+        seen += [e["id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == [f"e{i:02d}" for i in range(25)]  # in order, none twice, not globex's "x"
+    r = await api.get("/api/v1/events", cursor="not-a-cursor")
+    assert r.status_code == 400
+    assert r.json()["error"] == "bad_cursor"
+    only = await api.get(
+        "/api/v1/events", gateway=gw, start=iso(T0 + 20 * 10**9), end=iso(T0 + 22 * 10**9)
+    )
+    assert [e["id"] for e in only.json()["events"]] == ["e20", "e21"]
+
+
+async def test_readyz_names_what_is_not_ready_and_metrics_are_prometheus(api: Api) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    r = await api.client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ready"
+    api.broker_up[0] = False
+    r = await api.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["failing"] == ["broker"]
+    api.broker_up[0] = True
+    api.ts.close()
+    r = await api.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["failing"] == ["timeseries_store"]
+
+    api.metrics.readings_stored = 1234
+    api.metrics.nacks["rate_limited"] = 3
+    api.metrics.write_latency.observe(0.004)
+    text = (await api.client.get("/metrics")).text
+    assert "outpost_readings_stored_total 1234.0" in text
+    assert 'outpost_nacks_total{reason="rate_limited"} 3.0' in text
+    assert 'outpost_store_write_seconds_bucket{le="0.005"} 1.0' in text
+    assert "outpost_store_write_seconds_count 1.0" in text
