@@ -300,57 +300,63 @@ class SqliteTimeSeriesStore(_SqliteBase):
         return out
 
     def aggregate(self, query: SeriesQuery) -> list[SeriesGroup]:
-        """Per series and bucket in SQL, then series merged into groups by their tag values."""
+        """Bucketed aggregates: per series, one index range scan per bucket (no sorting), then
+        series merged into groups by their tag values."""
         where, args = self._series_filter(query.tenant, query.measurement, query.tags)
-        bucket = query.bucket_ns
-        # One row per (series, bucket): count, sum, min, max, and the value at the last ts
-        # (SQLite gives the bare column of the row where max() is found).
-        sql = (
-            "SELECT s.tags, (p.ts - ?) / ? AS b, count(p.value), sum(p.value), min(p.value),"
-            " max(p.value), max(p.ts), p.value, f.type FROM series s"
-            " JOIN points p ON p.series_id = s.id AND p.field = ?"
-            " JOIN fields f ON f.series_id = s.id AND f.field = p.field"
-            f" WHERE {where} AND p.ts >= ? AND p.ts < ?"
-            " GROUP BY s.id, b"
+        matching = self._all(
+            "SELECT s.id, s.tags, f.type FROM series s"
+            f" JOIN fields f ON f.series_id = s.id AND f.field = ? WHERE {where} ORDER BY s.id",
+            [query.field, *args],
         )
-        rows = self._all(
-            sql, [query.start_ns, bucket, query.field, *args, query.start_ns, query.end_ns]
+        bucket = query.bucket_ns
+        # The buckets as rows; for each, one aggregate over the primary key's (series, field,
+        # ts) range. Only what the aggregate needs is computed.
+        parts = {
+            "mean": "count(value), sum(value)",
+            "sum": "count(value), sum(value)",
+            "count": "count(value)",
+            "min": "count(value), min(value)",
+            "max": "count(value), max(value)",
+        }
+        range_sql = "FROM points WHERE series_id = ? AND field = ? AND ts >= b.s AND ts < b.s + ?"
+        if query.aggregate == "last":
+            measure = f"(SELECT json_array(ts, value) {range_sql} ORDER BY ts DESC LIMIT 1)"
+        else:
+            measure = f"(SELECT json_array({parts[query.aggregate]}) {range_sql})"
+        sql = (
+            "WITH RECURSIVE b(s) AS (SELECT ? UNION ALL SELECT s + ? FROM b WHERE s + ? < ?)"
+            f" SELECT b.s, {measure} AS m FROM b"
         )
         groups: dict[tuple[str, ...], dict[int, list[Any]]] = {}
         group_tags: dict[tuple[str, ...], dict[str, str]] = {}
-        for tag_json, b, count, total, low, high, last_ts, last, type_code in rows:
+        points_total = 0
+        for sid, tag_json, type_code in matching:
             tags = orjson.loads(tag_json)
             key = tuple(str(tags.get(t, "")) for t in query.group_by)
             group_tags.setdefault(key, {t: str(tags.get(t, "")) for t in query.group_by})
-            acc = groups.setdefault(key, {}).get(b)
-            numeric = type_code in (_T_INT, _T_FLOAT, _T_BOOL)
-            if acc is None:
-                groups[key][b] = [
-                    count,
-                    total if numeric else None,
-                    low,
-                    high,
-                    last_ts,
-                    last,
-                    type_code,
-                ]
-                continue
-            acc[0] += count
-            acc[1] = acc[1] + total if numeric and acc[1] is not None else None
-            acc[2] = min(acc[2], low)
-            acc[3] = max(acc[3], high)
-            if last_ts > acc[4]:
-                acc[4], acc[5] = last_ts, last
-        total_points = sum(len(b) for b in groups.values())
-        if total_points > query.max_points:
-            raise TooManyPoints(total_points, query.max_points)
+            buckets = groups.setdefault(key, {})
+            rows = self._all(
+                sql,
+                [query.start_ns, bucket, bucket, query.end_ns, sid, query.field, bucket],
+            )
+            for b, m in rows:
+                if m is None:
+                    continue
+                got = orjson.loads(m)
+                if query.aggregate != "last" and not got[0]:
+                    continue  # an empty bucket
+                if b not in buckets:
+                    points_total += 1
+                    if points_total > query.max_points:
+                        raise TooManyPoints(points_total, query.max_points)
+                buckets[b] = _merge(query.aggregate, buckets.get(b), got, type_code)
         out = []
         for key in sorted(groups):
             points: list[tuple[int, FieldValue]] = []
             for b in sorted(groups[key]):
                 value = _finish(query.aggregate, groups[key][b])
                 if value is not None:
-                    points.append((query.start_ns + b * bucket, value))
+                    points.append((b, value))
             out.append(SeriesGroup(group_tags[key], points))
         return out
 
@@ -417,20 +423,39 @@ def _json_path(key: str) -> str:
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _finish(aggregate: str, acc: list[Any]) -> FieldValue | None:
-    count, total, low, high, _last_ts, last, type_code = acc
+def _merge(aggregate: str, acc: list[Any] | None, got: list[Any], type_code: str) -> list[Any]:
+    """Combine one series' bucket (``got``, as the SQL gave it) into the group's bucket."""
+    if aggregate == "last":  # got = [ts, value]
+        if acc is None or got[0] > acc[0]:
+            return [got[0], got[1], type_code]
+        return acc
+    if aggregate in ("mean", "sum"):  # got = [count, sum]
+        if acc is None:
+            return [got[0], got[1], type_code]
+        numeric = got[1] is not None and acc[1] is not None
+        return [acc[0] + got[0], acc[1] + got[1] if numeric else None, type_code]
     if aggregate == "count":
-        return int(count)
+        return [(acc[0] if acc else 0) + got[0], None, type_code]
+    # min, max: got = [count, extreme]
+    if acc is None:
+        return [got[0], got[1], type_code]
+    pick = min if aggregate == "min" else max
+    return [acc[0] + got[0], pick(acc[1], got[1]), type_code]
+
+
+def _finish(aggregate: str, acc: list[Any]) -> FieldValue | None:
+    first, second, type_code = acc
     if aggregate == "last":
-        return bool(last) if type_code == _T_BOOL else last
-    if type_code == _T_STR:
+        return bool(second) if type_code == _T_BOOL else cast(FieldValue, second)
+    if aggregate == "count":
+        return int(first)
+    if type_code == _T_STR or second is None:
         return None  # mean, min, max, sum of text make no sense
     if aggregate in ("min", "max"):
-        value = low if aggregate == "min" else high
-        return bool(value) if type_code == _T_BOOL else cast(FieldValue, value)
+        return bool(second) if type_code == _T_BOOL else cast(FieldValue, second)
     if aggregate == "sum":
-        return cast(FieldValue, total)
-    return float(total) / count if count else None
+        return cast(FieldValue, second)
+    return float(second) / first if first else None
 
 
 def _token(row: Sequence[Any]) -> EnrollmentTokenRecord:
