@@ -9,6 +9,7 @@ committed. A batch that cannot be decoded is quarantined with its raw bytes and 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -100,6 +101,9 @@ class Ingestor:
         self._ts = timeseries
         self._docs = documents
         self._tenants: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._replay_failure: tuple[str, str] | None = None
+        self._replaying = False
         self._enrollment = enrollment
         self._now = monotonic
         self._log = logger or logging.getLogger("outpost.collector.ingest")
@@ -121,6 +125,41 @@ class Ingestor:
 
     def handle(self, messages: Sequence[Incoming]) -> list[Reply]:
         """Process messages received together; writes are committed before acks are returned."""
+        with self._lock:  # the MQTT worker and an operator's replay share the limiter and cache
+            return self._handle(messages)
+
+    def replay(self, entry: QuarantineEntry, now_ns: int) -> tuple[str, str]:
+        """Validate and ingest a quarantined message again (after a fix): ``(result, detail)``.
+
+        ``result`` is ``stored``, ``duplicate`` (it had arrived since), ``still_invalid`` (the
+        reason it fails now), or ``retry`` (rate limit or store unavailable: try again later).
+        A message that still fails is not quarantined a second time. The gateway got its ack
+        when the message was quarantined, so nothing is sent to it now.
+        """
+        msg = Incoming(entry.topic, entry.raw, dict(entry.properties), now_ns)
+        with self._lock:
+            self._replaying, self._replay_failure = True, None
+            try:
+                replies = self._handle([msg])
+                failure = self._replay_failure
+            finally:
+                self._replaying, self._replay_failure = False, None
+        if failure is not None:
+            return "still_invalid", f"{failure[0]}: {failure[1]}"
+        for reply in replies:
+            message = reply.message
+            if isinstance(message, wire.Ack) and message.status in ("stored", "duplicate"):
+                return message.status, ""
+            if isinstance(message, wire.Nack):
+                return "retry", f"{message.reason}: {message.detail or 'try again later'}"
+            if isinstance(message, wire.Ack):
+                return "still_invalid", f"{message.status}: {message.reason or ''}"
+        kind = topics.parse_up_topic(entry.topic)
+        if kind is not None and kind[1] == "state":
+            return "stored", ""
+        return "still_invalid", "nothing to ingest in this message"
+
+    def _handle(self, messages: Sequence[Incoming]) -> list[Reply]:
         replies: list[Reply] = []
         accepted: list[_Accepted] = []
         keys: set[tuple[str, str, int]] = set()
@@ -390,6 +429,9 @@ class Ingestor:
 
     def _quarantine(self, msg: Incoming, gateway_id: str, reason: str, detail: str) -> bool:
         """Keep a bad message with its raw bytes; False if even that failed."""
+        if self._replaying:  # a replay that still fails: report it, do not keep it twice
+            self._replay_failure = self._replay_failure or (reason, detail)
+            return True
         try:
             self._docs.quarantine(
                 QuarantineEntry(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import secrets
 import signal
@@ -21,7 +22,12 @@ from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
 from collector._service import ApiServer, CollectorService
 from collector.api import ApiServices, create_app
-from collector.stores import ApiTokenRecord, SqliteDocumentStore, SqliteTimeSeriesStore
+from collector.stores import (
+    ApiTokenRecord,
+    AuditEntry,
+    SqliteDocumentStore,
+    SqliteTimeSeriesStore,
+)
 from outpost_systemd import Notifier
 from provisioning import ProvisioningError
 from wire import topics
@@ -35,6 +41,17 @@ _config_option = click.option(
     show_default=True,
     help="The collector's TOML config file.",
 )
+
+
+def _audit(
+    docs: SqliteDocumentStore, action: str, target: str, tenant: str, **detail: object
+) -> None:
+    """Operator actions from the CLI go to the audit log like the API's, as ``cli:<user>``."""
+    docs.audit(
+        AuditEntry(
+            time.time_ns(), f"cli:{getpass.getuser()}", tenant, action, target, "cli", detail
+        )
+    )
 
 
 @click.group()
@@ -84,6 +101,7 @@ def serve(config_path: Path) -> None:
                 timeseries=ts,
                 metrics=ingestor.metrics,
                 broker_connected=service.subscribed.is_set,
+                replay=ingestor.replay,
             )
             api = ApiServer(config.api, create_app(services))
         asyncio.run(_run_until_signal(service, api))
@@ -299,6 +317,7 @@ def token_create(config_path: Path, tenant: str, site: str, expires: str, uses: 
         secret, rec = _enrollment(config, docs).create_token(
             tenant=tenant, site=site, expires_s=expires_s, uses=uses
         )
+        _audit(docs, "enrollment_token.create", rec.id, tenant, site=site, uses=uses)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -342,8 +361,10 @@ def token_revoke(config_path: Path, token_id: str) -> None:
     """Revoke an enrollment token by its id (from 'token list')."""
     _, docs = _open_docs(config_path)
     try:
+        owner = next((t.tenant for t in docs.enrollment_tokens() if t.id == token_id), "")
         if not docs.revoke_enrollment_token(token_id):
             raise click.ClickException(f"no enrollment token {token_id!r}; see 'token list'")
+        _audit(docs, "enrollment_token.revoke", token_id, owner)
     finally:
         docs.close()
     click.echo(f"token {token_id} revoked")
@@ -384,6 +405,8 @@ def gateway_decommission(config_path: Path, gateway_id: str) -> None:
     config, docs = _open_docs(config_path)
     try:
         count = _enrollment(config, docs).decommission(gateway_id)
+        tenant = docs.gateway_tenant(gateway_id) or ""
+        _audit(docs, "gateway.decommission", gateway_id, tenant, certificates=count)
     except EnrollmentRefused as exc:
         raise click.ClickException(exc.message) from None
     finally:
@@ -423,6 +446,7 @@ def api_token_create(config_path: Path, tenant: str, role: str, name: str) -> No
     )
     try:
         docs.create_api_token(record)
+        _audit(docs, "api_token.create", record.id, tenant, role=role, name=name)
     finally:
         docs.close()
     click.echo(secret)
@@ -438,6 +462,7 @@ def api_token_revoke(config_path: Path, token_id: str) -> None:
     try:
         if not docs.revoke_api_token(token_id, time.time_ns()):
             raise click.ClickException(f"no active API token {token_id!r}")
+        _audit(docs, "api_token.revoke", token_id, "")
     finally:
         docs.close()
     click.echo(f"API token {token_id} revoked")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from collector._version import version
 from collector.api._deps import ApiServices
 from collector.api._metrics import metrics_text
-from collector.api.routes import data, enrollment, fleet, gateways
+from collector.api.routes import data, enrollment, fleet, gateways, operations
 
 
 def create_app(services: ApiServices) -> FastAPI:
@@ -21,6 +21,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(gateways.router)
     app.include_router(fleet.router)
     app.include_router(data.router)
+    app.include_router(operations.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

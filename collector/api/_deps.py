@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -11,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics
-from collector.stores import DocumentStore, TimeSeriesStore
+from collector.stores import AuditEntry, DocumentStore, QuarantineEntry, TimeSeriesStore
 
 Role = Literal["viewer", "operator", "admin"]
 _RANK = {"viewer": 0, "operator": 1, "admin": 2}
@@ -25,6 +26,8 @@ class ApiServices:
     timeseries: TimeSeriesStore | None = None
     metrics: IngestMetrics | None = None
     broker_connected: Callable[[], bool] | None = None  # the collector's MQTT session is up
+    # Validate and ingest a quarantined message again: (result, detail); see Ingestor.replay.
+    replay: Callable[[QuarantineEntry, int], tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,19 @@ def requires(role: Role):  # type: ignore[no-untyped-def]
 
 Viewer = Annotated[Principal, Depends(requires("viewer"))]
 Operator = Annotated[Principal, Depends(requires("operator"))]
+
+
+def audit(
+    svc: ApiServices,
+    who: Principal,
+    request: Request,
+    action: str,
+    target: str,
+    tenant: str,
+    **detail: object,
+) -> None:
+    """Record an operator action in the audit log: who, what, on what, when, from where."""
+    source = request.client.host if request.client else "unknown"
+    svc.documents.audit(
+        AuditEntry(time.time_ns(), f"token:{who.token_id}", tenant, action, target, source, detail)
+    )

@@ -86,6 +86,22 @@ class QuarantineEntry:
     gateway_id: str = ""
     properties: dict[str, str] = field(default_factory=dict)
     id: int | None = None
+    replayed_ns: int | None = None  # when an operator replayed it
+    replay_result: str | None = None  # stored, duplicate, or why it still fails
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An operator action: who (API token id, or ``cli:<user>``), what, on what, from where."""
+
+    ts: int
+    actor: str
+    tenant: str
+    action: str
+    target: str
+    source: str  # the client's address, or "cli"
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +206,24 @@ class DocumentStore(Protocol):
 
     def quarantine(self, entry: QuarantineEntry) -> int: ...
 
-    def quarantined(self, *, limit: int = 100) -> list[QuarantineEntry]: ...
+    def quarantined(
+        self,
+        *,
+        limit: int = 100,
+        tenant: str = ALL_TENANTS,
+        gateway_id: str | None = None,
+        reason: str | None = None,
+        before_id: int | None = None,
+        entry_id: int | None = None,
+    ) -> list[QuarantineEntry]: ...
+
+    def mark_replayed(self, entry_id: int, now_ns: int, result: str) -> None: ...
+
+    def audit(self, entry: AuditEntry) -> None: ...
+
+    def audit_log(
+        self, tenant: str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[AuditEntry]: ...
 
     def events(self, gateway_id: str) -> list[Event]: ...
 

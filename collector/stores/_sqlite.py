@@ -17,6 +17,7 @@ from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, To
 from collector.stores._base import (
     ALL_TENANTS,
     ApiTokenRecord,
+    AuditEntry,
     BatchRecord,
     CertificateRecord,
     EnrollmentTokenRecord,
@@ -131,6 +132,21 @@ def _doc_enrollment(db: Database) -> None:
         " tenant TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL DEFAULT '',"
         " created_ns INTEGER NOT NULL, revoked_ns INTEGER)"
     )
+
+
+@DOC_MIGRATIONS(name="0003_replay_and_audit")
+def _doc_replay_and_audit(db: Database) -> None:
+    db.execute("ALTER TABLE quarantine ADD COLUMN replayed_ns INTEGER")
+    db.execute("ALTER TABLE quarantine ADD COLUMN replay_result TEXT")
+    db.execute("CREATE INDEX quarantine_received ON quarantine (received_ns)")
+    db.execute("CREATE INDEX events_received ON events (ts)")
+    # Operator actions: who (token id, or cli:<user>), what, on what, when, from where.
+    db.execute(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, actor TEXT NOT NULL,"
+        " tenant TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,"
+        " source TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}')"
+    )
+    db.execute("CREATE INDEX audit_ts ON audit (ts)")
 
 
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
@@ -532,12 +548,38 @@ class SqliteDocumentStore(_SqliteBase):
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def quarantined(self, *, limit: int = 100) -> list[QuarantineEntry]:
-        rows = self._all(
-            "SELECT id, received_ns, gateway_id, topic, reason, detail, properties, raw"
-            " FROM quarantine ORDER BY id DESC LIMIT ?",
-            (limit,),
+    def quarantined(
+        self,
+        *,
+        limit: int = 100,
+        tenant: str = ALL_TENANTS,
+        gateway_id: str | None = None,
+        reason: str | None = None,
+        before_id: int | None = None,
+        entry_id: int | None = None,
+    ) -> list[QuarantineEntry]:
+        """Newest first. Entries with no known gateway (a bad topic) are an admin's only."""
+        sql = (
+            "SELECT q.id, q.received_ns, q.gateway_id, q.topic, q.reason, q.detail,"
+            " q.properties, q.raw, q.replayed_ns, q.replay_result FROM quarantine q"
+            " LEFT JOIN gateways g ON g.id = q.gateway_id WHERE 1 = 1"
         )
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND g.tenant = ?"
+            args.append(tenant)
+        for column, value in (
+            ("q.gateway_id", gateway_id),
+            ("q.reason", reason),
+            ("q.id", entry_id),
+        ):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if before_id is not None:
+            sql += " AND q.id < ?"
+            args.append(before_id)
+        rows = self._all(sql + " ORDER BY q.id DESC LIMIT ?", [*args, limit])
         return [
             QuarantineEntry(
                 id=r[0],
@@ -548,6 +590,59 @@ class SqliteDocumentStore(_SqliteBase):
                 detail=r[5],
                 properties=orjson.loads(r[6]),
                 raw=r[7],
+                replayed_ns=r[8],
+                replay_result=r[9],
+            )
+            for r in rows
+        ]
+
+    def mark_replayed(self, entry_id: int, now_ns: int, result: str) -> None:
+        with self._tx("mark a quarantined message replayed") as conn:
+            conn.execute(
+                "UPDATE quarantine SET replayed_ns = ?, replay_result = ? WHERE id = ?",
+                (now_ns, result, entry_id),
+            )
+
+    # -- audit log ----------------------------------------------------------------------------
+
+    def audit(self, entry: AuditEntry) -> None:
+        with self._tx("write the audit log") as conn:
+            conn.execute(
+                "INSERT INTO audit (ts, actor, tenant, action, target, source, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.ts,
+                    entry.actor,
+                    entry.tenant,
+                    entry.action,
+                    entry.target,
+                    entry.source,
+                    orjson.dumps(entry.detail).decode(),
+                ),
+            )
+
+    def audit_log(
+        self, tenant: str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[AuditEntry]:
+        sql = "SELECT id, ts, actor, tenant, action, target, source, detail FROM audit WHERE 1 = 1"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        rows = self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [
+            AuditEntry(
+                id=r[0],
+                ts=r[1],
+                actor=r[2],
+                tenant=r[3],
+                action=r[4],
+                target=r[5],
+                source=r[6],
+                detail=orjson.loads(r[7]),
             )
             for r in rows
         ]

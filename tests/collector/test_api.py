@@ -12,9 +12,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+import wire
 from collector._config import load_config
 from collector._enrollment import EnrollmentService, hash_token
-from collector._ingest import IngestMetrics
+from collector._ingest import Incoming, IngestMetrics, Ingestor
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
@@ -26,7 +27,7 @@ from collector.stores import (
 from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
 from provisioning._ca import make_csr, new_key
 from tests.conftest import require_service
-from wire import Event, GatewayState
+from wire import Event, GatewayState, topics
 
 T0 = 1_795_300_000 * 10**9  # 2026-11-21T20:26:40Z
 MINUTE = 60 * 10**9
@@ -41,6 +42,7 @@ class Api:
     broker_up: list[bool]
     gateways: dict[str, str]  # name → gateway id
     tokens: dict[str, str]  # name → bearer token
+    ingestors: list[Ingestor]  # [as deployed (max 5 readings a batch), after the fix]
 
     async def get(
         self, path: str, token: str | None = "viewer-a", **params: object
@@ -78,6 +80,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     for name, tenant, role in (
         ("viewer-a", "acme", "viewer"),
         ("viewer-b", "globex", "viewer"),
+        ("operator-a", "acme", "operator"),
+        ("operator-b", "globex", "operator"),
         ("admin", "*", "admin"),
     ):
         tokens[name] = f"opa_test_{name}_0123456789abcdef"
@@ -86,16 +90,25 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         )
     metrics = IngestMetrics()
     broker_up = [True]
+    # Ingest as deployed with a too-small limit; a test swaps in the fixed one for replays.
+    strict = config.model_copy(
+        update={"limits": config.limits.model_copy(update={"max_readings": 5})}
+    )
+    ingestors = [
+        Ingestor(config=strict, timeseries=ts, documents=docs, enrollment=enrollment),
+        Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment),
+    ]
     services = ApiServices(
         documents=docs,
         enrollment=enrollment,
         timeseries=ts,
         metrics=metrics,
         broker_connected=lambda: broker_up[0],
+        replay=lambda entry, now: ingestors[-1].replay(entry, now),
     )
     transport = httpx.ASGITransport(app=create_app(services))
     async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
-        yield Api(client, ts, docs, metrics, broker_up, gateways, tokens)
+        yield Api(client, ts, docs, metrics, broker_up, gateways, tokens, ingestors)
     ts.close()
     docs.close()
 
@@ -347,3 +360,77 @@ async def test_readyz_names_what_is_not_ready_and_metrics_are_prometheus(api: Ap
     assert 'outpost_nacks_total{reason="rate_limited"} 3.0' in text
     assert 'outpost_store_write_seconds_bucket{le="0.005"} 1.0' in text
     assert "outpost_store_write_seconds_count 1.0" in text
+
+
+def batch_message(gw: str, seq: int, n: int) -> Incoming:
+    readings = [
+        wire.Reading(
+            measurement="power", tags={"device": "plug"}, fields={"w": float(i)}, ts=T0 + i
+        )
+        for i in range(n)
+    ]
+    b = wire.Batch.model_validate(
+        {
+            "gw": gw,
+            "stream": "s1",
+            "boot": "b1",
+            "seq": seq,
+            "created": T0,
+            "clock": {"offset_ns": 0, "synced": True},
+            "series": wire.group_readings(readings),
+            "events": [],
+        }
+    )
+    props = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
+    return Incoming(topics.up_batch(gw), wire.encode_batch(b), props, T0)
+
+
+def post(api: Api, path: str, token: str = "operator-a"):  # type: ignore[no-untyped-def]
+    return api.client.post(path, headers={"Authorization": f"Bearer {api.tokens[token]}"})
+
+
+async def test_quarantine_is_listed_and_replayed_after_a_fix(api: Api) -> None:
+    gw, other = api.gateways["a1"], api.gateways["b1"]
+    deployed = api.ingestors[0]
+    # A batch over the deployed limit is quarantined (and acked), one of globex's too.
+    [reply] = deployed.handle([batch_message(gw, 1, n=8)])
+    assert reply.message.status == "quarantined"  # type: ignore[union-attr]
+    deployed.handle([batch_message(other, 1, n=9)])
+    page = (await api.get("/api/v1/quarantine", token="operator-a")).json()
+    (entry,) = page["entries"]  # not globex's
+    assert entry["gateway_id"] == gw
+    assert entry["reason"] == "oversized"
+    assert entry["replayed"] is None
+    assert (await api.get("/api/v1/quarantine", token="viewer-a")).status_code == 403
+
+    # Replayed with the deployed limit: it still fails, says why, and is not quarantined twice.
+    api.ingestors.append(deployed)
+    r = await post(api, f"/api/v1/quarantine/{entry['id']}/replay")
+    assert r.json()["result"] == "still_invalid"
+    assert "oversized: 8 readings, the limit is 5" in r.json()["detail"]
+    assert len(api.docs.quarantined(tenant="acme")) == 1
+    api.ingestors.pop()
+
+    # After the fix (a higher limit), the replay stores the readings once.
+    r = await post(api, f"/api/v1/quarantine/{entry['id']}/replay")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": entry["id"], "result": "stored", "detail": ""}
+    assert api.ts.count_points("power") == 8
+    r = await post(api, f"/api/v1/quarantine/{entry['id']}/replay")
+    assert r.json()["result"] == "duplicate"
+    assert api.ts.count_points("power") == 8
+    (after,) = (await api.get("/api/v1/quarantine", token="operator-a")).json()["entries"]
+    assert after["replay_result"].startswith("duplicate")
+
+    # Another tenant's entry is a 404 for this operator.
+    (theirs,) = api.docs.quarantined(tenant="globex")
+    assert (await post(api, f"/api/v1/quarantine/{theirs.id}/replay")).status_code == 404
+
+    # Every replay is in the audit log: who, what, when, from where.
+    log = (await api.get("/api/v1/audit", token="operator-a")).json()
+    assert [e["action"] for e in log] == ["quarantine.replay"] * 3
+    assert log[0]["actor"] == "token:operator-a"
+    assert log[0]["target"] == str(entry["id"])
+    assert log[0]["source"] == "127.0.0.1"
+    assert log[0]["detail"] == {"result": "duplicate"}
+    assert (await api.get("/api/v1/audit", token="operator-b")).json() == []

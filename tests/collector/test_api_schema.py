@@ -14,9 +14,15 @@ from schemathesis.checks import not_a_server_error
 
 from collector._config import load_config
 from collector._enrollment import EnrollmentService, hash_token
-from collector._ingest import IngestMetrics
+from collector._ingest import IngestMetrics, Ingestor
 from collector.api import ApiServices, create_app
-from collector.stores import ApiTokenRecord, SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from collector.stores import (
+    ApiTokenRecord,
+    QuarantineEntry,
+    SeriesWrite,
+    SqliteDocumentStore,
+    SqliteTimeSeriesStore,
+)
 from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
 from provisioning._ca import make_csr, new_key
 from tests.conftest import require_service
@@ -47,6 +53,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
         [SeriesWrite("climate", {"gateway": gw, "device": "d1"}, [(T0, {"celsius": 21.5})], "acme")]
     )
     docs.record([], [(gw, Event(id="e1", type="motion", ts=T0, source="d1", body={}))])
+    docs.quarantine(
+        QuarantineEntry(T0, f"outpost/v1/gw/{gw}/up/batch", "malformed", "x", b"junk", gw)
+    )
     docs.create_api_token(ApiTokenRecord("adm", hash_token(ADMIN), "*", "admin", "schema", T0))
     docs.create_api_token(ApiTokenRecord("vw", hash_token(VIEWER), "acme", "viewer", "schema", T0))
     services = ApiServices(
@@ -55,6 +64,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
         timeseries=ts,
         metrics=IngestMetrics(),
         broker_connected=lambda: True,
+        replay=Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment).replay,
     )
     yield create_app(services)
     ts.close()

@@ -6,12 +6,12 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from collector._enrollment import parse_duration
 from collector._exceptions import EnrollmentRefused, StoreUnavailable
-from collector.api._deps import ALL_TENANTS, Operator, Services
+from collector.api._deps import ALL_TENANTS, Operator, Services, audit
 
 router = APIRouter(prefix="/api/v1", tags=["enrollment"])
 
@@ -137,7 +137,9 @@ class TokenInfo(BaseModel):
 
 
 @router.post("/enrollment-tokens", status_code=201, responses={400: {"model": Problem}})
-def create_token(body: TokenRequest, svc: Services, who: Operator) -> TokenCreated:
+def create_token(
+    body: TokenRequest, svc: Services, who: Operator, request: Request
+) -> TokenCreated:
     """Create an enrollment token for a site (operator)."""
     tenant = body.tenant or who.tenant
     if tenant == ALL_TENANTS or not who.can_see(tenant):
@@ -148,6 +150,16 @@ def create_token(body: TokenRequest, svc: Services, who: Operator) -> TokenCreat
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     token, rec = svc.enrollment.create_token(
         tenant=tenant, site=body.site, expires_s=expires_s, uses=body.uses
+    )
+    audit(
+        svc,
+        who,
+        request,
+        "enrollment_token.create",
+        rec.id,
+        tenant,
+        site=rec.site,
+        uses=rec.uses_total,
     )
     return TokenCreated(
         id=rec.id,
