@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from collector._exceptions import ConfigError
 from wire import MAX_FRAME_BYTES, MAX_READINGS
@@ -36,6 +36,29 @@ class StoresConfig(BaseModel):
     timeseries_path: Path = Path("/var/lib/outpost-collector/timeseries.db")
     documents_path: Path = Path("/var/lib/outpost-collector/documents.db")
     dedup_window_days: Annotated[float, Field(gt=0)] = 30.0
+
+
+class RetentionConfig(BaseModel):
+    """How long data is kept: raw readings (hot), 5-minute and hourly rollups (warm, cold)."""
+
+    model_config = _MODEL
+
+    raw_days: Annotated[float, Field(gt=0)] = 7
+    rollup_5m_days: Annotated[float, Field(gt=0)] = 90
+    rollup_1h_days: Annotated[float, Field(gt=0)] = 365
+    events_days: Annotated[float, Field(gt=0)] = 90
+    quarantine_days: Annotated[float, Field(gt=0)] = 30
+    audit_days: Annotated[float, Field(gt=0)] = 365
+    rollup_interval_s: Annotated[float, Field(gt=0)] = 60  # rollups are brought up to date
+    expire_interval_s: Annotated[float, Field(gt=0)] = 3600  # old data is deleted
+
+    @model_validator(mode="after")
+    def _longer_tiers(self) -> RetentionConfig:
+        if not self.raw_days <= self.rollup_5m_days <= self.rollup_1h_days:
+            raise ValueError(
+                "raw_days <= rollup_5m_days <= rollup_1h_days: each tier must outlive the finer one"
+            )
+        return self
 
 
 class LimitsConfig(BaseModel):
@@ -106,6 +129,7 @@ class CollectorConfig(BaseModel):
     broker: BrokerConfig
     stores: StoresConfig = StoresConfig()
     limits: LimitsConfig = LimitsConfig()
+    retention: RetentionConfig = RetentionConfig()
     clock: ClockConfig = ClockConfig()
     pki: PkiConfig | None = None
     api: ApiConfig | None = None

@@ -14,10 +14,10 @@ import aiomqtt
 import uvicorn
 
 import wire
-from collector._config import ApiConfig, BrokerConfig
+from collector._config import ApiConfig, BrokerConfig, RetentionConfig
 from collector._exceptions import StoreError
 from collector._ingest import Incoming, Ingestor
-from collector.stores import DocumentStore
+from collector.stores import DocumentStore, TimeSeriesStore
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 from wire import topics
 
@@ -79,6 +79,8 @@ class CollectorService:
         summary_interval_s: float = 60.0,
         notifier: Notifier | None = None,
         logger: logging.Logger | None = None,
+        timeseries: TimeSeriesStore | None = None,
+        retention: RetentionConfig | None = None,
     ) -> None:
         self._notifier = notifier or Notifier({})
         self.monitor = ProgressMonitor()
@@ -92,6 +94,8 @@ class CollectorService:
         self.overloaded = 0
         self._log = logger or logging.getLogger("outpost.collector")
         self.subscribed = asyncio.Event()
+        self._ts = timeseries
+        self._retention = retention
 
     async def run(self) -> None:
         self.monitor.register("ingest")
@@ -103,6 +107,10 @@ class CollectorService:
             tg.create_task(self._prune_dedup_records(), name="collector-prune")
             tg.create_task(self._log_summary(), name="collector-summary")
             tg.create_task(self._refresh_revocations(), name="collector-revocations")
+            if self._ts is not None and self._retention is not None:
+                tg.create_task(
+                    self._maintain(self._ts, self._retention), name="collector-retention"
+                )
             tg.create_task(self._connect_forever(), name="collector-mqtt")
 
     async def _prune_dedup_records(self) -> None:
@@ -121,6 +129,41 @@ class CollectorService:
                 if pruned:
                     self._log.info("pruned %d dedup records older than the window", pruned)
             await asyncio.sleep(3600)
+
+    async def _maintain(self, ts: TimeSeriesStore, r: RetentionConfig) -> None:
+        """Rollups brought up to date every minute; old data expired every hour."""
+        day = 86400 * 10**9
+        last_expiry = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if loop.time() - last_expiry >= r.expire_interval_s or not last_expiry:
+                    now = time.time_ns()
+                    gone = await asyncio.to_thread(
+                        ts.expire,
+                        raw_before_ns=now - int(r.raw_days * day),
+                        rollup_5m_before_ns=now - int(r.rollup_5m_days * day),
+                        rollup_1h_before_ns=now - int(r.rollup_1h_days * day),
+                    )
+                    gone |= await asyncio.to_thread(
+                        self._docs.expire,
+                        events_before_ns=now - int(r.events_days * day),
+                        quarantine_before_ns=now - int(r.quarantine_days * day),
+                        audit_before_ns=now - int(r.audit_days * day),
+                    )
+                    last_expiry = loop.time()
+                    if any(gone.values()):
+                        self._log.info(
+                            "retention: deleted %s",
+                            ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in gone.items() if v),
+                        )
+                else:
+                    await asyncio.to_thread(
+                        ts.refresh_rollups, time.time_ns() - int(r.raw_days * day)
+                    )
+            except StoreError as exc:
+                self._log.warning("cannot update rollups or expire old data: %s", exc)
+            await asyncio.sleep(r.rollup_interval_s)
 
     async def _refresh_revocations(self) -> None:
         """Pick up decommissions made with the CLI (another process) within seconds."""

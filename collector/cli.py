@@ -72,7 +72,9 @@ def serve(config_path: Path) -> None:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
+        ts = SqliteTimeSeriesStore(
+            config.stores.timeseries_path, raw_retention_s=config.retention.raw_days * 86400
+        )
         docs = SqliteDocumentStore(config.stores.documents_path)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
@@ -92,6 +94,8 @@ def serve(config_path: Path) -> None:
             max_queued=config.limits.max_queued_batches,
             overload_retry_after_ms=config.limits.overload_retry_after_ms,
             notifier=Notifier(),
+            timeseries=ts,
+            retention=config.retention,
         )
         api = None
         if config.api and enrollment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ from collector.stores._base import (
 from wire import Event, FieldValue, GatewayState
 
 TS_MIGRATIONS = Migrations("outpost-collector-timeseries")
+ROLLUP_5M = 300 * 10**9
+ROLLUP_1H = 3600 * 10**9
 DOC_MIGRATIONS = Migrations("outpost-collector-documents")
 
 # Field types, so a bool comes back as a bool (SQLite stores it as an integer).
@@ -71,6 +74,22 @@ def _ts_tenants(db: Database) -> None:
     db.execute("DROP TABLE series")
     db.execute("ALTER TABLE series_t RENAME TO series")
     db.execute("CREATE INDEX series_measurement ON series (measurement, tenant)")
+
+
+@TS_MIGRATIONS(name="0003_rollups")
+def _ts_rollups(db: Database) -> None:
+    # Per series, field and bucket (res = 300 or 3600 s): count, sum, min, max, last.
+    db.execute(
+        "CREATE TABLE rollups (series_id INTEGER NOT NULL, field TEXT NOT NULL,"
+        " res INTEGER NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL, total,"
+        " lo, hi, last_ts INTEGER NOT NULL, last,"
+        " PRIMARY KEY (series_id, field, res, bucket)) WITHOUT ROWID"
+    )
+    # 5-minute buckets that writes touched since the rollups were last brought up to date.
+    db.execute(
+        "CREATE TABLE rollup_dirty (series_id INTEGER NOT NULL, field TEXT NOT NULL,"
+        " bucket INTEGER NOT NULL, PRIMARY KEY (series_id, field, bucket)) WITHOUT ROWID"
+    )
 
 
 @DOC_MIGRATIONS(name="0001_initial")
@@ -220,10 +239,15 @@ class _SqliteBase:
 class SqliteTimeSeriesStore(_SqliteBase):
     """Time series in SQLite: ``series`` (tenant + measurement + tags) and ``points`` per field."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, raw_retention_s: float = 7 * 86400) -> None:
         super().__init__(path, TS_MIGRATIONS)
         self._series: dict[tuple[str, str, bytes], int] = {}
         self._fields: set[tuple[int, str]] = set()
+        self.raw_retention_s = raw_retention_s
+
+    def raw_horizon_ns(self) -> int:
+        """Raw points before this are expired (or about to be)."""
+        return time.time_ns() - int(self.raw_retention_s * 1e9)
 
     def _series_id(
         self, conn: sqlite3.Connection, tenant: str, measurement: str, tags: bytes
@@ -247,15 +271,22 @@ class SqliteTimeSeriesStore(_SqliteBase):
             with self._tx("write readings") as conn:
                 rows: list[tuple[int, str, int, FieldValue]] = []
                 new_fields: list[tuple[int, str, str]] = []
+                dirty: set[tuple[int, str, int]] = set()
                 for s in series:
                     tags = orjson.dumps(s.tags, option=orjson.OPT_SORT_KEYS)
                     sid = self._series_id(conn, s.tenant, s.measurement, tags)
                     for ts, fields in s.points:
+                        bucket = ts - ts % ROLLUP_5M
                         for name, value in fields.items():
                             rows.append((sid, name, ts, value))
+                            dirty.add((sid, name, bucket))
                             if (sid, name) not in self._fields:
                                 new_fields.append((sid, name, _type_code(value)))
                                 self._fields.add((sid, name))
+                conn.executemany(
+                    "INSERT OR IGNORE INTO rollup_dirty (series_id, field, bucket) VALUES (?, ?, ?)",
+                    dirty,
+                )
                 if new_fields:
                     conn.executemany(
                         "INSERT OR REPLACE INTO fields (series_id, field, type) VALUES (?, ?, ?)",
@@ -334,7 +365,10 @@ class SqliteTimeSeriesStore(_SqliteBase):
             "min": "count(value), min(value)",
             "max": "count(value), max(value)",
         }
-        range_sql = "FROM points WHERE series_id = ? AND field = ? AND ts >= b.s AND ts < b.s + ?"
+        range_sql = (
+            "FROM points WHERE series_id = ? AND field = ? AND ts >= b.s AND ts < b.s + ?"
+            " AND ts < ?"  # the last bucket stops at the end of the range
+        )
         if query.aggregate == "last":
             measure = f"(SELECT json_array(ts, value) {range_sql} ORDER BY ts DESC LIMIT 1)"
         else:
@@ -343,6 +377,18 @@ class SqliteTimeSeriesStore(_SqliteBase):
             "WITH RECURSIVE b(s) AS (SELECT ? UNION ALL SELECT s + ? FROM b WHERE s + ? < ?)"
             f" SELECT b.s, {measure} AS m FROM b"
         )
+        # The coarsest resolution that serves the buckets: hourly or 5-minute rollups when the
+        # buckets are whole multiples of them and aligned to them, else the raw points.
+        res = next(
+            (
+                r
+                for r in (ROLLUP_1H, ROLLUP_5M)
+                if bucket % r == 0 and query.start_ns % r == 0 and query.end_ns % r == 0
+            ),
+            None,
+        )
+        if res is not None:
+            self.refresh_rollups(self.raw_horizon_ns())
         groups: dict[tuple[str, ...], dict[int, list[Any]]] = {}
         group_tags: dict[tuple[str, ...], dict[str, str]] = {}
         points_total = 0
@@ -351,14 +397,29 @@ class SqliteTimeSeriesStore(_SqliteBase):
             key = tuple(str(tags.get(t, "")) for t in query.group_by)
             group_tags.setdefault(key, {t: str(tags.get(t, "")) for t in query.group_by})
             buckets = groups.setdefault(key, {})
-            rows = self._all(
-                sql,
-                [query.start_ns, bucket, bucket, query.end_ns, sid, query.field, bucket],
-            )
+            if res is None:
+                rows = self._all(
+                    sql,
+                    [
+                        query.start_ns,
+                        bucket,
+                        bucket,
+                        query.end_ns,
+                        sid,
+                        query.field,
+                        bucket,
+                        query.end_ns,
+                    ],
+                )
+            else:
+                rows = [
+                    (b, _rollup_measure(query.aggregate, acc))
+                    for b, acc in self._aggregate_rollups(query, sid, res)
+                ]
             for b, m in rows:
                 if m is None:
                     continue
-                got = orjson.loads(m)
+                got = orjson.loads(m) if isinstance(m, str) else m
                 if query.aggregate != "last" and not got[0]:
                     continue  # an empty bucket
                 if b not in buckets:
@@ -375,6 +436,105 @@ class SqliteTimeSeriesStore(_SqliteBase):
                     points.append((b, value))
             out.append(SeriesGroup(group_tags[key], points))
         return out
+
+    # -- rollups and retention -----------------------------------------------------------------
+
+    def refresh_rollups(self, raw_horizon_ns: int = 0) -> int:
+        """Bring the 5-minute and hourly rollups up to date with what was written since.
+
+        A touched 5-minute bucket is computed again from the raw points. A bucket older than
+        ``raw_horizon_ns`` (raw data there was expired) only holds points that arrived late:
+        they are added into the existing rollup and then dropped, so the rollup keeps what the
+        expired points contributed. Returns the number of 5-minute buckets updated.
+        """
+        with self._tx("update rollups") as conn:
+            dirty = conn.execute("SELECT series_id, field, bucket FROM rollup_dirty").fetchall()
+            hours: set[tuple[int, str, int]] = set()
+            for sid, field, bucket in dirty:
+                end = bucket + ROLLUP_5M
+                where = "series_id = ? AND field = ? AND ts >= ? AND ts < ?"
+                args = (sid, field, bucket, end)
+                n, total, lo, hi = conn.execute(
+                    f"SELECT count(value), sum(value), min(value), max(value) FROM points WHERE {where}",
+                    args,
+                ).fetchone()
+                # (With several min/max aggregates SQLite's bare columns are from any row.)
+                newest = conn.execute(
+                    f"SELECT ts, value FROM points WHERE {where} ORDER BY ts DESC LIMIT 1", args
+                ).fetchone()
+                last_ts, last = newest if newest else (0, None)
+                if bucket + ROLLUP_5M <= raw_horizon_ns:
+                    old = conn.execute(
+                        "SELECT n, total, lo, hi, last_ts, last FROM rollups WHERE series_id = ?"
+                        " AND field = ? AND res = ? AND bucket = ?",
+                        (sid, field, ROLLUP_5M // 10**9, bucket),
+                    ).fetchone()
+                    if old is not None and n:
+                        n, total = n + old[0], _add(total, old[1])
+                        lo, hi = min(lo, old[2]), max(hi, old[3])
+                        if old[4] > last_ts:
+                            last_ts, last = old[4], old[5]
+                    elif old is not None:
+                        n, total, lo, hi, last_ts, last = old
+                    conn.execute(f"DELETE FROM points WHERE {where}", args)
+                if n:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO rollups (series_id, field, res, bucket, n, total,"
+                        " lo, hi, last_ts, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sid, field, ROLLUP_5M // 10**9, bucket, n, total, lo, hi, last_ts, last),
+                    )
+                hours.add((sid, field, bucket - bucket % ROLLUP_1H))
+            for sid, field, hour in hours:
+                parts = conn.execute(
+                    "SELECT n, total, lo, hi, last_ts, last FROM rollups"
+                    " WHERE series_id = ? AND field = ? AND res = ? AND bucket >= ? AND bucket < ?",
+                    (sid, field, ROLLUP_5M // 10**9, hour, hour + ROLLUP_1H),
+                ).fetchall()
+                if parts:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO rollups (series_id, field, res, bucket, n, total,"
+                        " lo, hi, last_ts, last) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sid, field, ROLLUP_1H // 10**9, hour, *_combine(parts)),
+                    )
+            conn.execute("DELETE FROM rollup_dirty")
+        return len(dirty)
+
+    def expire(
+        self, *, raw_before_ns: int, rollup_5m_before_ns: int, rollup_1h_before_ns: int
+    ) -> dict[str, int]:
+        """Delete raw points and rollups older than their horizons (rollups first made current)."""
+        self.refresh_rollups(raw_before_ns)
+        with self._tx("expire old readings") as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM series").fetchall()]
+            raw = 0
+            for sid in ids:
+                raw += conn.execute(
+                    "DELETE FROM points WHERE series_id = ? AND ts < ?", (sid, raw_before_ns)
+                ).rowcount
+            r5 = conn.execute(
+                "DELETE FROM rollups WHERE res = ? AND bucket < ?",
+                (ROLLUP_5M // 10**9, rollup_5m_before_ns),
+            ).rowcount
+            r1 = conn.execute(
+                "DELETE FROM rollups WHERE res = ? AND bucket < ?",
+                (ROLLUP_1H // 10**9, rollup_1h_before_ns),
+            ).rowcount
+        return {"raw_points": raw, "rollups_5m": r5, "rollups_1h": r1}
+
+    def _aggregate_rollups(
+        self, query: SeriesQuery, sid: int, res_ns: int
+    ) -> list[tuple[int, list[Any]]]:
+        """Per-bucket ``[count, sum, min, max, last_ts, last]`` from the rollups at ``res_ns``."""
+        rows = self._all(
+            "SELECT bucket, n, total, lo, hi, last_ts, last FROM rollups WHERE series_id = ?"
+            " AND field = ? AND res = ? AND bucket >= ? AND bucket < ? ORDER BY bucket",
+            [sid, query.field, res_ns // 10**9, query.start_ns, query.end_ns],
+        )
+        by_bucket: dict[int, list[tuple[Any, ...]]] = {}
+        for bucket, *parts in rows:
+            b = query.start_ns + (bucket - query.start_ns) // query.bucket_ns * query.bucket_ns
+            by_bucket.setdefault(b, []).append(tuple(parts))
+        return [(b, _combine(parts)) for b, parts in by_bucket.items()]
 
     def devices(self, tenant: str, gateway_id: str) -> dict[str, tuple[list[str], int]]:
         """Devices seen behind a gateway (the ``device`` tag): device → (measurements, last ts)."""
@@ -437,6 +597,33 @@ class SqliteTimeSeriesStore(_SqliteBase):
 def _json_path(key: str) -> str:
     """A JSON path naming one top-level member, quoted so any tag name is taken literally."""
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _add(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else a + b
+
+
+def _combine(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """Rollup rows ``(n, total, lo, hi, last_ts, last)`` combined into one."""
+    n, total, lo, hi, last_ts, last = parts[0]
+    for pn, ptotal, plo, phi, pts, plast in parts[1:]:
+        n, total = n + pn, _add(total, ptotal)
+        lo, hi = min(lo, plo), max(hi, phi)
+        if pts > last_ts:
+            last_ts, last = pts, plast
+    return [n, total, lo, hi, last_ts, last]
+
+
+def _rollup_measure(aggregate: str, acc: list[Any]) -> list[Any]:
+    """A rollup row ``[count, sum, min, max, last_ts, last]`` as the raw query's measure."""
+    n, total, lo, hi, last_ts, last = acc
+    if aggregate == "last":
+        return [last_ts, last]
+    if aggregate in ("mean", "sum"):
+        return [n, total]
+    if aggregate == "count":
+        return [n]
+    return [n, lo if aggregate == "min" else hi]
 
 
 def _merge(aggregate: str, acc: list[Any] | None, got: list[Any], type_code: str) -> list[Any]:
@@ -595,6 +782,23 @@ class SqliteDocumentStore(_SqliteBase):
             )
             for r in rows
         ]
+
+    def expire(
+        self, *, events_before_ns: int, quarantine_before_ns: int, audit_before_ns: int
+    ) -> dict[str, int]:
+        """Delete events, quarantine entries and audit records older than their horizons."""
+        with self._tx("expire old documents") as conn:
+            return {
+                "events": conn.execute(
+                    "DELETE FROM events WHERE ts < ?", (events_before_ns,)
+                ).rowcount,
+                "quarantined": conn.execute(
+                    "DELETE FROM quarantine WHERE received_ns < ?", (quarantine_before_ns,)
+                ).rowcount,
+                "audit_records": conn.execute(
+                    "DELETE FROM audit WHERE ts < ?", (audit_before_ns,)
+                ).rowcount,
+            }
 
     def mark_replayed(self, entry_id: int, now_ns: int, result: str) -> None:
         with self._tx("mark a quarantined message replayed") as conn:

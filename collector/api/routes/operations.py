@@ -6,6 +6,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from collector.api._deps import Operator, Services, audit
@@ -75,7 +76,12 @@ class ReplayOut(BaseModel):
 
 
 @router.post("/quarantine/{entry_id}/replay")
-def replay(entry_id: int, svc: Services, who: Operator, request: Request) -> ReplayOut:
+def replay(
+    entry_id: Annotated[int, PathParam(ge=1, le=2**62)],
+    svc: Services,
+    who: Operator,
+    request: Request,
+) -> ReplayOut:
     """Validate and ingest a quarantined message again, after a fix (operator).
 
     ``stored``: it is in the stores now; ``duplicate``: it had arrived since; ``still_invalid``:
