@@ -1132,13 +1132,18 @@ class SqliteDocumentStore(_SqliteBase):
             for r in self._all(sql, args)
         ]
 
-    def availability(self, gateway_id: str) -> dict[str, tuple[str, int]]:
+    def availability(self, tenant: str, gateway_id: str) -> dict[str, tuple[str, int]]:
         """The last reported availability of each device behind a gateway: source → (state, ts)."""
-        rows = self._all(
-            "SELECT source, json_extract(body, '$.state'), max(ts) FROM events"
-            " WHERE gateway_id = ? AND type = 'availability' GROUP BY source",
-            (gateway_id,),
+        sql = (
+            "SELECT e.source, json_extract(e.body, '$.state'), max(e.ts) FROM events e"
+            " JOIN gateways g ON g.id = e.gateway_id"
+            " WHERE e.gateway_id = ? AND e.type = 'availability'"
         )
+        args: list[Any] = [gateway_id]
+        if tenant != ALL_TENANTS:
+            sql += " AND g.tenant = ?"
+            args.append(tenant)
+        rows = self._all(sql + " GROUP BY e.source", args)
         return {r[0]: (str(r[1]), int(r[2])) for r in rows}
 
     # -- API tokens ---------------------------------------------------------------------------

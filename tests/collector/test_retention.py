@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,4 +186,47 @@ def test_retention_deletes_what_it_should_and_nothing_else(
         assert len(docs.quarantined()) == 2
         assert len(docs.audit_log("*")) == 1
     finally:
+        docs.close()
+
+
+async def test_the_collector_keeps_rollups_current_and_expires_old_data(tmp_path: Path) -> None:
+    """The service's maintenance task, as `serve` runs it, on real stores."""
+    from collector._config import RetentionConfig, StoresConfig
+    from collector._ingest import Ingestor
+    from collector._service import CollectorService
+    from collector.stores import SqliteDocumentStore as Docs
+    from tests.collector.test_ingest import make_config
+
+    config = make_config(tmp_path)
+    assert isinstance(config.stores, StoresConfig)
+    ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
+    docs = Docs(config.stores.documents_path)
+    try:
+        now = time.time_ns()
+        hour = now - now % HOUR - HOUR
+        write_hours(ts, hour - 10 * DAY, 1)  # older than the 7 days of raw readings
+        write_hours(ts, hour, 1)
+        docs.record([], [("gw-1", Event(id="old", type="motion", ts=now - 100 * DAY, body={}))])
+        service = CollectorService(
+            broker=config.broker,
+            ingestor=Ingestor(config=config, timeseries=ts, documents=docs),
+            documents=docs,
+            dedup_window_s=86400,
+            timeseries=ts,
+            retention=RetentionConfig(rollup_interval_s=0.05),
+        )
+        task = asyncio.create_task(service._maintain(ts, RetentionConfig(rollup_interval_s=0.05)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert ts.count_points() == 2 * 3600  # the recent hour only
+        assert docs.events("gw-1") == []
+        # the old hour lives on in the rollups; the recent one is rolled up too
+        assert query(ts, hour - 10 * DAY, hour - 10 * DAY + HOUR, HOUR, "count", "d1") == [
+            (hour - 10 * DAY, 3600.0)
+        ]
+        assert query(ts, hour, hour + HOUR, HOUR, "count", "d1") == [(hour, 3600.0)]
+    finally:
+        ts.close()
         docs.close()

@@ -121,7 +121,7 @@ def gateway_devices(gateway_id: str, svc: Services, who: Viewer) -> Devices:
     """Devices behind the gateway, from what its sources reported, with availability."""
     g = _find(svc, who, gateway_id)
     seen = svc.timeseries.devices(g["tenant"], gateway_id) if svc.timeseries else {}
-    availability = svc.documents.availability(gateway_id)
+    availability = svc.documents.availability(g["tenant"], gateway_id)
     names = sorted(set(seen) | set(availability))
     devices = []
     for name in names:
