@@ -1,6 +1,7 @@
 """The wire contract shared by the agent and the collector.
 
-Readings and events, the batch codec, the MQTT topic layout and the control messages. The
+Readings and events, the batch codec, the MQTT topic layout, the control messages and the
+signed config envelope. The
 agent imports this package and never the collector; the collector imports this package and
 never the agent.
 """
@@ -18,6 +19,16 @@ from wire._codec import (
     encode_batch,
     frame,
     group_readings,
+)
+from wire._envelope import (
+    SECRET_KEYS,
+    ConfigEnvelope,
+    EnvelopeRefused,
+    encode_envelope,
+    key_id,
+    open_config,
+    seal_config,
+    split_secrets,
 )
 from wire._exceptions import BatchRejected, MessageRejected, RejectReason, WireError
 from wire._messages import (
@@ -55,12 +66,15 @@ __all__ = [
     "PROP_SENT_WALL",
     "PROP_SEQ",
     "PROP_STREAM",
+    "SECRET_KEYS",
     "VERSION",
     "Ack",
     "AckStatus",
     "Batch",
     "BatchRejected",
     "ClockInfo",
+    "ConfigEnvelope",
+    "EnvelopeRefused",
     "Event",
     "FieldValue",
     "GatewayState",
@@ -80,8 +94,13 @@ __all__ = [
     "decode_renew_response",
     "decode_state",
     "encode_batch",
+    "encode_envelope",
     "encode_message",
     "frame",
     "group_readings",
+    "key_id",
+    "open_config",
+    "seal_config",
+    "split_secrets",
     "topics",
 ]

@@ -1,0 +1,160 @@
+"""The desired-config envelope: signed, secrets sealed to one gateway, refused when wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from wire import EnvelopeRefused, encode_envelope, open_config, seal_config
+
+PEM = serialization.Encoding.PEM
+SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
+PKCS8 = serialization.PrivateFormat.PKCS8
+NOENC = serialization.NoEncryption()
+
+CONFIG: dict[str, Any] = {
+    "devices": [
+        {
+            "name": "fw-1",
+            "profile": "pfsense-snmp",
+            "target": "snmp://10.0.0.1",
+            "snmp_user": "outpost",
+            "auth_key": "auth-secret-123",
+            "priv_key": "priv-secret-456",
+        },
+        {
+            "name": "ctl",
+            "profile": "unifi-network",
+            "target": "https://10.0.0.2",
+            "username": "ro",
+            "password": "unifi-secret-789",
+            "interval": 30,
+        },
+    ],
+    "sources": [{"type": "host", "interval": 10}],
+}
+SECRETS = ("auth-secret-123", "priv-secret-456", "unifi-secret-789")
+
+
+@pytest.fixture(scope="module")
+def signing() -> tuple[bytes, bytes]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(PEM, PKCS8, NOENC), key.public_key().public_bytes(PEM, SPKI)
+
+
+def gateway_key(kind: str) -> Any:
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP384R1() if kind == "p384" else ec.SECP256R1())
+
+
+def seal(signing: tuple[bytes, bytes], key: Any, version: int = 3, **kw: Any) -> bytes:
+    envelope = seal_config(
+        kw.pop("config", CONFIG),
+        gateway_id=kw.pop("gateway_id", "gw-1"),
+        version=version,
+        issued_ns=1,
+        public_key_pem=key.public_key().public_bytes(PEM, SPKI),
+        signing_key_pem=signing[0],
+        **kw,
+    )
+    return encode_envelope(envelope)
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "rsa"])
+def test_round_trip_and_no_secret_in_the_clear(signing: tuple[bytes, bytes], kind: str) -> None:
+    key = gateway_key(kind)
+    data = seal(signing, key)
+    for secret in SECRETS:
+        assert secret.encode() not in data  # not in the retained message, not in any log of it
+    envelope, config = open_config(
+        data, gateway_id="gw-1", applied_version=2, verify_key_pem=signing[1], private_keys=[key]
+    )
+    assert envelope.version == 3
+    assert config == CONFIG
+    assert "auth_key" not in envelope.config["devices"][0]
+    assert set(envelope.secrets) == {
+        "devices.0.auth_key",
+        "devices.0.priv_key",
+        "devices.1.password",
+    }
+
+
+def refused(data: bytes, signing: tuple[bytes, bytes], keys: list[Any], **kw: Any) -> str:
+    with pytest.raises(EnvelopeRefused) as caught:
+        open_config(
+            data,
+            gateway_id=kw.get("gateway_id", "gw-1"),
+            applied_version=kw.get("applied", 0),
+            verify_key_pem=kw.get("verify", signing[1]),
+            private_keys=keys,
+        )
+    for secret in SECRETS:
+        assert secret not in str(caught.value)
+    return caught.value.reason
+
+
+def test_tampered_unsigned_foreign_and_replayed_envelopes_are_refused(
+    signing: tuple[bytes, bytes],
+) -> None:
+    key = gateway_key("p256")
+    data = seal(signing, key)
+    doc = orjson.loads(data)
+
+    tampered = {**doc, "config": {**doc["config"], "sources": []}}
+    assert refused(orjson.dumps(tampered), signing, [key]) == "bad_signature"
+    unsigned = {**doc, "signature": ""}
+    assert refused(orjson.dumps(unsigned), signing, [key]) == "bad_signature"
+    other_signer = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(PEM, SPKI)
+    assert refused(data, signing, [key], verify=other_signer) == "bad_signature"
+    assert refused(data, signing, [key], gateway_id="gw-2") == "wrong_gateway"
+    assert refused(data, signing, [key], applied=3) == "replayed"
+    assert refused(data, signing, [key], applied=7) == "replayed"
+    assert refused(b"{not json", signing, [key]) == "bad_format"
+    assert refused(b'{"v": 2}', signing, [key]) == "bad_format"
+
+
+def test_a_sealed_secret_opens_only_where_it_was_sealed(signing: tuple[bytes, bytes]) -> None:
+    key, other = gateway_key("p256"), gateway_key("p256")
+    # Another gateway's key cannot open it.
+    assert refused(seal(signing, key), signing, [other]) == "bad_secret"
+    # A validly signed envelope whose blob was moved to another field does not open either.
+    doc = orjson.loads(seal(signing, key))
+    moved = dict(doc["secrets"])
+    moved["devices.1.password"] = moved["devices.0.auth_key"]
+    resigned = seal_config(
+        {"devices": doc["config"]["devices"], "sources": doc["config"]["sources"]},
+        gateway_id="gw-1",
+        version=4,
+        issued_ns=1,
+        public_key_pem=key.public_key().public_bytes(PEM, SPKI),
+        signing_key_pem=signing[0],
+        carried=moved,
+    )
+    assert refused(encode_envelope(resigned), signing, [key]) == "bad_secret"
+
+
+def test_secrets_carry_over_versions_and_key_renewals(signing: tuple[bytes, bytes]) -> None:
+    old_key, new_key = gateway_key("p256"), gateway_key("p256")
+    v1 = orjson.loads(seal(signing, old_key, version=1))
+    # Version 2 changes an interval only: the sealed secrets are carried, never seen in clear.
+    config2 = {
+        "devices": [dict(d, interval=60) for d in v1["config"]["devices"]],
+        "sources": v1["config"]["sources"],
+    }
+    v2 = seal(signing, new_key, version=2, config=config2, carried=v1["secrets"])
+    # The gateway renewed its certificate since: it opens old blobs with its previous key.
+    _, config = open_config(
+        v2,
+        gateway_id="gw-1",
+        applied_version=1,
+        verify_key_pem=signing[1],
+        private_keys=[new_key, old_key],
+    )
+    assert config["devices"][1]["password"] == "unifi-secret-789"
+    assert config["devices"][0]["interval"] == 60
+    assert refused(v2, signing, [new_key], applied=1) == "bad_secret"
