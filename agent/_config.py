@@ -179,6 +179,39 @@ class DeviceConfig(BaseModel):
         return out
 
 
+class UplinkTarget(BaseModel):
+    """Where the uplink connects; the certificate files stay the gateway's own."""
+
+    model_config = _MODEL
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+
+
+class ManagedConfig(BaseModel):
+    """The part of the agent's config an operator sets over the air (a desired config).
+
+    It replaces ``sources`` and ``devices`` and, when given, ``log_level``, the uplink's broker
+    address and the buffer settings; identity files and the state directory stay local.
+    """
+
+    model_config = _MODEL
+
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    uplink: UplinkTarget | None = None
+    buffer: BufferConfig | None = None
+    sources: list[SourceConfig] = Field(default_factory=list)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> ManagedConfig:
+        names = [d.name for d in self.devices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"devices: names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
 class AgentConfig(BaseModel):
     """The whole agent configuration."""
 

@@ -230,6 +230,11 @@ class EnrollmentService:
             gateway_id=gateway_id,
             issued_ns=self._now(),
             not_after_ns=int(cert.not_valid_after_utc.timestamp() * 1e9),
+            public_key_pem=cert.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode(),
         )
 
     # -- renewal ------------------------------------------------------------------------------

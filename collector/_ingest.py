@@ -178,6 +178,8 @@ class Ingestor:
                 self._state(msg, gateway_id)
             elif kind == "renew":
                 replies.extend(self._renew(msg, gateway_id))
+            elif kind == "config":
+                self._config_report(msg, gateway_id)
             else:
                 self._log.debug("ignoring %s from %s (not handled yet)", kind, gateway_id)
         if accepted:
@@ -336,6 +338,26 @@ class Ingestor:
             )
             for a in accepted
         ]
+
+    def _config_report(self, msg: Incoming, gateway_id: str) -> None:
+        try:
+            report = wire.decode_config_report(msg.payload)
+        except wire.MessageRejected as exc:
+            self._quarantine(msg, gateway_id, "invalid_schema", str(exc))
+            return
+        try:
+            self._docs.save_config_report(gateway_id, report)
+        except StoreError as exc:
+            self._log.error("cannot store the config report of %s: %s", gateway_id, exc)
+            return
+        log = self._log.info if report.status == "applied" else self._log.warning
+        log(
+            "gateway %s: config %d %s%s",
+            gateway_id,
+            report.version,
+            report.status,
+            f" ({report.reason}: {'; '.join(report.errors)})" if report.reason else "",
+        )
 
     def _state(self, msg: Incoming, gateway_id: str) -> None:
         try:

@@ -8,7 +8,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiomqtt
 import uvicorn
@@ -96,8 +96,31 @@ class CollectorService:
         self.subscribed = asyncio.Event()
         self._ts = timeseries
         self._retention = retention
+        # Retained publishes asked for from other threads (the API): desired configs.
+        self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_connect: Callable[[], object] | None = None  # e.g. republish desired configs
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """Publish retained (QoS 1) on the next or current broker session; any thread."""
+        if self._loop is None or self._outbox is None:
+            raise RuntimeError("the collector service is not running")
+        outbox = self._outbox
+        self._loop.call_soon_threadsafe(outbox.put_nowait, (topic, payload))
+
+    async def _publish_outbox(self, client: aiomqtt.Client) -> None:
+        assert self._outbox is not None
+        while True:
+            topic, payload = await self._outbox.get()
+            try:
+                await client.publish(topic, payload, qos=1, retain=True)
+            except aiomqtt.MqttError:
+                self._outbox.put_nowait((topic, payload))  # again on the next session
+                raise
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
         self.monitor.register("ingest")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
@@ -237,9 +260,12 @@ class CollectorService:
             self.subscribed.set()
             self._notifier.ready(self._status())
             queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=self._max_queued)
+            if self.on_connect is not None:
+                await asyncio.to_thread(self.on_connect)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(client, queue), name="collector-receive")
                 tg.create_task(self._work(client, queue), name="collector-ingest")
+                tg.create_task(self._publish_outbox(client), name="collector-publish")
 
     async def _receive(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
         async for message in client.messages:

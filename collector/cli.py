@@ -17,6 +17,7 @@ import orjson
 
 from collector._broker import init_broker, issue_gateway_identity
 from collector._config import CollectorConfig, load_config
+from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
@@ -97,6 +98,12 @@ def serve(config_path: Path) -> None:
             timeseries=ts,
             retention=config.retention,
         )
+        configs = None
+        if config.pki is not None:
+            configs = ConfigService(
+                docs=docs, signing_key=config.pki.signing_key, publish=service.publish_retained
+            )
+            service.on_connect = configs.republish
         api = None
         if config.api and enrollment:
             services = ApiServices(
@@ -106,6 +113,7 @@ def serve(config_path: Path) -> None:
                 metrics=ingestor.metrics,
                 broker_connected=service.subscribed.is_set,
                 replay=ingestor.replay,
+                configs=configs,
             )
             api = ApiServer(config.api, create_app(services))
         asyncio.run(_run_until_signal(service, api))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -57,8 +58,16 @@ class ConfigEnvelope(BaseModel):
         return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
+def _segment(item: Any, index: int) -> str:
+    """A list element's path segment: ``[name]`` when it has a name, so a secret follows its
+    device when the list is reordered; else ``[index]``."""
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return f"[{item['name']}]"
+    return f"[{index}]"
+
+
 def split_secrets(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``config`` without its secret values, and the secrets by path (``devices.0.password``)."""
+    """``config`` without its secret values, and the secrets by path (``devices[fw-1].password``)."""
     found: dict[str, str] = {}
 
     def walk(node: Any, path: str) -> Any:
@@ -72,22 +81,52 @@ def split_secrets(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
                 out[key] = walk(value, here)
             return out
         if isinstance(node, list):
-            return [walk(item, f"{path}.{i}") for i, item in enumerate(node)]
+            return [walk(item, path + _segment(item, i)) for i, item in enumerate(node)]
         return node
 
     return walk(config, ""), found
+
+
+_PART = re.compile(r"\.?([^.\[\]]+)|\[([^\]]+)\]")
+
+
+def _parent(config: Any, path: str) -> tuple[Any, str] | None:
+    """The object holding the member ``path`` names, and the member's name; None if absent."""
+    parts = [(m.group(1), m.group(2)) for m in _PART.finditer(path)]
+    if not parts or parts[-1][0] is None:
+        return None
+    node = config
+    for key, item in parts[:-1]:
+        if key is not None:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        else:
+            if not isinstance(node, list):
+                return None
+            named = [x for x in node if isinstance(x, dict) and x.get("name") == item]
+            if named:
+                node = named[0]
+            elif item.isdigit() and int(item) < len(node):
+                node = node[int(item)]
+            else:
+                return None
+    return (node, parts[-1][0]) if isinstance(node, dict) else None
+
+
+def has_place(config: dict[str, Any], path: str) -> bool:
+    """Whether ``config`` still has the object a secret at ``path`` belongs to."""
+    return _parent(config, path) is not None
 
 
 def join_secrets(config: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
     """Put secret values back at their paths (a copy; ``config`` is not changed)."""
     out: dict[str, Any] = orjson.loads(orjson.dumps(config))
     for path, value in secrets.items():
-        *parents, leaf = path.split(".")
-        node: Any = out
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        if not isinstance(node, dict):
+        found = _parent(out, path)
+        if found is None:
             raise EnvelopeRefused("bad_format", f"secret path {path!r} does not fit the config")
+        node, leaf = found
         node[leaf] = value
     return out
 
@@ -204,6 +243,8 @@ def seal_config(
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     plain, secrets = split_secrets(config)
+    # A carried secret whose device is gone from the config is dropped with it.
+    carried = {path: blob for path, blob in (carried or {}).items() if has_place(plain, path)}
     sealed = {
         path: seal_secret(value, public_key_pem=public_key_pem, gateway_id=gateway_id, path=path)
         for path, value in secrets.items()
@@ -213,7 +254,7 @@ def seal_config(
         version=version,
         issued_ns=issued_ns,
         config=plain,
-        secrets={**(carried or {}), **sealed},
+        secrets={**carried, **sealed},
     )
     key = serialization.load_pem_private_key(signing_key_pem, password=None)
     if not isinstance(key, ed25519.Ed25519PrivateKey):

@@ -64,6 +64,20 @@ class GatewayState(BaseModel):
     drops: dict[str, int] = Field(default_factory=dict)
 
 
+class ConfigReport(BaseModel):
+    """On ``P/up/config``: what the gateway did with a desired config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = 1
+    version: Annotated[int, Field(ge=0)]  # the envelope's version this is about
+    status: Literal["applied", "rejected", "rolled_back"]
+    applied_version: Annotated[int, Field(ge=0)]  # what runs now
+    reason: str = ""  # bad_signature, replayed, invalid, no_ack_within_grace, …
+    errors: list[str] = Field(default_factory=list)  # validation errors, device errors
+    ts: int
+
+
 class RenewRequest(BaseModel):
     """On ``P/up/renew``: a new certificate request, made with a new key on the gateway."""
 
@@ -103,6 +117,13 @@ def decode_state(data: bytes) -> GatewayState:
         return GatewayState.model_validate_json(data)
     except ValidationError as exc:
         raise MessageRejected(f"not a gateway state message: {exc.errors()[0]['msg']}") from None
+
+
+def decode_config_report(data: bytes) -> ConfigReport:
+    try:
+        return ConfigReport.model_validate_json(data)
+    except ValidationError as exc:
+        raise MessageRejected(f"not a config report: {exc.errors()[0]['msg']}") from None
 
 
 def decode_renew_request(data: bytes) -> RenewRequest:

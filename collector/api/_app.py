@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from collector._version import version
 from collector.api._deps import ApiServices
 from collector.api._metrics import metrics_text
-from collector.api.routes import data, enrollment, fleet, gateways, operations
+from collector.api.routes import configs, data, enrollment, fleet, gateways, operations
 
 
 def create_app(services: ApiServices) -> FastAPI:
@@ -22,6 +22,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(fleet.router)
     app.include_router(data.router)
     app.include_router(operations.router)
+    app.include_router(configs.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -89,5 +90,6 @@ def _code(status_code: int) -> str:
         401: "unauthorized",
         403: "forbidden",
         404: "not_found",
+        409: "conflict",
         503: "unavailable",
     }.get(status_code, "error")

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics
 from collector.stores import AuditEntry, DocumentStore, QuarantineEntry, TimeSeriesStore
@@ -28,6 +29,7 @@ class ApiServices:
     broker_connected: Callable[[], bool] | None = None  # the collector's MQTT session is up
     # Validate and ingest a quarantined message again: (result, detail); see Ingestor.replay.
     replay: Callable[[QuarantineEntry, int], tuple[str, str]] | None = None
+    configs: ConfigService | None = None  # desired configs (needs [pki])
 
 
 @dataclass(frozen=True)

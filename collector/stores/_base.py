@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from wire import Event, FieldValue, GatewayState
+from wire import ConfigReport, Event, FieldValue, GatewayState
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,18 @@ class CertificateRecord:
     issued_ns: int
     not_after_ns: int
     revoked_ns: int | None = None
+    public_key_pem: str = ""  # the gateway's key: desired-config secrets are sealed to it
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredConfigRecord:
+    """One version of a gateway's desired config, as signed and sealed (no secret in clear)."""
+
+    gateway_id: str
+    version: int
+    issued_ns: int
+    actor: str
+    envelope: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +310,20 @@ class DocumentStore(Protocol):
     def api_token(self, token_hash: str) -> ApiTokenRecord | None: ...
 
     def revoke_api_token(self, token_id: str, now_ns: int) -> bool: ...
+
+    def gateway_public_key(self, gateway_id: str) -> str | None: ...
+
+    def add_desired_config(self, record: DesiredConfigRecord) -> None:
+        """Raises :class:`~collector._exceptions.StoreError` if that version exists already."""
+        ...
+
+    def desired_configs(self, gateway_id: str, *, limit: int = 20) -> list[DesiredConfigRecord]:
+        """Newest first."""
+        ...
+
+    def save_config_report(self, gateway_id: str, report: ConfigReport) -> None: ...
+
+    def config_report(self, gateway_id: str) -> ConfigReport | None: ...
 
     def ping(self) -> None: ...
 

@@ -21,6 +21,7 @@ from collector.stores._base import (
     AuditEntry,
     BatchRecord,
     CertificateRecord,
+    DesiredConfigRecord,
     EnrollmentTokenRecord,
     GatewayRecord,
     GatewayRegistration,
@@ -31,7 +32,7 @@ from collector.stores._base import (
     SeriesWrite,
     StoredPoint,
 )
-from wire import Event, FieldValue, GatewayState
+from wire import ConfigReport, Event, FieldValue, GatewayState
 
 TS_MIGRATIONS = Migrations("outpost-collector-timeseries")
 ROLLUP_5M = 300 * 10**9
@@ -166,6 +167,22 @@ def _doc_replay_and_audit(db: Database) -> None:
         " source TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}')"
     )
     db.execute("CREATE INDEX audit_ts ON audit (ts)")
+
+
+@DOC_MIGRATIONS(name="0004_desired_configs")
+def _doc_desired_configs(db: Database) -> None:
+    db.execute("ALTER TABLE certificates ADD COLUMN public_key_pem TEXT NOT NULL DEFAULT ''")
+    # Every version an operator set, signed and sealed as it was published: the history.
+    db.execute(
+        "CREATE TABLE desired_configs (gateway_id TEXT NOT NULL, version INTEGER NOT NULL,"
+        " issued_ns INTEGER NOT NULL, actor TEXT NOT NULL, envelope BLOB NOT NULL,"
+        " PRIMARY KEY (gateway_id, version)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE config_reports (gateway_id TEXT PRIMARY KEY, version INTEGER NOT NULL,"
+        " status TEXT NOT NULL, applied_version INTEGER NOT NULL, reason TEXT NOT NULL,"
+        " errors TEXT NOT NULL, ts INTEGER NOT NULL, received_ns INTEGER NOT NULL)"
+    )
 
 
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
@@ -1010,9 +1027,9 @@ class SqliteDocumentStore(_SqliteBase):
     @staticmethod
     def _insert_certificate(conn: sqlite3.Connection, cert: CertificateRecord) -> None:
         conn.execute(
-            "INSERT INTO certificates (serial, gateway_id, issued_ns, not_after_ns)"
-            " VALUES (?, ?, ?, ?)",
-            (cert.serial, cert.gateway_id, cert.issued_ns, cert.not_after_ns),
+            "INSERT INTO certificates (serial, gateway_id, issued_ns, not_after_ns, public_key_pem)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (cert.serial, cert.gateway_id, cert.issued_ns, cert.not_after_ns, cert.public_key_pem),
         )
 
     def record_certificate(self, cert: CertificateRecord) -> None:
@@ -1066,12 +1083,15 @@ class SqliteDocumentStore(_SqliteBase):
 
     def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
         sql = (
-            "SELECT id, tenant, site, state, last_seen_ns, enrolled_ns, cert_not_after_ns,"
-            " revoked_ns, hardware, status, clock_skew_s, clock_flagged FROM gateways"
+            "SELECT g.id, g.tenant, g.site, g.state, g.last_seen_ns, g.enrolled_ns,"
+            " g.cert_not_after_ns, g.revoked_ns, g.hardware, g.status, g.clock_skew_s,"
+            " g.clock_flagged, r.applied_version,"
+            " (SELECT max(version) FROM desired_configs d WHERE d.gateway_id = g.id)"
+            " FROM gateways g LEFT JOIN config_reports r ON r.gateway_id = g.id"
         )
         args: list[Any] = []
         if tenant is not None and tenant != ALL_TENANTS:
-            sql += " WHERE tenant = ?"
+            sql += " WHERE g.tenant = ?"
             args.append(tenant)
         cols = (
             "id",
@@ -1086,9 +1106,11 @@ class SqliteDocumentStore(_SqliteBase):
             "status",
             "clock_skew_s",
             "clock_flagged",
+            "config_applied",
+            "config_desired",
         )
         out = []
-        for row in self._all(sql + " ORDER BY id", args):
+        for row in self._all(sql + " ORDER BY g.id", args):
             item = dict(zip(cols, row, strict=True))
             item["hardware"] = orjson.loads(item["hardware"])
             item["status"] = orjson.loads(item["status"])
@@ -1145,6 +1167,73 @@ class SqliteDocumentStore(_SqliteBase):
             args.append(tenant)
         rows = self._all(sql + " GROUP BY e.source", args)
         return {r[0]: (str(r[1]), int(r[2])) for r in rows}
+
+    # -- desired configs (over the air) -------------------------------------------------------
+
+    def gateway_public_key(self, gateway_id: str) -> str | None:
+        row = self._one(
+            "SELECT public_key_pem FROM certificates WHERE gateway_id = ? AND revoked_ns IS NULL"
+            " AND public_key_pem != '' ORDER BY issued_ns DESC LIMIT 1",
+            (gateway_id,),
+        )
+        return None if row is None else str(row[0])
+
+    def add_desired_config(self, record: DesiredConfigRecord) -> None:
+        with self._tx("store a desired config") as conn:
+            conn.execute(
+                "INSERT INTO desired_configs (gateway_id, version, issued_ns, actor, envelope)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.gateway_id,
+                    record.version,
+                    record.issued_ns,
+                    record.actor,
+                    record.envelope,
+                ),
+            )
+
+    def desired_configs(self, gateway_id: str, *, limit: int = 20) -> list[DesiredConfigRecord]:
+        rows = self._all(
+            "SELECT gateway_id, version, issued_ns, actor, envelope FROM desired_configs"
+            " WHERE gateway_id = ? ORDER BY version DESC LIMIT ?",
+            (gateway_id, limit),
+        )
+        return [DesiredConfigRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    def save_config_report(self, gateway_id: str, report: ConfigReport) -> None:
+        with self._tx("store a config report") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO config_reports (gateway_id, version, status,"
+                " applied_version, reason, errors, ts, received_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    gateway_id,
+                    report.version,
+                    report.status,
+                    report.applied_version,
+                    report.reason,
+                    orjson.dumps(report.errors).decode(),
+                    report.ts,
+                    time.time_ns(),
+                ),
+            )
+
+    def config_report(self, gateway_id: str) -> ConfigReport | None:
+        row = self._one(
+            "SELECT version, status, applied_version, reason, errors, ts FROM config_reports"
+            " WHERE gateway_id = ?",
+            (gateway_id,),
+        )
+        if row is None:
+            return None
+        return ConfigReport(
+            version=row[0],
+            status=row[1],
+            applied_version=row[2],
+            reason=row[3],
+            errors=orjson.loads(row[4]),
+            ts=row[5],
+        )
 
     # -- API tokens ---------------------------------------------------------------------------
 

@@ -2,115 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import statistics
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 import wire
-from collector._config import load_config
-from collector._enrollment import EnrollmentService, hash_token
-from collector._ingest import Incoming, IngestMetrics, Ingestor
-from collector.api import ApiServices, create_app
+from collector._ingest import Incoming
 from collector.stores import (
-    ApiTokenRecord,
     BatchRecord,
     SeriesWrite,
-    SqliteDocumentStore,
-    SqliteTimeSeriesStore,
 )
-from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
-from provisioning._ca import make_csr, new_key
-from tests.conftest import require_service
+from tests.collector._api_fixture import MINUTE, T0, Api, iso
 from wire import Event, GatewayState, topics
-
-T0 = 1_795_300_000 * 10**9  # 2026-11-21T20:26:40Z
-MINUTE = 60 * 10**9
-
-
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    ts: SqliteTimeSeriesStore
-    docs: SqliteDocumentStore
-    metrics: IngestMetrics
-    broker_up: list[bool]
-    gateways: dict[str, str]  # name → gateway id
-    tokens: dict[str, str]  # name → bearer token
-    ingestors: list[Ingestor]  # [as deployed (max 5 readings a batch), after the fix]
-
-    async def get(
-        self, path: str, token: str | None = "viewer-a", **params: object
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[token]}"} if token else {}
-        return await self.client.get(path, params=params, headers=headers)  # type: ignore[arg-type]
-
-
-def iso(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat()
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
-    broker = Mosquitto(tmp_path / "broker")  # only its CA and files; not started
-    config = load_config(
-        collector_config(tmp_path / "c.toml", broker, tmp_path / "data", api_port=free_port())
-    )
-    ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
-    docs = SqliteDocumentStore(config.stores.documents_path)
-    assert config.pki is not None
-    assert config.enrollment is not None
-    enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
-    gateways = {}
-    for name, tenant, site in (
-        ("a1", "acme", "hq"),
-        ("a2", "acme", "depot"),
-        ("b1", "globex", "hq"),
-    ):
-        token, _ = enrollment.create_token(tenant=tenant, site=site, expires_s=60, uses=1)
-        csr = make_csr(new_key()).public_bytes(serialization.Encoding.PEM).decode()
-        gateways[name] = enrollment.enroll(token=token, csr_pem=csr, hardware={}).gateway_id
-    tokens = {}
-    for name, tenant, role in (
-        ("viewer-a", "acme", "viewer"),
-        ("viewer-b", "globex", "viewer"),
-        ("operator-a", "acme", "operator"),
-        ("operator-b", "globex", "operator"),
-        ("admin", "*", "admin"),
-    ):
-        tokens[name] = f"opa_test_{name}_0123456789abcdef"
-        docs.create_api_token(
-            ApiTokenRecord(name, hash_token(tokens[name]), tenant, role, name, T0)
-        )
-    metrics = IngestMetrics()
-    broker_up = [True]
-    # Ingest as deployed with a too-small limit; a test swaps in the fixed one for replays.
-    strict = config.model_copy(
-        update={"limits": config.limits.model_copy(update={"max_readings": 5})}
-    )
-    ingestors = [
-        Ingestor(config=strict, timeseries=ts, documents=docs, enrollment=enrollment),
-        Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment),
-    ]
-    services = ApiServices(
-        documents=docs,
-        enrollment=enrollment,
-        timeseries=ts,
-        metrics=metrics,
-        broker_connected=lambda: broker_up[0],
-        replay=lambda entry, now: ingestors[-1].replay(entry, now),
-    )
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
-        yield Api(client, ts, docs, metrics, broker_up, gateways, tokens, ingestors)
-    ts.close()
-    docs.close()
 
 
 def write_temperatures(api: Api, name: str, tenant: str, offset: float = 0.0) -> list[float]:

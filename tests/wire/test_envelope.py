@@ -78,9 +78,9 @@ def test_round_trip_and_no_secret_in_the_clear(signing: tuple[bytes, bytes], kin
     assert config == CONFIG
     assert "auth_key" not in envelope.config["devices"][0]
     assert set(envelope.secrets) == {
-        "devices.0.auth_key",
-        "devices.0.priv_key",
-        "devices.1.password",
+        "devices[fw-1].auth_key",
+        "devices[fw-1].priv_key",
+        "devices[ctl].password",
     }
 
 
@@ -125,7 +125,7 @@ def test_a_sealed_secret_opens_only_where_it_was_sealed(signing: tuple[bytes, by
     # A validly signed envelope whose blob was moved to another field does not open either.
     doc = orjson.loads(seal(signing, key))
     moved = dict(doc["secrets"])
-    moved["devices.1.password"] = moved["devices.0.auth_key"]
+    moved["devices[ctl].password"] = moved["devices[fw-1].auth_key"]
     resigned = seal_config(
         {"devices": doc["config"]["devices"], "sources": doc["config"]["sources"]},
         gateway_id="gw-1",
@@ -141,9 +141,10 @@ def test_a_sealed_secret_opens_only_where_it_was_sealed(signing: tuple[bytes, by
 def test_secrets_carry_over_versions_and_key_renewals(signing: tuple[bytes, bytes]) -> None:
     old_key, new_key = gateway_key("p256"), gateway_key("p256")
     v1 = orjson.loads(seal(signing, old_key, version=1))
-    # Version 2 changes an interval only: the sealed secrets are carried, never seen in clear.
+    # Version 2 changes an interval and the order of the devices: the sealed secrets are
+    # carried (never seen in clear) and stay with their device.
     config2 = {
-        "devices": [dict(d, interval=60) for d in v1["config"]["devices"]],
+        "devices": [dict(d, interval=60) for d in reversed(v1["config"]["devices"])],
         "sources": v1["config"]["sources"],
     }
     v2 = seal(signing, new_key, version=2, config=config2, carried=v1["secrets"])
@@ -155,6 +156,8 @@ def test_secrets_carry_over_versions_and_key_renewals(signing: tuple[bytes, byte
         verify_key_pem=signing[1],
         private_keys=[new_key, old_key],
     )
-    assert config["devices"][1]["password"] == "unifi-secret-789"
-    assert config["devices"][0]["interval"] == 60
+    assert config["devices"][0]["name"] == "ctl"
+    assert config["devices"][0]["password"] == "unifi-secret-789"
+    assert config["devices"][1]["priv_key"] == "priv-secret-456"
+    assert config["devices"][1]["interval"] == 60
     assert refused(v2, signing, [new_key], applied=1) == "bad_secret"

@@ -24,7 +24,8 @@ class GatewaySummary(BaseModel):
     backlog_readings: int | None  # as last reported by the gateway
     oldest_unsent_s: float | None
     drops: dict[str, int]  # readings dropped on the gateway, by reason, as last reported
-    config_version: int | None  # over-the-air config (not yet available: always null)
+    config_version: int | None  # the desired config version the gateway reports applied
+    config_desired_version: int | None  # the newest desired config set for it
     clock_flagged: bool
 
 
@@ -69,7 +70,8 @@ def _summary(g: dict[str, Any]) -> dict[str, Any]:
         "backlog_readings": status_.get("backlog_readings"),
         "oldest_unsent_s": status_.get("oldest_unsent_s"),
         "drops": drops,
-        "config_version": None,
+        "config_version": g.get("config_applied"),
+        "config_desired_version": g.get("config_desired"),
         "clock_flagged": g["clock_flagged"],
     }
 

@@ -1,0 +1,3 @@
+"""Fixtures of the collector tests."""
+
+from tests.collector._api_fixture import api  # noqa: F401  (a fixture)
