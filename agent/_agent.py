@@ -14,6 +14,7 @@ import wire
 from agent._buffer import Outbox
 from agent._clock import Clock
 from agent._config import AgentConfig, DeviceConfig, HostSourceConfig, SimulatedSourceConfig
+from agent._managed import ConfigReceiver
 from agent._uplink import Uplink
 from agent.profiles import Mapper, Profile, find_profile
 from agent.sources import HostSource, SimulatedSource, Source
@@ -146,6 +147,10 @@ def build_sources(config: AgentConfig, clock: Clock) -> list[Source]:
     return sources
 
 
+class _Restart(Exception):
+    """Leave the task group and start again with the config just written."""
+
+
 class Agent:
     """Everything that runs on the gateway. Construct in ``main`` and ``await run()``."""
 
@@ -161,6 +166,7 @@ class Agent:
         rng: random.Random | None = None,
         notifier: Notifier | None = None,
         monitor: ProgressMonitor | None = None,
+        receiver: ConfigReceiver | None = None,
     ) -> None:
         self.config = config
         self._notifier = notifier or Notifier({})
@@ -173,6 +179,10 @@ class Agent:
         self._rng = rng or random.Random()
         self._appended = 0
         self._batch_due = asyncio.Event()
+        self._receiver = receiver
+        self._deferred: bytes | None = None
+        self.restart_requested = False
+        self._restart = asyncio.Event()
         self.uplink = Uplink(
             gateway_id=config.gateway_id,
             config=config.uplink,
@@ -182,6 +192,7 @@ class Agent:
             logger=self._log.getChild("uplink"),
             rng=self._rng,
             on_progress=lambda: self.monitor.beat("uplink"),
+            on_config=self._on_config if receiver is not None else None,
         )
 
     def state_message(self, state: str) -> wire.GatewayState:
@@ -235,9 +246,87 @@ class Agent:
                     ),
                     name="watchdog",
                 )
+                if self._receiver is not None:
+                    tg.create_task(self._config_guard(self._receiver), name="config-guard")
+                tg.create_task(self._restart_when_asked(), name="restart")
                 self._notifier.ready(self._status())
+        except* _Restart:
+            self.restart_requested = True
+            self._log.info("restarting into the new configuration")
         finally:
             self._notifier.stopping()
+
+    async def _restart_when_asked(self) -> None:
+        await self._restart.wait()
+        raise _Restart()
+
+    async def _on_config(self, payload: bytes) -> None:
+        """A desired config arrived: open, validate, apply (and restart) or report why not."""
+        assert self._receiver is not None
+        if self._receiver.state.pending is not None:
+            self._deferred = payload  # looked at once the config on trial is confirmed
+            return
+        report, restart = await asyncio.to_thread(self._receiver.receive, payload)
+        if report is not None:
+            self._log.warning(
+                "config %d refused: %s: %s", report.version, report.reason, "; ".join(report.errors)
+            )
+            self.uplink.reports.put_nowait(report)
+        if restart:
+            self._restart.set()
+
+    async def _config_guard(self, receiver: ConfigReceiver) -> None:
+        """Confirm a newly applied config at the first ack, or roll it back after the grace."""
+        state = receiver.state
+        outcome = state.take_outcome()
+        if outcome is not None:
+            self.uplink.reports.put_nowait(wire.ConfigReport(**outcome))
+        pending = state.pending
+        if pending is None:
+            return
+        grace = self.config.uplink.config_grace_s
+        left = grace - (self._clock.wall_ns() - int(pending["since_ns"])) / 1e9
+        try:
+            async with asyncio.timeout(max(left, 1.0)):
+                await self._working_uplink()
+        except TimeoutError:
+            rolled = state.roll_back("no_ack_within_grace", self._clock.wall_ns())
+            self._log.error(
+                "config %d: no ack from the collector within %.0f s; back to the last good config",
+                rolled,
+                grace,
+            )
+            self._restart.set()
+            return
+        version = state.confirm()
+        if version is not None:
+            self._log.info("config %d confirmed by the collector's ack", version)
+            self.uplink.reports.put_nowait(
+                wire.ConfigReport(
+                    version=version,
+                    status="applied",
+                    applied_version=version,
+                    ts=self._clock.wall_ns(),
+                )
+            )
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            await self._on_config(deferred)  # a newer config that came during the trial
+
+    async def _working_uplink(self) -> None:
+        """Return once the collector acks a batch, or the uplink has been up with nothing to
+        send for 10 s (a config with nothing to collect gets no acks)."""
+        quiet_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while not self.uplink.acked.is_set():
+            idle = self.uplink.connected.is_set() and self.outbox.stats().batches == 0
+            if idle:
+                quiet_since = quiet_since or loop.time()
+                if loop.time() - quiet_since >= 10:
+                    return
+            else:
+                quiet_since = None
+            await asyncio.sleep(0.5)
 
     def _status(self) -> str:
         stats = self.outbox.stats()

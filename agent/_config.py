@@ -45,6 +45,14 @@ class UplinkConfig(BaseModel):
     # Renew the certificate at this fraction of its lifetime, at most once per interval.
     renew_at: Annotated[float, Field(gt=0, lt=1)] = 2 / 3
     renew_min_interval: Annotated[float, Field(ge=0)] = 3600.0
+    # Over-the-air config: the collector's signing key pinned at enrollment (default: next to
+    # key_file), and how long a new config may go without an ack before it is rolled back.
+    config_signing_key: Path | None = None
+    config_grace_s: Annotated[float, Field(gt=0)] = 300.0
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.config_signing_key or self.key_file.parent / "config-signing.pub"
 
 
 class BufferConfig(BaseModel):
@@ -249,7 +257,17 @@ class AgentConfig(BaseModel):
 
 
 def load_config(path: Path) -> AgentConfig:
-    """Read and validate ``path``; raise :class:`ConfigError` saying what to change."""
+    """Read and validate ``path`` with the config applied over the air laid over it; raise
+    :class:`ConfigError` saying what to change."""
+    from agent._managed import ManagedState
+
+    raw = load_raw(path)
+    state_dir = Path(str(raw.get("state_dir", "/var/lib/outpost")))
+    return parse_config(ManagedState(state_dir).effective(raw), source=str(path))
+
+
+def load_raw(path: Path) -> dict[str, object]:
+    """The TOML of ``path`` as it is on disk (without the over-the-air part)."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -260,7 +278,7 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, source=str(path))
+    return raw
 
 
 def parse_config(raw: dict[str, object], *, source: str = "<config>") -> AgentConfig:

@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime as dt
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -88,6 +89,22 @@ class CertificateRenewer:
     def forget(self, request: RenewalRequest) -> None:
         self._waiting.pop(request.request_id, None)
 
+    def _keep_previous_key(self) -> None:
+        """Keep the key being replaced (0600): desired-config secrets sealed to it still open."""
+        if not self._key_file.exists():
+            return
+        folder = self._key_file.parent / PREVIOUS_KEYS
+        folder.mkdir(mode=0o700, exist_ok=True)
+        target = folder / f"{time.time_ns()}.key"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, self._key_file.read_bytes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for old in previous_keys(self._key_file)[_KEEP_KEYS:]:
+            old.unlink()
+
     def install(self, certificate_pem: str, key: bytes) -> None:
         """Check the new certificate against the new key and our id, then replace both files."""
         from cryptography import x509
@@ -110,6 +127,7 @@ class CertificateRenewer:
         if self._cert_file.parent != self._key_file.parent:
             raise UplinkError("cert_file and key_file must be in one directory to be renewed")
         try:
+            self._keep_previous_key()
             replace_files(
                 self._cert_file.parent,
                 {
@@ -119,11 +137,23 @@ class CertificateRenewer:
             )
         except ProvisioningError as exc:
             raise UplinkError(str(exc)) from exc
+        except OSError as exc:
+            raise UplinkError(f"cannot keep the previous key: {exc.strerror}") from exc
         self.renewals += 1
         self._log.info(
             "gateway certificate renewed, valid until %s",
             f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}",
         )
+
+
+PREVIOUS_KEYS = "previous-keys"
+_KEEP_KEYS = 3
+
+
+def previous_keys(key_file: Path) -> list[Path]:
+    """Keys this gateway had before its renewals, newest first: configs sealed to them open."""
+    folder = key_file.parent / PREVIOUS_KEYS
+    return sorted(folder.glob("*.key"), reverse=True) if folder.is_dir() else []
 
 
 def certificate_validity(pem: bytes) -> tuple[float, float]:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -112,8 +112,12 @@ class Uplink:
         logger: logging.Logger | None = None,
         rng: random.Random | None = None,
         on_progress: Callable[[], None] = lambda: None,
+        on_config: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self.gateway_id = gateway_id
+        self._on_config = on_config
+        self.reports: asyncio.Queue[wire.ConfigReport] = asyncio.Queue()
+        self.acked = asyncio.Event()  # set at the first ack from the collector
         self._progress = on_progress
         self._cfg = config
         self._outbox = outbox
@@ -201,6 +205,8 @@ class Uplink:
             backoff.reset()
             await client.subscribe(topics.down_ack(self.gateway_id), qos=1)
             await client.subscribe(topics.down_renew(self.gateway_id), qos=1)
+            if self._on_config is not None:
+                await client.subscribe(topics.down_config(self.gateway_id), qos=1)
             await self._publish_state(client)
             self._outbox.set_uplink_state("connected")
             self._log.info("uplink connected to %s:%d", self._cfg.host, self._cfg.port)
@@ -212,6 +218,7 @@ class Uplink:
                     tg.create_task(self._send(client), name="uplink-send")
                     tg.create_task(self._report_state(client), name="uplink-state")
                     tg.create_task(self._renew(client), name="uplink-renew")
+                    tg.create_task(self._send_reports(client), name="uplink-reports")
             except asyncio.CancelledError:
                 # Shutting down: say so instead of letting the broker fire the will later.
                 try:
@@ -314,11 +321,27 @@ class Uplink:
         ]
         return props
 
+    async def _send_reports(self, client: aiomqtt.Client) -> None:
+        """Config reports (applied, rejected, rolled back) to ``P/up/config``."""
+        while True:
+            report = await self.reports.get()
+            try:
+                await client.publish(
+                    topics.up_config(self.gateway_id), wire.encode_message(report), qos=1
+                )
+            except aiomqtt.MqttError:
+                self.reports.put_nowait(report)  # again when connected
+                raise
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
+                continue
+            if message.topic.matches(topics.down_config(self.gateway_id)):
+                if self._on_config is not None and payload:
+                    await self._on_config(bytes(payload))
                 continue
             if message.topic.matches(topics.down_renew(self.gateway_id)):
                 try:
@@ -336,6 +359,7 @@ class Uplink:
             self._tracker.discard(msg.seq)
             if isinstance(msg, wire.Ack):
                 self.acks += 1
+                self.acked.set()
                 rejected = msg.status == "quarantined"
                 if rejected:
                     self._log.error(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -27,8 +28,10 @@ from agent._agent import (
 )
 from agent._buffer import Outbox, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
-from agent._config import DeviceConfig, load_config
+from agent._config import DeviceConfig, load_config, load_raw
 from agent._exceptions import AgentError
+from agent._managed import ConfigReceiver, ManagedState
+from agent._renewal import previous_keys
 from agent.profiles import Mapper, Profile, find_profile
 from agent.profiles._model import FieldSpec
 from agent.sources._base import Collection
@@ -66,11 +69,20 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
     """Run the agent until SIGINT or SIGTERM."""
     try:
         config = load_config(config_path)
+        base = load_raw(config_path)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    receiver = ConfigReceiver(
+        gateway_id=config.gateway_id,
+        base=base,
+        source=str(config_path),
+        state=ManagedState(config.state_dir),
+        key_files=[config.uplink.key_file, *previous_keys(config.uplink.key_file)],
+        verify_key_file=config.uplink.signing_key_file,
     )
     clock: Clock = (
         SkewedClock(skew_ns=int(simulate_clock_skew * 1e9))
@@ -96,10 +108,15 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
                     *build_polled_devices(config, clock),
                 ],
                 notifier=Notifier(),
+                receiver=receiver,
             )
             asyncio.run(_run_until_signal(agent))
     except* AgentError as group:
         raise click.ClickException("; ".join(str(e) for e in group.exceptions)) from None
+    if agent.restart_requested:
+        # The buffer is closed and durable; the same command starts with the new config.
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "agent.cli", *sys.argv[1:]])  # noqa: S606
 
 
 async def _run_until_signal(agent: Agent) -> None:

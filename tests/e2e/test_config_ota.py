@@ -1,0 +1,212 @@
+"""Config over the air with a real Mosquitto, the real collector and a real enrolled agent."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from outpost_dev._processes import free_port, spawn, stop
+from tests.e2e._harness import Harness, wait_until
+from tests.e2e.test_protection import Client
+from tests.provisioning.test_enrollment import (
+    _api_up,
+    collector,
+    enroll,
+    gateway_id_of,
+    new_token,
+    trust,
+    tune,
+    url,
+)
+from wire import topics
+
+pytestmark = [pytest.mark.broker]
+SECRET = "pf-api-key-never-in-clear-123"
+
+
+@pytest.fixture
+def site(harness: Harness) -> Iterator[dict[str, Any]]:
+    """A collector with its API, and one enrolled agent running with a simulated source."""
+    harness.api_port = free_port()
+    harness.crl_reload_command = f"kill -HUP {harness.broker.pid}"
+    harness.start_collector()
+    wait_until(lambda: _api_up(harness), timeout=15, what="the collector's API")
+    result = enroll(harness, new_token(harness), "ota")
+    assert result.exit_code == 0, result.output
+    gw = gateway_id_of(harness, "ota")
+    config = harness.root / "ota" / "agent.toml"
+    tune(config, uplink="config_grace_s = 6")
+    with config.open("a") as f:
+        f.write('\n[[sources]]\ntype = "simulated"\nname = "base"\ninterval = 0.5\ndevices = 1\n')
+    token = collector(
+        harness, "api-token", "create", "--tenant", "acme", "--role", "operator", "--name", "t"
+    ).split()[0]
+    log = harness.root / "ota-agent.log"
+    agent = spawn(["agent.cli", "run", "--config", str(config)], log=log)
+    try:
+        yield {"h": harness, "gw": gw, "config": config, "token": token, "log": log}
+    finally:
+        stop(agent)
+
+
+def api(s: dict[str, Any]) -> httpx.Client:
+    return httpx.Client(
+        base_url=url(s["h"]),
+        verify=trust(s["h"]),
+        headers={"Authorization": f"Bearer {s['token']}"},
+        timeout=10,
+    )
+
+
+def devices_seen(s: dict[str, Any], since_ns: int) -> set[str]:
+    with sqlite3.connect(s["h"].data / "timeseries.db") as db:
+        rows = db.execute(
+            "SELECT DISTINCT json_extract(s.tags, '$.device') FROM series s JOIN points p"
+            " ON p.series_id = s.id WHERE json_extract(s.tags, '$.gateway') = ? AND p.ts >= ?",
+            (s["gw"], since_ns),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def reported(s: dict[str, Any]) -> dict[str, Any] | None:
+    with api(s) as c:
+        state = c.get(f"/api/v1/gateways/{s['gw']}/config").json()
+    return state.get("reported")
+
+
+def wait_report(s: dict[str, Any], **want: Any) -> dict[str, Any]:
+    def ok() -> bool:
+        r = reported(s)
+        return r is not None and all(r.get(k) == v for k, v in want.items())
+
+    wait_until(ok, timeout=45, what=f"a config report {want}")
+    report = reported(s)
+    assert report is not None
+    return report
+
+
+def put(s: dict[str, Any], config: dict[str, Any]) -> int:
+    with api(s) as c:
+        r = c.put(f"/api/v1/gateways/{s['gw']}/config", json={"config": config})
+    assert r.status_code == 200, r.text
+    return int(r.json()["version"])
+
+
+def retained(s: dict[str, Any]) -> bytes:
+    """The retained desired config, read by a plain subscriber (the collector's identity)."""
+    files = s["h"].broker.files
+    watcher = Client(s["h"].broker, cert=files.collector_cert, key=files.collector_key)
+    watcher.connect()
+    try:
+        watcher.c.subscribe(topics.down_config(s["gw"]), qos=1)
+        wait_until(lambda: bool(watcher.messages), timeout=10, what="the retained config")
+        return watcher.messages[-1][2]
+    finally:
+        watcher.close()
+
+
+def publish_retained(s: dict[str, Any], payload: bytes) -> None:
+    files = s["h"].broker.files
+    sender = Client(s["h"].broker, cert=files.collector_cert, key=files.collector_key)
+    sender.connect()
+    try:
+        sender.c.publish(topics.down_config(s["gw"]), payload, qos=1, retain=True).wait_for_publish(
+            5
+        )
+    finally:
+        sender.close()
+
+
+def status(s: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "status", "--config", str(s["config"]), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def test_a_config_change_is_applied_and_bad_envelopes_are_refused(site: dict[str, Any]) -> None:
+    s = site
+    wait_until(lambda: "base-1" in devices_seen(s, 0), timeout=30, what="readings before")
+
+    # 1. A change reaches the gateway and is applied: a second simulated source, a device with
+    #    a secret (an HTTP device that does not exist: the config is valid, the device is down).
+    v1 = put(
+        s,
+        {
+            "sources": [{"type": "simulated", "name": "ota", "interval": 0.5, "devices": 2}],
+            "devices": [
+                {
+                    "name": "fw-rest",
+                    "profile": "pfsense-rest",
+                    "target": f"http://127.0.0.1:{free_port()}",
+                    "api_key": SECRET,
+                }
+            ],
+        },
+    )
+    report = wait_report(s, version=v1, status="applied")
+    assert report["applied_version"] == v1
+    since = time.time_ns()
+    wait_until(lambda: {"ota-1", "ota-2"} <= devices_seen(s, since), timeout=30, what="new source")
+    assert "base-1" not in devices_seen(s, since + 2 * 10**9)  # the managed sources replaced it
+
+    # 2. The secret is sealed: a plain subscriber of the retained message never sees it.
+    envelope = retained(s)
+    assert SECRET.encode() not in envelope
+    assert orjson.loads(envelope)["version"] == v1
+    assert SECRET.encode() not in s["log"].read_bytes()
+
+    # 3. A tampered envelope (version bumped, signature kept) is refused and reported.
+    doc = orjson.loads(envelope)
+    tampered = {**doc, "version": v1 + 10, "config": {**doc["config"], "sources": []}}
+    publish_retained(s, orjson.dumps(tampered))
+    report = wait_report(s, version=v1 + 10, status="rejected")
+    assert report["reason"] == "bad_signature"
+    assert report["applied_version"] == v1
+
+    # 4. A replayed older envelope is refused: apply v2, then publish v1 again.
+    v2 = put(s, {"sources": [{"type": "simulated", "name": "ota", "interval": 0.5, "devices": 1}]})
+    wait_report(s, version=v2, status="applied")
+    publish_retained(s, envelope)
+    report = wait_report(s, version=v1, status="rejected")
+    assert report["reason"] == "replayed"
+    assert report["applied_version"] == v2
+
+
+def test_a_config_pointing_at_a_dead_broker_is_rolled_back(site: dict[str, Any]) -> None:
+    s = site
+    wait_until(lambda: "base-1" in devices_seen(s, 0), timeout=30, what="readings before")
+    v1 = put(s, {"sources": [{"type": "simulated", "name": "good", "interval": 0.5, "devices": 1}]})
+    wait_report(s, version=v1, status="applied")
+    dead = free_port()
+    v2 = put(
+        s,
+        {
+            "uplink": {"host": "localhost", "port": dead},
+            "sources": [{"type": "simulated", "name": "lost", "interval": 0.5, "devices": 1}],
+        },
+    )
+    report = wait_report(s, version=v2, status="rolled_back")
+    assert report["reason"] == "no_ack_within_grace"
+    assert report["applied_version"] == v1
+    # Back on the good config, streaming; what was read meanwhile is delivered, nothing dropped.
+    since = time.time_ns()
+    wait_until(lambda: "good-1" in devices_seen(s, since), timeout=30, what="streaming again")
+    wait_until(lambda: status(s)["backlog_readings"] == 0, timeout=30, what="the backlog drained")
+    assert status(s)["drops"] == {}
+    assert devices_seen(s, 0) >= {"lost-1"}  # read while cut off, delivered after the rollback
+    # The retained v2 is not applied again after the rollback.
+    time.sleep(3)
+    assert reported(s)["status"] == "rolled_back"  # type: ignore[index]
