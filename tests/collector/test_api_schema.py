@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from collector._config import load_config
+from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics, Ingestor
 from collector.api import ApiServices, create_app
@@ -65,6 +66,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
         metrics=IngestMetrics(),
         broker_connected=lambda: True,
         replay=Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment).replay,
+        configs=ConfigService(docs=docs, signing_key=config.pki.signing_key),
     )
     yield create_app(services)
     ts.close()
