@@ -5,23 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import logging
+import os
 import secrets
 import signal
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import click
 import orjson
 
+import wire
 from collector._broker import init_broker, issue_gateway_identity
 from collector._config import CollectorConfig, load_config
-from collector._configs import ConfigService
+from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
-from collector._service import ApiServer, CollectorService
+from collector._service import ApiServer, CollectorService, client_tls
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
@@ -428,6 +432,120 @@ def gateway_decommission(config_path: Path, gateway_id: str) -> None:
         f"gateway {gateway_id} decommissioned: {count} certificate(s) revoked; "
         f"CRL written to {config.pki.crl_file}"
     )
+
+
+@main.group("config")
+def config_group() -> None:
+    """Desired configs over the air: set one for a gateway, show desired versus reported."""
+
+
+@config_group.command("set")
+@_config_option
+@click.argument("gateway_id")
+@click.option(
+    "--file",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="JSON or TOML with the managed config: devices, sources, log_level, uplink, buffer.",
+)
+def config_set(config_path: Path, gateway_id: str, config_file: Path) -> None:
+    """Validate, sign, seal and publish a desired config for GATEWAY_ID (retained)."""
+    config, docs = _open_docs(config_path)
+    try:
+        desired = _read_managed(config_file)
+        if config.pki is None:
+            raise click.ClickException(f"{config_path}: the collector needs [pki] to sign configs")
+        if not docs.gateway_exists(gateway_id):
+            raise click.ClickException(f"no gateway {gateway_id!r}; see 'gateway list'")
+        service = ConfigService(
+            docs=docs,
+            signing_key=config.pki.signing_key,
+            publish=lambda topic, payload: _publish_retained(config, topic, payload),
+        )
+        try:
+            record = service.set_desired(gateway_id, desired, f"cli:{getpass.getuser()}")
+        except ConfigInvalid as exc:
+            raise click.ClickException(
+                "the config does not validate; nothing was signed or sent:\n"
+                + "\n".join(f"  {f}: {p}" for f, p in exc.problems)
+            ) from None
+        except ConfigRefused as exc:
+            raise click.ClickException(exc.detail) from None
+        _audit(
+            docs,
+            "config.set",
+            gateway_id,
+            docs.gateway_tenant(gateway_id) or "",
+            version=record.version,
+        )
+    finally:
+        docs.close()
+    click.echo(f"desired config {record.version} for {gateway_id} signed and published")
+
+
+@config_group.command("show")
+@_config_option
+@click.argument("gateway_id")
+def config_show(config_path: Path, gateway_id: str) -> None:
+    """Desired versus reported for GATEWAY_ID (secrets shown as (sealed))."""
+    _, docs = _open_docs(config_path)
+    try:
+        records = docs.desired_configs(gateway_id, limit=1)
+        report = docs.config_report(gateway_id)
+    finally:
+        docs.close()
+    if not records:
+        click.echo(f"{gateway_id}: no desired config set")
+    else:
+        envelope = wire.ConfigEnvelope.model_validate_json(records[0].envelope)
+        shown = wire.join_secrets(envelope.config, dict.fromkeys(envelope.secrets, "(sealed)"))
+        click.echo(f"desired  version {records[0].version}, set by {records[0].actor}")
+        click.echo(json.dumps(shown, indent=2))
+    if report is None:
+        click.echo("reported nothing yet")
+    else:
+        extra = f" ({report.reason}: {'; '.join(report.errors)})" if report.reason else ""
+        click.echo(
+            f"reported version {report.version} {report.status}, "
+            f"running {report.applied_version}{extra}"
+        )
+
+
+def _read_managed(path: Path) -> dict[str, object]:
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--file") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected an object", param_hint="--file")
+    return data
+
+
+def _publish_retained(config: CollectorConfig, topic: str, payload: bytes) -> None:
+    """Publish with the collector's own certificate (the running collector republishes too)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"{config.broker.client_id}-cli-{os.getpid()}",
+        protocol=mqtt.MQTTv5,
+    )
+    client.tls_set_context(client_tls(config.broker))
+    try:
+        client.connect(config.broker.host, config.broker.port)
+        client.loop_start()
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(
+            f"stored, but cannot publish to {config.broker.host}:{config.broker.port}: {exc}; "
+            "the collector publishes it when it next connects"
+        ) from None
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 @main.group("api-token")

@@ -176,9 +176,21 @@ def test_a_config_change_is_applied_and_bad_envelopes_are_refused(site: dict[str
     assert report["reason"] == "bad_signature"
     assert report["applied_version"] == v1
 
-    # 4. A replayed older envelope is refused: apply v2, then publish v1 again.
-    v2 = put(s, {"sources": [{"type": "simulated", "name": "ota", "interval": 0.5, "devices": 1}]})
+    # 4. A replayed older envelope is refused: apply v2 (with the operator's CLI this time),
+    #    then publish v1 again.
+    managed = s["h"].root / "v2.json"
+    managed.write_text(
+        json.dumps(
+            {"sources": [{"type": "simulated", "name": "ota", "interval": 0.5, "devices": 1}]}
+        )
+    )
+    out = collector(s["h"], "config", "set", s["gw"], "--file", str(managed))
+    v2 = v1 + 1
+    assert f"desired config {v2} for {s['gw']} signed and published" in out
     wait_report(s, version=v2, status="applied")
+    shown = collector(s["h"], "config", "show", s["gw"])
+    assert f"reported version {v2} applied, running {v2}" in shown
+    assert SECRET not in shown
     publish_retained(s, envelope)
     report = wait_report(s, version=v1, status="rejected")
     assert report["reason"] == "replayed"
