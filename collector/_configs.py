@@ -76,6 +76,10 @@ class ConfigService:
         Secrets given in clear are sealed now; secrets left out keep the sealed value of the
         previous version (for the same device); nothing secret is stored or published in clear.
         """
+        return self.commit(self.prepare(gateway_id, config, actor))
+
+    def prepare(self, gateway_id: str, config: dict[str, Any], actor: str) -> DesiredConfigRecord:
+        """The next version for the gateway, validated, sealed and signed, not yet stored."""
         public_key = self._docs.gateway_public_key(gateway_id)
         if public_key is None:
             raise ConfigRefused(
@@ -100,9 +104,11 @@ class ConfigService:
             signing_key_pem=self._signing_key.read_bytes(),
             carried=kept,
         )
-        record = DesiredConfigRecord(
-            gateway_id, version, now, actor, wire.encode_envelope(envelope)
-        )
+        return DesiredConfigRecord(gateway_id, version, now, actor, wire.encode_envelope(envelope))
+
+    def commit(self, record: DesiredConfigRecord) -> DesiredConfigRecord:
+        """Store a prepared version and publish it (retained)."""
+        version, gateway_id, actor = record.version, record.gateway_id, record.actor
         try:
             self._docs.add_desired_config(record)
         except StoreError as exc:

@@ -100,6 +100,7 @@ class CollectorService:
         self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_connect: Callable[[], object] | None = None  # e.g. republish desired configs
+        self.rollout_step: Callable[[], None] | None = None  # advances rollouts every 2 s
 
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish retained (QoS 1) on the next or current broker session; any thread."""
@@ -130,6 +131,8 @@ class CollectorService:
             tg.create_task(self._prune_dedup_records(), name="collector-prune")
             tg.create_task(self._log_summary(), name="collector-summary")
             tg.create_task(self._refresh_revocations(), name="collector-revocations")
+            if self.rollout_step is not None:
+                tg.create_task(self._advance_rollouts(self.rollout_step), name="collector-rollouts")
             if self._ts is not None and self._retention is not None:
                 tg.create_task(
                     self._maintain(self._ts, self._retention), name="collector-retention"
@@ -187,6 +190,14 @@ class CollectorService:
             except StoreError as exc:
                 self._log.warning("cannot update rollups or expire old data: %s", exc)
             await asyncio.sleep(r.rollup_interval_s)
+
+    async def _advance_rollouts(self, step: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(2)
+            try:
+                await asyncio.to_thread(step)
+            except StoreError as exc:
+                self._log.warning("cannot advance rollouts: %s", exc)
 
     async def _refresh_revocations(self) -> None:
         """Pick up decommissions made with the CLI (another process) within seconds."""

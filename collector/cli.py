@@ -25,6 +25,7 @@ from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
+from collector._rollouts import RolloutService
 from collector._service import ApiServer, CollectorService, client_tls
 from collector.api import ApiServices, create_app
 from collector.stores import (
@@ -103,11 +104,14 @@ def serve(config_path: Path) -> None:
             retention=config.retention,
         )
         configs = None
+        rollouts = None
         if config.pki is not None:
             configs = ConfigService(
                 docs=docs, signing_key=config.pki.signing_key, publish=service.publish_retained
             )
             service.on_connect = configs.republish
+            rollouts = RolloutService(docs=docs, configs=configs)
+            service.rollout_step = rollouts.step
         api = None
         if config.api and enrollment:
             services = ApiServices(
@@ -118,6 +122,7 @@ def serve(config_path: Path) -> None:
                 broker_connected=service.subscribed.is_set,
                 replay=ingestor.replay,
                 configs=configs,
+                rollouts=rollouts,
             )
             api = ApiServer(config.api, create_app(services))
         asyncio.run(_run_until_signal(service, api))

@@ -11,7 +11,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from collector._version import version
 from collector.api._deps import ApiServices
 from collector.api._metrics import metrics_text
-from collector.api.routes import configs, data, enrollment, fleet, gateways, operations
+from collector.api.routes import (
+    configs,
+    data,
+    enrollment,
+    fleet,
+    gateways,
+    operations,
+    rollouts,
+)
 
 
 def create_app(services: ApiServices) -> FastAPI:
@@ -23,6 +31,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(data.router)
     app.include_router(operations.router)
     app.include_router(configs.router)
+    app.include_router(rollouts.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics
+from collector._rollouts import RolloutService
 from collector.stores import AuditEntry, DocumentStore, QuarantineEntry, TimeSeriesStore
 
 Role = Literal["viewer", "operator", "admin"]
@@ -30,6 +31,7 @@ class ApiServices:
     # Validate and ingest a quarantined message again: (result, detail); see Ingestor.replay.
     replay: Callable[[QuarantineEntry, int], tuple[str, str]] | None = None
     configs: ConfigService | None = None  # desired configs (needs [pki])
+    rollouts: RolloutService | None = None
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,24 @@ def _doc_desired_configs(db: Database) -> None:
     )
 
 
+@DOC_MIGRATIONS(name="0005_rollouts")
+def _doc_rollouts(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE rollouts (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, actor TEXT NOT NULL,"
+        " created_ns INTEGER NOT NULL, status TEXT NOT NULL, current_wave INTEGER NOT NULL,"
+        " waves INTEGER NOT NULL, abort_percent REAL NOT NULL, timeout_s REAL NOT NULL,"
+        " reason TEXT NOT NULL DEFAULT '')"
+    )
+    # One row per gateway: its wave, and its envelope, sealed and signed when the rollout was
+    # made (no secret is kept in clear for later waves).
+    db.execute(
+        "CREATE TABLE rollout_gateways (rollout_id TEXT NOT NULL, gateway_id TEXT NOT NULL,"
+        " wave INTEGER NOT NULL, version INTEGER NOT NULL, issued_ns INTEGER NOT NULL,"
+        " envelope BLOB NOT NULL, started_ns INTEGER, outcome TEXT,"
+        " PRIMARY KEY (rollout_id, gateway_id)) WITHOUT ROWID"
+    )
+
+
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1234,6 +1252,88 @@ class SqliteDocumentStore(_SqliteBase):
             errors=orjson.loads(row[4]),
             ts=row[5],
         )
+
+    # -- rollouts -------------------------------------------------------------------------------
+
+    def create_rollout(self, rollout: dict[str, Any], members: list[dict[str, Any]]) -> None:
+        with self._tx("create a rollout") as conn:
+            conn.execute(
+                "INSERT INTO rollouts (id, tenant, actor, created_ns, status, current_wave,"
+                " waves, abort_percent, timeout_s) VALUES (:id, :tenant, :actor, :created_ns,"
+                " :status, 0, :waves, :abort_percent, :timeout_s)",
+                rollout,
+            )
+            conn.executemany(
+                "INSERT INTO rollout_gateways (rollout_id, gateway_id, wave, version, issued_ns,"
+                " envelope) VALUES (:rollout_id, :gateway_id, :wave, :version, :issued_ns,"
+                " :envelope)",
+                members,
+            )
+
+    def rollouts(
+        self, tenant: str, *, rollout_id: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT id, tenant, actor, created_ns, status, current_wave, waves, abort_percent,"
+            " timeout_s, reason FROM rollouts WHERE 1 = 1"
+        )
+        args: list[Any] = []
+        for column, value in (
+            ("tenant", None if tenant == ALL_TENANTS else tenant),
+            ("id", rollout_id),
+            ("status", status),
+        ):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        cols = (
+            "id",
+            "tenant",
+            "actor",
+            "created_ns",
+            "status",
+            "current_wave",
+            "waves",
+            "abort_percent",
+            "timeout_s",
+            "reason",
+        )
+        return [
+            dict(zip(cols, r, strict=True))
+            for r in self._all(sql + " ORDER BY created_ns DESC", args)
+        ]
+
+    def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
+        cols = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")
+        rows = self._all(
+            "SELECT gateway_id, wave, version, issued_ns, envelope, started_ns, outcome"
+            " FROM rollout_gateways WHERE rollout_id = ? ORDER BY wave, gateway_id",
+            (rollout_id,),
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def update_rollout(self, rollout_id: str, **changes: Any) -> None:
+        allowed = {"status", "current_wave", "reason"}
+        assignments = ", ".join(f"{k} = :{k}" for k in changes if k in allowed)
+        with self._tx("update a rollout") as conn:
+            conn.execute(
+                f"UPDATE rollouts SET {assignments} WHERE id = :id", {**changes, "id": rollout_id}
+            )
+
+    def update_rollout_member(
+        self,
+        rollout_id: str,
+        gateway_id: str,
+        *,
+        started_ns: int | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        with self._tx("update a rollout member") as conn:
+            conn.execute(
+                "UPDATE rollout_gateways SET started_ns = coalesce(?, started_ns),"
+                " outcome = coalesce(?, outcome) WHERE rollout_id = ? AND gateway_id = ?",
+                (started_ns, outcome, rollout_id, gateway_id),
+            )
 
     # -- API tokens ---------------------------------------------------------------------------
 

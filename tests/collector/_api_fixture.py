@@ -16,6 +16,7 @@ from collector._config import load_config
 from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics, Ingestor
+from collector._rollouts import RolloutService
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
@@ -101,6 +102,11 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         Ingestor(config=strict, timeseries=ts, documents=docs, enrollment=enrollment),
         Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment),
     ]
+    configs = ConfigService(
+        docs=docs,
+        signing_key=config.pki.signing_key,
+        publish=lambda topic, payload: published.append((topic, payload)),
+    )
     services = ApiServices(
         documents=docs,
         enrollment=enrollment,
@@ -108,11 +114,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         metrics=metrics,
         broker_connected=lambda: broker_up[0],
         replay=lambda entry, now: ingestors[-1].replay(entry, now),
-        configs=ConfigService(
-            docs=docs,
-            signing_key=config.pki.signing_key,
-            publish=lambda topic, payload: published.append((topic, payload)),
-        ),
+        configs=configs,
+        rollouts=RolloutService(docs=docs, configs=configs),
     )
     transport = httpx.ASGITransport(app=create_app(services))
     async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:

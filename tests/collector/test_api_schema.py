@@ -16,6 +16,7 @@ from collector._config import load_config
 from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics, Ingestor
+from collector._rollouts import RolloutService
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
@@ -59,6 +60,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     )
     docs.create_api_token(ApiTokenRecord("adm", hash_token(ADMIN), "*", "admin", "schema", T0))
     docs.create_api_token(ApiTokenRecord("vw", hash_token(VIEWER), "acme", "viewer", "schema", T0))
+    configs = ConfigService(docs=docs, signing_key=config.pki.signing_key)
     services = ApiServices(
         documents=docs,
         enrollment=enrollment,
@@ -66,7 +68,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
         metrics=IngestMetrics(),
         broker_connected=lambda: True,
         replay=Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment).replay,
-        configs=ConfigService(docs=docs, signing_key=config.pki.signing_key),
+        configs=configs,
+        rollouts=RolloutService(docs=docs, configs=configs),
     )
     yield create_app(services)
     ts.close()

@@ -1,0 +1,211 @@
+"""Rollouts in waves: each wave starts after the one before went well; a bad wave stops it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from collector._config import load_config
+from collector._configs import ConfigInvalid, ConfigService
+from collector._enrollment import EnrollmentService
+from collector._rollouts import RolloutError, RolloutService, wave_sizes
+from collector.stores import SqliteDocumentStore
+from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
+from provisioning._ca import make_csr, new_key
+from tests.collector._api_fixture import Api
+from tests.conftest import require_service
+from wire import ConfigReport, topics
+
+CONFIG: dict[str, Any] = {"sources": [{"type": "simulated", "interval": 5, "devices": 2}]}
+MINUTE = 60 * 10**9
+
+
+@dataclass
+class Fleet:
+    docs: SqliteDocumentStore
+    rollouts: RolloutService
+    gateways: list[str]
+    published: list[str]
+    clock: list[int]
+
+    def report(self, gw: str, version: int, status: str) -> None:
+        applied = version if status == "applied" else 0
+        self.docs.save_config_report(
+            gw,
+            ConfigReport(
+                version=version,
+                status=status,
+                applied_version=applied,
+                reason="",
+                ts=1,  # type: ignore[arg-type]
+            ),
+        )
+
+    def desired(self, gw: str) -> int:
+        found = self.docs.desired_configs(gw, limit=1)
+        return found[0].version if found else 0
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    broker = Mosquitto(tmp_path / "broker")
+    config = load_config(
+        collector_config(tmp_path / "c.toml", broker, tmp_path / "data", api_port=free_port())
+    )
+    assert config.pki is not None
+    assert config.enrollment is not None
+    docs = SqliteDocumentStore(config.stores.documents_path)
+    enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
+    gateways = []
+    for _ in range(10):
+        token, _ = enrollment.create_token(tenant="acme", site="hq", expires_s=60, uses=1)
+        csr = make_csr(new_key()).public_bytes(serialization.Encoding.PEM).decode()
+        gateways.append(enrollment.enroll(token=token, csr_pem=csr, hardware={}).gateway_id)
+    published: list[str] = []
+    clock = [10**18]
+    configs = ConfigService(
+        docs=docs,
+        signing_key=config.pki.signing_key,
+        publish=lambda topic, _payload: published.append(topic),
+    )
+    rollouts = RolloutService(docs=docs, configs=configs, now_ns=lambda: clock[0])
+    yield Fleet(docs, rollouts, sorted(gateways), published, clock)
+    docs.close()
+
+
+def test_wave_sizes() -> None:
+    assert wave_sizes(["1", "10%", "100%"], 10) == [1, 1, 8]
+    assert wave_sizes(["1", "30%", "100%"], 10) == [1, 3, 6]
+    assert wave_sizes(["2", "2"], 10) == [2, 8]  # the last wave takes the rest
+    assert wave_sizes(["100%"], 3) == [3]
+    assert wave_sizes(["5", "100%"], 3) == [3]
+    for bad in (["0"], ["x"], ["150%"], []):
+        with pytest.raises(RolloutError):
+            wave_sizes(bad, 10)
+
+
+def test_a_failing_second_wave_stops_the_rollout_before_the_third(fleet: Fleet) -> None:
+    rid = fleet.rollouts.create(
+        tenant="acme", config=CONFIG, actor="ops", waves=["1", "30%", "100%"], abort_percent=20
+    )
+    members = fleet.docs.rollout_members(rid)
+    waves = [[m["gateway_id"] for m in members if m["wave"] == w] for w in range(3)]
+    assert [len(w) for w in waves] == [1, 3, 6]
+    assert fleet.published == []  # nothing is sent before the first step
+
+    fleet.rollouts.step()  # wave 1 starts
+    assert [fleet.desired(g) for g in waves[0]] == [1]
+    assert all(fleet.desired(g) == 0 for g in waves[1] + waves[2])
+    assert fleet.published == [topics.down_config(waves[0][0])]
+    fleet.rollouts.step()  # no report yet: it waits
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["current_wave"] == 0
+
+    fleet.report(waves[0][0], 1, "applied")
+    fleet.rollouts.step()  # wave 1 went well: wave 2 is next
+    fleet.rollouts.step()  # wave 2 starts
+    assert all(fleet.desired(g) == 1 for g in waves[1])
+    fleet.report(waves[1][0], 1, "applied")
+    fleet.report(waves[1][1], 1, "rejected")
+    fleet.report(waves[1][2], 1, "rolled_back")
+    fleet.rollouts.step()
+    rollout = fleet.docs.rollouts("acme", rollout_id=rid)[0]
+    assert rollout["status"] == "aborted"
+    assert "wave 2: 2 of 3 gateways failed" in rollout["reason"]
+    for _ in range(3):
+        fleet.rollouts.step()
+    assert all(fleet.desired(g) == 0 for g in waves[2])  # wave 3 never started
+    assert len(fleet.published) == 4
+
+
+def test_silent_gateways_time_out_and_count_as_failures(fleet: Fleet) -> None:
+    rid = fleet.rollouts.create(
+        tenant="acme",
+        config=CONFIG,
+        actor="ops",
+        gateway_ids=fleet.gateways[:4],
+        waves=["100%"],
+        abort_percent=30,
+        timeout_s=60,
+    )
+    fleet.rollouts.step()
+    for g in fleet.gateways[:3]:
+        fleet.report(g, 1, "applied")
+    fleet.rollouts.step()
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["status"] == "running"
+    fleet.clock[0] += 2 * MINUTE
+    fleet.rollouts.step()
+    outcomes = sorted(m["outcome"] for m in fleet.docs.rollout_members(rid))
+    assert outcomes == ["applied", "applied", "applied", "timed_out"]
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["status"] == "completed"  # 25 % ≤ 30 %
+
+
+def test_pause_resume_abort_and_bad_input(fleet: Fleet) -> None:
+    rid = fleet.rollouts.create(tenant="acme", config=CONFIG, actor="ops", waves=["1", "100%"])
+    fleet.rollouts.control("acme", rid, "pause")
+    fleet.rollouts.step()
+    assert fleet.published == []  # paused: no wave starts
+    with pytest.raises(RolloutError, match="is paused; cannot pause"):
+        fleet.rollouts.control("acme", rid, "pause")
+    fleet.rollouts.control("acme", rid, "resume")
+    fleet.rollouts.step()
+    assert len(fleet.published) == 1
+    fleet.rollouts.control("acme", rid, "abort")
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["reason"] == "aborted by an operator"
+    with pytest.raises(RolloutError, match="no rollout"):
+        fleet.rollouts.control("globex", rid, "abort")  # another tenant's
+    with pytest.raises(ConfigInvalid):
+        fleet.rollouts.create(
+            tenant="acme",
+            config={"sources": [{"type": "simulated", "interval": 0}]},
+            actor="ops",
+            waves=["100%"],
+        )
+    with pytest.raises(RolloutError, match="no gateway matches"):
+        fleet.rollouts.create(
+            tenant="acme", config=CONFIG, actor="ops", site="nowhere", waves=["1"]
+        )
+
+
+async def test_rollouts_through_the_api(api: Api) -> None:
+    def headers(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api.tokens[token]}"}
+
+    body = {"config": CONFIG, "waves": ["1", "100%"], "abort_above_percent": 0}
+    r = await api.client.post("/api/v1/rollouts", json=body, headers=headers("operator-a"))
+    assert r.status_code == 201, r.text
+    rollout = r.json()
+    assert rollout["status"] == "running"
+    assert [w["gateways"] for w in rollout["waves"]] == [1, 1]  # acme's two gateways
+    rid = rollout["id"]
+    assert (
+        await api.client.post("/api/v1/rollouts", json=body, headers=headers("viewer-a"))
+    ).status_code == 403
+    r = await api.client.get(f"/api/v1/rollouts/{rid}", headers=headers("operator-b"))
+    assert r.status_code == 404  # another tenant's
+    r = await api.client.post(f"/api/v1/rollouts/{rid}/pause", headers=headers("operator-a"))
+    assert r.json()["status"] == "paused"
+    r = await api.client.post(f"/api/v1/rollouts/{rid}/pause", headers=headers("operator-a"))
+    assert r.status_code == 409
+    assert r.json()["error"] == "conflict"
+    r = await api.client.post(f"/api/v1/rollouts/{rid}/abort", headers=headers("operator-a"))
+    assert r.json()["status"] == "aborted"
+    assert r.json()["reason"] == "aborted by an operator"
+
+    bad = {"config": {"sources": [{"type": "simulated", "interval": 0}]}, "waves": ["100%"]}
+    r = await api.client.post("/api/v1/rollouts", json=bad, headers=headers("operator-a"))
+    assert r.status_code == 422
+    assert r.json()["problems"][0]["field"] == "config.sources.0.simulated.interval"
+    r = await api.client.post(
+        "/api/v1/rollouts", json={**body, "waves": ["ten"]}, headers=headers("operator-a")
+    )
+    assert r.status_code == 400
+    assert r.json()["error"] == "bad_waves"
+
+    log = (await api.get("/api/v1/audit", token="operator-a")).json()
+    assert [e["action"] for e in log] == ["rollout.abort", "rollout.pause", "rollout.create"]
