@@ -25,7 +25,7 @@ from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
-from collector._rollouts import RolloutService
+from collector._rollouts import RolloutError, RolloutService
 from collector._service import ApiServer, CollectorService, client_tls
 from collector.api import ApiServices, create_app
 from collector.stores import (
@@ -551,6 +551,177 @@ def _publish_retained(config: CollectorConfig, topic: str, payload: bytes) -> No
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+@main.group()
+def rollout() -> None:
+    """Roll a config out to many gateways in waves (advanced by the running collector)."""
+
+
+@rollout.command("create")
+@_config_option
+@click.option("--tenant", required=True, help="Whose gateways.")
+@click.option(
+    "--file",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="JSON or TOML with the managed config, every secret included.",
+)
+@click.option("--site", default=None, help="Only the tenant's gateways at this site.")
+@click.option("--gateway", "gateways", multiple=True, help="Only these gateways (repeatable).")
+@click.option("--waves", default="1,10%,100%", show_default=True, help="Wave sizes.")
+@click.option(
+    "--abort-above",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
+    help="Abort when more than this percentage of a wave fails or times out.",
+)
+@click.option(
+    "--timeout",
+    "timeout",
+    default="10m",
+    show_default=True,
+    help="How long a gateway may take to report (e.g. 90s, 10m).",
+)
+def rollout_create(
+    config_path: Path,
+    tenant: str,
+    config_file: Path,
+    site: str | None,
+    gateways: tuple[str, ...],
+    waves: str,
+    abort_above: float,
+    timeout: str,
+) -> None:
+    """Create a rollout; its first wave starts within seconds in the running collector."""
+    try:
+        timeout_s = parse_duration(timeout)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--timeout") from None
+    config, docs = _open_docs(config_path)
+    try:
+        if config.pki is None:
+            raise click.ClickException(f"{config_path}: the collector needs [pki] to sign configs")
+        service = RolloutService(
+            docs=docs, configs=ConfigService(docs=docs, signing_key=config.pki.signing_key)
+        )
+        try:
+            rollout_id = service.create(
+                tenant=tenant,
+                config=_read_managed(config_file),
+                actor=f"cli:{getpass.getuser()}",
+                site=site,
+                gateway_ids=list(gateways) or None,
+                waves=[w.strip() for w in waves.split(",")],
+                abort_percent=abort_above,
+                timeout_s=timeout_s,
+            )
+        except ConfigInvalid as exc:
+            raise click.ClickException(
+                "the config does not validate; nothing was signed or sent:\n"
+                + "\n".join(f"  {f}: {p}" for f, p in exc.problems)
+            ) from None
+        except RolloutError as exc:
+            raise click.ClickException(exc.detail) from None
+        _audit(docs, "rollout.create", rollout_id, tenant, waves=waves)
+        members = docs.rollout_members(rollout_id)
+    finally:
+        docs.close()
+    sizes = [
+        sum(1 for m in members if m["wave"] == w)
+        for w in range(max(m["wave"] for m in members) + 1)
+    ]
+    click.echo(rollout_id)
+    click.echo(
+        f"rollout {rollout_id}: {len(members)} gateways in waves of {', '.join(map(str, sizes))}; "
+        f"watch it with 'outpost-collector rollout watch {rollout_id}'",
+        err=True,
+    )
+
+
+@rollout.command("watch")
+@_config_option
+@click.argument("rollout_id")
+@click.option("--interval", type=click.FloatRange(0.2, 60), default=2.0, show_default=True)
+def rollout_watch(config_path: Path, rollout_id: str, interval: float) -> None:
+    """Follow a rollout wave by wave until it completes (exit 0) or is aborted (exit 1)."""
+    _, docs = _open_docs(config_path)
+    try:
+        found = docs.rollouts("*", rollout_id=rollout_id)
+        if not found:
+            raise click.ClickException(f"no rollout {rollout_id!r}")
+        total = len(docs.rollout_members(rollout_id))
+        with click.progressbar(length=total, label=f"rollout {rollout_id}", file=sys.stderr) as bar:
+            done = 0
+            while True:
+                rollout_ = docs.rollouts("*", rollout_id=rollout_id)[0]
+                members = docs.rollout_members(rollout_id)
+                finished = sum(1 for m in members if m["outcome"] is not None)
+                bar.update(finished - done)
+                done = finished
+                if rollout_["status"] in ("completed", "aborted"):
+                    break
+                time.sleep(interval)
+    finally:
+        docs.close()
+    for w in range(rollout_["waves"]):
+        ms = [m for m in members if m["wave"] == w]
+        counts = ", ".join(
+            f"{sum(1 for m in ms if m['outcome'] == o)} {o.replace('_', ' ')}"
+            for o in ("applied", "failed", "timed_out", "skipped")
+        )
+        started = "started" if any(m["started_ns"] for m in ms) else "not started"
+        click.echo(f"wave {w + 1}: {len(ms)} gateways, {started}: {counts}")
+    click.echo(
+        f"rollout {rollout_id} {rollout_['status']}"
+        + (f": {rollout_['reason']}" if rollout_["reason"] else "")
+    )
+    if rollout_["status"] == "aborted":
+        sys.exit(1)
+
+
+def _rollout_control(config_path: Path, rollout_id: str, action: str) -> None:
+    config, docs = _open_docs(config_path)
+    try:
+        if config.pki is None:
+            raise click.ClickException(f"{config_path}: the collector needs [pki]")
+        service = RolloutService(
+            docs=docs, configs=ConfigService(docs=docs, signing_key=config.pki.signing_key)
+        )
+        try:
+            rollout_ = service.control("*", rollout_id, action)
+        except RolloutError as exc:
+            raise click.ClickException(exc.detail) from None
+        _audit(docs, f"rollout.{action}", rollout_id, rollout_["tenant"])
+    finally:
+        docs.close()
+    click.echo(f"rollout {rollout_id} {rollout_['status']}")
+
+
+@rollout.command("pause")
+@_config_option
+@click.argument("rollout_id")
+def rollout_pause(config_path: Path, rollout_id: str) -> None:
+    """No new wave starts until 'resume'."""
+    _rollout_control(config_path, rollout_id, "pause")
+
+
+@rollout.command("resume")
+@_config_option
+@click.argument("rollout_id")
+def rollout_resume(config_path: Path, rollout_id: str) -> None:
+    """Carry on with a paused rollout."""
+    _rollout_control(config_path, rollout_id, "resume")
+
+
+@rollout.command("abort")
+@_config_option
+@click.argument("rollout_id")
+def rollout_abort(config_path: Path, rollout_id: str) -> None:
+    """Stop a rollout for good; gateways already changed keep their config."""
+    _rollout_control(config_path, rollout_id, "abort")
 
 
 @main.group("api-token")
