@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -222,3 +224,96 @@ def test_a_config_pointing_at_a_dead_broker_is_rolled_back(site: dict[str, Any])
     # The retained v2 is not applied again after the rollback.
     time.sleep(3)
     assert reported(s)["status"] == "rolled_back"  # type: ignore[index]
+
+
+def test_a_rollout_over_ten_gateways_stops_when_wave_two_fails(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Ten enrolled agents. Three of them run an older agent that lacks the new profile the
+    config needs: they reject it. They are the second wave, so the third never starts."""
+    h = harness
+    h.api_port = free_port()
+    h.crl_reload_command = f"kill -HUP {h.broker.pid}"
+    h.start_collector()
+    wait_until(lambda: _api_up(h), timeout=15, what="the collector's API")
+    token = new_token(h, uses=10)
+    names = [f"gw{i}" for i in range(10)]
+    for name in names:
+        result = enroll(h, token, name)
+        assert result.exit_code == 0, result.output
+    ids = {name: gateway_id_of(h, name) for name in names}
+    order = sorted(ids.values())  # the rollout takes the gateways in id order
+    wave2 = set(order[1:4])
+    # An "older agent": its profile folder has no esphome.
+    old_profiles = tmp_path / "old-profiles"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "firmware-profiles", old_profiles)
+    shutil.rmtree(old_profiles / "esphome")
+    agents = []
+    try:
+        for name, gw in ids.items():
+            config = h.root / name / "agent.toml"
+            tune(config, uplink="config_grace_s = 20")
+            with config.open("a") as f:
+                f.write('\n[[sources]]\ntype = "simulated"\ninterval = 1\ndevices = 1\n')
+            env = {"OUTPOST_PROFILES_DIR": str(old_profiles)} if gw in wave2 else {}
+            agents.append(
+                spawn(
+                    ["agent.cli", "run", "--config", str(config)],
+                    log=h.root / f"{name}.log",
+                    env=env,
+                )
+            )
+        operator = collector(
+            h, "api-token", "create", "--tenant", "acme", "--role", "operator", "--name", "r"
+        ).split()[0]
+        s = {"h": h, "token": operator, "gw": ""}
+        wait_until(
+            lambda: all(devices_seen({**s, "gw": gw}, 0) for gw in ids.values()),
+            timeout=60,
+            what="every gateway streaming",
+        )
+        config = {
+            "sources": [{"type": "simulated", "name": "v2", "interval": 1, "devices": 1}],
+            "devices": [
+                {
+                    "name": "greenhouse",
+                    "profile": "esphome",
+                    "target": f"mqtt://127.0.0.1:{free_port()}",
+                }
+            ],
+        }
+        with api(s) as c:
+            r = c.post(
+                "/api/v1/rollouts",
+                json={
+                    "config": config,
+                    "waves": ["1", "3", "100%"],
+                    "abort_above_percent": 20,
+                    "gateway_timeout_s": 60,
+                },
+            )
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+
+        def state() -> dict[str, Any]:
+            with api(s) as c:
+                return dict(c.get(f"/api/v1/rollouts/{rid}").json())
+
+        wait_until(lambda: state()["status"] != "running", timeout=90, what="the rollout ends")
+        final = state()
+        assert final["status"] == "aborted", final
+        assert "wave 2: 3 of 3 gateways failed" in final["reason"]
+        waves = final["waves"]
+        assert (waves[0]["applied"], waves[1]["failed"]) == (1, 3)
+        assert waves[2]["started"] is False
+        for gw in order[4:]:
+            with api(s) as c:
+                assert c.get(f"/api/v1/gateways/{gw}/config").json()["desired"] is None
+        with api(s) as c:
+            report = c.get(f"/api/v1/gateways/{order[1]}/config").json()["reported"]
+        assert report["status"] == "rejected"
+        assert report["reason"] == "invalid"
+        assert any("unknown profile 'esphome'" in e for e in report["errors"])
+    finally:
+        for agent in agents:
+            stop(agent)
