@@ -301,17 +301,31 @@ class Agent:
         version = state.confirm()
         if version is not None:
             self._log.info("config %d confirmed by the collector's ack", version)
+            errors = await self._device_errors()
             self.uplink.reports.put_nowait(
                 wire.ConfigReport(
                     version=version,
                     status="applied",
                     applied_version=version,
+                    reason="device_errors" if errors else "",
+                    errors=errors,
                     ts=self._clock.wall_ns(),
                 )
             )
         deferred, self._deferred = self._deferred, None
         if deferred is not None:
             await self._on_config(deferred)  # a newer config that came during the trial
+
+    async def _device_errors(self, wait_s: float = 15.0) -> list[str]:
+        """After a config change: each polled device's first answer, and the errors of those
+        that refused (credentials, TLS, timeouts), in the device's own words."""
+        devices = [d for d in self._push_sources if isinstance(d, PolledDevice)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        # The devices' counters change in their own tasks: look at them a few times a second.
+        while loop.time() < deadline and any(d.polls + d.failures == 0 for d in devices):  # noqa: ASYNC110
+            await asyncio.sleep(0.25)
+        return [f"{d.name}: {d.last_error}" for d in devices if d.last_error]
 
     async def _working_uplink(self) -> None:
         """Return once the collector acks a batch, or the uplink has been up with nothing to

@@ -29,7 +29,7 @@ from typing import Any
 
 from collector._configs import ConfigRefused, ConfigService, validate_managed
 from collector._exceptions import StoreError
-from collector.stores import ALL_TENANTS, DesiredConfigRecord, DocumentStore
+from collector.stores import ALL_TENANTS, AuditEntry, DesiredConfigRecord, DocumentStore
 
 _WAVE = re.compile(r"^(\d+)(%?)$")
 
@@ -168,9 +168,16 @@ class RolloutService:
             for m in self._docs.rollout_members(rollout["id"])
             if m["wave"] == rollout["current_wave"]
         ]
-        for m in wave:
-            if m["started_ns"] is None:
-                self._start(rollout, m, now)
+        unstarted = [m for m in wave if m["started_ns"] is None]
+        for m in unstarted:
+            self._start(rollout, m, now)
+        if unstarted:
+            self._audit(
+                rollout,
+                "rollout.wave_start",
+                wave=rollout["current_wave"] + 1,
+                gateways=[m["gateway_id"] for m in unstarted],
+            )
         for m in self._docs.rollout_members(rollout["id"]):
             if m["wave"] != rollout["current_wave"] or m["outcome"] is not None:
                 continue
@@ -192,13 +199,28 @@ class RolloutService:
                 f"failed or timed out ({share:.0f} % > {rollout['abort_percent']:g} %)"
             )
             self._docs.update_rollout(rollout["id"], status="aborted", reason=reason)
+            self._audit(rollout, "rollout.aborted", reason=reason)
             self._log.warning("rollout %s aborted: %s", rollout["id"], reason)
         elif rollout["current_wave"] + 1 >= rollout["waves"]:
             self._docs.update_rollout(rollout["id"], status="completed")
+            self._audit(rollout, "rollout.completed")
             self._log.info("rollout %s completed", rollout["id"])
         else:
             self._docs.update_rollout(rollout["id"], current_wave=rollout["current_wave"] + 1)
             self._log.info("rollout %s: wave %d starts", rollout["id"], rollout["current_wave"] + 2)
+
+    def _audit(self, rollout: dict[str, Any], action: str, **detail: object) -> None:
+        self._docs.audit(
+            AuditEntry(
+                self._now(),
+                f"rollout:{rollout['id']}",
+                rollout["tenant"],
+                action,
+                rollout["id"],
+                "collector",
+                detail,
+            )
+        )
 
     def _start(self, rollout: dict[str, Any], m: dict[str, Any], now: int) -> None:
         record = DesiredConfigRecord(

@@ -72,6 +72,7 @@ class PolledDevice:
         self._log = logger or logging.getLogger(f"outpost.agent.device.{name}")
         self.polls = 0
         self.failures = 0
+        self.last_error: str | None = None  # the device's own words, while it is failing
 
     async def collect_once(self) -> Collection:
         """One poll, mapped; raises :class:`DeviceError`."""
@@ -107,6 +108,7 @@ class PolledDevice:
                 except DeviceError as exc:
                     failures += 1
                     self.failures += 1
+                    self.last_error = f"{exc.kind}: {exc.message}"
                     event = self.mapper.availability_event(
                         self.name, "offline", self._clock.wall_ns()
                     )
@@ -118,6 +120,7 @@ class PolledDevice:
                     wait = min(self.interval * 2 ** min(failures, 10), self._max_backoff)
                 else:
                     self.polls += 1
+                    self.last_error = None
                     if failures:
                         self._log.info("%s answers again", self.name)
                     failures = 0

@@ -294,5 +294,12 @@ def test_the_operator_cli_creates_watches_and_controls_rollouts(
     r = CliRunner().invoke(collector_cli, ["rollout", "watch", *cfg, rid2, "--interval", "0.2"])
     assert r.exit_code == 1
     assert "aborted by an operator" in r.stdout
-    actions = [e.action for e in fleet.docs.audit_log("acme")]
-    assert actions[:4] == ["rollout.abort", "rollout.pause", "rollout.create", "rollout.create"]
+    log = fleet.docs.audit_log("acme")
+    by_operator = [e.action for e in log if e.actor.startswith("cli:")]
+    assert by_operator[:4] == ["rollout.abort", "rollout.pause", "rollout.create", "rollout.create"]
+    steps = [(e.action, e.detail) for e in reversed(log) if e.actor == f"rollout:{rid}"]
+    assert steps == [
+        ("rollout.wave_start", {"wave": 1, "gateways": [fleet.gateways[0]]}),
+        ("rollout.wave_start", {"wave": 2, "gateways": [fleet.gateways[1]]}),
+        ("rollout.completed", {}),
+    ]

@@ -160,6 +160,9 @@ def test_a_config_change_is_applied_and_bad_envelopes_are_refused(site: dict[str
     )
     report = wait_report(s, version=v1, status="applied")
     assert report["applied_version"] == v1
+    # Applied, and the device that does not answer is reported in its own words.
+    assert report["reason"] == "device_errors"
+    assert any(e.startswith("fw-rest: unreachable: cannot connect") for e in report["errors"])
     since = time.time_ns()
     wait_until(lambda: {"ota-1", "ota-2"} <= devices_seen(s, since), timeout=30, what="new source")
     assert "base-1" not in devices_seen(s, since + 2 * 10**9)  # the managed sources replaced it
