@@ -89,6 +89,7 @@ class RolloutService:
         config: dict[str, Any],
         actor: str,
         site: str | None = None,
+        tag: str | None = None,
         gateway_ids: list[str] | None = None,
         waves: list[str],
         abort_percent: float = 0.0,
@@ -102,6 +103,7 @@ class RolloutService:
             for g in self._docs.gateways(tenant)
             if not g["revoked_ns"]
             and (site is None or g["site"] == site)
+            and (tag is None or tag in g.get("tags", []))
             and (gateway_ids is None or g["id"] in gateway_ids)
         ]
         if gateway_ids is not None:

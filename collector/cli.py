@@ -569,6 +569,7 @@ def rollout() -> None:
     help="JSON or TOML with the managed config, every secret included.",
 )
 @click.option("--site", default=None, help="Only the tenant's gateways at this site.")
+@click.option("--tag", default=None, help="Only the tenant's gateways with this tag.")
 @click.option("--gateway", "gateways", multiple=True, help="Only these gateways (repeatable).")
 @click.option("--waves", default="1,10%,100%", show_default=True, help="Wave sizes.")
 @click.option(
@@ -590,6 +591,7 @@ def rollout_create(
     tenant: str,
     config_file: Path,
     site: str | None,
+    tag: str | None,
     gateways: tuple[str, ...],
     waves: str,
     abort_above: float,
@@ -613,6 +615,7 @@ def rollout_create(
                 config=_read_managed(config_file),
                 actor=f"cli:{getpass.getuser()}",
                 site=site,
+                tag=tag,
                 gateway_ids=list(gateways) or None,
                 waves=[w.strip() for w in waves.split(",")],
                 abort_percent=abort_above,

@@ -203,6 +203,11 @@ def _doc_rollouts(db: Database) -> None:
     )
 
 
+@DOC_MIGRATIONS(name="0006_gateway_tags")
+def _doc_gateway_tags(db: Database) -> None:
+    db.execute("ALTER TABLE gateways ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
+
+
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1103,7 +1108,7 @@ class SqliteDocumentStore(_SqliteBase):
         sql = (
             "SELECT g.id, g.tenant, g.site, g.state, g.last_seen_ns, g.enrolled_ns,"
             " g.cert_not_after_ns, g.revoked_ns, g.hardware, g.status, g.clock_skew_s,"
-            " g.clock_flagged, r.applied_version,"
+            " g.clock_flagged, r.applied_version, g.tags,"
             " (SELECT max(version) FROM desired_configs d WHERE d.gateway_id = g.id)"
             " FROM gateways g LEFT JOIN config_reports r ON r.gateway_id = g.id"
         )
@@ -1125,6 +1130,7 @@ class SqliteDocumentStore(_SqliteBase):
             "clock_skew_s",
             "clock_flagged",
             "config_applied",
+            "tags",
             "config_desired",
         )
         out = []
@@ -1133,6 +1139,7 @@ class SqliteDocumentStore(_SqliteBase):
             item["hardware"] = orjson.loads(item["hardware"])
             item["status"] = orjson.loads(item["status"])
             item["clock_flagged"] = bool(item["clock_flagged"])
+            item["tags"] = orjson.loads(item["tags"])
             out.append(item)
         return out
 
@@ -1187,6 +1194,13 @@ class SqliteDocumentStore(_SqliteBase):
         return {r[0]: (str(r[1]), int(r[2])) for r in rows}
 
     # -- desired configs (over the air) -------------------------------------------------------
+
+    def set_gateway_tags(self, gateway_id: str, tags: list[str]) -> None:
+        with self._tx("tag a gateway") as conn:
+            conn.execute(
+                "UPDATE gateways SET tags = ? WHERE id = ?",
+                (orjson.dumps(sorted(set(tags))).decode(), gateway_id),
+            )
 
     def gateway_public_key(self, gateway_id: str) -> str | None:
         row = self._one(

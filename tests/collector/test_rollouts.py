@@ -211,8 +211,35 @@ async def test_rollouts_through_the_api(api: Api) -> None:
     assert r.status_code == 400
     assert r.json()["error"] == "bad_waves"
 
+    # Target by tag: operators tag a canary gateway, the rollout goes to it alone.
+    a1 = api.gateways["a1"]
+    r = await api.client.put(
+        f"/api/v1/gateways/{a1}/tags",
+        json={"tags": ["canary", "lobby"]},
+        headers=headers("operator-a"),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["tags"] == ["canary", "lobby"]
+    tagged = (await api.get("/api/v1/gateways", tag="canary")).json()
+    assert [g["id"] for g in tagged] == [a1]
+    r = await api.client.put(
+        f"/api/v1/gateways/{a1}/tags", json={"tags": ["no spaces"]}, headers=headers("operator-a")
+    )
+    assert r.status_code == 422
+    r = await api.client.post(
+        "/api/v1/rollouts", json={**body, "tag": "canary"}, headers=headers("operator-a")
+    )
+    assert r.status_code == 201, r.text
+    assert [w["gateways"] for w in r.json()["waves"]] == [1]
+
     log = (await api.get("/api/v1/audit", token="operator-a")).json()
-    assert [e["action"] for e in log] == ["rollout.abort", "rollout.pause", "rollout.create"]
+    assert [e["action"] for e in log] == [
+        "rollout.create",
+        "gateway.tags",
+        "rollout.abort",
+        "rollout.pause",
+        "rollout.create",
+    ]
 
 
 def test_the_operator_cli_creates_watches_and_controls_rollouts(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
 
-from collector.api._deps import Principal, Services, Viewer
+from collector.api._deps import Operator, Principal, Services, Viewer, audit
 
 router = APIRouter(prefix="/api/v1/gateways", tags=["fleet"])
 
@@ -26,6 +26,7 @@ class GatewaySummary(BaseModel):
     drops: dict[str, int]  # readings dropped on the gateway, by reason, as last reported
     config_version: int | None  # the desired config version the gateway reports applied
     config_desired_version: int | None  # the newest desired config set for it
+    tags: list[str]  # set by operators; rollouts can target them
     clock_flagged: bool
 
 
@@ -72,6 +73,7 @@ def _summary(g: dict[str, Any]) -> dict[str, Any]:
         "drops": drops,
         "config_version": g.get("config_applied"),
         "config_desired_version": g.get("config_desired"),
+        "tags": g.get("tags", []),
         "clock_flagged": g["clock_flagged"],
     }
 
@@ -90,15 +92,37 @@ def list_gateways(
     who: Viewer,
     site: Annotated[str | None, Query(max_length=128)] = None,
     state: GatewayState | None = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
     tenant: Annotated[str | None, Query(max_length=128, description="admin tokens only")] = None,
 ) -> list[GatewaySummary]:
     """The tenant's gateways, with what each last reported (viewer)."""
     out = []
     for g in svc.documents.gateways(who.scope(tenant)):
         item = _summary(g)
-        if (site is None or item["site"] == site) and (state is None or item["state"] == state):
+        if (
+            (site is None or item["site"] == site)
+            and (state is None or item["state"] == state)
+            and (tag is None or tag in item["tags"])
+        ):
             out.append(GatewaySummary(**item))
     return out
+
+
+class TagsIn(BaseModel):
+    tags: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]], Field(max_length=32)
+    ]
+
+
+@router.put("/{gateway_id}/tags")
+def set_tags(
+    gateway_id: str, body: TagsIn, svc: Services, who: Operator, request: Request
+) -> GatewaySummary:
+    """Replace the gateway's tags (operator); rollouts can target a tag."""
+    g = _find(svc, who, gateway_id)
+    svc.documents.set_gateway_tags(gateway_id, body.tags)
+    audit(svc, who, request, "gateway.tags", gateway_id, g["tenant"], tags=sorted(set(body.tags)))
+    return GatewaySummary(**_summary(_find(svc, who, gateway_id)))
 
 
 @router.get("/{gateway_id}")

@@ -21,6 +21,9 @@ class RolloutIn(BaseModel):
     site: str | None = Field(
         None, max_length=128, description="target: the tenant's gateways at this site"
     )
+    tag: str | None = Field(
+        None, max_length=64, description="target: the tenant's gateways with this tag"
+    )
     gateways: list[Annotated[str, Field(max_length=64)]] | None = Field(
         None, max_length=10_000, description="target: these gateways (default: all of the tenant)"
     )
@@ -112,6 +115,7 @@ def create_rollout(body: RolloutIn, svc: Services, who: Operator, request: Reque
             config=body.config,
             actor=f"token:{who.token_id}",
             site=body.site,
+            tag=body.tag,
             gateway_ids=body.gateways,
             waves=body.waves,
             abort_percent=body.abort_above_percent,
