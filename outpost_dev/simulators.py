@@ -181,6 +181,14 @@ class UnifiSimulator:
         prefix = "/proxy/network" if mode == "os" else ""
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds a connection may stay silent
+
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.settimeout(5)
+                    self.request.do_handshake()  # a failure ends this connection only
+                super().setup()
+
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 path = url.path
@@ -310,14 +318,18 @@ class UnifiSimulator:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.scheme = "http"
         if tls_dir is not None:
             cert, key = _self_signed(tls_dir)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            # The handshake happens in each connection's own thread (Handler.setup): a client
+            # that connects and never speaks TLS must not block the accepting thread.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
             self.scheme = "https"
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -441,6 +453,11 @@ class UnifiSimulator:
                     "uplink": {"txRateBps": d["rate"] * 8, "rxRateBps": d["rate"] * 32},
                 }
         return None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up mid-handshake (an untrusted certificate) is not news
 
 
 def _unifi_devices() -> list[dict[str, Any]]:
