@@ -279,15 +279,22 @@ class _SqliteBase:
 class SqliteTimeSeriesStore(_SqliteBase):
     """Time series in SQLite: ``series`` (tenant + measurement + tags) and ``points`` per field."""
 
-    def __init__(self, path: Path, *, raw_retention_s: float = 7 * 86400) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        raw_retention_s: float = 7 * 86400,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         super().__init__(path, TS_MIGRATIONS)
         self._series: dict[tuple[str, str, bytes], int] = {}
         self._fields: set[tuple[int, str]] = set()
         self.raw_retention_s = raw_retention_s
+        self._clock = clock
 
     def raw_horizon_ns(self) -> int:
         """Raw points before this are expired (or about to be)."""
-        return time.time_ns() - int(self.raw_retention_s * 1e9)
+        return self._clock() - int(self.raw_retention_s * 1e9)
 
     def _series_id(
         self, conn: sqlite3.Connection, tenant: str, measurement: str, tags: bytes

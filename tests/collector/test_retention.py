@@ -30,7 +30,10 @@ T = 1_795_298_400 * S  # a whole hour (2026-11-21T20:00Z)
 
 @pytest.fixture
 def ts(tmp_path: Path) -> Iterator[SqliteTimeSeriesStore]:
-    store = SqliteTimeSeriesStore(tmp_path / "ts.db", raw_retention_s=7 * 86400)
+    # The store's clock stands a few hours after T, so T's raw points are recent whatever the date.
+    store = SqliteTimeSeriesStore(
+        tmp_path / "ts.db", raw_retention_s=7 * 86400, clock=lambda: T + 4 * HOUR
+    )
     yield store
     store.close()
 
