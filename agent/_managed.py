@@ -189,6 +189,13 @@ class ConfigReceiver:
         config was written and the agent must restart into it."""
         applied = self.state.applied_version
         version = _version_of(payload)
+        if version is None:
+            return self._report(
+                0,
+                "rejected",
+                "bad_format",
+                ["not a config envelope: a JSON object with an integer version >= 0 is expected"],
+            ), False
         # The retained copy of what runs comes at every connect: recognise it without loading
         # cryptography (about 10 MiB on a small board), and refuse older ones the same way.
         if version <= applied:
@@ -245,12 +252,15 @@ class ConfigReceiver:
         )
 
 
-def _version_of(payload: bytes) -> int:
+def _version_of(payload: bytes) -> int | None:
+    """The envelope's version, or None when the payload is not an envelope at all."""
     try:
-        version = orjson.loads(payload).get("version", 0)
+        version = orjson.loads(payload).get("version")
     except (orjson.JSONDecodeError, AttributeError):
-        return 0
-    return version if isinstance(version, int) and version >= 0 else 0
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        return None
+    return version
 
 
 def _problems(managed: dict[str, Any], base: dict[str, Any], source: str) -> list[str]:

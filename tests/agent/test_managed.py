@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -118,3 +119,59 @@ def test_the_receiver_applies_once_and_never_a_rolled_back_version(tmp_path: Pat
     assert receiver.receive(v3) == (None, False)  # redelivered after the rollback: not again
     assert state.applied_version == 1
     assert receiver.receive(envelope(4, {"sources": []})) == (None, True)  # a newer one is fine
+
+
+def test_garbage_unsigned_and_foreign_envelopes_are_refused_with_their_reason(
+    tmp_path: Path,
+) -> None:
+    signing = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "signing.pub").write_bytes(
+        signing.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    b = base(tmp_path)
+    (tmp_path / "gw.key").write_bytes(
+        key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    state = ManagedState(tmp_path / "state")
+    receiver = ConfigReceiver(
+        gateway_id="gw-1",
+        base=b,
+        source="agent.toml",
+        state=state,
+        key_files=[tmp_path / "gw.key"],
+        verify_key_file=tmp_path / "signing.pub",
+    )
+
+    def sealed(gateway_id: str) -> dict[str, Any]:
+        return orjson.loads(
+            encode_envelope(
+                seal_config(
+                    {"sources": [{"type": "simulated", "interval": 1}]},
+                    gateway_id=gateway_id,
+                    version=5,
+                    issued_ns=1,
+                    public_key_pem=key.public_key().public_bytes(
+                        PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                    ),
+                    signing_key_pem=signing.private_bytes(
+                        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                    ),
+                )
+            )
+        )
+
+    cases = {
+        b"not json at all": "bad_format",
+        b"[1, 2]": "bad_format",
+        b'{"version": "7"}': "bad_format",
+        orjson.dumps({**sealed("gw-1"), "signature": ""}): "bad_signature",
+        orjson.dumps(sealed("gw-2")): "wrong_gateway",
+    }
+    for payload, reason in cases.items():
+        report, restart = receiver.receive(payload)
+        assert restart is False
+        assert report is not None, payload
+        assert (report.status, report.reason) == ("rejected", reason), (payload, report)
+        assert report.errors and all(report.errors)  # says why, in words
+    assert state.applied is None  # nothing touched

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,31 +204,86 @@ def test_a_config_change_is_applied_and_bad_envelopes_are_refused(site: dict[str
     assert report["applied_version"] == v2
 
 
+def every_batch_stored(h: Harness, gw: str, config: Path) -> None:
+    """Every batch the gateway ever formed is stored at the collector, once: the sequence
+    numbers the buffer handed out (1 .. next_seq-1) are exactly the ones the collector holds,
+    and the readings stored match what the batches carried."""
+    state = tomllib.loads(config.read_text()).get("state_dir")
+    assert state, config
+    with contextlib.closing(
+        sqlite3.connect(f"file:{Path(state) / 'buffer.db'}?mode=ro", uri=True)
+    ) as b:
+        meta = dict(b.execute("SELECT key, value FROM meta").fetchall())
+    with contextlib.closing(
+        sqlite3.connect(f"file:{h.data / 'documents.db'}?mode=ro", uri=True)
+    ) as d:
+        rows = d.execute(
+            "SELECT seq, readings FROM stored_batches WHERE gateway_id = ? AND stream_id = ?",
+            (gw, meta["stream_id"]),
+        ).fetchall()
+    formed = set(range(1, int(meta["next_seq"])))
+    stored = {seq for seq, _ in rows}
+    assert formed - stored == set(), f"batches formed but never stored: {sorted(formed - stored)}"
+    assert stored <= formed
+    with contextlib.closing(
+        sqlite3.connect(f"file:{h.data / 'timeseries.db'}?mode=ro", uri=True)
+    ) as t:
+        (points,) = t.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT p.series_id, p.ts FROM series s JOIN points p"
+            " ON p.series_id = s.id WHERE json_extract(s.tags, '$.gateway') = ?)",
+            (gw,),
+        ).fetchone()
+    assert points == sum(n for _, n in rows)  # each reading stored, none twice
+
+
 def test_a_config_pointing_at_a_dead_broker_is_rolled_back(site: dict[str, Any]) -> None:
     s = site
-    wait_until(lambda: "base-1" in devices_seen(s, 0), timeout=30, what="readings before")
-    v1 = put(s, {"sources": [{"type": "simulated", "name": "good", "interval": 0.5, "devices": 1}]})
-    wait_report(s, version=v1, status="applied")
-    dead = free_port()
-    v2 = put(
-        s,
-        {
-            "uplink": {"host": "localhost", "port": dead},
-            "sources": [{"type": "simulated", "name": "lost", "interval": 0.5, "devices": 1}],
-        },
+    h = s["h"]
+    # A second gateway of the same fleet, which gets no change and must not notice.
+    result = enroll(h, new_token(h), "bystander")
+    assert result.exit_code == 0, result.output
+    other = gateway_id_of(h, "bystander")
+    other_config = h.root / "bystander" / "agent.toml"
+    tune(other_config)
+    with other_config.open("a") as f:
+        f.write('\n[[sources]]\ntype = "simulated"\nname = "by"\ninterval = 0.5\ndevices = 1\n')
+    bystander = spawn(
+        ["agent.cli", "run", "--config", str(other_config)], log=h.root / "bystander.log"
     )
-    report = wait_report(s, version=v2, status="rolled_back")
-    assert report["reason"] == "no_ack_within_grace"
-    assert report["applied_version"] == v1
-    # Back on the good config, streaming; what was read meanwhile is delivered, nothing dropped.
-    since = time.time_ns()
-    wait_until(lambda: "good-1" in devices_seen(s, since), timeout=30, what="streaming again")
-    wait_until(lambda: status(s)["backlog_readings"] == 0, timeout=30, what="the backlog drained")
-    assert status(s)["drops"] == {}
-    assert devices_seen(s, 0) >= {"lost-1"}  # read while cut off, delivered after the rollback
-    # The retained v2 is not applied again after the rollback.
-    time.sleep(3)
-    assert reported(s)["status"] == "rolled_back"  # type: ignore[index]
+    try:
+        wait_until(lambda: "base-1" in devices_seen(s, 0), timeout=30, what="readings before")
+        v1 = put(
+            s, {"sources": [{"type": "simulated", "name": "good", "interval": 0.5, "devices": 1}]}
+        )
+        wait_report(s, version=v1, status="applied")
+        dead = free_port()
+        v2 = put(
+            s,
+            {
+                "uplink": {"host": "localhost", "port": dead},
+                "sources": [{"type": "simulated", "name": "lost", "interval": 0.5, "devices": 1}],
+            },
+        )
+        cut_off = time.time_ns()
+        report = wait_report(s, version=v2, status="rolled_back")
+        assert report["reason"] == "no_ack_within_grace"
+        assert report["applied_version"] == v1
+        # The rest of the fleet streamed all along.
+        assert "by-1" in devices_seen({**s, "gw": other}, cut_off + 3 * 10**9)
+        # Back on the good config, streaming; what was read meanwhile is delivered.
+        since = time.time_ns()
+        wait_until(lambda: "good-1" in devices_seen(s, since), timeout=30, what="streaming again")
+        wait_until(
+            lambda: status(s)["backlog_readings"] == 0, timeout=30, what="the backlog drained"
+        )
+        assert status(s)["drops"] == {}
+        assert devices_seen(s, 0) >= {"lost-1"}  # read while cut off, delivered after the rollback
+        every_batch_stored(h, s["gw"], s["config"])
+        # The retained v2 is not applied again after the rollback.
+        time.sleep(3)
+        assert reported(s)["status"] == "rolled_back"  # type: ignore[index]
+    finally:
+        stop(bystander)
 
 
 def test_a_rollout_over_ten_gateways_stops_when_wave_two_fails(
