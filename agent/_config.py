@@ -199,8 +199,9 @@ class UplinkTarget(BaseModel):
 class ManagedConfig(BaseModel):
     """The part of the agent's config an operator sets over the air (a desired config).
 
-    It replaces ``sources`` and ``devices`` and, when given, ``log_level``, the uplink's broker
-    address and the buffer settings; identity files and the state directory stay local.
+    Each section given replaces (``sources``, ``devices``, ``log_level``) or overrides
+    (``uplink``: the broker address; ``buffer``) the gateway's own ``agent.toml``; a section left
+    out stays as ``agent.toml`` has it. Identity files and the state directory are always local.
     """
 
     model_config = _MODEL
@@ -208,12 +209,12 @@ class ManagedConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     uplink: UplinkTarget | None = None
     buffer: BufferConfig | None = None
-    sources: list[SourceConfig] = Field(default_factory=list)
-    devices: list[DeviceConfig] = Field(default_factory=list)
+    sources: list[SourceConfig] | None = None
+    devices: list[DeviceConfig] | None = None
 
     @model_validator(mode="after")
     def _unique_devices(self) -> ManagedConfig:
-        names = [d.name for d in self.devices]
+        names = [d.name for d in self.devices or []]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"devices: names must be unique; repeated: {', '.join(dupes)}")

@@ -60,10 +60,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def merge(base: dict[str, Any], managed: dict[str, Any]) -> dict[str, Any]:
-    """The local ``agent.toml`` with the managed part laid over it."""
+    """The local ``agent.toml`` with the managed part laid over it: ``sources`` and ``devices``
+    replace the local lists when given; a section left out stays as ``agent.toml`` has it."""
     raw = dict(base)
-    raw["sources"] = managed.get("sources", [])
-    raw["devices"] = managed.get("devices", [])
+    for section in ("sources", "devices"):
+        if managed.get(section) is not None:
+            raw[section] = managed[section]
     if managed.get("log_level"):
         raw["log_level"] = managed["log_level"]
     if managed.get("uplink"):

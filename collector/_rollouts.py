@@ -1,13 +1,17 @@
 """Rollouts: one config change to many gateways, in waves, stopped when a wave goes wrong.
 
-A rollout is made for the gateways of one tenant picked by site or by id. The config is checked
-once, then sealed and signed for every gateway at once (so no secret waits in clear for a later
-wave). Waves are given as sizes — ``1`` gateway, ``10%`` of them, ``100%`` (the rest) — and run
+A rollout is made for the gateways of one tenant picked by site, tag or id. It carries either a
+whole managed config or a patch (:func:`collector._configs.apply_patch`) laid over each
+gateway's own newest desired config, so one change (an interval, a community, the broker) reaches
+gateways whose devices differ. Each gateway's next version is validated, sealed and signed when
+the rollout is made (so no secret waits in clear for a later wave); secrets the change does not
+give are carried, sealed, from that gateway's previous version. Waves are given as sizes — ``1`` gateway, ``10%`` of them, ``100%`` (the rest) — and run
 one after the other:
 
 - a wave starts by storing and publishing each of its gateways' envelopes;
 - a gateway's outcome is ``applied`` (it reported that version running), ``failed`` (it
-  reported ``rejected`` or ``rolled_back`` for it), ``timed_out`` (no report within the
+  reported ``rejected`` or ``rolled_back`` for it, or, when the rollout says so, ``applied``
+  with devices that refuse the new config), ``timed_out`` (no report within the
   per-gateway timeout: counted as a failure) or ``skipped`` (someone set a newer config for it
   meanwhile);
 - when every gateway of the wave has an outcome: more than ``abort_percent`` failures aborts the
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from collector._configs import ConfigRefused, ConfigService, validate_managed
+from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._exceptions import StoreError
 from collector.stores import ALL_TENANTS, AuditEntry, DesiredConfigRecord, DocumentStore
 
@@ -68,6 +72,11 @@ def wave_sizes(spec: list[str], total: int) -> list[int]:
     return sizes
 
 
+def _few(ids: list[str], shown: int = 5) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
+
+
 class RolloutService:
     def __init__(
         self,
@@ -86,7 +95,8 @@ class RolloutService:
         self,
         *,
         tenant: str,
-        config: dict[str, Any],
+        config: dict[str, Any] | None = None,
+        patch: dict[str, Any] | None = None,
         actor: str,
         site: str | None = None,
         tag: str | None = None,
@@ -94,10 +104,12 @@ class RolloutService:
         waves: list[str],
         abort_percent: float = 0.0,
         timeout_s: float = 600.0,
+        device_errors_fail: bool = False,
     ) -> str:
         """Check, seal for every target gateway, and store a rollout; its first wave starts at
-        the next :meth:`step`."""
-        validate_managed(config)  # every secret must be given: a rollout carries none over
+        the next :meth:`step`. Give ``config`` (the whole managed config) or ``patch``."""
+        if (config is None) == (patch is None):
+            raise RolloutError("bad_change", "give either a config or a patch")
         targets = [
             g
             for g in self._docs.gateways(tenant)
@@ -115,13 +127,23 @@ class RolloutService:
         sizes = wave_sizes(waves, len(targets))
         rollout_id = secrets.token_hex(4)
         members = []
+        invalid: dict[tuple[str, str], list[str]] = {}  # (field, problem) → gateways
         index = 0
         for wave, size in enumerate(sizes):
             for g in targets[index : index + size]:
+                actor_ = f"rollout:{rollout_id}"
                 try:
-                    record = self._configs.prepare(g["id"], config, f"rollout:{rollout_id}")
+                    if config is not None:
+                        record = self._configs.prepare(g["id"], config, actor_)
+                    else:
+                        assert patch is not None
+                        record = self._configs.prepare_patch(g["id"], patch, actor_)
                 except ConfigRefused as exc:
                     raise RolloutError(exc.reason, f"{g['id']}: {exc.detail}") from None
+                except ConfigInvalid as exc:
+                    for problem in exc.problems:
+                        invalid.setdefault(problem, []).append(g["id"])
+                    continue
                 members.append(
                     {
                         "rollout_id": rollout_id,
@@ -133,6 +155,13 @@ class RolloutService:
                     }
                 )
             index += size
+        if invalid:
+            raise ConfigInvalid(
+                [
+                    (f, p if len(ids) == len(targets) else f"{p} (gateways: {_few(ids)})")
+                    for (f, p), ids in invalid.items()
+                ]
+            )
         self._docs.create_rollout(
             {
                 "id": rollout_id,
@@ -143,6 +172,7 @@ class RolloutService:
                 "waves": len(sizes),
                 "abort_percent": abort_percent,
                 "timeout_s": timeout_s,
+                "device_errors_fail": device_errors_fail,
             },
             members,
         )
@@ -183,7 +213,9 @@ class RolloutService:
         for m in self._docs.rollout_members(rollout["id"]):
             if m["wave"] != rollout["current_wave"] or m["outcome"] is not None:
                 continue
-            outcome = self._outcome(m, rollout["timeout_s"], now)
+            outcome = self._outcome(
+                m, rollout["timeout_s"], now, device_errors_fail=rollout["device_errors_fail"]
+            )
             if outcome is not None:
                 self._docs.update_rollout_member(rollout["id"], m["gateway_id"], outcome=outcome)
         wave = [
@@ -237,10 +269,14 @@ class RolloutService:
             rollout["id"], m["gateway_id"], started_ns=now, outcome=outcome
         )
 
-    def _outcome(self, m: dict[str, Any], timeout_s: float, now: int) -> str | None:
+    def _outcome(
+        self, m: dict[str, Any], timeout_s: float, now: int, *, device_errors_fail: bool
+    ) -> str | None:
         report = self._docs.config_report(m["gateway_id"])
         if report is not None and report.version == m["version"]:
             if report.status == "applied" and report.applied_version == m["version"]:
+                if device_errors_fail and report.reason == "device_errors":
+                    return "failed"  # it runs, but a device refuses it (credentials, say)
                 return "applied"
             if report.status in ("rejected", "rolled_back"):
                 return "failed"

@@ -13,7 +13,9 @@ import signal
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -31,6 +33,7 @@ from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
     AuditEntry,
+    DesiredConfigRecord,
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
@@ -456,9 +459,45 @@ def config_group() -> None:
 )
 def config_set(config_path: Path, gateway_id: str, config_file: Path) -> None:
     """Validate, sign, seal and publish a desired config for GATEWAY_ID (retained)."""
+    desired = _read_managed(config_file)
+    _change_config(
+        config_path,
+        gateway_id,
+        lambda service, actor: service.set_desired(gateway_id, desired, actor),
+        "config.set",
+    )
+
+
+@config_group.command("patch")
+@_config_option
+@click.argument("gateway_id")
+@click.option(
+    "--file",
+    "patch_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="JSON or TOML with the change: a merge patch; devices merge by name.",
+)
+def config_patch(config_path: Path, gateway_id: str, patch_file: Path) -> None:
+    """Change part of GATEWAY_ID's desired config: the newest version with the patch laid over
+    it becomes the next (validated, signed, sealed, published)."""
+    patch = _read_managed(patch_file)
+    _change_config(
+        config_path,
+        gateway_id,
+        lambda service, actor: service.patch_desired(gateway_id, patch, actor),
+        "config.patch",
+    )
+
+
+def _change_config(
+    config_path: Path,
+    gateway_id: str,
+    change: Callable[[ConfigService, str], DesiredConfigRecord],
+    action: str,
+) -> None:
     config, docs = _open_docs(config_path)
     try:
-        desired = _read_managed(config_file)
         if config.pki is None:
             raise click.ClickException(f"{config_path}: the collector needs [pki] to sign configs")
         if not docs.gateway_exists(gateway_id):
@@ -469,7 +508,7 @@ def config_set(config_path: Path, gateway_id: str, config_file: Path) -> None:
             publish=lambda topic, payload: _publish_retained(config, topic, payload),
         )
         try:
-            record = service.set_desired(gateway_id, desired, f"cli:{getpass.getuser()}")
+            record = change(service, f"cli:{getpass.getuser()}")
         except ConfigInvalid as exc:
             raise click.ClickException(
                 "the config does not validate; nothing was signed or sent:\n"
@@ -479,7 +518,7 @@ def config_set(config_path: Path, gateway_id: str, config_file: Path) -> None:
             raise click.ClickException(exc.detail) from None
         _audit(
             docs,
-            "config.set",
+            action,
             gateway_id,
             docs.gateway_tenant(gateway_id) or "",
             version=record.version,
@@ -517,14 +556,14 @@ def config_show(config_path: Path, gateway_id: str) -> None:
         )
 
 
-def _read_managed(path: Path) -> dict[str, object]:
+def _read_managed(path: Path, option: str = "--file") -> dict[str, Any]:
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--file") from None
+        raise click.BadParameter(f"{path}: {exc}", param_hint=option) from None
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{path}: expected an object", param_hint="--file")
+        raise click.BadParameter(f"{path}: expected an object", param_hint=option)
     return data
 
 
@@ -565,8 +604,16 @@ def rollout() -> None:
     "--file",
     "config_file",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    required=True,
-    help="JSON or TOML with the managed config, every secret included.",
+    default=None,
+    help="JSON or TOML with the whole managed config for every gateway "
+    "(secrets left out are carried from each gateway's previous version).",
+)
+@click.option(
+    "--patch",
+    "patch_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Or: JSON or TOML with a change laid over each gateway's own desired config.",
 )
 @click.option("--site", default=None, help="Only the tenant's gateways at this site.")
 @click.option("--tag", default=None, help="Only the tenant's gateways with this tag.")
@@ -586,18 +633,27 @@ def rollout() -> None:
     show_default=True,
     help="How long a gateway may take to report (e.g. 90s, 10m).",
 )
+@click.option(
+    "--device-errors-fail",
+    is_flag=True,
+    help="Count a gateway whose devices refuse the new config (credentials) as failed.",
+)
 def rollout_create(
     config_path: Path,
     tenant: str,
-    config_file: Path,
+    config_file: Path | None,
+    patch_file: Path | None,
     site: str | None,
     tag: str | None,
     gateways: tuple[str, ...],
     waves: str,
     abort_above: float,
     timeout: str,
+    device_errors_fail: bool,
 ) -> None:
     """Create a rollout; its first wave starts within seconds in the running collector."""
+    if (config_file is None) == (patch_file is None):
+        raise click.UsageError("give either --file (a whole config) or --patch (a change)")
     try:
         timeout_s = parse_duration(timeout)
     except ValueError as exc:
@@ -612,7 +668,8 @@ def rollout_create(
         try:
             rollout_id = service.create(
                 tenant=tenant,
-                config=_read_managed(config_file),
+                config=_read_managed(config_file) if config_file else None,
+                patch=_read_managed(patch_file, "--patch") if patch_file else None,
                 actor=f"cli:{getpass.getuser()}",
                 site=site,
                 tag=tag,
@@ -620,6 +677,7 @@ def rollout_create(
                 waves=[w.strip() for w in waves.split(",")],
                 abort_percent=abort_above,
                 timeout_s=timeout_s,
+                device_errors_fail=device_errors_fail,
             )
         except ConfigInvalid as exc:
             raise click.ClickException(
@@ -667,6 +725,11 @@ def rollout_watch(config_path: Path, rollout_id: str, interval: float) -> None:
                 if rollout_["status"] in ("completed", "aborted"):
                     break
                 time.sleep(interval)
+        reports = {
+            m["gateway_id"]: docs.config_report(m["gateway_id"])
+            for m in members
+            if m["outcome"] in ("failed", "timed_out")
+        }
     finally:
         docs.close()
     for w in range(rollout_["waves"]):
@@ -677,6 +740,14 @@ def rollout_watch(config_path: Path, rollout_id: str, interval: float) -> None:
         )
         started = "started" if any(m["started_ns"] for m in ms) else "not started"
         click.echo(f"wave {w + 1}: {len(ms)} gateways, {started}: {counts}")
+    for m in members:
+        if m["outcome"] in ("failed", "timed_out"):
+            said = reports.get(m["gateway_id"])
+            if said is not None and said.version == m["version"]:
+                why = said.reason + (f": {'; '.join(said.errors)}" if said.errors else "")
+            else:
+                why = f"no report within {rollout_['timeout_s']:g} s"
+            click.echo(f"  {m['gateway_id']} (wave {m['wave'] + 1}) {m['outcome']}: {why}")
     click.echo(
         f"rollout {rollout_id} {rollout_['status']}"
         + (f": {rollout_['reason']}" if rollout_["reason"] else "")

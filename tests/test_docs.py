@@ -80,3 +80,21 @@ def test_every_probe_option_is_documented() -> None:
         envvar = getattr(param, "envvar", None)
         if envvar:
             assert envvar in text, envvar
+
+
+def test_the_operators_examples_validate() -> None:
+    """operator.md's whole config validates, and each patch laid over it still does."""
+    import json
+    import re
+
+    from collector._configs import apply_patch, validate_managed
+
+    blocks = re.findall(r"```json\n(.*?)```", (DOCS / "operator.md").read_text(), re.S)
+    assert len(blocks) == 3, "a whole config and two patches"
+    whole, *patches = (json.loads(b) for b in blocks)
+    validate_managed(whole)
+    for patch in patches:
+        validate_managed(apply_patch(whole, patch))
+    changed = apply_patch(whole, patches[0])
+    assert [d["name"] for d in changed["devices"]] == ["fw-1", "ctl", "nvr"]
+    assert changed["devices"][0]["community"] == "site-ro-community"

@@ -208,6 +208,12 @@ def _doc_gateway_tags(db: Database) -> None:
     db.execute("ALTER TABLE gateways ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
 
 
+@DOC_MIGRATIONS(name="0007_rollout_device_errors")
+def _doc_rollout_device_errors(db: Database) -> None:
+    # A rollout may count "applied, but a device refuses it" (device_errors) as a failure.
+    db.execute("ALTER TABLE rollouts ADD COLUMN device_errors_fail INTEGER NOT NULL DEFAULT 0")
+
+
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1280,9 +1286,10 @@ class SqliteDocumentStore(_SqliteBase):
         with self._tx("create a rollout") as conn:
             conn.execute(
                 "INSERT INTO rollouts (id, tenant, actor, created_ns, status, current_wave,"
-                " waves, abort_percent, timeout_s) VALUES (:id, :tenant, :actor, :created_ns,"
-                " :status, 0, :waves, :abort_percent, :timeout_s)",
-                rollout,
+                " waves, abort_percent, timeout_s, device_errors_fail) VALUES (:id, :tenant,"
+                " :actor, :created_ns, :status, 0, :waves, :abort_percent, :timeout_s,"
+                " :device_errors_fail)",
+                {"device_errors_fail": False, **rollout},
             )
             conn.executemany(
                 "INSERT INTO rollout_gateways (rollout_id, gateway_id, wave, version, issued_ns,"
@@ -1296,7 +1303,7 @@ class SqliteDocumentStore(_SqliteBase):
     ) -> list[dict[str, Any]]:
         sql = (
             "SELECT id, tenant, actor, created_ns, status, current_wave, waves, abort_percent,"
-            " timeout_s, reason FROM rollouts WHERE 1 = 1"
+            " timeout_s, reason, device_errors_fail FROM rollouts WHERE 1 = 1"
         )
         args: list[Any] = []
         for column, value in (
@@ -1318,11 +1325,15 @@ class SqliteDocumentStore(_SqliteBase):
             "abort_percent",
             "timeout_s",
             "reason",
+            "device_errors_fail",
         )
-        return [
+        found = [
             dict(zip(cols, r, strict=True))
             for r in self._all(sql + " ORDER BY created_ns DESC", args)
         ]
+        for rollout in found:
+            rollout["device_errors_fail"] = bool(rollout["device_errors_fail"])
+        return found
 
     def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
         cols = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")

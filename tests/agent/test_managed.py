@@ -33,11 +33,16 @@ def base(tmp_path: Path) -> dict[str, Any]:
 
 def test_merge_replaces_sources_and_devices_and_keeps_the_identity(tmp_path: Path) -> None:
     b = base(tmp_path)
+    b["devices"] = [{"name": "local", "profile": "tasmota", "target": "mqtt://127.0.0.1"}]
     merged = merge(b, {"sources": [{"type": "simulated"}], "uplink": {"host": "new", "port": 9883}})
     assert merged["sources"] == [{"type": "simulated"}]
-    assert merged["devices"] == []
+    assert merged["devices"] == b["devices"]  # not in the managed config: as agent.toml has it
     assert merged["uplink"]["host"] == "new"
     assert merged["uplink"]["key_file"] == b["uplink"]["key_file"]
+    # Only the broker moves: the gateway keeps collecting what agent.toml says.
+    moved = merge(b, {"uplink": {"host": "mqtt2.example.net", "port": 8883}})
+    assert (moved["sources"], moved["devices"]) == (b["sources"], b["devices"])
+    assert merge(b, {"devices": []})["devices"] == []  # an empty list is a list: no devices
 
 
 def test_apply_confirm_and_roll_back(tmp_path: Path) -> None:
@@ -173,5 +178,6 @@ def test_garbage_unsigned_and_foreign_envelopes_are_refused_with_their_reason(
         assert restart is False
         assert report is not None, payload
         assert (report.status, report.reason) == ("rejected", reason), (payload, report)
-        assert report.errors and all(report.errors)  # says why, in words
+        assert report.errors  # says why, in words
+        assert all(report.errors)
     assert state.applied is None  # nothing touched

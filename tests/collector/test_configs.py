@@ -105,6 +105,82 @@ async def test_a_config_is_signed_sealed_published_and_opens_on_its_gateway(api:
     ]
 
 
+async def patch(api: Api, gw: str, change: dict[str, Any]):  # type: ignore[no-untyped-def]
+    return await api.client.patch(
+        f"/api/v1/gateways/{gw}/config",
+        json={"patch": change},
+        headers={"Authorization": f"Bearer {api.tokens['operator-a']}"},
+    )
+
+
+async def test_a_patch_changes_one_part_and_keeps_the_sealed_secrets(api: Api) -> None:
+    gw = api.gateways["a1"]
+    assert (await put(api, gw, CONFIG)).status_code == 200
+    r = await patch(
+        api,
+        gw,
+        {"devices": [{"name": "fw-1", "interval": 60}, {"name": "ctl", "password": "rotated-42"}]},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 2
+    assert "rotated-42" not in r.text
+    payload = api.published[-1][1]
+    assert b"rotated-42" not in payload
+    config = opened(api, "a1", payload, applied=1)
+    fw, ctl = config["devices"]
+    assert fw["interval"] == 60
+    assert (fw["auth_key"], fw["priv_key"]) == ("auth-secret-123", "priv-secret-456")  # carried
+    assert ctl["password"] == "rotated-42"
+    assert config["sources"] == CONFIG["sources"]
+
+    # From SNMPv3 to v2c: the v3 secrets are removed, not carried into the new version.
+    r = await patch(
+        api,
+        gw,
+        {
+            "devices": [
+                {
+                    "name": "fw-1",
+                    "snmp_user": None,
+                    "auth_key": None,
+                    "priv_key": None,
+                    "community": "site-community",
+                }
+            ]
+        },
+    )
+    assert r.status_code == 200, r.text
+    fw = opened(api, "a1", api.published[-1][1], applied=2)["devices"][0]
+    assert fw["community"] == "site-community"
+    assert not {"auth_key", "priv_key", "snmp_user"} & fw.keys()
+
+    # A patch whose result does not validate is refused before anything is signed.
+    before = len(api.published)
+    r = await patch(api, gw, {"devices": [{"name": "fw-1", "interval": 0}]})
+    assert r.status_code == 422
+    assert r.json()["problems"][0]["field"] == "config.devices.0.interval"
+    assert len(api.published) == before
+
+    log = (await api.get("/api/v1/audit", token="operator-a")).json()
+    assert [e["action"] for e in log[:3]] == ["config.patch", "config.patch", "config.set"]
+
+
+async def test_a_gateway_without_a_desired_config_can_move_broker_but_not_patch_devices(
+    api: Api,
+) -> None:
+    gw = api.gateways["a2"]  # runs on its agent.toml alone
+    r = await patch(api, gw, {"devices": [{"name": "fw-1", "interval": 60}]})
+    assert r.status_code == 422
+    (problem,) = r.json()["problems"]
+    assert problem["field"] == "config.devices"
+    assert "agent.toml" in problem["problem"]
+    r = await patch(api, gw, {"uplink": {"host": "mqtt2.example.net", "port": 8883}})
+    assert r.status_code == 200, r.text
+    assert opened(api, "a2", api.published[-1][1]) == {
+        "uplink": {"host": "mqtt2.example.net", "port": 8883}
+    }
+
+
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [

@@ -203,6 +203,23 @@ def test_a_config_change_is_applied_and_bad_envelopes_are_refused(site: dict[str
     assert report["reason"] == "replayed"
     assert report["applied_version"] == v2
 
+    # 5. A patch adds one source to what runs (named items merge by name).
+    with api(s) as c:
+        r = c.patch(
+            f"/api/v1/gateways/{s['gw']}/config",
+            json={
+                "patch": {"sources": [{"name": "patched", "type": "simulated", "interval": 0.5}]}
+            },
+        )
+    assert r.status_code == 200, r.text
+    v3 = int(r.json()["version"])
+    assert [x["name"] for x in r.json()["config"]["sources"]] == ["ota", "patched"]
+    wait_report(s, version=v3, status="applied")
+    since = time.time_ns()
+    wait_until(
+        lambda: {"ota-1", "patched-1"} <= devices_seen(s, since), timeout=30, what="both sources"
+    )
+
 
 def every_batch_stored(h: Harness, gw: str, config: Path) -> None:
     """Every batch the gateway ever formed is stored at the collector, once: the sequence

@@ -18,6 +18,8 @@ def test_the_doc_has_an_example_of_every_message() -> None:
     assert sorted(kind for kind, _ in BLOCKS) == [
         "ack",
         "batch-body",
+        "config-envelope",
+        "config-report",
         "nack",
         "renew-request",
         "renew-response",
@@ -33,6 +35,13 @@ def test_example_is_valid(kind: str, text: str) -> None:
         assert batch.reading_count == 3
     elif kind in ("ack", "nack"):
         assert wire.decode_ack(data).kind == kind
+    elif kind == "config-envelope":
+        envelope = wire.ConfigEnvelope.model_validate_json(data)
+        assert wire.split_secrets(envelope.config)[1] == {}  # no secret left in clear
+        assert all(wire.has_place(envelope.config, path) for path in envelope.secrets)
+        assert envelope.signature
+    elif kind == "config-report":
+        assert wire.decode_config_report(data).status == "rolled_back"
     elif kind == "renew-request":
         assert "CERTIFICATE REQUEST" in wire.decode_renew_request(data).csr
     elif kind == "renew-response":

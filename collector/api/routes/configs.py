@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
 import wire
-from collector._configs import ConfigInvalid, ConfigRefused
+from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector.api._deps import Operator, Principal, Services, Viewer, audit
+from collector.stores import DesiredConfigRecord
 
 router = APIRouter(prefix="/api/v1/gateways", tags=["config"])
 SEALED = "(sealed)"
@@ -23,6 +25,16 @@ class DesiredConfigIn(BaseModel):
     """
 
     config: dict[str, Any] = Field(description="as the [[devices]]/[[sources]] of agent.toml")
+
+
+class ConfigPatchIn(BaseModel):
+    """A change to the gateway's newest desired config: a JSON merge patch (RFC 7396) in which
+    lists of named items (``devices``) merge by ``name``; ``{"name": "fw-1", "$patch":
+    "delete"}`` removes one; ``null`` removes a key. Secrets it does not give are kept sealed."""
+
+    patch: dict[str, Any] = Field(
+        description='e.g. {"devices": [{"name": "fw-1", "interval": 30}]}'
+    )
 
 
 class DesiredConfigOut(BaseModel):
@@ -69,6 +81,44 @@ def _shown(record: Any) -> DesiredConfigOut:
     )
 
 
+def _invalid(exc: ConfigInvalid, prefix: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        {
+            "error": "invalid_config",
+            "detail": "the config does not validate; nothing was signed or sent",
+            "problems": [{"field": f"{prefix}.{f}", "problem": p} for f, p in exc.problems],
+        },
+    )
+
+
+def _change(
+    gateway_id: str,
+    svc: Services,
+    who: Principal,
+    request: Request,
+    change: Callable[[ConfigService, str], DesiredConfigRecord],
+    *,
+    action: str,
+    prefix: str,
+) -> DesiredConfigOut:
+    g = _gateway(svc, who, gateway_id)
+    if svc.configs is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this collector has no [pki]")
+    if g["revoked_ns"]:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"gateway {gateway_id} is decommissioned")
+    try:
+        record = change(svc.configs, f"token:{who.token_id}")
+    except ConfigInvalid as exc:
+        raise _invalid(exc, prefix) from None
+    except ConfigRefused as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, {"error": exc.reason, "detail": exc.detail}
+        ) from None
+    audit(svc, who, request, action, gateway_id, g["tenant"], version=record.version)
+    return _shown(record)
+
+
 @router.put(
     "/{gateway_id}/config", responses={422: {"description": "the config does not validate"}}
 )
@@ -77,28 +127,35 @@ def set_config(
 ) -> DesiredConfigOut:
     """Set the gateway's desired config (operator): validated before anything is signed or sent,
     then versioned, signed, its secrets sealed to the gateway, and published retained."""
-    g = _gateway(svc, who, gateway_id)
-    if svc.configs is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this collector has no [pki]")
-    if g["revoked_ns"]:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"gateway {gateway_id} is decommissioned")
-    try:
-        record = svc.configs.set_desired(gateway_id, body.config, f"token:{who.token_id}")
-    except ConfigInvalid as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            {
-                "error": "invalid_config",
-                "detail": "the config does not validate; nothing was signed or sent",
-                "problems": [{"field": f"config.{f}", "problem": p} for f, p in exc.problems],
-            },
-        ) from None
-    except ConfigRefused as exc:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, {"error": exc.reason, "detail": exc.detail}
-        ) from None
-    audit(svc, who, request, "config.set", gateway_id, g["tenant"], version=record.version)
-    return _shown(record)
+    return _change(
+        gateway_id,
+        svc,
+        who,
+        request,
+        lambda configs, actor: configs.set_desired(gateway_id, body.config, actor),
+        action="config.set",
+        prefix="config",
+    )
+
+
+@router.patch(
+    "/{gateway_id}/config",
+    responses={422: {"description": "the patch or the config it makes does not validate"}},
+)
+def patch_config(
+    gateway_id: str, body: ConfigPatchIn, svc: Services, who: Operator, request: Request
+) -> DesiredConfigOut:
+    """Change one part of the gateway's desired config (operator): the newest version with the
+    patch laid over it becomes the next version, validated, sealed, signed and published."""
+    return _change(
+        gateway_id,
+        svc,
+        who,
+        request,
+        lambda configs, actor: configs.patch_desired(gateway_id, body.patch, actor),
+        action="config.patch",
+        prefix="config",
+    )
 
 
 @router.get("/{gateway_id}/config")

@@ -17,7 +17,16 @@ RolloutId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{8}$")]
 
 
 class RolloutIn(BaseModel):
-    config: dict[str, Any] = Field(description="the managed config, with every secret it needs")
+    config: dict[str, Any] | None = Field(
+        None,
+        description="the whole managed config for every target; secrets left out are carried "
+        "from each gateway's previous version",
+    )
+    patch: dict[str, Any] | None = Field(
+        None,
+        description="or: a change laid over each gateway's newest desired config (JSON merge "
+        'patch; devices merge by name; {"name": …, "$patch": "delete"} removes one)',
+    )
     site: str | None = Field(
         None, max_length=128, description="target: the tenant's gateways at this site"
     )
@@ -33,6 +42,11 @@ class RolloutIn(BaseModel):
     )
     abort_above_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
     gateway_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    device_errors_fail: bool = Field(
+        False,
+        description="count a gateway that applied the config but whose devices refuse it "
+        "(wrong credentials, say) as failed",
+    )
 
 
 class Wave(BaseModel):
@@ -46,6 +60,15 @@ class Wave(BaseModel):
     pending: int
 
 
+class Failure(BaseModel):
+    gateway_id: str
+    wave: int
+    version: int
+    outcome: Literal["failed", "timed_out"]
+    reason: str  # the gateway's report (invalid, bad_secret, no_ack_within_grace, …)
+    errors: list[str]
+
+
 class RolloutOut(BaseModel):
     id: str
     tenant: str
@@ -56,7 +79,9 @@ class RolloutOut(BaseModel):
     current_wave: int
     abort_above_percent: float
     gateway_timeout_s: float
+    device_errors_fail: bool
     waves: list[Wave]
+    failures: list[Failure]  # which gateways failed or timed out, and what they said
 
 
 def _service(svc: Services) -> RolloutService:
@@ -83,6 +108,24 @@ def _out(svc: Services, rollout: dict[str, Any]) -> RolloutOut:
                 **count,
             )
         )
+    failures = []
+    for m in members:
+        if m["outcome"] not in ("failed", "timed_out"):
+            continue
+        report = svc.documents.config_report(m["gateway_id"])
+        said = report is not None and report.version == m["version"]
+        failures.append(
+            Failure(
+                gateway_id=m["gateway_id"],
+                wave=m["wave"],
+                version=m["version"],
+                outcome=m["outcome"],
+                reason=report.reason
+                if said and report is not None
+                else f"no report within {rollout['timeout_s']:g} s",
+                errors=report.errors if said and report is not None else [],
+            )
+        )
     return RolloutOut(
         id=rollout["id"],
         tenant=rollout["tenant"],
@@ -93,7 +136,9 @@ def _out(svc: Services, rollout: dict[str, Any]) -> RolloutOut:
         current_wave=rollout["current_wave"],
         abort_above_percent=rollout["abort_percent"],
         gateway_timeout_s=rollout["timeout_s"],
+        device_errors_fail=rollout["device_errors_fail"],
         waves=waves,
+        failures=failures,
     )
 
 
@@ -107,12 +152,14 @@ def _problem(exc: RolloutError) -> HTTPException:
 
 @router.post("", status_code=201)
 def create_rollout(body: RolloutIn, svc: Services, who: Operator, request: Request) -> RolloutOut:
-    """Roll a config out to the tenant's gateways (by site or ids) in waves (operator)."""
+    """Roll a config, or a patch of each gateway's config, out to the tenant's gateways (all, by
+    site, tag or ids) in waves (operator)."""
     tenant = who.scope(body.tenant)
     try:
         rollout_id = _service(svc).create(
             tenant=tenant,
             config=body.config,
+            patch=body.patch,
             actor=f"token:{who.token_id}",
             site=body.site,
             tag=body.tag,
@@ -120,6 +167,7 @@ def create_rollout(body: RolloutIn, svc: Services, who: Operator, request: Reque
             waves=body.waves,
             abort_percent=body.abort_above_percent,
             timeout_s=body.gateway_timeout_s,
+            device_errors_fail=body.device_errors_fail,
         )
     except ConfigInvalid as exc:
         raise HTTPException(
