@@ -7,6 +7,7 @@ A missing server (no ``mosquitto`` binary) skips the test locally with the reaso
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from collector import issue_gateway_identity
 from outpost_dev._processes import Mosquitto, find_mosquitto
+from outpost_dev._servers import Postgres, find_postgres_bin
 
 
 def require_service(name: str, available: bool, how: str) -> None:
@@ -45,3 +47,27 @@ def identity(broker: Mosquitto, tmp_path: Path):  # type: ignore[no-untyped-def]
         )
 
     return issue
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One real PostgreSQL cluster (initdb into a temporary directory) for the whole run."""
+    require_service("postgresql", find_postgres_bin() is not None, "apt-get install postgresql")
+    server = Postgres()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Postgres) -> Iterator[str]:
+    """A new, empty database of that cluster for one test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.dsn
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    yield admin.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")  # type: ignore[arg-type]

@@ -1,4 +1,10 @@
-"""Stores behind small interfaces; the embedded default is SQLite."""
+"""Stores behind small interfaces; the embedded default is SQLite.
+
+The production backends (:class:`PostgresDocumentStore`, …) import their client libraries when
+they are first used, so an embedded collector never loads them.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from collector.stores._base import (
     AGGREGATES,
@@ -22,6 +28,18 @@ from collector.stores._base import (
 )
 from collector.stores._sqlite import SqliteDocumentStore, SqliteTimeSeriesStore
 
+if TYPE_CHECKING:
+    from collector.stores._postgres import PostgresDocumentStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresDocumentStore":
+        from collector.stores._postgres import PostgresDocumentStore
+
+        return PostgresDocumentStore
+    raise AttributeError(name)
+
+
 __all__ = [
     "AGGREGATES",
     "ALL_TENANTS",
@@ -35,6 +53,7 @@ __all__ = [
     "GatewayRecord",
     "GatewayRegistration",
     "LatestValue",
+    "PostgresDocumentStore",
     "QuarantineEntry",
     "SeriesGroup",
     "SeriesQuery",

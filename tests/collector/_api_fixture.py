@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from collector._rollouts import RolloutService
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
+    DocumentStore,
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
@@ -35,7 +37,7 @@ MINUTE = 60 * 10**9
 class Api:
     client: httpx.AsyncClient
     ts: SqliteTimeSeriesStore
-    docs: SqliteDocumentStore
+    docs: DocumentStore
     metrics: IngestMetrics
     broker_up: list[bool]
     gateways: dict[str, str]  # name → gateway id
@@ -44,6 +46,7 @@ class Api:
     keys: dict[str, Any]  # name → the gateway's private key
     published: list[tuple[str, bytes]]  # retained publishes (topic, payload)
     signing_key: Path
+    dump: Callable[[], bytes]  # everything the document store holds, as bytes
 
     async def get(
         self, path: str, token: str | None = "viewer-a", **params: object
@@ -56,15 +59,34 @@ def iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat()
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """The API over real stores; its document store is SQLite, then PostgreSQL (the same
+    tests are part of the contract every document backend passes)."""
     require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
     broker = Mosquitto(tmp_path / "broker")  # only its CA and files; not started
     config = load_config(
         collector_config(tmp_path / "c.toml", broker, tmp_path / "data", api_port=free_port())
     )
     ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
-    docs = SqliteDocumentStore(config.stores.documents_path)
+    docs: DocumentStore
+    if request.param == "postgres":
+        from collector.stores import PostgresDocumentStore
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        docs = PostgresDocumentStore(dsn, pool_size=4)
+        pg_dump = str(request.getfixturevalue("postgres_server").bin / "pg_dump")
+
+        def dump() -> bytes:
+            return subprocess.run([pg_dump, dsn], capture_output=True, check=True).stdout
+
+    else:
+        docs = SqliteDocumentStore(config.stores.documents_path)
+        path = config.stores.documents_path
+
+        def dump() -> bytes:
+            return b"".join(f.read_bytes() for f in path.parent.glob(path.name + "*"))  # + WAL
+
     assert config.pki is not None
     assert config.enrollment is not None
     enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
@@ -131,6 +153,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
             keys,
             published,
             config.pki.signing_key,
+            dump,
         )
     ts.close()
     docs.close()
