@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from collector._exceptions import ConfigError
 from wire import MAX_FRAME_BYTES, MAX_READINGS
@@ -28,14 +28,71 @@ class BrokerConfig(BaseModel):
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
 
 
-class StoresConfig(BaseModel):
-    """The embedded SQLite stores (one file each)."""
+class PostgresConfig(BaseModel):
+    """A PostgreSQL database for documents. The DSN may carry the password; it is never logged
+    (or keep it in PGPASSWORD or ~/.pgpass and leave it out of the DSN)."""
 
     model_config = _MODEL
 
+    dsn: SecretStr
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+
+
+class InfluxConfig(BaseModel):
+    """A time-series database spoken to with the InfluxDB line protocol: VictoriaMetrics
+    (``url`` is its base address, e.g. http://vm:8428) or InfluxDB 2/3 (with org, bucket and
+    token)."""
+
+    model_config = _MODEL
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    org: str = ""
+    bucket: str = "outpost"
+    token: SecretStr = SecretStr("")
+    batch_lines: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+
+class StoresConfig(BaseModel):
+    """Where readings and documents go: the embedded SQLite files (the default), or the
+    production backends."""
+
+    model_config = _MODEL
+
+    documents: Literal["sqlite", "postgres"] = "sqlite"
+    timeseries: Literal["sqlite", "victoriametrics", "influxdb"] = "sqlite"
     timeseries_path: Path = Path("/var/lib/outpost-collector/timeseries.db")
     documents_path: Path = Path("/var/lib/outpost-collector/documents.db")
     dedup_window_days: Annotated[float, Field(gt=0)] = 30.0
+    postgres: PostgresConfig | None = None
+    influx: InfluxConfig | None = None
+
+    @model_validator(mode="after")
+    def _backends_configured(self) -> StoresConfig:
+        if self.documents == "postgres" and self.postgres is None:
+            raise ValueError('documents = "postgres" needs a [stores.postgres] section with dsn')
+        if self.timeseries in ("victoriametrics", "influxdb") and self.influx is None:
+            raise ValueError(
+                f'timeseries = "{self.timeseries}" needs a [stores.influx] section with url'
+            )
+        if self.timeseries == "influxdb" and self.influx is not None and not self.influx.org:
+            raise ValueError('timeseries = "influxdb" needs [stores.influx] org, bucket and token')
+        return self
+
+
+class RedisConfig(BaseModel):
+    """State shared by collector replicas: rate-limit buckets, the dedup window, latest values.
+    Without it a single collector keeps that state in its own process."""
+
+    model_config = _MODEL
+
+    url: SecretStr  # redis://[:password@]host:6379/0 or rediss:// for TLS
+    prefix: Annotated[str, Field(max_length=64)] = "outpost:"
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
 class RetentionConfig(BaseModel):
@@ -128,6 +185,7 @@ class CollectorConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     broker: BrokerConfig
     stores: StoresConfig = StoresConfig()
+    redis: RedisConfig | None = None
     limits: LimitsConfig = LimitsConfig()
     retention: RetentionConfig = RetentionConfig()
     clock: ClockConfig = ClockConfig()

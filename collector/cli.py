@@ -21,6 +21,7 @@ import click
 import orjson
 
 import wire
+from collector._backends import open_documents, open_timeseries
 from collector._broker import init_broker, issue_gateway_identity
 from collector._config import CollectorConfig, load_config
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
@@ -34,8 +35,7 @@ from collector.stores import (
     ApiTokenRecord,
     AuditEntry,
     DesiredConfigRecord,
-    SqliteDocumentStore,
-    SqliteTimeSeriesStore,
+    DocumentStore,
 )
 from outpost_systemd import Notifier
 from provisioning import ProvisioningError
@@ -52,9 +52,7 @@ _config_option = click.option(
 )
 
 
-def _audit(
-    docs: SqliteDocumentStore, action: str, target: str, tenant: str, **detail: object
-) -> None:
+def _audit(docs: DocumentStore, action: str, target: str, tenant: str, **detail: object) -> None:
     """Operator actions from the CLI go to the audit log like the API's, as ``cli:<user>``."""
     docs.audit(
         AuditEntry(
@@ -81,11 +79,13 @@ def serve(config_path: Path) -> None:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        ts = SqliteTimeSeriesStore(
-            config.stores.timeseries_path, raw_retention_s=config.retention.raw_days * 86400
-        )
-        docs = SqliteDocumentStore(config.stores.documents_path)
+        docs = open_documents(config)
     except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        ts = open_timeseries(config)
+    except CollectorError as exc:
+        docs.close()
         raise click.ClickException(str(exc)) from None
     enrollment = None
     if config.pki and config.enrollment:
@@ -283,7 +283,7 @@ def readings(config_path: Path, measurement: str, tag_filters: tuple[str, ...], 
         tags[key] = value
     try:
         config = load_config(config_path)
-        ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
+        ts = open_timeseries(config)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -300,15 +300,15 @@ def readings(config_path: Path, measurement: str, tag_filters: tuple[str, ...], 
         )
 
 
-def _open_docs(config_path: Path) -> tuple[CollectorConfig, SqliteDocumentStore]:
+def _open_docs(config_path: Path) -> tuple[CollectorConfig, DocumentStore]:
     try:
         config = load_config(config_path)
-        return config, SqliteDocumentStore(config.stores.documents_path)
+        return config, open_documents(config)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _enrollment(config: CollectorConfig, docs: SqliteDocumentStore) -> EnrollmentService:
+def _enrollment(config: CollectorConfig, docs: DocumentStore) -> EnrollmentService:
     if config.pki is None or config.enrollment is None:
         raise click.ClickException(
             "the config has no [pki] and [enrollment] sections; see docs/collector.md"

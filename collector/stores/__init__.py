@@ -29,6 +29,7 @@ from collector.stores._base import (
 from collector.stores._sqlite import SqliteDocumentStore, SqliteTimeSeriesStore
 
 if TYPE_CHECKING:
+    from collector.stores._influx import InfluxTimeSeriesStore
     from collector.stores._postgres import PostgresDocumentStore
 
 
@@ -37,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from collector.stores._postgres import PostgresDocumentStore
 
         return PostgresDocumentStore
+    if name == "InfluxTimeSeriesStore":
+        from collector.stores._influx import InfluxTimeSeriesStore
+
+        return InfluxTimeSeriesStore
     raise AttributeError(name)
 
 
@@ -52,6 +57,7 @@ __all__ = [
     "EnrollmentTokenRecord",
     "GatewayRecord",
     "GatewayRegistration",
+    "InfluxTimeSeriesStore",
     "LatestValue",
     "PostgresDocumentStore",
     "QuarantineEntry",

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.stores import DocumentStore, SqliteDocumentStore
+from collector.stores import (
+    DocumentStore,
+    SqliteDocumentStore,
+    SqliteTimeSeriesStore,
+    TimeSeriesStore,
+)
+from tests.conftest import require_service
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -26,3 +32,34 @@ def docs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocumentSto
         store = PostgresDocumentStore(request.getfixturevalue("postgres_dsn"), pool_size=4)
     yield store
     store.close()
+
+
+@pytest.fixture(params=["sqlite", "victoriametrics"])
+def ts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
+    store: TimeSeriesStore
+    server = None
+    if request.param == "sqlite":
+        store = SqliteTimeSeriesStore(tmp_path / "timeseries.db")
+    else:
+        from collector.stores import InfluxTimeSeriesStore
+        from outpost_dev._servers import VictoriaMetrics, find_victoria_metrics
+
+        require_service(
+            "victoria-metrics",
+            find_victoria_metrics() is not None,
+            "apt-get install victoria-metrics",
+        )
+        server = VictoriaMetrics(tmp_path / "vm")
+        server.start()
+        store = InfluxTimeSeriesStore(server.url)
+    yield store
+    store.close()
+    if server is not None:
+        server.stop()
+
+
+def visible(store: TimeSeriesStore) -> None:
+    """What was written is visible to reads (VictoriaMetrics buffers about a second)."""
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush()
