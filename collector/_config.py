@@ -93,6 +93,10 @@ class RedisConfig(BaseModel):
     url: SecretStr  # redis://[:password@]host:6379/0 or rediss:// for TLS
     prefix: Annotated[str, Field(max_length=64)] = "outpost:"
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # Stored batches remembered in Redis (retransmits come within minutes); older ones are
+    # found in the document store.
+    dedup_window_s: Annotated[float, Field(ge=60)] = 3600.0
+    latest_values: bool = True  # keep the dashboard's latest values in Redis
 
 
 class RetentionConfig(BaseModel):

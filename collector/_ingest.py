@@ -14,13 +14,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import wire
 from collector._clockfix import ClockCorrector, SendStamp
 from collector._config import CollectorConfig
 from collector._enrollment import EnrollmentService
 from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
-from collector._limits import RateLimiter
+from collector._limits import RateLimiter, Verdict
 from collector.stores import (
     BatchRecord,
     DocumentStore,
@@ -29,6 +30,24 @@ from collector.stores import (
     TimeSeriesStore,
 )
 from wire import topics
+
+
+class Limiter(Protocol):
+    """Per-gateway rate limits: in process (:class:`RateLimiter`) or shared (Redis)."""
+
+    def consume(self, gateway_id: str, readings: int, size: int, now: float) -> Verdict: ...
+
+    def refund(self, gateway_id: str, readings: int, size: int) -> None: ...
+
+
+class DedupWindow(Protocol):
+    """Claims and recently stored batches shared by replicas (Redis)."""
+
+    def stored(self, key: tuple[str, str, int]) -> bool | None: ...
+
+    def claim(self, key: tuple[str, str, int]) -> bool: ...
+
+    def done(self, keys: Sequence[tuple[str, str, int]], *, stored: bool) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +115,8 @@ class Ingestor:
         enrollment: EnrollmentService | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        limiter: Limiter | None = None,
+        dedup: DedupWindow | None = None,
     ) -> None:
         self._cfg = config
         self._ts = timeseries
@@ -108,12 +129,14 @@ class Ingestor:
         self._now = monotonic
         self._log = logger or logging.getLogger("outpost.collector.ingest")
         lim = config.limits
-        self._limiter = RateLimiter(
+        self._limiter: Limiter = limiter or RateLimiter(
             readings_per_s=lim.readings_per_s,
             readings_burst=lim.readings_burst,
             bytes_per_s=lim.bytes_per_s,
             bytes_burst=lim.bytes_burst,
         )
+        self._dedup = dedup
+        self._twins: list[tuple[str, str, int]] = []  # repeats within one group, see _batch
         self._clock = ClockCorrector(
             docs=documents, tolerance_ns=int(config.clock.tolerance_s * 1e9), logger=self._log
         )
@@ -183,7 +206,24 @@ class Ingestor:
             else:
                 self._log.debug("ignoring %s from %s (not handled yet)", kind, gateway_id)
         if accepted:
-            replies.extend(self._store(accepted))
+            stored = self._store(accepted)
+            replies.extend(stored)
+            ok = {
+                (r.topic, r.message.stream, r.message.seq)
+                for r in stored
+                if isinstance(r.message, wire.Ack) and r.message.status == "stored"
+            }
+            for gateway_id, stream, seq in self._twins:
+                topic = topics.down_ack(gateway_id)
+                if (topic, stream, seq) in ok:
+                    self.metrics.duplicates += 1
+                    message: wire.Ack | wire.Nack = wire.Ack(
+                        stream=stream, seq=seq, status="duplicate"
+                    )
+                else:
+                    message = self._store_nack(stream, seq)
+                replies.append(Reply(topic, message))
+        self._twins.clear()
         return replies
 
     def _batch(
@@ -232,8 +272,16 @@ class Ingestor:
             )
             return
         key = (gateway_id, stream, seq)
+        if key in keys:
+            # The same batch twice in one group (a retransmit that caught up with the first
+            # copy): it gets the first copy's outcome once that is known, not an ack now that
+            # would let the gateway drop it if the store then fails.
+            self._twins.append(key)
+            return
         try:
-            seen = key in keys or self._docs.seen(*key)
+            seen = (self._dedup is not None and self._dedup.stored(key) is True) or self._docs.seen(
+                *key
+            )
         except StoreError as exc:
             self._log.error("cannot check batch %s for duplicates: %s", key, exc)
             replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
@@ -242,10 +290,28 @@ class Ingestor:
             self.metrics.duplicates += 1
             replies.append(Reply(ack_topic, wire.Ack(stream=stream, seq=seq, status="duplicate")))
             return
+        if self._dedup is not None and not self._dedup.claim(key):
+            # Another replica is storing it now (a retransmit overtook the first copy). Not a
+            # duplicate ack: that one could still fail. The gateway sends it again shortly.
+            self.metrics.nacks["overloaded"] += 1
+            replies.append(
+                Reply(
+                    ack_topic,
+                    wire.Nack(
+                        stream=stream,
+                        seq=seq,
+                        reason="overloaded",
+                        retry_after_ms=1000,
+                        detail="another collector replica is storing this batch now",
+                    ),
+                )
+            )
+            return
         verdict = self._limiter.consume(
             gateway_id, batch.reading_count, len(msg.payload), self._now()
         )
         if not verdict.allowed:
+            self._release([key])
             self.metrics.nacks["rate_limited"] += 1
             replies.append(
                 Reply(
@@ -267,6 +333,7 @@ class Ingestor:
             delta = self._clock.delta_ns(gateway_id, batch)
         except StoreError as exc:
             self._log.error("cannot record the clock of %s: %s", gateway_id, exc)
+            self._release([key])
             self._limiter.refund(gateway_id, batch.reading_count, len(msg.payload))
             replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
             return
@@ -316,6 +383,7 @@ class Ingestor:
         except StoreError as exc:
             kind = "unavailable" if isinstance(exc, StoreUnavailable) else "failed"
             self._log.error("store %s, nacking %d batch(es): %s", kind, len(accepted), exc)
+            self._release([(a.gateway_id, a.batch.stream_id, a.batch.seq) for a in accepted])
             replies = []
             for a in accepted:
                 self._limiter.refund(a.gateway_id, a.batch.reading_count, a.size)
@@ -327,6 +395,10 @@ class Ingestor:
                 )
             return replies
         self.metrics.write_latency.observe(time.perf_counter() - started)
+        if self._dedup is not None:
+            self._dedup.done(
+                [(a.gateway_id, a.batch.stream_id, a.batch.seq) for a in accepted], stored=True
+            )
         self.metrics.batches_stored += len(accepted)
         self.metrics.readings_stored += sum(a.batch.reading_count for a in accepted)
         self.metrics.events_stored += len(events)
@@ -338,6 +410,10 @@ class Ingestor:
             )
             for a in accepted
         ]
+
+    def _release(self, keys: list[tuple[str, str, int]]) -> None:
+        if self._dedup is not None:
+            self._dedup.done(keys, stored=False)
 
     def _config_report(self, msg: Incoming, gateway_id: str) -> None:
         try:

@@ -93,8 +93,31 @@ def serve(config_path: Path) -> None:
             enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
         except (ProvisioningError, OSError, ValueError) as exc:
             raise click.ClickException(f"[pki]: cannot load the CA or signing key: {exc}") from None
+    limiter = dedup = shared_ping = None
+    if config.redis is not None:
+        from collector import _shared
+
+        redis_client = _shared.connect(config.redis)
+        prefix = config.redis.prefix
+        limiter = _shared.RedisRateLimiter(redis_client, config.limits, prefix=prefix)
+        dedup = _shared.RedisDedupWindow(
+            redis_client, prefix=prefix, window_s=config.redis.dedup_window_s
+        )
+        if config.redis.latest_values:
+            ts = _shared.LatestValues(ts, redis_client, prefix=prefix)
+
+        def shared_ping() -> None:
+            _shared.ping(redis_client)
+
     try:
-        ingestor = Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment)
+        ingestor = Ingestor(
+            config=config,
+            timeseries=ts,
+            documents=docs,
+            enrollment=enrollment,
+            limiter=limiter,
+            dedup=dedup,
+        )
         service = CollectorService(
             broker=config.broker,
             ingestor=ingestor,
@@ -126,6 +149,7 @@ def serve(config_path: Path) -> None:
                 replay=ingestor.replay,
                 configs=configs,
                 rollouts=rollouts,
+                shared_state=shared_ping,
             )
             api = ApiServer(config.api, create_app(services))
         asyncio.run(_run_until_signal(service, api))

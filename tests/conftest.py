@@ -15,7 +15,7 @@ import pytest
 
 from collector import issue_gateway_identity
 from outpost_dev._processes import Mosquitto, find_mosquitto
-from outpost_dev._servers import Postgres, find_postgres_bin
+from outpost_dev._servers import Postgres, Redis, find_postgres_bin, find_redis
 
 
 def require_service(name: str, available: bool, how: str) -> None:
@@ -71,3 +71,13 @@ def postgres_dsn(postgres_server: Postgres) -> Iterator[str]:
     yield admin.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    """A real redis-server on a free port, keeping nothing on disk."""
+    require_service("redis-server", find_redis() is not None, "apt-get install redis-server")
+    server = Redis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -53,6 +53,12 @@ def create_app(services: ApiServices) -> FastAPI:
                 checks[name] = "ok"
             except Exception as exc:  # any failure means not ready; say which and why
                 checks[name] = f"failing: {type(exc).__name__}"
+        if services.shared_state is not None:
+            try:
+                services.shared_state()
+                checks["shared_state"] = "ok"
+            except Exception as exc:  # Redis down: the collector carries on, but say so
+                checks["shared_state"] = f"failing: {type(exc).__name__}"
         if services.broker_connected is not None:
             checks["broker"] = "ok" if services.broker_connected() else "failing: not connected"
         failing = sorted(k for k, v in checks.items() if v != "ok")

@@ -32,6 +32,7 @@ class ApiServices:
     replay: Callable[[QuarantineEntry, int], tuple[str, str]] | None = None
     configs: ConfigService | None = None  # desired configs (needs [pki])
     rollouts: RolloutService | None = None
+    shared_state: Callable[[], None] | None = None  # pings Redis; raises when it is down
 
 
 @dataclass(frozen=True)

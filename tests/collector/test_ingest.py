@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,7 +104,8 @@ def test_stored_then_acked_and_a_retransmit_is_acked_but_not_stored_again(env: E
     replies = env.ingestor.handle([msg(frame(1, events=[ev]), 1), msg(frame(1), 1)])
     assert [r.message.status for r in replies] == ["duplicate", "duplicate"]  # type: ignore[union-attr]
     replies = env.ingestor.handle([msg(frame(2), 2), msg(frame(2), 2)])
-    assert [r.message.status for r in replies] == ["duplicate", "stored"]  # type: ignore[union-attr]
+    # The repeat is answered after the first copy is stored, with that outcome.
+    assert [r.message.status for r in replies] == ["stored", "duplicate"]  # type: ignore[union-attr]
     assert env.ts.count_points("env") == 6
     assert len(env.docs.events("gw-1")) == 1
     assert env.ingestor.metrics.duplicates == 3
@@ -243,6 +245,25 @@ def test_dedup_records_older_than_the_window_are_pruned(env: Env) -> None:
 class LockedDocuments(SqliteDocumentStore):
     def seen(self, gateway_id: str, stream_id: str, seq: int) -> bool:
         raise StoreUnavailable("database is locked")
+
+
+class FailingRecords(SqliteDocumentStore):
+    def record(self, batches: Any, events: Any) -> None:
+        raise StoreUnavailable("disk I/O error")
+
+
+def test_a_batch_twice_in_one_group_is_nacked_twice_when_the_store_fails(tmp_path: Path) -> None:
+    """Never a "duplicate" ack for a copy of a batch whose store failed: the gateway would
+    drop it."""
+    cfg = make_config(tmp_path)
+    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
+    docs = FailingRecords(cfg.stores.documents_path)
+    ing = Ingestor(config=cfg, timeseries=ts, documents=docs)
+    replies = ing.handle([msg(frame(1), 1), msg(frame(1), 1)])
+    assert [type(r.message).__name__ for r in replies] == ["Nack", "Nack"]
+    assert {r.message.reason for r in replies} == {"store_unavailable"}  # type: ignore[union-attr]
+    ts.close()
+    docs.close()
 
 
 def test_a_failing_document_store_gives_nacks_not_a_crash(tmp_path: Path) -> None:

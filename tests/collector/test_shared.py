@@ -1,0 +1,83 @@
+"""State shared by collector replicas in a real Redis: one rate limit, one dedup window, latest
+values; and what happens when Redis goes away."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from collector import _shared
+from collector._config import LimitsConfig, RedisConfig
+from collector._exceptions import StoreUnavailable
+from collector._limits import RateLimiter
+from collector.stores import SeriesWrite, SqliteTimeSeriesStore
+from outpost_dev._servers import Redis
+
+LIMITS = LimitsConfig(readings_per_s=10, readings_burst=100, bytes_per_s=1e6, bytes_burst=1e7)
+
+
+@pytest.fixture
+def client(redis_server: Redis) -> Iterator[redis.Redis]:
+    c = _shared.connect(RedisConfig(url=SecretStr(redis_server.url), timeout_s=0.5))
+    yield c
+    c.close()
+
+
+def test_two_replicas_draw_on_one_bucket(client: redis.Redis) -> None:
+    a = _shared.RedisRateLimiter(client, LIMITS)
+    b = _shared.RedisRateLimiter(client, LIMITS)
+    assert a.consume("gw-1", 60, 1000, 0.0).allowed
+    verdict = b.consume("gw-1", 60, 1000, 0.0)  # alone, replica b would allow it
+    assert not verdict.allowed
+    assert verdict.limit == "readings_per_s"
+    assert 1.5 < verdict.retry_after_s <= 2.1  # 20 readings short at 10/s
+    assert b.consume("gw-2", 60, 1000, 0.0).allowed  # another gateway has its own bucket
+    a.refund("gw-1", 60, 1000)  # the batch was not stored after all
+    assert b.consume("gw-1", 60, 1000, 0.0).allowed
+    local = RateLimiter(readings_per_s=10, readings_burst=100, bytes_per_s=1e6, bytes_burst=1e7)
+    assert local.consume("gw-1", 60, 1000, 0.0).allowed  # what each replica would do alone
+
+
+def test_a_claimed_batch_is_not_taken_twice_and_a_stored_one_is_known(client: redis.Redis) -> None:
+    a = _shared.RedisDedupWindow(client, window_s=60)
+    b = _shared.RedisDedupWindow(client, window_s=60)
+    key = ("gw-1", "s1", 7)
+    assert a.stored(key) is None
+    assert a.claim(key)
+    assert not b.claim(key)  # replica a is storing it
+    a.done([key], stored=False)  # its store failed: the claim is released, nothing remembered
+    assert b.claim(key)
+    b.done([key], stored=True)
+    assert a.stored(key) is True
+    assert a.claim(key)  # (the caller checks `stored` first)
+
+
+def test_latest_values_newest_wins_and_the_store_answers_when_redis_is_gone(
+    client: redis.Redis, redis_server: Redis, tmp_path: Path
+) -> None:
+    inner = SqliteTimeSeriesStore(tmp_path / "ts.db")
+    ts = _shared.LatestValues(inner, client)
+    tags = {"gateway": "gw-1", "device": "d1"}
+    ts.write([SeriesWrite("climate", tags, [(2_000, {"celsius": 21.5}), (3_000, {"celsius": 22.0})], "acme")])  # fmt: skip
+    ts.write(
+        [SeriesWrite("climate", tags, [(1_000, {"celsius": 5.0, "on": True})], "acme")]
+    )  # late
+    latest = {v.field: (v.ts, v.value) for v in ts.latest("acme", "climate")}
+    assert latest == {"celsius": (3_000, 22.0), "on": (1_000, True)}
+    assert ts.latest("globex", "climate") == inner.latest("globex", "climate") == []
+    assert {v.field for v in ts.latest("*", "climate", tags={"device": "d1"})} == {"celsius", "on"}
+    assert ts.latest("acme", "climate", tags={"device": "d9"}) == []
+    redis_server.stop()
+    # Redis is gone: readings are still stored, and latest values come from the store.
+    ts.write([SeriesWrite("climate", tags, [(4_000, {"celsius": 23.0})], "acme")])
+    latest = {v.field: v.value for v in ts.latest("acme", "climate")}
+    assert latest["celsius"] == 23.0
+    limiter = _shared.RedisRateLimiter(client, LIMITS)
+    assert limiter.consume("gw-1", 10, 10, 0.0).allowed  # its own buckets meanwhile
+    with pytest.raises(StoreUnavailable, match=r"Redis 127\.0\.0\.1"):
+        _shared.ping(client)
+    inner.close()
