@@ -187,6 +187,7 @@ class CollectorConfig(BaseModel):
     model_config = _MODEL
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    summary_interval_s: Annotated[float, Field(gt=0)] = 60.0  # the ingest summary in the log
     broker: BrokerConfig
     stores: StoresConfig = StoresConfig()
     redis: RedisConfig | None = None

@@ -78,6 +78,9 @@ def serve(config_path: Path) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Our own messages say which store failed and why; the clients' would repeat it per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         docs = open_documents(config)
     except CollectorError as exc:
@@ -126,6 +129,7 @@ def serve(config_path: Path) -> None:
             max_queued=config.limits.max_queued_batches,
             overload_retry_after_ms=config.limits.overload_retry_after_ms,
             notifier=Notifier(),
+            summary_interval_s=config.summary_interval_s,
             timeseries=ts,
             retention=config.retention,
         )

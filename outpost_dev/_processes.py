@@ -148,8 +148,12 @@ def collector_config(
     client_id: str = "outpost-collector-1",
     api_port: int | None = None,
     crl_reload_command: str = "",
+    stores: str = "",
+    top: str = "",
 ) -> Path:
-    """A collector config for ``broker``; with ``api_port``, also the CA and the HTTPS API."""
+    """A collector config for ``broker``; with ``api_port``, also the CA and the HTTPS API.
+    ``stores`` goes into ``[stores]`` (e.g. ``documents = "postgres"``), ``top`` before any
+    table."""
     f = broker.files
     if api_port is not None:
         extra += f"""
@@ -173,6 +177,7 @@ broker_port = {broker.port}
     path.write_text(
         f"""\
 log_level = "info"
+{top}
 
 [broker]
 host = "localhost"
@@ -185,6 +190,7 @@ client_id = "{client_id}"
 [stores]
 timeseries_path = "{data_dir / "timeseries.db"}"
 documents_path = "{data_dir / "documents.db"}"
+{stores}
 {extra}
 """
     )

@@ -25,11 +25,19 @@ from wire import Event, Reading
 
 class CountingSource:
     def __init__(
-        self, *, run: str, per_poll: int, interval: float, clock: Clock, limit: int
+        self,
+        *,
+        run: str,
+        per_poll: int,
+        interval: float,
+        clock: Clock,
+        limit: int,
+        slots: bool = False,
     ) -> None:
         self.name = "counter"
         self.interval = interval
         self._run, self._per_poll, self._clock, self._limit = run, per_poll, clock, limit
+        self._slots = slots
         self.n = 0
 
     def collect(self) -> Collection:
@@ -42,7 +50,9 @@ class CountingSource:
             out.readings.append(
                 Reading(
                     measurement="counter",
-                    tags={"run": self._run},
+                    # With slots, each reading of a poll is its own series (as sensors are):
+                    # a store that keeps milliseconds (VictoriaMetrics) keeps them all.
+                    tags={"run": self._run, "slot": str(i)} if self._slots else {"run": self._run},
                     fields={"n": n, "value": n * 0.5, "even": n % 2 == 0, "label": f"r{n}"},
                     ts=ts + i,
                 )
@@ -75,6 +85,7 @@ async def main() -> None:
         "--limit", type=int, default=0, help="stop producing after this many; 0 = no limit"
     )
     p.add_argument("--skew", type=float, default=0.0, help="wall clock error in seconds")
+    p.add_argument("--slots", action="store_true", help="one series per reading of a poll")
     args = p.parse_args()
     config = load_config(args.config)
     logging.basicConfig(
@@ -90,6 +101,7 @@ async def main() -> None:
                 interval=args.interval,
                 clock=clock,
                 limit=args.limit,
+                slots=args.slots,
             )
         )
     with (

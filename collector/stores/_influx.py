@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -113,7 +114,9 @@ class InfluxTimeSeriesStore:
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout_s,
-            verify=verify_tls,
+            verify=ssl.create_default_context(cafile=verify_tls)
+            if isinstance(verify_tls, str)
+            else verify_tls,
             headers={"Authorization": f"Token {token}"} if token else {},
         )
 

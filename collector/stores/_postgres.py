@@ -134,6 +134,9 @@ class PostgresDocumentStore:
     ) -> None:
         self.where = _where(dsn)
         self._clock = clock
+        self._fail_fast_s = 1.0
+        self._down_until = 0.0
+        self._down_reason = ""
         self._pool = ConnectionPool(
             dsn,
             min_size=1,
@@ -180,12 +183,21 @@ class PostgresDocumentStore:
         return [r[0] for r in self._all("SELECT name FROM outpost_migrations ORDER BY name")]
 
     @contextmanager
-    def _tx(self, what: str) -> Iterator[psycopg.Cursor[Any]]:
+    def _tx(self, what: str, *, probe: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        # While the server is down, fail at once for a moment instead of waiting out the pool's
+        # timeout on every call: the ingest answers its nacks quickly and keeps its queue short.
+        if not probe and time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"{self.where}: cannot {what}: {self._down_reason}")
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur
         except (psycopg.Error, PoolTimeout) as exc:
-            raise _translate(self.where, what, exc) from exc
+            error = _translate(self.where, what, exc)
+            if isinstance(error, StoreUnavailable):
+                self._down_until = time.monotonic() + self._fail_fast_s
+                self._down_reason = f"unavailable since a moment ago ({exc})".splitlines()[0]
+            raise error from exc
+        self._down_until = 0.0
 
     def _all(self, sql: str, args: Sequence[Any] = (), what: str = "read") -> list[Any]:
         with self._tx(what) as cur:
@@ -198,8 +210,10 @@ class PostgresDocumentStore:
             return cur.fetchone()
 
     def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` if the database cannot answer a query now."""
-        self._one("SELECT 1", what="answer a ping")
+        """Raise :class:`StoreUnavailable` if the database cannot answer a query now (always
+        asks the server: this is how a recovery is noticed)."""
+        with self._tx("answer a ping", probe=True) as cur:
+            cur.execute("SELECT 1")
 
     def close(self) -> None:
         self._pool.close()

@@ -114,6 +114,7 @@ class Harness:
         interval: float = 0.05,
         limit: int = 0,
         skew: float = 0.0,
+        slots: bool = False,
     ) -> subprocess.Popen[bytes]:
         args = [
             "outpost_dev.producer",
@@ -131,6 +132,7 @@ class Harness:
             str(limit),
             "--skew",
             str(skew),
+            *(["--slots"] if slots else []),
         ]
         proc = spawn(args, log=self.root / f"{gateway_id}.log")
         self.producers.append(proc)

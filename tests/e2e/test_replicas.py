@@ -1,0 +1,252 @@
+"""Collector replicas on the production backends: PostgreSQL documents, VictoriaMetrics time
+series, Redis shared state, real agents, a real Mosquitto with the shared subscription."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import ssl
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from collector.stores import InfluxTimeSeriesStore
+from outpost_dev._processes import collector_config, free_port, spawn, stop
+from outpost_dev._servers import Postgres, Redis, VictoriaMetrics, find_victoria_metrics
+from tests.conftest import require_service
+from tests.e2e._harness import Harness, JournalEntry, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@dataclass
+class Cluster:
+    """N collector replicas sharing one broker, one PostgreSQL, one VictoriaMetrics, one Redis."""
+
+    h: Harness
+    dsn: str
+    pg: Postgres
+    vm: VictoriaMetrics
+    redis: Redis
+    replicas: dict[str, subprocess.Popen[bytes] | None] = field(default_factory=dict)
+
+    def config(self, name: str, api_port: int | None = None) -> Path:
+        return collector_config(
+            self.h.root / f"{name}.toml",
+            self.h.broker,
+            self.h.root / f"{name}-data",
+            client_id=f"outpost-{name}",
+            top="summary_interval_s = 1",
+            api_port=api_port,
+            stores='documents = "postgres"\ntimeseries = "victoriametrics"',
+            extra=f"""
+[stores.postgres]
+dsn = "{self.dsn}"
+pool_size = 4
+connect_timeout_s = 2
+
+[stores.influx]
+url = "{self.vm.url}"
+timeout_s = 5
+retries = 1
+
+[redis]
+url = "{self.redis.url}"
+
+[limits]
+store_retry_after_ms = 500
+""",
+        )
+
+    def log(self, name: str) -> Path:
+        return self.h.root / f"{name}.log"
+
+    def start(self, name: str, api_port: int | None = None) -> None:
+        log = self.log(name)
+        before = log.read_text().count("collector subscribed") if log.exists() else 0
+        self.replicas[name] = spawn(
+            ["collector.cli", "serve", "--config", str(self.config(name, api_port))], log=log
+        )
+        wait_until(
+            lambda: log.read_text().count("collector subscribed") > before,
+            timeout=30,
+            what=f"replica {name} to subscribe",
+        )
+
+    def kill(self, name: str) -> None:
+        proc = self.replicas[name]
+        assert proc is not None
+        proc.kill()  # SIGKILL, mid-batch if it is in one
+        proc.wait()
+        self.replicas[name] = None
+
+    def stored_batches(self, name: str) -> int:
+        """The replica's own count of batches stored, from its latest summary line."""
+        found = re.findall(r"stored (\d+) batches", self.log(name).read_text())
+        return int(found[-1]) if found else 0
+
+    def close(self) -> None:
+        for proc in self.replicas.values():
+            if proc is not None:
+                stop(proc)
+
+
+@pytest.fixture
+def cluster(
+    harness: Harness,
+    postgres_server: Postgres,
+    postgres_dsn: str,
+    redis_server: Redis,
+    tmp_path: Path,
+) -> Iterator[Cluster]:
+    require_service(
+        "victoria-metrics", find_victoria_metrics() is not None, "apt-get install victoria-metrics"
+    )
+    vm = VictoriaMetrics(tmp_path / "vm")
+    vm.start()
+    c = Cluster(harness, postgres_dsn, postgres_server, vm, redis_server)
+    yield c
+    c.close()
+    vm.stop()
+
+
+def stored_in_vm(c: Cluster, gateway_id: str) -> dict[tuple[str, int], list[int]]:
+    """(run, n) → the timestamps stored for that reading, counted in VictoriaMetrics."""
+    store = InfluxTimeSeriesStore(c.vm.url)
+    try:
+        store.flush()
+        found: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for p in store.query("counter", tags={"gateway": gateway_id}):
+            found[(p.tags["run"], int(p.fields["n"]))].append(p.ts)
+        return found
+    finally:
+        store.close()
+
+
+def assert_stored_exactly_once(c: Cluster, gateway_id: str, journal: list[JournalEntry]) -> None:
+    stored = stored_in_vm(c, gateway_id)
+    missing = [(e.run, e.n) for e in journal if (e.run, e.n) not in stored]
+    assert not missing, f"{len(missing)} of {len(journal)} readings lost, e.g. {missing[:5]}"
+    twice = {k: v for k, v in stored.items() if len(v) > 1}
+    assert not twice, f"{len(twice)} readings stored more than once, e.g. {list(twice.items())[:3]}"
+    assert len(stored) == len({(e.run, e.n) for e in journal})
+
+
+def batches_in_postgres(c: Cluster, gateway_id: str) -> int:
+    with psycopg.connect(c.dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM stored_batches WHERE gateway_id = %s", (gateway_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def drain(c: Cluster, config: Path, gateway_id: str, timeout: float = 90) -> None:
+    proc = c.h.start_producer(config, gateway_id, run="drain", per_poll=0)
+    wait_until(
+        lambda: c.h.status(config)["backlog_readings"] == 0,
+        timeout=timeout,
+        what=f"{gateway_id}'s backlog to drain",
+    )
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+
+
+def test_two_replicas_one_killed_mid_load_store_every_reading_once(cluster: Cluster, identity) -> None:  # fmt: skip
+    c = cluster
+    c.start("replica-a")
+    c.start("replica-b")
+    gateways = [f"gw-r{i}" for i in range(4)]
+    configs = {gw: c.h.agent_config(gw, identity(gw)) for gw in gateways}
+    producers = [
+        c.h.start_producer(configs[gw], gw, run="load", per_poll=25, interval=0.05, slots=True)
+        for gw in gateways
+    ]  # about 2,000 readings/s in all
+    # Both replicas take a share of the stream before one of them dies.
+    wait_until(
+        lambda: c.stored_batches("replica-a") > 20 and c.stored_batches("replica-b") > 20,
+        timeout=30,
+        what="both replicas storing batches",
+    )
+    c.kill("replica-a")
+    time.sleep(3)  # replica b carries the whole stream alone; a's unacked batches are resent
+    c.start("replica-a")
+    time.sleep(2)
+    for p in producers:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+    for gw in gateways:
+        drain(c, configs[gw], gw)
+    total = 0
+    for gw in gateways:
+        journal = c.h.read_journal(gw)
+        assert len(journal) > 1000
+        total += len(journal)
+        assert_stored_exactly_once(c, gw, journal)
+        status = c.h.status(configs[gw])
+        assert status["drops"] == {}
+        assert batches_in_postgres(c, gw) > 0
+    assert total > 8000
+
+
+def test_a_30_second_store_outage_loses_nothing(cluster: Cluster, identity) -> None:
+    """PostgreSQL goes away for 30 s under load: the collector nacks "store unavailable" and
+    keeps running, /readyz names the store, the gateways buffer; afterwards they drain."""
+    c = cluster
+    api_port = free_port()
+    c.start("replica-a", api_port=api_port)
+    readyz = f"https://localhost:{api_port}/readyz"
+    trust = ssl.create_default_context(cafile=str(c.h.broker.files.ca_cert))
+
+    def ready() -> httpx.Response:
+        return httpx.get(readyz, verify=trust, timeout=10)
+
+    wait_until(lambda: _reachable(ready), timeout=20, what="the API")
+    gateways = ["gw-o1", "gw-o2"]
+    configs = {gw: c.h.agent_config(gw, identity(gw)) for gw in gateways}
+    producers = [
+        c.h.start_producer(configs[gw], gw, run="o", per_poll=20, interval=0.05, slots=True)
+        for gw in gateways
+    ]
+    wait_until(lambda: c.stored_batches("replica-a") > 10, timeout=30, what="batches stored")
+    assert ready().status_code == 200
+    c.pg.stop(mode="immediate")  # the database crashes
+    outage_started = time.monotonic()
+    wait_until(
+        lambda: "store_unavailable" in c.log("replica-a").read_text(),
+        timeout=30,
+        what="store_unavailable nacks",
+    )
+    body = ready()
+    assert body.status_code == 503
+    assert body.json()["failing"] == ["document_store"]
+    assert "PostgreSQL 127.0.0.1" in c.log("replica-a").read_text()  # says which store
+    assert "postgresql://" not in c.log("replica-a").read_text()  # never the DSN itself
+    time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+    assert c.replicas["replica-a"] is not None
+    assert c.replicas["replica-a"].poll() is None  # kept running through it
+    backlog = sum(int(c.h.status(configs[gw])["backlog_readings"]) for gw in gateways)
+    assert backlog > 1000  # the gateways kept what they read
+    c.pg.start()
+    wait_until(lambda: ready().status_code == 200, timeout=30, what="readyz after the outage")
+    for p in producers:
+        p.send_signal(signal.SIGTERM)
+        p.wait(10)
+    for gw in gateways:
+        drain(c, configs[gw], gw)
+        assert_stored_exactly_once(c, gw, c.h.read_journal(gw))
+        assert c.h.status(configs[gw])["drops"] == {}
+
+
+def _reachable(get: object) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        get()  # type: ignore[operator]
+        return True
+    return False
