@@ -201,14 +201,10 @@ class RolloutService:
             if m["wave"] == rollout["current_wave"]
         ]
         unstarted = [m for m in wave if m["started_ns"] is None]
-        for m in unstarted:
-            self._start(rollout, m, now)
-        if unstarted:
+        started = [m["gateway_id"] for m in unstarted if self._start(rollout, m, now)]
+        if started:
             self._audit(
-                rollout,
-                "rollout.wave_start",
-                wave=rollout["current_wave"] + 1,
-                gateways=[m["gateway_id"] for m in unstarted],
+                rollout, "rollout.wave_start", wave=rollout["current_wave"] + 1, gateways=started
             )
         for m in self._docs.rollout_members(rollout["id"]):
             if m["wave"] != rollout["current_wave"] or m["outcome"] is not None:
@@ -256,7 +252,8 @@ class RolloutService:
             )
         )
 
-    def _start(self, rollout: dict[str, Any], m: dict[str, Any], now: int) -> None:
+    def _start(self, rollout: dict[str, Any], m: dict[str, Any], now: int) -> bool:
+        """Publish a member's config; False if another replica had just done it."""
         record = DesiredConfigRecord(
             m["gateway_id"], m["version"], m["issued_ns"], f"rollout:{rollout['id']}", m["envelope"]
         )
@@ -264,10 +261,18 @@ class RolloutService:
         try:
             self._configs.commit(record)
         except ConfigRefused:
-            outcome = "skipped"  # a newer config was set for it since the rollout was made
+            newest = self._docs.desired_configs(m["gateway_id"], limit=1)
+            ours = bool(newest) and newest[0].envelope == m["envelope"]
+            # Another replica started this member a moment ago (every replica steps rollouts):
+            # it is started, not skipped. Otherwise a newer config was set for it meanwhile.
+            if ours:
+                self._docs.update_rollout_member(rollout["id"], m["gateway_id"], started_ns=now)
+                return False
+            outcome = "skipped"
         self._docs.update_rollout_member(
             rollout["id"], m["gateway_id"], started_ns=now, outcome=outcome
         )
+        return True
 
     def _outcome(
         self, m: dict[str, Any], timeout_s: float, now: int, *, device_errors_fail: bool

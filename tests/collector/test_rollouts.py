@@ -17,7 +17,7 @@ from collector._configs import ConfigInvalid, ConfigService
 from collector._enrollment import EnrollmentService
 from collector._rollouts import RolloutError, RolloutService, wave_sizes
 from collector.cli import main as collector_cli
-from collector.stores import SqliteDocumentStore
+from collector.stores import DesiredConfigRecord, SqliteDocumentStore
 from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
 from provisioning._ca import make_csr, new_key
 from tests.collector._api_fixture import Api
@@ -173,6 +173,23 @@ def test_silent_gateways_time_out_and_count_as_failures(fleet: Fleet) -> None:
     outcomes = sorted(m["outcome"] for m in fleet.docs.rollout_members(rid))
     assert outcomes == ["applied", "applied", "applied", "timed_out"]
     assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["status"] == "completed"  # 25 % ≤ 30 %
+
+
+def test_two_replicas_stepping_one_rollout_start_each_gateway_once(fleet: Fleet) -> None:
+    rid = fleet.rollouts.create(tenant="acme", config=CONFIG, actor="ops", waves=["2", "100%"])
+    other = RolloutService(docs=fleet.docs, configs=fleet.configs, now_ns=lambda: fleet.clock[0])
+    wave1 = [m for m in fleet.docs.rollout_members(rid) if m["wave"] == 0]
+    # Replica one publishes the first member; replica two steps before one recorded it started.
+    rollout = fleet.docs.rollouts("acme", rollout_id=rid)[0]
+    fleet.configs.commit(
+        DesiredConfigRecord(wave1[0]["gateway_id"], 1, wave1[0]["issued_ns"], f"rollout:{rid}", wave1[0]["envelope"])
+    )  # fmt: skip
+    other._step(rollout)
+    outcomes = {m["gateway_id"]: m["outcome"] for m in fleet.docs.rollout_members(rid)}
+    assert outcomes[wave1[0]["gateway_id"]] is None  # started by the other, not "skipped"
+    assert all(fleet.desired(m["gateway_id"]) == 1 for m in wave1)
+    starts = [e for e in fleet.docs.audit_log("acme") if e.action == "rollout.wave_start"]
+    assert [e.detail["gateways"] for e in starts] == [[wave1[1]["gateway_id"]]]
 
 
 def test_pause_resume_abort_and_bad_input(fleet: Fleet) -> None:
