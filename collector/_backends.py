@@ -30,6 +30,15 @@ def open_documents(config: CollectorConfig) -> DocumentStore:
 
 def open_timeseries(config: CollectorConfig) -> TimeSeriesStore:
     stores = config.stores
+    if stores.timeseries == "postgres":
+        from collector.stores import PostgresTimeSeriesStore
+
+        assert stores.postgres is not None
+        return PostgresTimeSeriesStore(
+            stores.postgres.dsn.get_secret_value(),
+            pool_size=stores.postgres.pool_size,
+            connect_timeout_s=stores.postgres.connect_timeout_s,
+        )
     if stores.timeseries in ("victoriametrics", "influxdb"):
         from collector.stores import InfluxTimeSeriesStore
 

@@ -64,7 +64,7 @@ class StoresConfig(BaseModel):
     model_config = _MODEL
 
     documents: Literal["sqlite", "postgres"] = "sqlite"
-    timeseries: Literal["sqlite", "victoriametrics", "influxdb"] = "sqlite"
+    timeseries: Literal["sqlite", "victoriametrics", "influxdb", "postgres"] = "sqlite"
     timeseries_path: Path = Path("/var/lib/outpost-collector/timeseries.db")
     documents_path: Path = Path("/var/lib/outpost-collector/documents.db")
     dedup_window_days: Annotated[float, Field(gt=0)] = 30.0
@@ -73,8 +73,9 @@ class StoresConfig(BaseModel):
 
     @model_validator(mode="after")
     def _backends_configured(self) -> StoresConfig:
-        if self.documents == "postgres" and self.postgres is None:
-            raise ValueError('documents = "postgres" needs a [stores.postgres] section with dsn')
+        for role in ("documents", "timeseries"):
+            if getattr(self, role) == "postgres" and self.postgres is None:
+                raise ValueError(f'{role} = "postgres" needs a [stores.postgres] section with dsn')
         if self.timeseries in ("victoriametrics", "influxdb") and self.influx is None:
             raise ValueError(
                 f'timeseries = "{self.timeseries}" needs a [stores.influx] section with url'

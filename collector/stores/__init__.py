@@ -30,14 +30,18 @@ from collector.stores._sqlite import SqliteDocumentStore, SqliteTimeSeriesStore
 
 if TYPE_CHECKING:
     from collector.stores._influx import InfluxTimeSeriesStore
-    from collector.stores._postgres import PostgresDocumentStore
+    from collector.stores._postgres import PostgresDocumentStore, PostgresTimeSeriesStore
 
 
 def __getattr__(name: str) -> Any:
     if name == "PostgresDocumentStore":
-        from collector.stores._postgres import PostgresDocumentStore
+        from collector.stores._postgres import PostgresDocumentStore, PostgresTimeSeriesStore
 
         return PostgresDocumentStore
+    if name == "PostgresTimeSeriesStore":
+        from collector.stores._postgres import PostgresTimeSeriesStore
+
+        return PostgresTimeSeriesStore
     if name == "InfluxTimeSeriesStore":
         from collector.stores._influx import InfluxTimeSeriesStore
 
@@ -60,6 +64,7 @@ __all__ = [
     "InfluxTimeSeriesStore",
     "LatestValue",
     "PostgresDocumentStore",
+    "PostgresTimeSeriesStore",
     "QuarantineEntry",
     "SeriesGroup",
     "SeriesQuery",

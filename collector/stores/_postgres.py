@@ -17,13 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from collector._exceptions import StoreError, StoreUnavailable, TokenRefused
+from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, TooManyPoints
 from collector.stores._base import (
     ALL_TENANTS,
     ApiTokenRecord,
@@ -34,9 +35,14 @@ from collector.stores._base import (
     EnrollmentTokenRecord,
     GatewayRecord,
     GatewayRegistration,
+    LatestValue,
     QuarantineEntry,
+    SeriesGroup,
+    SeriesQuery,
+    SeriesWrite,
+    StoredPoint,
 )
-from wire import ConfigReport, Event, GatewayState
+from wire import ConfigReport, Event, FieldValue, GatewayState
 
 # Ordered, each run once in its own transaction and recorded in outpost_migrations.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -120,9 +126,11 @@ def _translate(where: str, what: str, exc: Exception) -> StoreError:
     return StoreError(f"{where}: cannot {what}: {detail}")
 
 
-class PostgresDocumentStore:
-    """Gateways, events, stored-batch records, quarantine, enrollment, configs, rollouts and
-    the audit log in PostgreSQL."""
+class _PostgresBase:
+    """A connection pool, migrations and error translation shared by the PostgreSQL stores."""
+
+    _migrations: ClassVar[list[tuple[str, list[str]]]] = []
+    _pool_name: ClassVar[str] = "outpost"
 
     def __init__(
         self,
@@ -146,7 +154,7 @@ class PostgresDocumentStore:
             # A connection broken by a server restart is found and replaced, not handed out.
             check=ConnectionPool.check_connection,
             open=False,
-            name="outpost-documents",
+            name=self._pool_name,
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
@@ -156,7 +164,11 @@ class PostgresDocumentStore:
                 f"{self.where}: cannot connect within {connect_timeout_s:g} s; check that the "
                 "server runs, the DSN's host and port, and its user's access (pg_hba.conf)"
             ) from exc
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -169,7 +181,7 @@ class PostgresDocumentStore:
             )
             cur.execute("SELECT name FROM outpost_migrations")
             done = {r[0] for r in cur.fetchall()}
-            for name, statements in MIGRATIONS:
+            for name, statements in self._migrations:
                 if name in done:
                     continue
                 for sql in statements:
@@ -217,6 +229,14 @@ class PostgresDocumentStore:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class PostgresDocumentStore(_PostgresBase):
+    """Gateways, events, stored-batch records, quarantine, enrollment, configs, rollouts and
+    the audit log in PostgreSQL."""
+
+    _migrations: ClassVar[list[tuple[str, list[str]]]] = MIGRATIONS
+    _pool_name: ClassVar[str] = "outpost-documents"
 
     # -- batches, events, quarantine ----------------------------------------------------------
 
@@ -892,3 +912,231 @@ def _token(row: Sequence[Any]) -> EnrollmentTokenRecord:
         uses_left=row[7],
         revoked=bool(row[8]),
     )
+
+
+TS_MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "ts_0001_points",
+        [
+            "CREATE TABLE ts_series (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " tenant TEXT NOT NULL, measurement TEXT NOT NULL, tags JSONB NOT NULL,"
+            " UNIQUE (tenant, measurement, tags))",
+            "CREATE INDEX ts_series_measurement ON ts_series (measurement, tenant)",
+            "CREATE INDEX ts_series_tags ON ts_series USING GIN (tags jsonb_path_ops)",
+            # One row per reading: (series, ts) is the identity, so a rewrite overwrites.
+            "CREATE TABLE ts_points (series_id BIGINT NOT NULL, ts BIGINT NOT NULL,"
+            " fields JSONB NOT NULL, PRIMARY KEY (series_id, ts))",
+            "CREATE INDEX ts_points_ts ON ts_points USING BRIN (ts)",  # cheap; for expiry
+            "CREATE TABLE ts_latest (series_id BIGINT NOT NULL, field TEXT NOT NULL,"
+            " ts BIGINT NOT NULL, value JSONB NOT NULL, PRIMARY KEY (series_id, field))",
+        ],
+    ),
+]
+
+# A field's value as a number: booleans count as 1/0 (as in SQLite), text as nothing.
+_NUMERIC = (
+    "CASE jsonb_typeof(p.fields->%(field)s) WHEN 'number' THEN (p.fields->>%(field)s)::float8"
+    " WHEN 'boolean' THEN CASE WHEN (p.fields->%(field)s)::boolean THEN 1.0 ELSE 0.0 END END"
+)
+_AGGREGATES = {
+    "mean": f"avg({_NUMERIC})",
+    "sum": f"sum({_NUMERIC})",
+    "min": f"min({_NUMERIC})",
+    "max": f"max({_NUMERIC})",
+    "count": "count(*)",
+    "last": "(array_agg(p.fields->%(field)s ORDER BY p.ts DESC))[1]",
+}
+
+
+class PostgresTimeSeriesStore(_PostgresBase):
+    """Readings in PostgreSQL, for fleets that would rather run one database: one row per
+    reading (fields as JSONB, types kept), a table of latest values, aggregates computed from
+    the raw rows at query time (no rollups: raw readings are kept ``[retention] raw_days``)."""
+
+    _migrations: ClassVar[list[tuple[str, list[str]]]] = TS_MIGRATIONS
+    _pool_name: ClassVar[str] = "outpost-timeseries"
+
+    def __init__(self, dsn: str, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._series: dict[tuple[str, str, bytes], int] = {}
+
+    def _series_ids(self, cur: psycopg.Cursor[Any], keys: set[tuple[str, str, bytes]]) -> None:
+        for key in sorted(keys - self._series.keys()):  # one order: no deadlock between replicas
+            tenant, measurement, tags = key
+            cur.execute(
+                "INSERT INTO ts_series (tenant, measurement, tags) VALUES (%s, %s, %s::jsonb)"
+                " ON CONFLICT (tenant, measurement, tags) DO NOTHING RETURNING id",
+                (tenant, measurement, tags.decode()),
+            )
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(
+                    "SELECT id FROM ts_series WHERE tenant = %s AND measurement = %s"
+                    " AND tags = %s::jsonb",
+                    (tenant, measurement, tags.decode()),
+                )
+                row = cur.fetchone()
+            assert row is not None
+            self._series[key] = int(row[0])
+
+    def write(self, series: Sequence[SeriesWrite]) -> None:
+        keyed = [
+            ((s.tenant, s.measurement, orjson.dumps(s.tags, option=orjson.OPT_SORT_KEYS)), s)
+            for s in series
+        ]
+        try:
+            with self._tx("write readings") as cur:
+                self._series_ids(cur, {k for k, _ in keyed})
+                points: dict[tuple[int, int], dict[str, Any]] = {}
+                latest: dict[tuple[int, str], tuple[int, Any]] = {}
+                for key, s in keyed:
+                    sid = self._series[key]
+                    for ts, fields in s.points:
+                        points.setdefault((sid, ts), {}).update(fields)
+                        for name, value in fields.items():
+                            seen = latest.get((sid, name))
+                            if seen is None or ts >= seen[0]:
+                                latest[(sid, name)] = (ts, value)
+                cur.executemany(
+                    "INSERT INTO ts_points (series_id, ts, fields) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (series_id, ts) DO UPDATE SET fields = ts_points.fields"
+                    " || excluded.fields",
+                    [(sid, ts, Jsonb(f)) for (sid, ts), f in sorted(points.items())],
+                )
+                cur.executemany(
+                    "INSERT INTO ts_latest (series_id, field, ts, value) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (series_id, field) DO UPDATE SET ts = excluded.ts,"
+                    " value = excluded.value WHERE excluded.ts >= ts_latest.ts",
+                    [(sid, f, ts, Jsonb(v)) for (sid, f), (ts, v) in sorted(latest.items())],
+                )
+        except StoreError:
+            self._series.clear()  # ids made in a rolled-back transaction do not exist
+            raise
+
+    @staticmethod
+    def _filter(
+        tenant: str, measurement: str | None, tags: dict[str, str] | None
+    ) -> tuple[str, dict[str, Any]]:
+        sql = "true"
+        args: dict[str, Any] = {}
+        if measurement is not None:
+            sql += " AND s.measurement = %(measurement)s"
+            args["measurement"] = measurement
+        if tenant != ALL_TENANTS:
+            sql += " AND s.tenant = %(tenant)s"
+            args["tenant"] = tenant
+        if tags:
+            sql += " AND s.tags @> %(tags)s"
+            args["tags"] = Jsonb(tags)
+        return sql, args
+
+    def query(
+        self,
+        measurement: str,
+        *,
+        tenant: str = ALL_TENANTS,
+        tags: dict[str, str] | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> list[StoredPoint]:
+        """Points of ``measurement`` whose tags include ``tags``, oldest first, one per ts."""
+        where, args = self._filter(tenant, measurement, tags)
+        args |= {"start": start_ns or 0, "end": end_ns or 2**63 - 1}
+        rows = self._all(
+            "SELECT s.tags, p.ts, p.fields FROM ts_series s JOIN ts_points p ON p.series_id = s.id"
+            f" WHERE {where} AND p.ts >= %(start)s AND p.ts < %(end)s ORDER BY p.ts, s.id",
+            args,  # type: ignore[arg-type]
+            "query readings",
+        )
+        return [StoredPoint(measurement, r[0], r[1], r[2]) for r in rows]
+
+    def aggregate(self, query: SeriesQuery) -> list[SeriesGroup]:
+        """Bucketed aggregates over the raw rows; bucket k holds ``[start + k·bucket, …)``."""
+        where, args = self._filter(query.tenant, query.measurement, query.tags)
+        groups = [f"coalesce(s.tags->>%(g{i})s, '')" for i in range(len(query.group_by))]
+        args |= {f"g{i}": name for i, name in enumerate(query.group_by)}
+        args |= {
+            "field": query.field,
+            "start": query.start_ns,
+            "end": query.end_ns,
+            "bucket": query.bucket_ns,
+            "limit": query.max_points + 1,
+        }
+        key_sql = ", ".join([*groups, "(p.ts - %(start)s) / %(bucket)s"])
+        rows = self._all(
+            f"SELECT {key_sql}, {_AGGREGATES[query.aggregate]} FROM ts_series s"
+            " JOIN ts_points p ON p.series_id = s.id"
+            f" WHERE {where} AND p.ts >= %(start)s AND p.ts < %(end)s AND p.fields ? %(field)s"
+            f" GROUP BY {key_sql} ORDER BY {key_sql} LIMIT %(limit)s",
+            args,  # type: ignore[arg-type]
+            "aggregate readings",
+        )
+        if len(rows) > query.max_points:
+            raise TooManyPoints(len(rows), query.max_points)
+        out: dict[tuple[str, ...], list[tuple[int, FieldValue]]] = {}
+        n = len(query.group_by)
+        for row in rows:
+            key, k, value = tuple(row[:n]), int(row[n]), row[n + 1]
+            if value is None:
+                continue  # mean, min, max, sum of text make no sense
+            if query.aggregate == "count":
+                value = int(value)
+            elif query.aggregate != "last":
+                value = float(value)
+            out.setdefault(key, []).append((query.start_ns + k * query.bucket_ns, value))
+        return [
+            SeriesGroup(dict(zip(query.group_by, key, strict=True)), points)
+            for key, points in sorted(out.items())
+        ]
+
+    def latest(
+        self, tenant: str, measurement: str, *, tags: dict[str, str] | None = None
+    ) -> list[LatestValue]:
+        where, args = self._filter(tenant, measurement, tags)
+        rows = self._all(
+            "SELECT s.tags, l.field, l.ts, l.value FROM ts_series s JOIN ts_latest l"
+            f" ON l.series_id = s.id WHERE {where} ORDER BY s.id, l.field",
+            args,  # type: ignore[arg-type]
+            "read latest values",
+        )
+        return [LatestValue(measurement, r[0], r[1], r[2], r[3]) for r in rows]
+
+    def devices(self, tenant: str, gateway_id: str) -> dict[str, tuple[list[str], int]]:
+        where, args = self._filter(tenant, None, {"gateway": gateway_id})
+        rows = self._all(
+            "SELECT s.tags->>'device', s.measurement, max(l.ts) FROM ts_series s"
+            f" JOIN ts_latest l ON l.series_id = s.id WHERE {where} AND s.tags ? 'device'"
+            " GROUP BY 1, 2",
+            args,  # type: ignore[arg-type]
+            "list devices",
+        )
+        out: dict[str, tuple[list[str], int]] = {}
+        for device, measurement, last in rows:
+            names, seen = out.get(device, ([], 0))
+            out[device] = (sorted({*names, measurement}), max(seen, int(last)))
+        return out
+
+    def count_points(self, measurement: str | None = None) -> int:
+        """Rows of ``ts_points``: readings stored (each (series, ts) once)."""
+        if measurement is None:
+            row = self._one("SELECT count(*) FROM ts_points")
+        else:
+            row = self._one(
+                "SELECT count(*) FROM ts_points p JOIN ts_series s ON s.id = p.series_id"
+                " WHERE s.measurement = %s",
+                (measurement,),
+            )
+        return int(row[0])
+
+    def refresh_rollups(self, raw_horizon_ns: int = 0) -> int:
+        """Nothing to do: aggregates are computed from the raw rows."""
+        del raw_horizon_ns
+        return 0
+
+    def expire(
+        self, *, raw_before_ns: int, rollup_5m_before_ns: int, rollup_1h_before_ns: int
+    ) -> dict[str, int]:
+        del rollup_5m_before_ns, rollup_1h_before_ns  # no rollups here
+        with self._tx("expire old readings") as cur:
+            cur.execute("DELETE FROM ts_points WHERE ts < %s", (raw_before_ns,))
+            return {"raw_points": cur.rowcount, "rollups_5m": 0, "rollups_1h": 0}

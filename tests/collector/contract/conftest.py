@@ -34,12 +34,16 @@ def docs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocumentSto
     store.close()
 
 
-@pytest.fixture(params=["sqlite", "victoriametrics"])
+@pytest.fixture(params=["sqlite", "victoriametrics", "postgres"])
 def ts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TimeSeriesStore]:
     store: TimeSeriesStore
     server = None
     if request.param == "sqlite":
         store = SqliteTimeSeriesStore(tmp_path / "timeseries.db")
+    elif request.param == "postgres":
+        from collector.stores import PostgresTimeSeriesStore
+
+        store = PostgresTimeSeriesStore(request.getfixturevalue("postgres_dsn"), pool_size=4)
     else:
         from collector.stores import InfluxTimeSeriesStore
         from outpost_dev._servers import VictoriaMetrics, find_victoria_metrics
