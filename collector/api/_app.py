@@ -68,7 +68,7 @@ def create_app(services: ApiServices) -> FastAPI:
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         """Prometheus metrics: ingest, acks, nacks by reason, quarantine, dedup, write latency."""
-        text, content_type = metrics_text(services.metrics)
+        text, content_type = metrics_text(services.metrics, services.timeseries)
         return PlainTextResponse(text, media_type=content_type)
 
     @app.exception_handler(HTTPException)

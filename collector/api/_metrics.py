@@ -13,11 +13,29 @@ from collector._ingest import IngestMetrics
 
 
 class _IngestCollector(Collector):
-    def __init__(self, metrics: IngestMetrics) -> None:
+    def __init__(self, metrics: IngestMetrics, timeseries: object = None) -> None:
         self._m = metrics
+        self._ts = timeseries
 
     def collect(self) -> Iterator[Metric]:
         m = self._m
+        # What a time-series backend could not keep (VictoriaMetrics: text fields; line
+        # protocol: a measurement starting with #): counted, never silent.
+        inner = getattr(self._ts, "inner", self._ts)
+        for name, doc, attr in (
+            (
+                "outpost_timeseries_text_fields_skipped",
+                "Text field values the time-series backend does not store",
+                "text_fields_skipped",
+            ),
+            (
+                "outpost_timeseries_unwritable_readings",
+                "Readings line protocol cannot carry (measurement starts with #)",
+                "unwritable",
+            ),
+        ):
+            if hasattr(inner, attr):
+                yield CounterMetricFamily(name, doc, value=getattr(inner, attr))
         for name, doc, value in (
             ("outpost_batches_stored", "Batches stored and acked", m.batches_stored),
             ("outpost_readings_stored", "Readings stored", m.readings_stored),
@@ -50,8 +68,8 @@ class _IngestCollector(Collector):
         )
 
 
-def metrics_text(metrics: IngestMetrics | None) -> tuple[bytes, str]:
+def metrics_text(metrics: IngestMetrics | None, timeseries: object = None) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     if metrics is not None:
-        registry.register(_IngestCollector(metrics))
+        registry.register(_IngestCollector(metrics, timeseries))
     return generate_latest(registry), CONTENT_TYPE_LATEST

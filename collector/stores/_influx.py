@@ -52,6 +52,11 @@ from wire import FieldValue
 if TYPE_CHECKING:
     from collector._config import InfluxConfig
 
+_CONTROL = {"\n": r"\n", "\t": r"\t", "\r": r"\r"}
+_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", **_CONTROL})
+_ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", **_CONTROL})
+_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\"})
+
 TENANT_LABEL = "outpost_tenant"
 MEASUREMENT_LABEL = "outpost_m"
 _OWN = (TENANT_LABEL, MEASUREMENT_LABEL, "__name__")
@@ -87,6 +92,7 @@ class InfluxTimeSeriesStore:
         self._batch_lines = batch_lines
         self._log = logger or logging.getLogger("outpost.collector.timeseries")
         self.text_fields_skipped = 0
+        self.unwritable = 0  # readings whose measurement line protocol cannot carry
         self._skipped_names: set[str] = set()
         retry = Retry(
             total=retries,
@@ -138,29 +144,46 @@ class InfluxTimeSeriesStore:
     # -- writing ------------------------------------------------------------------------------
 
     def lines(self, series: Sequence[SeriesWrite]) -> Iterator[str]:
-        """Line protocol, one line per point (escaped by influxdb-client's Point)."""
-        from influxdb_client.client.write.point import Point
-        from influxdb_client.domain.write_precision import WritePrecision
-
+        """Line protocol, one line per point, as influxdb-client's ``Point`` writes it (tags
+        and fields sorted, the same escaping; a test holds the two equal). Written here
+        because building a ``Point`` per reading cost 12 µs, most of a write's time."""
         text_ok = self.kind == "influxdb"
         for s in series:
+            if s.measurement.startswith("#"):  # a line starting with # is a comment
+                self.unwritable += len(s.points)
+                self._log.warning(
+                    "%s: measurement %r cannot be written in line protocol (it starts with #);"
+                    " %d readings not stored",
+                    self.where,
+                    s.measurement,
+                    len(s.points),
+                )
+                continue
+            tags = {**s.tags, TENANT_LABEL: s.tenant, MEASUREMENT_LABEL: s.measurement}
+            head = s.measurement.translate(_ESCAPE_MEASUREMENT) + "".join(
+                f",{k.translate(_ESCAPE_KEY)}={_tag_value(v)}"
+                for k, v in sorted(tags.items())
+                if k and v
+            )
             for ts, fields in s.points:
-                point = Point(s.measurement).time(ts, WritePrecision.NS)
-                for key, tag in s.tags.items():
-                    point.tag(key, tag)
-                point.tag(TENANT_LABEL, s.tenant)
-                point.tag(MEASUREMENT_LABEL, s.measurement)
-                kept = 0
-                for name, value in fields.items():
-                    if isinstance(value, str) and not text_ok:
+                parts = []
+                for name, value in sorted(fields.items()):
+                    key = name.translate(_ESCAPE_KEY)
+                    if isinstance(value, bool):
+                        parts.append(f"{key}={'true' if value else 'false'}")
+                    elif isinstance(value, int):
+                        parts.append(f"{key}={value}i")
+                    elif isinstance(value, float):
+                        if not math.isfinite(value):
+                            continue  # the agent refuses these; never write what cannot be read
+                        text = repr(value)
+                        parts.append(f"{key}={text[:-2] if text.endswith('.0') else text}")
+                    elif text_ok:
+                        parts.append(f'{key}="{value.translate(_ESCAPE_STRING)}"')
+                    else:
                         self._skip_text(s.measurement, name)
-                        continue
-                    if isinstance(value, float) and not math.isfinite(value):
-                        continue  # the agent refuses these; never write what cannot be read
-                    point.field(name, value)
-                    kept += 1
-                if kept:
-                    yield point.to_line_protocol()
+                if parts:
+                    yield f"{head} {','.join(parts)} {ts}"
 
     def _skip_text(self, measurement: str, name: str) -> None:
         self.text_fields_skipped += 1
@@ -470,6 +493,11 @@ class InfluxTimeSeriesStore:
     def close(self) -> None:
         self._client.close()
         self._http.close()
+
+
+def _tag_value(value: str) -> str:
+    escaped = value.translate(_ESCAPE_KEY)
+    return escaped + " " if escaped.endswith("\\") else escaped  # as influxdb-client does
 
 
 def _identity(metric: dict[str, str]) -> bytes:
