@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 
 from bench._common import machine, report
@@ -89,7 +90,11 @@ def status(cfg: Path) -> int:
 def producer(cfg: Path, root: Path, name: str, **kw: object) -> subprocess.Popen[bytes]:
     args = ["outpost_dev.producer", "--config", str(cfg), "--journal", str(root / f"{name}.j")]
     for k, v in kw.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:
+            args.append(flag)
+        elif v is not False:
+            args += [flag, str(v)]
     return spawn(args, log=root / f"{name}.log")
 
 
@@ -119,11 +124,13 @@ def run_once(b: Backends, backend: str, replicas: int, n: int, gateways: int, ru
             )
         fills = [
             producer(
-                cfg, root, f"fill{g}", per_poll=5000, interval=0.01, limit=n // gateways, slots=True
+                cfg, root, f"fill{g}", per_poll=100, interval=0.01, limit=n // gateways, slots=True
             )
             for g, cfg in enumerate(configs)
         ]
         while any(status(cfg) < n // gateways for cfg in configs):
+            if any(f.poll() is not None for f in fills):
+                raise RuntimeError(f"a producer exited; see {root}/fill*.log")
             time.sleep(0.3)
         for f in fills:
             f.send_signal(signal.SIGTERM)
@@ -223,6 +230,47 @@ def latency(b: Backends, writes: int) -> None:
         store.close()
 
 
+def disk(b: Backends, readings: int) -> None:
+    """Bytes on disk per reading (3 fields, 20 series, 1 s apart) after compaction."""
+    from collector.stores import InfluxTimeSeriesStore, PostgresTimeSeriesStore
+
+    groups = readings // 8000
+    vm = InfluxTimeSeriesStore(b.vm.url)
+    dsn = fresh_database(b, "bench_disk")
+    pg = PostgresTimeSeriesStore(dsn, pool_size=2)
+    start = (time.time_ns() // 10**9 - 14 * 86400) * 10**9
+    for k in range(groups):
+        group = group_commit(start, k)
+        vm.write(group)
+        pg.write(group)
+    vm.flush()
+    httpx.get(f"{b.vm.url}/internal/force_merge", timeout=600)
+    time.sleep(5)  # the merge runs in the background
+    vm_bytes = sum(f.stat().st_size for f in (b.root / "vm" / "data").rglob("*") if f.is_file())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        row = conn.execute(
+            "SELECT pg_total_relation_size('ts_points') + pg_total_relation_size('ts_series')"
+            " + pg_total_relation_size('ts_latest')"
+        ).fetchone()
+    pg_bytes = int(row[0]) if row else 0
+    for name, size in (("victoriametrics", vm_bytes), ("postgres", pg_bytes)):
+        print(
+            json.dumps(
+                {
+                    "benchmark": f"disk_per_reading.{name}",
+                    "bytes_per_reading": round(size / (groups * 8000), 1),
+                    "readings": groups * 8000,
+                    "fields_per_reading": 3,
+                    "machine": machine(),
+                }
+            ),
+            flush=True,
+        )
+    vm.close()
+    pg.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=3)
@@ -230,10 +278,14 @@ def main() -> None:
     p.add_argument("--gateways", type=int, default=4)
     p.add_argument("--writes", type=int, default=200, help="timed writes per store")
     p.add_argument("--latency-only", action="store_true")
+    p.add_argument("--disk", type=int, default=0, help="measure disk per reading over N readings")
     p.add_argument("--backend", choices=["victoriametrics", "postgres"], action="append")
     p.add_argument("--replicas", type=int, action="append")
     args = p.parse_args()
     with backends() as b:
+        if args.disk:
+            disk(b, args.disk)
+            return
         latency(b, args.writes)
         if args.latency_only:
             return

@@ -961,23 +961,25 @@ class PostgresTimeSeriesStore(_PostgresBase):
         self._series: dict[tuple[str, str, bytes], int] = {}
 
     def _series_ids(self, cur: psycopg.Cursor[Any], keys: set[tuple[str, str, bytes]]) -> None:
-        for key in sorted(keys - self._series.keys()):  # one order: no deadlock between replicas
-            tenant, measurement, tags = key
-            cur.execute(
-                "INSERT INTO ts_series (tenant, measurement, tags) VALUES (%s, %s, %s::jsonb)"
-                " ON CONFLICT (tenant, measurement, tags) DO NOTHING RETURNING id",
-                (tenant, measurement, tags.decode()),
-            )
-            row = cur.fetchone()
-            if row is None:
-                cur.execute(
-                    "SELECT id FROM ts_series WHERE tenant = %s AND measurement = %s"
-                    " AND tags = %s::jsonb",
-                    (tenant, measurement, tags.decode()),
-                )
-                row = cur.fetchone()
-            assert row is not None
-            self._series[key] = int(row[0])
+        """Ids of series not seen by this process yet, made where missing: one statement that
+        finds them by the unique index (a series another replica made is found, not made twice;
+        sorted, so two replicas lock in the same order)."""
+        missing = sorted(keys - self._series.keys())
+        if not missing:
+            return
+        cur.execute(
+            "INSERT INTO ts_series (tenant, measurement, tags) SELECT * FROM"
+            " unnest(%s::text[], %s::text[], %s::jsonb[]) ON CONFLICT (tenant, measurement, tags)"
+            " DO UPDATE SET tags = excluded.tags RETURNING id, tenant, measurement, tags",
+            (
+                [k[0] for k in missing],
+                [k[1] for k in missing],
+                [k[2].decode() for k in missing],
+            ),
+        )
+        for sid, tenant, measurement, tags in cur.fetchall():
+            key = (tenant, measurement, orjson.dumps(tags, option=orjson.OPT_SORT_KEYS))
+            self._series[key] = int(sid)
 
     def write(self, series: Sequence[SeriesWrite]) -> None:
         keyed = [
