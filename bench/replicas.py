@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import signal
 import statistics
 import subprocess
@@ -168,17 +169,26 @@ def run_once(b: Backends, backend: str, replicas: int, n: int, gateways: int, ru
 
 
 def group_commit(start_ns: int, k: int) -> list[SeriesWrite]:
-    """8 batches × 1,000 readings: 20 series (device tag), 3 fields, 1 s apart per series."""
+    """8 batches × 1,000 readings: 20 series (device tag), 3 fields, 1 s apart per series, with
+    values that vary as sensors' do (a random walk, 2 decimals), so compression is not flattered."""
+    rng = random.Random(k)
     out = []
     for batch in range(8):
         for series in range(20):
-            points = [
-                (
-                    start_ns + ((k * 8 + batch) * 50 + i) * 10**9,
-                    {"celsius": 21.5 + i % 7, "rh": 40 + i % 11, "on": i % 2 == 0},
+            level = 20 + series * 0.5
+            points = []
+            for i in range(50):
+                level += rng.gauss(0, 0.05)
+                points.append(
+                    (
+                        start_ns + ((k * 8 + batch) * 50 + i) * 10**9,
+                        {
+                            "celsius": round(level, 2),
+                            "rh": rng.randint(30, 70),
+                            "on": rng.random() < 0.9,
+                        },
+                    )
                 )
-                for i in range(50)
-            ]
             out.append(
                 SeriesWrite(
                     "climate", {"gateway": f"gw-{batch}", "device": f"d{series}"}, points, "acme"
@@ -246,7 +256,9 @@ def disk(b: Backends, readings: int) -> None:
     vm.flush()
     httpx.get(f"{b.vm.url}/internal/force_merge", timeout=600)
     time.sleep(5)  # the merge runs in the background
+    b.vm.stop()  # everything on disk
     vm_bytes = sum(f.stat().st_size for f in (b.root / "vm" / "data").rglob("*") if f.is_file())
+    b.vm.start()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
         row = conn.execute(
