@@ -137,6 +137,9 @@ class Ingestor:
         )
         self._dedup = dedup
         self._twins: list[tuple[str, str, int]] = []  # repeats within one group, see _batch
+        self._failing_since: float | None = None  # when the stores began to fail (monotonic)
+        self._failure_logged = 0.0
+        self._failures_unlogged = 0
         self._clock = ClockCorrector(
             docs=documents, tolerance_ns=int(config.clock.tolerance_s * 1e9), logger=self._log
         )
@@ -283,7 +286,7 @@ class Ingestor:
                 *key
             )
         except StoreError as exc:
-            self._log.error("cannot check batch %s for duplicates: %s", key, exc)
+            self._store_failed("cannot check batch %s for duplicates: %s", key, exc)
             replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
             return
         if seen:
@@ -382,7 +385,7 @@ class Ingestor:
             )
         except StoreError as exc:
             kind = "unavailable" if isinstance(exc, StoreUnavailable) else "failed"
-            self._log.error("store %s, nacking %d batch(es): %s", kind, len(accepted), exc)
+            self._store_failed("store %s, nacking %d batch(es): %s", kind, len(accepted), exc)
             self._release([(a.gateway_id, a.batch.stream_id, a.batch.seq) for a in accepted])
             replies = []
             for a in accepted:
@@ -395,6 +398,7 @@ class Ingestor:
                 )
             return replies
         self.metrics.write_latency.observe(time.perf_counter() - started)
+        self._store_ok()
         if self._dedup is not None:
             self._dedup.done(
                 [(a.gateway_id, a.batch.stream_id, a.batch.seq) for a in accepted], stored=True
@@ -410,6 +414,30 @@ class Ingestor:
             )
             for a in accepted
         ]
+
+    def _store_failed(self, message: str, *args: object) -> None:
+        """Log a store failure: the first of an outage, then at most one line every 10 s with
+        how many more there were (an outage must not flood the log with a line per batch)."""
+        now = self._now()
+        if self._failing_since is None or now - self._failure_logged >= 10.0:
+            more = (
+                f" ({self._failures_unlogged} more failures since the last line)"
+                if self._failures_unlogged
+                else ""
+            )
+            self._log.error(message + more, *args)
+            self._failure_logged, self._failures_unlogged = now, 0
+            if self._failing_since is None:
+                self._failing_since = now
+        else:
+            self._failures_unlogged += 1
+
+    def _store_ok(self) -> None:
+        if self._failing_since is not None:
+            self._log.warning(
+                "stores answer again after %.0f s of failures", self._now() - self._failing_since
+            )
+            self._failing_since, self._failures_unlogged = None, 0
 
     def _release(self, keys: list[tuple[str, str, int]]) -> None:
         if self._dedup is not None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -275,5 +276,27 @@ def test_a_failing_document_store_gives_nacks_not_a_crash(tmp_path: Path) -> Non
     assert isinstance(reply.message, wire.Nack)
     assert reply.message.reason == "store_unavailable"
     assert ts.count_points() == 0
+    ts.close()
+    docs.close()
+
+
+def test_an_outage_is_logged_once_then_every_10_s_not_per_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(tmp_path)
+    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
+    docs = FailingRecords(cfg.stores.documents_path)
+    clock = [100.0]
+    ing = Ingestor(config=cfg, timeseries=ts, documents=docs, monotonic=lambda: clock[0])
+    with caplog.at_level(logging.ERROR, logger="outpost.collector.ingest"):
+        for seq in range(1, 6):
+            ing.handle([msg(frame(seq), seq)])
+            clock[0] += 1
+        assert len(caplog.records) == 1  # five nacked batches, one line
+        clock[0] += 10
+        ing.handle([msg(frame(6), 6)])
+    assert len(caplog.records) == 2
+    assert "(4 more failures since the last line)" in caplog.records[-1].getMessage()
+    assert ing.metrics.nacks["store_unavailable"] == 6
     ts.close()
     docs.close()
