@@ -209,7 +209,7 @@ class RedisDedupWindow:
         *,
         prefix: str = "outpost:",
         window_s: float = 3600.0,
-        claim_s: float = 60.0,
+        claim_s: float = 10.0,
         logger: logging.Logger | None = None,
     ) -> None:
         import redis as redis_lib

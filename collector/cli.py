@@ -81,6 +81,7 @@ def serve(config_path: Path) -> None:
     # Our own messages say which store failed and why; the clients' would repeat it per request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # influxdb-client retries
     try:
         docs = open_documents(config)
     except CollectorError as exc:

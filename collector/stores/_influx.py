@@ -91,6 +91,8 @@ class InfluxTimeSeriesStore:
         self._org, self._bucket = org, bucket
         self._batch_lines = batch_lines
         self._log = logger or logging.getLogger("outpost.collector.timeseries")
+        self._down_until = 0.0
+        self._down_reason = ""
         self.text_fields_skipped = 0
         self.unwritable = 0  # readings whose measurement line protocol cannot carry
         self._skipped_names: set[str] = set()
@@ -210,13 +212,21 @@ class InfluxTimeSeriesStore:
             self._send(chunk, WritePrecision.NS)
 
     def _send(self, lines: list[str], precision: Any) -> None:
+        # While the server is down, fail at once for a moment instead of retrying every write
+        # (the ingest nacks quickly; `ping` always asks the server).
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"{self.where}: cannot write readings: {self._down_reason}")
         try:
             self._write.write(
                 bucket=self._bucket, org=self._org or "-", record="\n".join(lines),
                 write_precision=precision,
             )  # fmt: skip
         except Exception as exc:  # influxdb-client raises ApiException and urllib3 errors
-            raise self._translate("write readings", exc) from exc
+            error = self._translate("write readings", exc)
+            if isinstance(error, StoreUnavailable):
+                self._down_until = time.monotonic() + 1.0
+                self._down_reason = "unavailable a moment ago"
+            raise error from exc
 
     def _translate(self, what: str, exc: Exception) -> StoreError:
         status = getattr(exc, "status", None)

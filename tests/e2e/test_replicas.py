@@ -196,9 +196,11 @@ def test_two_replicas_one_killed_mid_load_store_every_reading_once(cluster: Clus
     assert total > 8000
 
 
-def test_a_30_second_store_outage_loses_nothing(cluster: Cluster, identity) -> None:
-    """PostgreSQL goes away for 30 s under load: the collector nacks "store unavailable" and
-    keeps running, /readyz names the store, the gateways buffer; afterwards they drain."""
+@pytest.mark.parametrize("store", ["postgres", "victoriametrics"])
+def test_a_30_second_store_outage_loses_nothing(cluster: Cluster, identity, store: str) -> None:
+    """A store goes away for 30 s under load (PostgreSQL crashes, VictoriaMetrics stops): the
+    collector nacks "store unavailable" and keeps running, /readyz names the store, the gateways
+    buffer; afterwards they drain."""
     c = cluster
     api_port = free_port()
     c.start("replica-a", api_port=api_port)
@@ -217,7 +219,10 @@ def test_a_30_second_store_outage_loses_nothing(cluster: Cluster, identity) -> N
     ]
     wait_until(lambda: c.stored_batches("replica-a") > 10, timeout=30, what="batches stored")
     assert ready().status_code == 200
-    c.pg.stop(mode="immediate")  # the database crashes
+    if store == "postgres":
+        c.pg.stop(mode="immediate")  # the database crashes
+    else:
+        c.vm.stop()
     outage_started = time.monotonic()
     wait_until(
         lambda: "store_unavailable" in c.log("replica-a").read_text(),
@@ -226,15 +231,20 @@ def test_a_30_second_store_outage_loses_nothing(cluster: Cluster, identity) -> N
     )
     body = ready()
     assert body.status_code == 503
-    assert body.json()["failing"] == ["document_store"]
-    assert "PostgreSQL 127.0.0.1" in c.log("replica-a").read_text()  # says which store
+    named = {"postgres": ("document_store", "PostgreSQL 127.0.0.1"),
+             "victoriametrics": ("timeseries_store", f"VictoriaMetrics {c.vm.url}")}[store]  # fmt: skip
+    assert body.json()["failing"] == [named[0]]
+    assert named[1] in c.log("replica-a").read_text()  # says which store
     assert "postgresql://" not in c.log("replica-a").read_text()  # never the DSN itself
     time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
     assert c.replicas["replica-a"] is not None
     assert c.replicas["replica-a"].poll() is None  # kept running through it
     backlog = sum(int(c.h.status(configs[gw])["backlog_readings"]) for gw in gateways)
     assert backlog > 1000  # the gateways kept what they read
-    c.pg.start()
+    if store == "postgres":
+        c.pg.start()
+    else:
+        c.vm.start()
     wait_until(lambda: ready().status_code == 200, timeout=30, what="readyz after the outage")
     for p in producers:
         p.send_signal(signal.SIGTERM)
