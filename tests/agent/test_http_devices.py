@@ -59,6 +59,8 @@ async def run_for(seconds: float, *devices: PolledDevice) -> Collected:
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await t
+    for d in devices:
+        await d._client.aclose()  # an unclosed client's connections warn later, in another test
     return got
 
 
