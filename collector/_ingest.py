@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import wire
 from collector._clockfix import ClockCorrector, SendStamp
@@ -43,9 +43,9 @@ class Limiter(Protocol):
 class DedupWindow(Protocol):
     """Claims and recently stored batches shared by replicas (Redis)."""
 
-    def stored(self, key: tuple[str, str, int]) -> bool | None: ...
-
-    def claim(self, key: tuple[str, str, int]) -> bool: ...
+    def take(
+        self, key: tuple[str, str, int]
+    ) -> Literal["stored", "busy", "claimed", "unknown"]: ...
 
     def done(self, keys: Sequence[tuple[str, str, int]], *, stored: bool) -> None: ...
 
@@ -281,19 +281,8 @@ class Ingestor:
             # would let the gateway drop it if the store then fails.
             self._twins.append(key)
             return
-        try:
-            seen = (self._dedup is not None and self._dedup.stored(key) is True) or self._docs.seen(
-                *key
-            )
-        except StoreError as exc:
-            self._store_failed("cannot check batch %s for duplicates: %s", key, exc)
-            replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
-            return
-        if seen:
-            self.metrics.duplicates += 1
-            replies.append(Reply(ack_topic, wire.Ack(stream=stream, seq=seq, status="duplicate")))
-            return
-        if self._dedup is not None and not self._dedup.claim(key):
+        taken = self._dedup.take(key) if self._dedup is not None else "unknown"
+        if taken == "busy":
             # Another replica is storing it now (a retransmit overtook the first copy). Not a
             # duplicate ack: that one could still fail. The gateway sends it again shortly.
             self.metrics.nacks["overloaded"] += 1
@@ -309,6 +298,18 @@ class Ingestor:
                     ),
                 )
             )
+            return
+        try:
+            seen = taken == "stored" or self._docs.seen(*key)
+        except StoreError as exc:
+            self._release([key])
+            self._store_failed("cannot check batch %s for duplicates: %s", key, exc)
+            replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
+            return
+        if seen:
+            self._release([key])
+            self.metrics.duplicates += 1
+            replies.append(Reply(ack_topic, wire.Ack(stream=stream, seq=seq, status="duplicate")))
             return
         verdict = self._limiter.consume(
             gateway_id, batch.reading_count, len(msg.payload), self._now()

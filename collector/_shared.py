@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import orjson
 
@@ -229,25 +229,24 @@ class RedisDedupWindow:
         gateway_id, stream, seq = key
         return f"{self._prefix}{kind}:{gateway_id}:{stream}:{seq}"
 
-    def stored(self, key: tuple[str, str, int]) -> bool | None:
-        """True: stored recently. None: not known here (ask the document store)."""
+    def take(self, key: tuple[str, str, int]) -> Literal["stored", "busy", "claimed", "unknown"]:
+        """In one round trip: ``stored`` (stored recently: a duplicate), ``busy`` (another
+        replica is storing it right now), ``claimed`` (this replica takes it), or ``unknown``
+        (Redis is down: ask the document store and store it; the writes are idempotent)."""
         try:
-            found = self._client.exists(self._key("b", key))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.exists(self._key("b", key))
+            pipe.set(self._key("c", key), b"1", nx=True, ex=self._claim)
+            stored, taken = pipe.execute()
         except self._errors as exc:
             self._outage.failed(exc)
-            return None
+            return "unknown"
         self._outage.ok()
-        return True if found else None
-
-    def claim(self, key: tuple[str, str, int]) -> bool:
-        """Take the batch for this replica; False if another replica is storing it right now."""
-        try:
-            taken = self._client.set(self._key("c", key), b"1", nx=True, ex=self._claim)
-        except self._errors as exc:
-            self._outage.failed(exc)
-            return True  # without Redis, idempotent writes keep a double store harmless
-        self._outage.ok()
-        return bool(taken)
+        if stored:
+            if taken:  # the claim just made is not needed
+                self.done([key], stored=False)
+            return "stored"
+        return "claimed" if taken else "busy"
 
     def done(self, keys: Sequence[tuple[str, str, int]], *, stored: bool) -> None:
         """The batches were stored (remember them) or not (release the claims)."""

@@ -46,14 +46,43 @@ def test_a_claimed_batch_is_not_taken_twice_and_a_stored_one_is_known(client: re
     a = _shared.RedisDedupWindow(client, window_s=60)
     b = _shared.RedisDedupWindow(client, window_s=60)
     key = ("gw-1", "s1", 7)
-    assert a.stored(key) is None
-    assert a.claim(key)
-    assert not b.claim(key)  # replica a is storing it
+    assert a.take(key) == "claimed"
+    assert b.take(key) == "busy"  # replica a is storing it
     a.done([key], stored=False)  # its store failed: the claim is released, nothing remembered
-    assert b.claim(key)
+    assert b.take(key) == "claimed"
     b.done([key], stored=True)
-    assert a.stored(key) is True
-    assert a.claim(key)  # (the caller checks `stored` first)
+    assert a.take(key) == "stored"
+    assert b.take(key) == "stored"
+    assert client.exists("outpost:c:gw-1:s1:7") == 0  # a duplicate check leaves no claim behind
+
+
+def test_two_replicas_ingesting_one_batch_store_it_once_and_never_ack_it_early(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    from collector import Ingestor
+    from collector.stores import SqliteDocumentStore
+    from tests.collector.test_ingest import frame, make_config, msg
+
+    cfg = make_config(tmp_path)
+    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
+    docs = SqliteDocumentStore(cfg.stores.documents_path)
+    replicas = [
+        Ingestor(config=cfg, timeseries=ts, documents=docs, dedup=_shared.RedisDedupWindow(client))
+        for _ in range(2)
+    ]
+    # Replica 0 is storing batch 1 right now (its claim is taken), when the retransmit reaches 1.
+    assert _shared.RedisDedupWindow(client).take(("gw-1", "s1", 1)) == "claimed"
+    [reply] = replicas[1].handle([msg(frame(1), 1)])
+    assert (reply.message.kind, reply.message.reason) == ("nack", "overloaded")  # type: ignore[union-attr]
+    assert ts.count_points() == 0
+    client.delete("outpost:c:gw-1:s1:1")  # replica 0 died; its claim expired
+    [reply] = replicas[0].handle([msg(frame(1), 1)])
+    assert reply.message.status == "stored"  # type: ignore[union-attr]
+    [reply] = replicas[1].handle([msg(frame(1), 1)])
+    assert reply.message.status == "duplicate"  # type: ignore[union-attr]
+    assert ts.count_points() == 3
+    ts.close()
+    docs.close()
 
 
 def test_latest_values_newest_wins_and_the_store_answers_when_redis_is_gone(
