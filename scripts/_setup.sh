@@ -9,11 +9,13 @@ ensure_debian_packages() {
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     # net-snmp's agent: a real SNMP peer for the tests (SNMP devices, v3 authPriv)
     command -v snmpd >/dev/null 2>&1 || [ -x /usr/sbin/snmpd ] || missing+=(snmpd)
-    # The production backends the collector's contract tests run against.
-    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 \
-        || missing+=(postgresql)
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-    command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+    if [ "${1:-}" = "--backends" ]; then
+        # The production backends the collector's tests run against (the demo needs none).
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+            || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+        command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+        command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing Debian packages: ${missing[*]}"
         as_root apt-get update -q

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -68,7 +71,17 @@ def test_apply_confirm_and_roll_back(tmp_path: Path) -> None:
     assert state.take_outcome() is None  # reported once
 
 
-def test_the_receiver_applies_once_and_never_a_rolled_back_version(tmp_path: Path) -> None:
+@dataclass
+class Gateway:
+    """A gateway's receiver with real keys, and a signer of envelopes for it."""
+
+    receiver: ConfigReceiver
+    state: ManagedState
+    envelope: Callable[..., bytes]  # (version, config, gateway_id="gw-1") -> envelope
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Gateway:
     signing = ed25519.Ed25519PrivateKey.generate()
     (tmp_path / "signing.pub").write_bytes(
         signing.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -88,11 +101,11 @@ def test_the_receiver_applies_once_and_never_a_rolled_back_version(tmp_path: Pat
         verify_key_file=tmp_path / "signing.pub",
     )
 
-    def envelope(version: int, config: dict[str, Any]) -> bytes:
+    def envelope(version: int, config: dict[str, Any], gateway_id: str = "gw-1") -> bytes:
         return encode_envelope(
             seal_config(
                 config,
-                gateway_id="gw-1",
+                gateway_id=gateway_id,
                 version=version,
                 issued_ns=1,
                 public_key_pem=key.public_key().public_bytes(
@@ -104,6 +117,11 @@ def test_the_receiver_applies_once_and_never_a_rolled_back_version(tmp_path: Pat
             )
         )
 
+    return Gateway(receiver, state, envelope)
+
+
+def test_the_receiver_applies_once_and_never_a_rolled_back_version(gateway: Gateway) -> None:
+    receiver, state, envelope = gateway.receiver, gateway.state, gateway.envelope
     v1 = envelope(1, {"sources": [{"type": "simulated", "interval": 1}]})
     assert receiver.receive(v1) == (None, True)
     assert state.confirm() == 1
@@ -127,44 +145,13 @@ def test_the_receiver_applies_once_and_never_a_rolled_back_version(tmp_path: Pat
 
 
 def test_garbage_unsigned_and_foreign_envelopes_are_refused_with_their_reason(
-    tmp_path: Path,
+    gateway: Gateway,
 ) -> None:
-    signing = ed25519.Ed25519PrivateKey.generate()
-    (tmp_path / "signing.pub").write_bytes(
-        signing.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    b = base(tmp_path)
-    (tmp_path / "gw.key").write_bytes(
-        key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    state = ManagedState(tmp_path / "state")
-    receiver = ConfigReceiver(
-        gateway_id="gw-1",
-        base=b,
-        source="agent.toml",
-        state=state,
-        key_files=[tmp_path / "gw.key"],
-        verify_key_file=tmp_path / "signing.pub",
-    )
+    receiver, state = gateway.receiver, gateway.state
 
     def sealed(gateway_id: str) -> dict[str, Any]:
-        return orjson.loads(
-            encode_envelope(
-                seal_config(
-                    {"sources": [{"type": "simulated", "interval": 1}]},
-                    gateway_id=gateway_id,
-                    version=5,
-                    issued_ns=1,
-                    public_key_pem=key.public_key().public_bytes(
-                        PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                    ),
-                    signing_key_pem=signing.private_bytes(
-                        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                    ),
-                )
-            )
-        )
+        config = {"sources": [{"type": "simulated", "interval": 1}]}
+        return dict(orjson.loads(gateway.envelope(5, config, gateway_id)))
 
     cases = {
         b"not json at all": "bad_format",

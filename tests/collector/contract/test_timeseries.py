@@ -7,7 +7,6 @@ keeps milliseconds and numbers only (booleans read back as 1/0, text is not stor
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from collector._exceptions import TooManyPoints
 from collector.stores import SeriesQuery, SeriesWrite, TimeSeriesStore
 from tests.collector.contract.conftest import visible
+from tests.collector.test_retention import expected
 
 S = 10**9
 MS = 10**6
@@ -83,22 +83,6 @@ def test_writing_the_same_points_again_stores_them_once(ts: TimeSeriesStore) -> 
     write_climate(ts, written)  # a batch redelivered after a replica died before its ack
     assert ts.count_points("climate") == before == 100
     assert len(ts.query("climate", tenant="acme", tags={"device": "d1"})) == 50
-
-
-def expected(points: list[tuple[int, float]], start: int, end: int, bucket: int, agg: str) -> list[tuple[int, float]]:  # fmt: skip
-    buckets: dict[int, list[tuple[int, float]]] = {}
-    for t, v in points:
-        if start <= t < end:
-            buckets.setdefault(start + (t - start) // bucket * bucket, []).append((t, v))
-    fn = {
-        "mean": lambda xs: statistics.fmean(v for _, v in xs),
-        "min": lambda xs: min(v for _, v in xs),
-        "max": lambda xs: max(v for _, v in xs),
-        "sum": lambda xs: sum(v for _, v in xs),
-        "count": len,
-        "last": lambda xs: max(xs)[1],
-    }[agg]
-    return [(b, fn(xs)) for b, xs in sorted(buckets.items())]
 
 
 @pytest.mark.parametrize("aggregate", ["mean", "min", "max", "sum", "count", "last"])
