@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, TooManyPoints
+from collector.stores import _rows
 from collector.stores._base import (
     ALL_TENANTS,
     ApiTokenRecord,
@@ -108,6 +109,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ),
 ]
 _LOCK_ID = 0x6F7574706F7374  # "outpost": one migrator at a time across replicas
+
+
+def _decoded(value: Any) -> Any:
+    """JSONB columns arrive decoded."""
+    return value
 
 
 def _where(dsn: str) -> str:
@@ -325,21 +331,7 @@ class PostgresDocumentStore(_PostgresBase):
             sql += " AND q.id < %s"
             args.append(before_id)
         rows = self._all(sql + " ORDER BY q.id DESC LIMIT %s", [*args, limit])
-        return [
-            QuarantineEntry(
-                id=r[0],
-                received_ns=r[1],
-                gateway_id=r[2],
-                topic=r[3],
-                reason=r[4],
-                detail=r[5],
-                properties=r[6],
-                raw=bytes(r[7]),
-                replayed_ns=r[8],
-                replay_result=r[9],
-            )
-            for r in rows
-        ]
+        return [_rows.quarantine_entry(r, _decoded) for r in rows]
 
     def mark_replayed(self, entry_id: int, now_ns: int, result: str) -> None:
         with self._tx("mark a quarantined message replayed") as cur:
@@ -398,19 +390,7 @@ class PostgresDocumentStore(_PostgresBase):
             sql += " AND id < %s"
             args.append(before_id)
         rows = self._all(sql + " ORDER BY id DESC LIMIT %s", [*args, limit])
-        return [
-            AuditEntry(
-                id=r[0],
-                ts=r[1],
-                actor=r[2],
-                tenant=r[3],
-                action=r[4],
-                target=r[5],
-                source=r[6],
-                detail=r[7],
-            )
-            for r in rows
-        ]
+        return [_rows.audit_entry(r, _decoded) for r in rows]
 
     # -- gateways -----------------------------------------------------------------------------
 
@@ -488,29 +468,10 @@ class PostgresDocumentStore(_PostgresBase):
         if tenant is not None and tenant != ALL_TENANTS:
             sql += " WHERE g.tenant = %s"
             args.append(tenant)
-        cols = (
-            "id",
-            "tenant",
-            "site",
-            "state",
-            "last_seen_ns",
-            "enrolled_ns",
-            "cert_not_after_ns",
-            "revoked_ns",
-            "hardware",
-            "status",
-            "clock_skew_s",
-            "clock_flagged",
-            "config_applied",
-            "tags",
-            "config_desired",
-        )
-        out = []
-        for row in self._all(sql + ' ORDER BY g.id COLLATE "C"', args):
-            item = dict(zip(cols, row, strict=True))
-            item["clock_flagged"] = bool(item["clock_flagged"])
-            out.append(item)
-        return out
+        return [
+            _rows.gateway_item(row, _decoded)
+            for row in self._all(sql + ' ORDER BY g.id COLLATE "C"', args)
+        ]
 
     def set_gateway_tags(self, gateway_id: str, tags: list[str]) -> None:
         with self._tx("tag a gateway") as cur:
@@ -598,7 +559,7 @@ class PostgresDocumentStore(_PostgresBase):
         if tenant is not None:
             sql += " WHERE tenant = %s"
             args.append(tenant)
-        return [_token(r) for r in self._all(sql + " ORDER BY created_ns, id", args)]
+        return [_rows.token(r) for r in self._all(sql + " ORDER BY created_ns, id", args)]
 
     def revoke_enrollment_token(self, token_id: str, tenant: str | None = None) -> bool:
         with self._tx("revoke an enrollment token") as cur:
@@ -629,7 +590,7 @@ class PostgresDocumentStore(_PostgresBase):
             row = cur.fetchone()
             if row is None:
                 raise TokenRefused("unknown", "this enrollment token does not exist")
-            token = _token(row)
+            token = _rows.token(row)
             if token.revoked:
                 raise TokenRefused("revoked", "this enrollment token was revoked by an operator")
             if token.expires_ns <= now_ns:
@@ -809,35 +770,17 @@ class PostgresDocumentStore(_PostgresBase):
             if value is not None:
                 sql += f" AND {column} = %s"
                 args.append(value)
-        cols = (
-            "id",
-            "tenant",
-            "actor",
-            "created_ns",
-            "status",
-            "current_wave",
-            "waves",
-            "abort_percent",
-            "timeout_s",
-            "reason",
-            "device_errors_fail",
-        )
         return [
-            dict(zip(cols, r, strict=True))
-            for r in self._all(sql + " ORDER BY created_ns DESC, id", args)
+            _rows.rollout_item(r) for r in self._all(sql + " ORDER BY created_ns DESC, id", args)
         ]
 
     def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
-        cols = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")
         rows = self._all(
             "SELECT gateway_id, wave, version, issued_ns, envelope, started_ns, outcome"
             ' FROM rollout_gateways WHERE rollout_id = %s ORDER BY wave, gateway_id COLLATE "C"',
             (rollout_id,),
         )
-        out = [dict(zip(cols, r, strict=True)) for r in rows]
-        for m in out:
-            m["envelope"] = bytes(m["envelope"])
-        return out
+        return [_rows.member_item(r) for r in rows]
 
     def update_rollout(self, rollout_id: str, **changes: Any) -> None:
         allowed = ("status", "current_wave", "reason")
@@ -897,20 +840,6 @@ def _insert_certificate(cur: psycopg.Cursor[Any], cert: CertificateRecord) -> No
         "INSERT INTO certificates (serial, gateway_id, issued_ns, not_after_ns, public_key_pem)"
         " VALUES (%s, %s, %s, %s, %s)",
         (cert.serial, cert.gateway_id, cert.issued_ns, cert.not_after_ns, cert.public_key_pem),
-    )
-
-
-def _token(row: Sequence[Any]) -> EnrollmentTokenRecord:
-    return EnrollmentTokenRecord(
-        id=row[0],
-        hash=row[1],
-        tenant=row[2],
-        site=row[3],
-        created_ns=row[4],
-        expires_ns=row[5],
-        uses_total=row[6],
-        uses_left=row[7],
-        revoked=bool(row[8]),
     )
 
 

@@ -15,6 +15,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, TooManyPoints
+from collector.stores import _rows
 from collector.stores._base import (
     ALL_TENANTS,
     ApiTokenRecord,
@@ -714,20 +715,6 @@ def _finish(aggregate: str, acc: list[Any]) -> FieldValue | None:
     return float(second) / first if first else None
 
 
-def _token(row: Sequence[Any]) -> EnrollmentTokenRecord:
-    return EnrollmentTokenRecord(
-        id=row[0],
-        hash=row[1],
-        tenant=row[2],
-        site=row[3],
-        created_ns=row[4],
-        expires_ns=row[5],
-        uses_total=row[6],
-        uses_left=row[7],
-        revoked=bool(row[8]),
-    )
-
-
 def _type_code(value: FieldValue) -> str:
     if isinstance(value, bool):
         return _T_BOOL
@@ -820,21 +807,7 @@ class SqliteDocumentStore(_SqliteBase):
             sql += " AND q.id < ?"
             args.append(before_id)
         rows = self._all(sql + " ORDER BY q.id DESC LIMIT ?", [*args, limit])
-        return [
-            QuarantineEntry(
-                id=r[0],
-                received_ns=r[1],
-                gateway_id=r[2],
-                topic=r[3],
-                reason=r[4],
-                detail=r[5],
-                properties=orjson.loads(r[6]),
-                raw=r[7],
-                replayed_ns=r[8],
-                replay_result=r[9],
-            )
-            for r in rows
-        ]
+        return [_rows.quarantine_entry(r, orjson.loads) for r in rows]
 
     def expire(
         self, *, events_before_ns: int, quarantine_before_ns: int, audit_before_ns: int
@@ -890,19 +863,7 @@ class SqliteDocumentStore(_SqliteBase):
             sql += " AND id < ?"
             args.append(before_id)
         rows = self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [
-            AuditEntry(
-                id=r[0],
-                ts=r[1],
-                actor=r[2],
-                tenant=r[3],
-                action=r[4],
-                target=r[5],
-                source=r[6],
-                detail=orjson.loads(r[7]),
-            )
-            for r in rows
-        ]
+        return [_rows.audit_entry(r, orjson.loads) for r in rows]
 
     def events(self, gateway_id: str) -> list[Event]:
         return [
@@ -999,7 +960,7 @@ class SqliteDocumentStore(_SqliteBase):
         if tenant is not None:
             sql += " WHERE tenant = ?"
             args.append(tenant)
-        return [_token(r) for r in self._all(sql + " ORDER BY created_ns", args)]
+        return [_rows.token(r) for r in self._all(sql + " ORDER BY created_ns", args)]
 
     def revoke_enrollment_token(self, token_id: str, tenant: str | None = None) -> bool:
         with self._tx("revoke an enrollment token") as conn:
@@ -1028,7 +989,7 @@ class SqliteDocumentStore(_SqliteBase):
             ).fetchone()
             if row is None:
                 raise TokenRefused("unknown", "this enrollment token does not exist")
-            token = _token(row)
+            token = _rows.token(row)
             if token.revoked:
                 raise TokenRefused("revoked", "this enrollment token was revoked by an operator")
             if token.expires_ns <= now_ns:
@@ -1129,32 +1090,9 @@ class SqliteDocumentStore(_SqliteBase):
         if tenant is not None and tenant != ALL_TENANTS:
             sql += " WHERE g.tenant = ?"
             args.append(tenant)
-        cols = (
-            "id",
-            "tenant",
-            "site",
-            "state",
-            "last_seen_ns",
-            "enrolled_ns",
-            "cert_not_after_ns",
-            "revoked_ns",
-            "hardware",
-            "status",
-            "clock_skew_s",
-            "clock_flagged",
-            "config_applied",
-            "tags",
-            "config_desired",
-        )
-        out = []
-        for row in self._all(sql + " ORDER BY g.id", args):
-            item = dict(zip(cols, row, strict=True))
-            item["hardware"] = orjson.loads(item["hardware"])
-            item["status"] = orjson.loads(item["status"])
-            item["clock_flagged"] = bool(item["clock_flagged"])
-            item["tags"] = orjson.loads(item["tags"])
-            out.append(item)
-        return out
+        return [
+            _rows.gateway_item(row, orjson.loads) for row in self._all(sql + " ORDER BY g.id", args)
+        ]
 
     def find_events(
         self,
@@ -1314,35 +1252,15 @@ class SqliteDocumentStore(_SqliteBase):
             if value is not None:
                 sql += f" AND {column} = ?"
                 args.append(value)
-        cols = (
-            "id",
-            "tenant",
-            "actor",
-            "created_ns",
-            "status",
-            "current_wave",
-            "waves",
-            "abort_percent",
-            "timeout_s",
-            "reason",
-            "device_errors_fail",
-        )
-        found = [
-            dict(zip(cols, r, strict=True))
-            for r in self._all(sql + " ORDER BY created_ns DESC", args)
-        ]
-        for rollout in found:
-            rollout["device_errors_fail"] = bool(rollout["device_errors_fail"])
-        return found
+        return [_rows.rollout_item(r) for r in self._all(sql + " ORDER BY created_ns DESC", args)]
 
     def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
-        cols = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")
         rows = self._all(
             "SELECT gateway_id, wave, version, issued_ns, envelope, started_ns, outcome"
             " FROM rollout_gateways WHERE rollout_id = ? ORDER BY wave, gateway_id",
             (rollout_id,),
         )
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return [_rows.member_item(r) for r in rows]
 
     def update_rollout(self, rollout_id: str, **changes: Any) -> None:
         allowed = {"status", "current_wave", "reason"}

@@ -1,0 +1,114 @@
+"""Rows of the document tables turned into records: one mapping for every SQL backend.
+
+The SQL differs between SQLite and PostgreSQL; what a row means does not. ``json`` reads a JSON
+column: SQLite keeps it as text (``orjson.loads``), PostgreSQL hands JSONB over decoded (the
+identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from collector.stores._base import AuditEntry, EnrollmentTokenRecord, QuarantineEntry
+
+Json = Callable[[Any], Any]
+
+GATEWAY_COLUMNS = (
+    "id",
+    "tenant",
+    "site",
+    "state",
+    "last_seen_ns",
+    "enrolled_ns",
+    "cert_not_after_ns",
+    "revoked_ns",
+    "hardware",
+    "status",
+    "clock_skew_s",
+    "clock_flagged",
+    "config_applied",
+    "tags",
+    "config_desired",
+)
+ROLLOUT_COLUMNS = (
+    "id",
+    "tenant",
+    "actor",
+    "created_ns",
+    "status",
+    "current_wave",
+    "waves",
+    "abort_percent",
+    "timeout_s",
+    "reason",
+    "device_errors_fail",
+)
+MEMBER_COLUMNS = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")
+
+
+def token(row: Sequence[Any]) -> EnrollmentTokenRecord:
+    """``id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left, revoked``."""
+    return EnrollmentTokenRecord(
+        id=row[0],
+        hash=row[1],
+        tenant=row[2],
+        site=row[3],
+        created_ns=row[4],
+        expires_ns=row[5],
+        uses_total=row[6],
+        uses_left=row[7],
+        revoked=bool(row[8]),
+    )
+
+
+def quarantine_entry(r: Sequence[Any], json: Json) -> QuarantineEntry:
+    """``id, received_ns, gateway_id, topic, reason, detail, properties, raw, replayed_ns,
+    replay_result``."""
+    return QuarantineEntry(
+        id=r[0],
+        received_ns=r[1],
+        gateway_id=r[2],
+        topic=r[3],
+        reason=r[4],
+        detail=r[5],
+        properties=json(r[6]),
+        raw=bytes(r[7]),
+        replayed_ns=r[8],
+        replay_result=r[9],
+    )
+
+
+def audit_entry(r: Sequence[Any], json: Json) -> AuditEntry:
+    """``id, ts, actor, tenant, action, target, source, detail``."""
+    return AuditEntry(
+        id=r[0],
+        ts=r[1],
+        actor=r[2],
+        tenant=r[3],
+        action=r[4],
+        target=r[5],
+        source=r[6],
+        detail=json(r[7]),
+    )
+
+
+def gateway_item(row: Sequence[Any], json: Json) -> dict[str, Any]:
+    """A row of :data:`GATEWAY_COLUMNS` as the fleet API's dict."""
+    item = dict(zip(GATEWAY_COLUMNS, row, strict=True))
+    for key in ("hardware", "status", "tags"):
+        item[key] = json(item[key])
+    item["clock_flagged"] = bool(item["clock_flagged"])
+    return item
+
+
+def rollout_item(row: Sequence[Any]) -> dict[str, Any]:
+    item = dict(zip(ROLLOUT_COLUMNS, row, strict=True))
+    item["device_errors_fail"] = bool(item["device_errors_fail"])
+    return item
+
+
+def member_item(row: Sequence[Any]) -> dict[str, Any]:
+    item = dict(zip(MEMBER_COLUMNS, row, strict=True))
+    item["envelope"] = bytes(item["envelope"])
+    return item
