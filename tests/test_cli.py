@@ -148,3 +148,34 @@ def test_collector_readings_rejects_a_bad_tag_filter(tmp_path: Path) -> None:
     )
     assert r.exit_code == 2
     assert "KEY=VALUE" in r.output
+
+
+@pytest.mark.parametrize(
+    ("stores", "words"),
+    [
+        ('documents = "postgres"', 'documents = "postgres" needs a [stores.postgres] section'),
+        ('timeseries = "victoriametrics"', "needs a [stores.influx] section with url"),
+        ('timeseries = "influx"', "stores.timeseries: Input should be 'sqlite', 'victoriametrics'"),
+        ('timeseries = "victoriametrics"\n[stores.influx]\nurl = "vm:8428"', "stores.influx.url"),
+        (
+            'documents = "postgres"\n[stores.postgres]\ndsn = "postgresql://o:hunter2@127.0.0.1:1/db"'
+            "\nconnect_timeout_s = 1",
+            "PostgreSQL 127.0.0.1:1/db: cannot connect within 1 s",
+        ),
+    ],
+    ids=["no-postgres-section", "no-influx-section", "unknown-backend", "bad-url", "unreachable"],
+)
+def test_collector_with_bad_stores_says_what_to_change(
+    tmp_path: Path, stores: str, words: str
+) -> None:
+    CliRunner().invoke(collector_cli, ["broker", "init", "--dir", str(tmp_path / "b")])
+    b = tmp_path / "b"
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f'[broker]\nca_file = "{b / "ca.pem"}"\ncert_file = "{b / "collector.pem"}"\n'
+        f'key_file = "{b / "collector.key"}"\n\n[stores]\n{stores}\n'
+    )
+    r = CliRunner().invoke(collector_cli, ["serve", "--config", str(config)])
+    assert r.exit_code == 1, r.output
+    assert words in r.output
+    assert "hunter2" not in r.output
