@@ -594,15 +594,7 @@ class PostgresDocumentStore(_PostgresBase):
             row = cur.fetchone()
             if row is None:
                 raise TokenRefused("unknown", "this enrollment token does not exist")
-            token = _rows.token(row)
-            if token.revoked:
-                raise TokenRefused("revoked", "this enrollment token was revoked by an operator")
-            if token.expires_ns <= now_ns:
-                raise TokenRefused("expired", "this enrollment token has expired")
-            if token.uses_left <= 0:
-                raise TokenRefused(
-                    "used_up", f"this enrollment token was already used {token.uses_total} time(s)"
-                )
+            token = _rows.usable_token(row, now_ns)
             reg = register(token)
             cur.execute(
                 "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = %s",

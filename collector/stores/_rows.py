@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from collector._exceptions import TokenRefused
 from collector.stores._base import AuditEntry, EnrollmentTokenRecord, QuarantineEntry
 
 Json = Callable[[Any], Any]
@@ -60,6 +61,20 @@ def token(row: Sequence[Any]) -> EnrollmentTokenRecord:
         uses_left=row[7],
         revoked=bool(row[8]),
     )
+
+
+def usable_token(row: Sequence[Any], now_ns: int) -> EnrollmentTokenRecord:
+    """The token of ``row`` if it may enroll one more gateway; else :class:`TokenRefused`."""
+    record = token(row)
+    if record.revoked:
+        raise TokenRefused("revoked", "this enrollment token was revoked by an operator")
+    if record.expires_ns <= now_ns:
+        raise TokenRefused("expired", "this enrollment token has expired")
+    if record.uses_left <= 0:
+        raise TokenRefused(
+            "used_up", f"this enrollment token was already used {record.uses_total} time(s)"
+        )
+    return record
 
 
 def quarantine_entry(r: Sequence[Any], json: Json) -> QuarantineEntry:
