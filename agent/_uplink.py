@@ -19,6 +19,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import outpost_mqtt
 import wire
 from agent._buffer import Outbox
 from agent._clock import Clock
@@ -157,7 +158,9 @@ class Uplink:
             )
             reconnect_now = False
             try:
-                await self._connected_session(ctx, backoff)
+                await outpost_mqtt.run_session(
+                    self._connected_session(ctx, backoff), name="uplink-session"
+                )
             except* _Reconnect:
                 reconnect_now = True
             except* aiomqtt.MqttError as group:
@@ -189,7 +192,7 @@ class Uplink:
             qos=1,
             retain=True,
         )
-        client = aiomqtt.Client(
+        client = outpost_mqtt.Client(
             self._cfg.host,
             self._cfg.port,
             identifier=self.gateway_id,

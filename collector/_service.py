@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import aiomqtt
 import uvicorn
 
+import outpost_mqtt
 import wire
 from collector._config import ApiConfig, BrokerConfig, RetentionConfig
 from collector._exceptions import StoreError
@@ -233,7 +234,7 @@ class CollectorService:
         attempt = 0
         while True:
             try:
-                await self._session()
+                await outpost_mqtt.run_session(self._session(), name="collector-session")
             except* aiomqtt.MqttError as group:
                 self._log.warning(
                     "broker %s:%d lost or refused: %s",
@@ -250,7 +251,7 @@ class CollectorService:
                 delay -= 1.0
 
     async def _session(self) -> None:
-        client = aiomqtt.Client(
+        client = outpost_mqtt.Client(
             self._cfg.host,
             self._cfg.port,
             identifier=self._cfg.client_id,

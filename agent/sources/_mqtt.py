@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+import outpost_mqtt
 from agent._clock import Clock
 from agent.profiles import Mapper, Profile, decode_mqtt_payload
 from wire import Event, Reading
@@ -75,7 +76,7 @@ class MqttDeviceSource:
         attempt = 0
         while True:
             try:
-                await self.session(submit)
+                await outpost_mqtt.run_session(self.session(submit), name=f"session:{self.name}")
             except aiomqtt.MqttError as exc:
                 self._unavailable(submit, str(exc))
             attempt = min(attempt + 1, 6)
@@ -91,7 +92,7 @@ class MqttDeviceSource:
 
     async def session(self, submit: Submit) -> None:
         """One connection to the local broker, until it ends (``MqttError``) or is cancelled."""
-        async with aiomqtt.Client(
+        async with outpost_mqtt.Client(
             self.target.host,
             self.target.port,
             username=self._username,
