@@ -359,7 +359,7 @@ class Uplink:
                 continue
             if msg.stream != self._outbox.stream_id:
                 continue  # about a stream this buffer no longer holds
-            self._tracker.discard(msg.seq)
+            in_flight = self._tracker.discard(msg.seq)
             if isinstance(msg, wire.Ack):
                 self.acks += 1
                 self.acked.set()
@@ -375,6 +375,18 @@ class Uplink:
             else:
                 self.nacks += 1
                 delay = msg.retry_after_ms / 1000 * self._rng.uniform(1.0, 1.2)
+                if msg.reason == "in_progress":
+                    # Another collector replica is storing this batch: not congestion. Only this
+                    # batch waits (kept in flight until its resend is due); the rest flows on.
+                    if in_flight:
+                        self._tracker.add(msg.seq, loop.time() + delay - self._cfg.ack_timeout)
+                    self._log.info(
+                        "batch %d is being stored by another collector replica; asking again"
+                        " in %.1f s",
+                        msg.seq,
+                        delay,
+                    )
+                    continue
                 self._hold_until = max(self._hold_until, loop.time() + delay)
                 self._window = max(1, self._window // 2)
                 self._log.log(

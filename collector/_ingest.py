@@ -284,15 +284,16 @@ class Ingestor:
         taken = self._dedup.take(key) if self._dedup is not None else "unknown"
         if taken == "busy":
             # Another replica is storing it now (a retransmit overtook the first copy). Not a
-            # duplicate ack: that one could still fail. The gateway sends it again shortly.
-            self.metrics.nacks["overloaded"] += 1
+            # duplicate ack: that one could still fail. The gateway sends this batch again
+            # shortly, without slowing the rest of its stream.
+            self.metrics.nacks["in_progress"] += 1
             replies.append(
                 Reply(
                     ack_topic,
                     wire.Nack(
                         stream=stream,
                         seq=seq,
-                        reason="overloaded",
+                        reason="in_progress",
                         retry_after_ms=1000,
                         detail="another collector replica is storing this batch now",
                     ),

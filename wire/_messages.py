@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from wire._exceptions import MessageRejected
 
 AckStatus = Literal["stored", "duplicate", "quarantined"]
-NackReason = Literal["rate_limited", "store_unavailable", "overloaded", "revoked"]
+NackReason = Literal["rate_limited", "store_unavailable", "overloaded", "revoked", "in_progress"]
 LimitName = Literal["readings_per_s", "bytes_per_s"]
 
 

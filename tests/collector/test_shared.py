@@ -73,7 +73,7 @@ def test_two_replicas_ingesting_one_batch_store_it_once_and_never_ack_it_early(
     # Replica 0 is storing batch 1 right now (its claim is taken), when the retransmit reaches 1.
     assert _shared.RedisDedupWindow(client).take(("gw-1", "s1", 1)) == "claimed"
     [reply] = replicas[1].handle([msg(frame(1), 1)])
-    assert (reply.message.kind, reply.message.reason) == ("nack", "overloaded")  # type: ignore[union-attr]
+    assert (reply.message.kind, reply.message.reason) == ("nack", "in_progress")  # type: ignore[union-attr]
     assert ts.count_points() == 0
     client.delete("outpost:c:gw-1:s1:1")  # replica 0 died; its claim expired
     [reply] = replicas[0].handle([msg(frame(1), 1)])

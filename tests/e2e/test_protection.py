@@ -281,3 +281,64 @@ def test_disk_bound_is_respected_and_every_drop_is_counted(harness: Harness, ide
     # The oldest were dropped, the newest kept.
     assert max(n for _, n in stored) == 29_999
     assert all(len(v) == 1 for v in stored.values())
+
+
+def test_a_batch_another_replica_is_storing_is_resent_alone_and_the_stream_flows_on(
+    harness: Harness, identity
+) -> None:
+    """The test plays a collector replica that answers batch 2 ``in_progress`` once (another
+    replica holds its claim) and acks everything else: a real agent must resend batch 2 after
+    the retry-after and keep sending the others meanwhile, unlike after ``overloaded``."""
+    h = harness
+    sends: list[tuple[float, int]] = []
+    nacked_at: list[float] = []
+    lock = threading.Lock()
+    replica = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="fake-replica", protocol=mqtt.MQTTv5
+    )
+    ctx = ssl.create_default_context(cafile=str(h.broker.files.ca_cert))
+    ctx.load_cert_chain(str(h.broker.files.collector_cert), str(h.broker.files.collector_key))
+    replica.tls_set_context(ctx)
+
+    def answer(client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        props = dict(msg.properties.UserProperty)  # type: ignore[union-attr]
+        stream, seq = props[wire.PROP_STREAM], int(props[wire.PROP_SEQ])
+        reply: wire.Ack | wire.Nack
+        with lock:
+            sends.append((time.monotonic(), seq))
+            if seq == 2 and not nacked_at:
+                nacked_at.append(time.monotonic())
+                reply = wire.Nack(stream=stream, seq=seq, reason="in_progress", retry_after_ms=1500)
+            else:
+                reply = wire.Ack(
+                    stream=stream, seq=seq, status="duplicate" if seq == 2 else "stored"
+                )
+        client.publish(topics.down_ack("gw-ip"), wire.encode_message(reply), qos=1)
+
+    replica.on_message = answer
+    replica.connect("localhost", h.broker.port)
+    replica.loop_start()
+    try:
+        wait_until(replica.is_connected, timeout=10, what="MQTT connect")
+        replica.subscribe(topics.up_batch("gw-ip"), qos=1)
+        time.sleep(0.3)  # the SUBACK is in before the agent publishes
+        cfg = h.agent_config("gw-ip", identity("gw-ip"))  # ack_timeout = 3 s
+        proc = h.start_producer(cfg, "gw-ip", run="ip", per_poll=20, interval=0.05)
+        wait_until(lambda: len([s for _, s in sends if s == 2]) == 2, timeout=20, what="resend")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    finally:
+        replica.loop_stop()
+        replica.disconnect()
+    with lock:
+        t_nack = nacked_at[0]
+        resend = [t for t, s in sends if s == 2][1]
+        others = [(t, s) for t, s in sends if s != 2]
+    assert resend - t_nack >= 1.5 * 0.9, "resent before the retry-after"
+    assert resend - t_nack < 3.0, "resent only when the ack timeout ran out"
+    during = [s for t, s in others if t_nack < t < resend]
+    assert len(during) >= 3, f"the stream waited with batch 2 (sent meanwhile: {during})"
+    seqs = [s for _, s in others]
+    assert len(seqs) == len(set(seqs)), "no other batch was sent twice"
+    assert "being stored by another collector replica" in (h.root / "gw-ip.log").read_text()
