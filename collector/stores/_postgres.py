@@ -717,20 +717,10 @@ class PostgresDocumentStore(_PostgresBase):
 
     def config_report(self, gateway_id: str) -> ConfigReport | None:
         row = self._one(
-            "SELECT version, status, applied_version, reason, errors, ts FROM config_reports"
-            " WHERE gateway_id = %s",
+            f"SELECT {_rows.CONFIG_REPORT_COLUMNS} FROM config_reports WHERE gateway_id = %s",
             (gateway_id,),
         )
-        if row is None:
-            return None
-        return ConfigReport(
-            version=row[0],
-            status=row[1],
-            applied_version=row[2],
-            reason=row[3],
-            errors=row[4],
-            ts=row[5],
-        )
+        return None if row is None else _rows.config_report(row, _decoded)
 
     # -- rollouts -----------------------------------------------------------------------------
 

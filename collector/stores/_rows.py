@@ -12,6 +12,7 @@ from typing import Any
 
 from collector._exceptions import TokenRefused
 from collector.stores._base import AuditEntry, EnrollmentTokenRecord, QuarantineEntry
+from wire import ConfigReport
 
 Json = Callable[[Any], Any]
 
@@ -45,6 +46,7 @@ ROLLOUT_COLUMNS = (
     "reason",
     "device_errors_fail",
 )
+CONFIG_REPORT_COLUMNS = "version, status, applied_version, reason, errors, ts"
 MEMBER_COLUMNS = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")
 
 
@@ -115,6 +117,18 @@ def gateway_item(row: Sequence[Any], json: Json) -> dict[str, Any]:
         item[key] = json(item[key])
     item["clock_flagged"] = bool(item["clock_flagged"])
     return item
+
+
+def config_report(row: Sequence[Any], json: Json) -> ConfigReport:
+    """A row of :data:`CONFIG_REPORT_COLUMNS`."""
+    return ConfigReport(
+        version=row[0],
+        status=row[1],
+        applied_version=row[2],
+        reason=row[3],
+        errors=json(row[4]),
+        ts=row[5],
+    )
 
 
 def rollout_item(row: Sequence[Any]) -> dict[str, Any]:

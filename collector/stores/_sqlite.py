@@ -1195,20 +1195,10 @@ class SqliteDocumentStore(_SqliteBase):
 
     def config_report(self, gateway_id: str) -> ConfigReport | None:
         row = self._one(
-            "SELECT version, status, applied_version, reason, errors, ts FROM config_reports"
-            " WHERE gateway_id = ?",
+            f"SELECT {_rows.CONFIG_REPORT_COLUMNS} FROM config_reports WHERE gateway_id = ?",
             (gateway_id,),
         )
-        if row is None:
-            return None
-        return ConfigReport(
-            version=row[0],
-            status=row[1],
-            applied_version=row[2],
-            reason=row[3],
-            errors=orjson.loads(row[4]),
-            ts=row[5],
-        )
+        return None if row is None else _rows.config_report(row, orjson.loads)
 
     # -- rollouts -------------------------------------------------------------------------------
 
