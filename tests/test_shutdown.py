@@ -23,10 +23,10 @@ from agent import Outbox, SystemClock, load_config
 from agent._uplink import Uplink
 from agent.profiles import find_profile
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
-from collector import CollectorConfig, CollectorService, Ingestor
-from collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
+from collector import CollectorService
 from outpost_dev._processes import Mosquitto, agent_config
 from outpost_mqtt import run_session
+from tests.collector.test_ingest import Env
 from wire import GatewayState
 
 
@@ -112,36 +112,17 @@ async def test_run_session_lets_a_loop_reconnect_after_a_session_error() -> None
     assert sessions == 3
 
 
-async def test_the_collector_stops(
-    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_collector_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started = asyncio.Event()
     monkeypatch.setattr(CollectorService, "_session", failing_session(started, in_task_group=True))
-    f = broker.files
-    cfg = CollectorConfig.model_validate(
-        {
-            "broker": {
-                "port": broker.port,
-                "ca_file": f.ca_cert,
-                "cert_file": f.collector_cert,
-                "key_file": f.collector_key,
-            },
-            "stores": {"timeseries_path": tmp_path / "ts.db", "documents_path": tmp_path / "d.db"},
-        }
-    )
-    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
-    docs = SqliteDocumentStore(cfg.stores.documents_path)
+    env = Env(tmp_path)
     try:
         service = CollectorService(
-            broker=cfg.broker,
-            ingestor=Ingestor(config=cfg, timeseries=ts, documents=docs),
-            documents=docs,
-            dedup_window_s=3600,
+            broker=env.cfg.broker, ingestor=env.ingestor, documents=env.docs, dedup_window_s=3600
         )
         await stops_when_cancelled(service.run, started)
     finally:
-        ts.close()
-        docs.close()
+        env.close()
 
 
 async def test_the_agent_uplink_stops(
