@@ -386,19 +386,19 @@ class Uplink:
                         msg.seq,
                         delay,
                     )
-                    continue
-                self._hold_until = max(self._hold_until, loop.time() + delay)
-                self._window = max(1, self._window // 2)
-                self._log.log(
-                    # Decommissioned: nothing will be accepted until a technician re-enrolls.
-                    logging.ERROR if msg.reason == "revoked" else logging.INFO,
-                    "collector nacked batch %d: %s%s%s; keeping it, next send in %.1f s",
-                    msg.seq,
-                    msg.reason,
-                    f" ({msg.limit})" if msg.limit else "",
-                    f": {msg.detail}" if msg.detail else "",
-                    delay,
-                )
+                else:
+                    self._hold_until = max(self._hold_until, loop.time() + delay)
+                    self._window = max(1, self._window // 2)
+                    self._log.log(
+                        # Decommissioned: nothing will be accepted until a technician re-enrolls.
+                        logging.ERROR if msg.reason == "revoked" else logging.INFO,
+                        "collector nacked batch %d: %s%s%s; keeping it, next send in %.1f s",
+                        msg.seq,
+                        msg.reason,
+                        f" ({msg.limit})" if msg.limit else "",
+                        f": {msg.detail}" if msg.detail else "",
+                        delay,
+                    )
             self._wake.set()
 
 
