@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 
 from pydantic import SecretStr
@@ -215,9 +215,15 @@ class Agent:
             drops=stats.drops,
         )
 
-    def submit(self, readings: Sequence[wire.Reading], events: Sequence[wire.Event] = ()) -> None:
-        """Hand readings to the buffer (committed on return) and wake the batcher if due."""
-        self.outbox.append(readings, events)
+    def submit(
+        self,
+        readings: Sequence[wire.Reading],
+        events: Sequence[wire.Event] = (),
+        drops: Mapping[str, int] | None = None,
+    ) -> None:
+        """Hand readings to the buffer (committed on return) and wake the batcher if due;
+        ``drops`` counts what a source could not turn into readings, by reason."""
+        self.outbox.append(readings, events, drops=drops)
         self._appended += len(readings) + len(events)
         if self._appended >= self.config.buffer.batch_max_readings:
             self._batch_due.set()
@@ -384,7 +390,7 @@ class Agent:
             except Exception as exc:  # a failing source must not stop the others
                 self._log.warning("source %s failed: %s", source.name, exc)
             else:
-                self.submit(collection.readings, collection.events)
+                self.submit(collection.readings, collection.events, collection.drops)
             next_at += source.interval
             now = loop.time()
             if next_at < now:  # overran: skip the missed ticks instead of bursting

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,7 @@ from sqlite_utils import Database
 from agent._clock import EPOCH_JUMP_NS, Clock, ClockEpoch
 from agent._exceptions import BufferError
 from agent._schema import MIGRATIONS
-from wire import MAX_FRAME_BYTES, Event, Reading, frame
+from wire import MAX_BODY_BYTES, MAX_FRAME_BYTES, Event, Reading, frame
 
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
 _VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of the bound
@@ -34,6 +34,8 @@ _VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of t
 DROP_DISK_FULL = "disk_full"
 DROP_REJECTED = "rejected_by_collector"
 DROP_TOO_LARGE = "too_large"
+# Drop reasons sources report that concern events (the others concern readings).
+EVENT_DROP_REASONS = frozenset({"invalid_event"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +151,16 @@ class Outbox:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def append(self, readings: Sequence[Reading], events: Sequence[Event] = ()) -> None:
-        """Store readings and events durably; committed when this returns."""
-        if not readings and not events:
+    def append(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[Event] = (),
+        *,
+        drops: Mapping[str, int] | None = None,
+    ) -> None:
+        """Store readings and events durably; committed when this returns. ``drops`` counts
+        what a source had to drop (by reason), recorded in the same transaction."""
+        if not readings and not events and not drops:
             return
         dumps = orjson.dumps
         ids = self._series_ids
@@ -176,6 +185,10 @@ class Outbox:
                     "INSERT INTO events (epoch, doc) VALUES (?, ?)",
                     [(epoch, dumps(e.model_dump(mode="json"))) for e in events],
                 )
+            for reason, count in (drops or {}).items():
+                if count > 0:
+                    is_event = reason in EVENT_DROP_REASONS
+                    self._count_drop(reason, 0 if is_event else count, count if is_event else 0)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -266,12 +279,18 @@ class Outbox:
             "clock": {"offset_ns": offset_ns, "synced": bool(synced)},
         }
         keys = {sid: self._series_key(sid) for sid in {r[1] for r in rows}}
-        payload = _assemble(header, rows, ev_rows, keys)
-        while len(payload) > MAX_FRAME_BYTES and len(rows) > 1:
-            rows = rows[: len(rows) // 2]
-            ev_rows = ev_rows[: max(0, len(ev_rows) // 2)]
-            payload = _assemble(header, rows, ev_rows, keys)
-        if len(payload) > MAX_FRAME_BYTES:
+        first_rows, first_events = rows, ev_rows
+        body_len, payload = _assemble(header, rows, ev_rows, keys)
+        # The collector refuses a frame past either limit: halve until the batch fits both.
+        while (len(payload) > MAX_FRAME_BYTES or body_len > MAX_BODY_BYTES) and (
+            len(rows) + len(ev_rows) > 1
+        ):
+            n_rows, n_events = len(rows), len(ev_rows)
+            rows, ev_rows = rows[: n_rows // 2], ev_rows[: n_events // 2]
+            if not rows and not ev_rows:  # one left: the first reading, else the first event
+                rows, ev_rows = (first_rows[:1], []) if n_rows else ([], first_events[:1])
+            body_len, payload = _assemble(header, rows, ev_rows, keys)
+        if len(payload) > MAX_FRAME_BYTES or body_len > MAX_BODY_BYTES:
             # One reading or event larger than a frame can never be delivered: count it.
             self._drop_pending(rows, ev_rows, DROP_TOO_LARGE)
             self._log.warning("dropped a reading or event larger than %d bytes", MAX_FRAME_BYTES)
@@ -477,8 +496,9 @@ class Outbox:
 
 def _assemble(
     header: dict[str, object], rows: list[Any], ev_rows: list[Any], keys: dict[int, bytes]
-) -> bytes:
-    """Build the batch frame from stored JSON fragments, grouping readings by series."""
+) -> tuple[int, bytes]:
+    """Build the batch frame from stored JSON fragments, grouping readings by series:
+    ``(length of the JSON body, frame)``."""
     groups: dict[bytes, list[bytes]] = {}
     for _id, sid, ts, fields in rows:
         groups.setdefault(keys[sid], []).append(b"[%d,%s]" % (ts, fields))
@@ -495,7 +515,7 @@ def _assemble(
         + events_part
         + b"]}"
     )
-    return frame(body)
+    return len(body), frame(body)
 
 
 def read_stats(conn: sqlite3.Connection) -> BufferStats:

@@ -11,7 +11,8 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -424,8 +425,11 @@ def _probe_mqtt(
     )
     counts = {"readings": 0, "events": 0}
     devices: set[str] = set()
+    dropped: Counter[str] = Counter()
 
-    def show(readings: Sequence[Reading], events: Sequence[Event]) -> None:
+    def show(
+        readings: Sequence[Reading], events: Sequence[Event], drops: Mapping[str, int]
+    ) -> None:
         for r in readings:
             click.echo(orjson.dumps(r.model_dump()).decode())
             devices.add(r.tags.get("device", ""))
@@ -433,6 +437,7 @@ def _probe_mqtt(
             click.echo(orjson.dumps(e.model_dump()).decode())
         counts["readings"] += len(readings)
         counts["events"] += len(events)
+        dropped.update(drops)
 
     try:
         asyncio.run(_listen(source, show, duration))
@@ -443,6 +448,12 @@ def _probe_mqtt(
         f"{len(devices - {''})} device(s) in {duration:g} s ({profile_name}, {mqtt_target})",
         err=True,
     )
+    if dropped:
+        click.echo(
+            "dropped (the log says which limit): "
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items())),
+            err=True,
+        )
     if source.messages == 0:
         click.echo(
             f"no messages on {', '.join(source.mapper.mqtt_filters())}: is the device publishing "

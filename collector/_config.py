@@ -132,8 +132,17 @@ class LimitsConfig(BaseModel):
     readings_burst: Annotated[float, Field(gt=0)] = 50_000
     bytes_per_s: Annotated[float, Field(gt=0)] = 2_000_000
     bytes_burst: Annotated[float, Field(gt=0)] = 8_000_000
-    max_frame_bytes: Annotated[int, Field(ge=1024)] = MAX_FRAME_BYTES
-    max_readings: Annotated[int, Field(ge=1)] = MAX_READINGS
+    # A frame past these is quarantined; the agent never builds one (wire._limits).
+    max_frame_bytes: Annotated[int, Field(ge=1024, le=MAX_FRAME_BYTES)] = MAX_FRAME_BYTES
+    max_readings: Annotated[int, Field(ge=1, le=MAX_READINGS)] = MAX_READINGS
+    # Readings stamped further ahead of the collector's clock (after clock correction) are
+    # quarantined: no store is asked to keep the future.
+    max_future_s: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] = 2 * 86400
+    # The quarantine of one gateway: its raw bytes are kept up to quarantine_bytes (later
+    # entries say what arrived and why, without the bytes); past quarantine_entries, bad
+    # messages are counted and dropped. Both shrink again as retention expires old entries.
+    quarantine_bytes: Annotated[int, Field(ge=0, le=2**40)] = 64 << 20
+    quarantine_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     store_retry_after_ms: Annotated[int, Field(ge=100)] = 5_000
     # Batches received but not yet processed; past this the collector answers "overloaded".
     max_queued_batches: Annotated[int, Field(ge=1)] = 2_000

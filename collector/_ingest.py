@@ -4,6 +4,11 @@
 messages and returns the replies to publish. Acks are produced only after the stores
 committed. A batch that cannot be decoded is quarantined with its raw bytes and acked as
 ``quarantined`` so the gateway stops resending it; a store that fails gives nacks, not loss.
+
+Containment: whatever one message holds, it costs that message only. A message the code cannot
+handle (a bug, a value no store can take) is quarantined with its raw bytes and the reason, the
+failure is logged once, and every other message of the group is handled as usual. Quarantine
+itself is bounded per gateway (entries and raw bytes) and charged to the gateway's rate limit.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collector._config import CollectorConfig
 from collector._enrollment import EnrollmentService
 from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from collector._limits import RateLimiter, Verdict
+from collector._text import printable
 from collector.stores import (
     BatchRecord,
     DocumentStore,
@@ -29,7 +35,7 @@ from collector.stores import (
     SeriesWrite,
     TimeSeriesStore,
 )
-from wire import topics
+from wire import limits, topics
 
 
 class Limiter(Protocol):
@@ -93,6 +99,11 @@ class IngestMetrics:
     quarantined: int = 0
     readings_corrected: int = 0
     nacks: Counter[str] = field(default_factory=Counter)
+    # Messages not kept at all, by reason (quarantine budget used up, rate-limited garbage).
+    dropped: Counter[str] = field(default_factory=Counter)
+    quarantine_bytes_not_kept: int = 0  # raw bytes past a gateway's quarantine budget
+    contained: int = 0  # messages that raised in the collector's own code (then quarantined)
+    corrections_refused: int = 0  # clock corrections that would leave the timestamp range
     write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
@@ -103,6 +114,36 @@ class _Accepted:
     size: int
     delta_ns: int
     received_ns: int
+    msg: Incoming  # kept for quarantine if no store can take the batch
+
+
+# Decoded readings and events held for one group before it is written: a group of large
+# batches is stored in parts, so its memory stays bounded whatever the frames unpack to.
+_GROUP_UNITS = 100_000
+# A reading with many fields costs more than one with a few (see batch_units).
+_FIELDS_PER_UNIT = 8
+
+
+def batch_units(batch: wire.Batch) -> int:
+    """What a batch costs against ``readings_per_s``: one per reading and per event, and a
+    reading with more than 8 fields one more per 8 further fields."""
+    units = len(batch.events)
+    for s in batch.series:
+        for _ts, fields in s.p:
+            units += 1 + (len(fields) - 1) // _FIELDS_PER_UNIT
+    return units
+
+
+def batch_key(props: dict[str, str]) -> tuple[str, int] | None:
+    """The ``(stream, seq)`` a publish names in its user properties, if both are valid."""
+    stream = props.get(wire.PROP_STREAM, "")
+    seq_text = props.get(wire.PROP_SEQ, "")
+    if not 1 <= len(stream) <= 64 or not stream.isprintable():
+        return None
+    if not (seq_text.isascii() and seq_text.isdigit()) or len(seq_text) > 19:
+        return None
+    seq = int(seq_text)
+    return (stream, seq) if 1 <= seq <= limits.INT64_MAX else None
 
 
 class Ingestor:
@@ -121,7 +162,7 @@ class Ingestor:
         self._cfg = config
         self._ts = timeseries
         self._docs = documents
-        self._tenants: dict[str, str] = {}
+        self._tenants: wire.BoundedDict[str, str] = wire.BoundedDict(100_000)
         self._lock = threading.RLock()
         self._replay_failure: tuple[str, str] | None = None
         self._replaying = False
@@ -144,6 +185,7 @@ class Ingestor:
             docs=documents, tolerance_ns=int(config.clock.tolerance_s * 1e9), logger=self._log
         )
         self.metrics = IngestMetrics()
+        self._logged: wire.BoundedDict[tuple[str, str], float] = wire.BoundedDict(10_000)
 
     def refresh_revocations(self) -> None:
         if self._enrollment is not None:
@@ -162,6 +204,8 @@ class Ingestor:
         A message that still fails is not quarantined a second time. The gateway got its ack
         when the message was quarantined, so nothing is sent to it now.
         """
+        if entry.size and not entry.raw:
+            return "still_invalid", "its raw bytes were not kept (the quarantine budget was used)"
         msg = Incoming(entry.topic, entry.raw, dict(entry.properties), now_ns)
         with self._lock:
             self._replaying, self._replay_failure = True, None
@@ -187,30 +231,22 @@ class Ingestor:
 
     def _handle(self, messages: Sequence[Incoming]) -> list[Reply]:
         replies: list[Reply] = []
+        stored: list[Reply] = []
         accepted: list[_Accepted] = []
         keys: set[tuple[str, str, int]] = set()
+        units = 0
         for msg in messages:
-            parsed = topics.parse_up_topic(msg.topic)
-            if parsed is None:
-                self._quarantine(msg, "", "bad_topic", "not an outpost/v1/gw/<id>/up/<kind> topic")
-                continue
-            gateway_id, kind = parsed
-            if self._enrollment is not None and self._enrollment.is_revoked(gateway_id):
-                self._refuse_revoked(msg, gateway_id, kind, replies)
-                continue
-            if kind == "batch":
-                self._batch(msg, gateway_id, replies, accepted, keys)
-            elif kind == "state":
-                self._state(msg, gateway_id)
-            elif kind == "renew":
-                replies.extend(self._renew(msg, gateway_id))
-            elif kind == "config":
-                self._config_report(msg, gateway_id)
-            else:
-                self._log.debug("ignoring %s from %s (not handled yet)", kind, gateway_id)
+            try:
+                units += self._dispatch(msg, replies, accepted, keys)
+            except Exception as exc:  # containment: this message only, never the process
+                self._contain(msg, exc, replies)
+            if units > _GROUP_UNITS:
+                stored += self._store(accepted)
+                accepted, units = [], 0
         if accepted:
-            stored = self._store(accepted)
-            replies.extend(stored)
+            stored += self._store(accepted)
+        replies.extend(stored)
+        if self._twins:
             ok = {
                 (r.topic, r.message.stream, r.message.seq)
                 for r in stored
@@ -229,6 +265,79 @@ class Ingestor:
         self._twins.clear()
         return replies
 
+    def _dispatch(
+        self,
+        msg: Incoming,
+        replies: list[Reply],
+        accepted: list[_Accepted],
+        keys: set[tuple[str, str, int]],
+    ) -> int:
+        """Handle one message; return the units it added to the group (an accepted batch)."""
+        if not msg.payload and not msg.properties:
+            # An empty publish: a retained message being cleared (by its gateway, or by us
+            # after a gateway left junk retained). Nothing to store, nothing to answer.
+            self.metrics.dropped["empty"] += 1
+            return 0
+        parsed = topics.parse_up_topic(msg.topic)
+        if parsed is None:
+            gateway_id = topics.gateway_of(msg.topic) or ""
+            self._quarantine(
+                msg, gateway_id, "bad_topic", "not an outpost/v1/gw/<id>/up/<kind> topic"
+            )
+            return 0
+        gateway_id, kind = parsed
+        if self._enrollment is not None and self._enrollment.is_revoked(gateway_id):
+            self._refuse_revoked(msg, gateway_id, kind, replies)
+            return 0
+        if kind == "batch":
+            return self._batch(msg, gateway_id, replies, accepted, keys)
+        if kind == "state":
+            self._state(msg, gateway_id)
+        elif kind == "renew":
+            replies.extend(self._renew(msg, gateway_id))
+        elif kind == "config":
+            self._config_report(msg, gateway_id)
+        else:
+            self._quarantine(msg, gateway_id, "bad_topic", f"no message kind {kind!r} in up/")
+        return 0
+
+    def _contain(self, msg: Incoming, exc: Exception, replies: list[Reply]) -> None:
+        """A message that raised in our own code: log it once, keep it, answer the gateway."""
+        self.metrics.contained += 1
+        gateway_id = topics.gateway_of(msg.topic) or ""
+        what = f"{type(exc).__name__}: {exc}"
+        self._log_once(
+            (gateway_id, type(exc).__name__),
+            logging.ERROR,
+            "a message from gateway %s on %s could not be handled (%s); it is quarantined",
+            gateway_id or "(unknown)",
+            msg.topic,
+            what,
+            exc_info=exc,
+        )
+        outcome = self._quarantine(msg, gateway_id, "internal_error", what)
+        key = batch_key(msg.properties)
+        if gateway_id and key is not None and msg.topic == topics.up_batch(gateway_id):
+            replies.append(Reply(topics.down_ack(gateway_id), self._answer(outcome, *key)))
+
+    def _log_once(
+        self,
+        key: tuple[str, str],
+        level: int,
+        message: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+        every_s: float = 60.0,
+    ) -> None:
+        """Log ``message`` at most once a minute per ``key`` (gateway, kind): a gateway that
+        sends the same bad thing a thousand times gets one line, not a thousand."""
+        now = self._now()
+        last = self._logged.get(key)
+        if last is not None and now - last < every_s:
+            return
+        self._logged[key] = now
+        self._log.log(level, message, *args, exc_info=exc_info)
+
     def _batch(
         self,
         msg: Incoming,
@@ -236,19 +345,20 @@ class Ingestor:
         replies: list[Reply],
         accepted: list[_Accepted],
         keys: set[tuple[str, str, int]],
-    ) -> None:
+    ) -> int:
         ack_topic = topics.down_ack(gateway_id)
-        stream = msg.properties.get(wire.PROP_STREAM, "")
-        try:
-            seq = int(msg.properties.get(wire.PROP_SEQ, ""))
-        except ValueError:
-            seq = 0
-        if not stream or seq < 1:
-            # Without (stream, seq) there is nothing to ack; the raw bytes are kept.
+        named = batch_key(msg.properties)
+        if named is None:
+            # Without a valid (stream, seq) there is nothing to ack; the raw bytes are kept.
             self._quarantine(
-                msg, gateway_id, "malformed", "publish lacks the 'stream' and 'seq' user properties"
+                msg,
+                gateway_id,
+                "malformed",
+                "publish lacks valid 'stream' (1-64 characters) and 'seq' (1 to 2^63-1) user"
+                " properties",
             )
-            return
+            return 0
+        stream, seq = named
         lim = self._cfg.limits
         try:
             batch = wire.decode_batch(
@@ -264,23 +374,16 @@ class Ingestor:
                     "malformed", "stream/seq in the body differ from the publish properties"
                 )
         except wire.BatchRejected as exc:
-            if not self._quarantine(msg, gateway_id, exc.reason, exc.detail):
-                replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
-                return
-            replies.append(
-                Reply(
-                    ack_topic,
-                    wire.Ack(stream=stream, seq=seq, status="quarantined", reason=exc.reason),
-                )
-            )
-            return
+            outcome = self._quarantine(msg, gateway_id, exc.reason, exc.detail)
+            replies.append(Reply(ack_topic, self._answer(outcome, stream, seq, exc.reason)))
+            return 0
         key = (gateway_id, stream, seq)
         if key in keys:
             # The same batch twice in one group (a retransmit that caught up with the first
             # copy): it gets the first copy's outcome once that is known, not an ack now that
             # would let the gateway drop it if the store then fails.
             self._twins.append(key)
-            return
+            return 0
         taken = self._dedup.take(key) if self._dedup is not None else "unknown"
         if taken == "busy":
             # Another replica is storing it now (a retransmit overtook the first copy). Not a
@@ -299,38 +402,45 @@ class Ingestor:
                     ),
                 )
             )
-            return
+            return 0
+        try:
+            return self._claimed(msg, gateway_id, batch, key, taken, replies, accepted, keys)
+        except BaseException:
+            self._release([key])
+            raise
+
+    def _claimed(
+        self,
+        msg: Incoming,
+        gateway_id: str,
+        batch: wire.Batch,
+        key: tuple[str, str, int],
+        taken: str,
+        replies: list[Reply],
+        accepted: list[_Accepted],
+        keys: set[tuple[str, str, int]],
+    ) -> int:
+        """The rest of a batch's checks, once it is claimed in the dedup window."""
+        _, stream, seq = key
+        ack_topic = topics.down_ack(gateway_id)
         try:
             seen = taken == "stored" or self._docs.seen(*key)
         except StoreError as exc:
             self._release([key])
             self._store_failed("cannot check batch %s for duplicates: %s", key, exc)
             replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
-            return
+            return 0
         if seen:
             self._release([key])
             self.metrics.duplicates += 1
             replies.append(Reply(ack_topic, wire.Ack(stream=stream, seq=seq, status="duplicate")))
-            return
-        verdict = self._limiter.consume(
-            gateway_id, batch.reading_count, len(msg.payload), self._now()
-        )
+            return 0
+        units = batch_units(batch)
+        verdict = self._limiter.consume(gateway_id, units, len(msg.payload), self._now())
         if not verdict.allowed:
             self._release([key])
-            self.metrics.nacks["rate_limited"] += 1
-            replies.append(
-                Reply(
-                    ack_topic,
-                    wire.Nack(
-                        stream=stream,
-                        seq=seq,
-                        reason="rate_limited",
-                        limit=verdict.limit,
-                        retry_after_ms=max(1, int(verdict.retry_after_s * 1000)),
-                    ),
-                )
-            )
-            return
+            replies.append(Reply(ack_topic, self._rate_nack(stream, seq, verdict)))
+            return 0
         stamp = _send_stamp(msg.properties)
         try:
             if stamp is not None:
@@ -339,11 +449,53 @@ class Ingestor:
         except StoreError as exc:
             self._log.error("cannot record the clock of %s: %s", gateway_id, exc)
             self._release([key])
-            self._limiter.refund(gateway_id, batch.reading_count, len(msg.payload))
+            self._limiter.refund(gateway_id, units, len(msg.payload))
             replies.append(Reply(ack_topic, self._store_nack(stream, seq)))
-            return
+            return 0
+        delta, problem = self._checked_times(gateway_id, batch, delta, msg.received_ns)
+        if problem is not None:
+            self._release([key])
+            self._limiter.refund(gateway_id, units, len(msg.payload))
+            outcome = self._quarantine(msg, gateway_id, "future_timestamp", problem)
+            replies.append(Reply(ack_topic, self._answer(outcome, stream, seq, "future_timestamp")))
+            return 0
         keys.add(key)
-        accepted.append(_Accepted(gateway_id, batch, len(msg.payload), delta, msg.received_ns))
+        accepted.append(_Accepted(gateway_id, batch, len(msg.payload), delta, msg.received_ns, msg))
+        return batch.reading_count + len(batch.events)
+
+    def _checked_times(
+        self, gateway_id: str, batch: wire.Batch, delta: int, received_ns: int
+    ) -> tuple[int, str | None]:
+        """The clock correction to apply, and why the batch cannot be stored (or None).
+
+        A correction that would move a timestamp out of 0 .. 2^62 is not applied (the gateway's
+        own timestamps are valid). Timestamps further ahead of the collector's clock than
+        ``max_future_s`` are refused: stores drop or mis-file the far future.
+        """
+        stamps = [ts for s in batch.series for ts, _ in s.p] + [e.ts for e in batch.events]
+        if not stamps:
+            return delta, None
+        lo, hi = min(stamps), max(stamps)
+        if delta and not (lo + delta >= 0 and hi + delta <= limits.TIME_MAX_NS):
+            self.metrics.corrections_refused += batch.reading_count
+            self._log_once(
+                (gateway_id, "correction"),
+                logging.WARNING,
+                "gateway %s (boot %s): a clock correction of %.0f s would move its timestamps"
+                " out of range; stored as sent",
+                gateway_id,
+                printable(batch.boot_id),
+                delta / 1e9,
+            )
+            delta = 0
+        ahead_s = (hi + delta - received_ns) / 1e9
+        max_future = self._cfg.limits.max_future_s
+        if ahead_s > max_future:
+            return delta, (
+                f"a timestamp is {ahead_s:.0f} s ahead of the collector's clock; the limit is"
+                f" {max_future:.0f} s ([limits] max_future_s)"
+            )
+        return delta, None
 
     def _tenant(self, gateway_id: str) -> str:
         """The gateway's tenant (fixed at enrollment, so cached); '' for one not enrolled."""
@@ -354,6 +506,36 @@ class Ingestor:
         return tenant
 
     def _store(self, accepted: list[_Accepted]) -> list[Reply]:
+        """Write a group of batches; a group the stores cannot take is written batch by batch,
+        and a batch that still fails (not an outage: a value the store refuses) is quarantined."""
+        try:
+            return self._write(accepted)
+        except Exception as exc:
+            if len(accepted) > 1:
+                return [reply for a in accepted for reply in self._store([a])]
+            (a,) = accepted
+            self._release([(a.gateway_id, a.batch.stream_id, a.batch.seq)])
+            self._limiter.refund(a.gateway_id, batch_units(a.batch), a.size)
+            self.metrics.contained += 1
+            what = f"{type(exc).__name__}: {exc}"
+            self._log_once(
+                (a.gateway_id, "unstorable"),
+                logging.ERROR,
+                "gateway %s: batch %d could not be stored (%s); it is quarantined",
+                a.gateway_id,
+                a.batch.seq,
+                what,
+                exc_info=exc,
+            )
+            outcome = self._quarantine(a.msg, a.gateway_id, "unstorable", what)
+            return [
+                Reply(
+                    topics.down_ack(a.gateway_id),
+                    self._answer(outcome, a.batch.stream_id, a.batch.seq, "unstorable"),
+                )
+            ]
+
+    def _write(self, accepted: list[_Accepted]) -> list[Reply]:
         writes: list[SeriesWrite] = []
         events: list[tuple[str, wire.Event]] = []
         corrected = 0
@@ -391,7 +573,7 @@ class Ingestor:
             self._release([(a.gateway_id, a.batch.stream_id, a.batch.seq) for a in accepted])
             replies = []
             for a in accepted:
-                self._limiter.refund(a.gateway_id, a.batch.reading_count, a.size)
+                self._limiter.refund(a.gateway_id, batch_units(a.batch), a.size)
                 replies.append(
                     Reply(
                         topics.down_ack(a.gateway_id),
@@ -457,12 +639,16 @@ class Ingestor:
             self._log.error("cannot store the config report of %s: %s", gateway_id, exc)
             return
         log = self._log.info if report.status == "applied" else self._log.warning
+        # The reason and errors come from the gateway: escaped and cut, so they cannot forge
+        # log lines or flood the log.
         log(
             "gateway %s: config %d %s%s",
             gateway_id,
             report.version,
             report.status,
-            f" ({report.reason}: {'; '.join(report.errors)})" if report.reason else "",
+            f" ({printable(report.reason)}: {printable('; '.join(report.errors))})"
+            if report.reason
+            else "",
         )
 
     def _state(self, msg: Incoming, gateway_id: str) -> None:
@@ -477,23 +663,43 @@ class Ingestor:
             self._log.error("cannot save state of %s: %s", gateway_id, exc)
             return
         if state.drops:
-            self._log.info("gateway %s reports drops: %s", gateway_id, state.drops)
+            self._log_once(
+                (gateway_id, "drops"),
+                logging.INFO,
+                "gateway %s reports drops: %s",
+                gateway_id,
+                printable(str(state.drops)),
+            )
+        if state.buffer_reset:
+            self._log_once(
+                (gateway_id, "buffer_reset"),
+                logging.WARNING,
+                "gateway %s started a new buffer: %s",
+                gateway_id,
+                printable(state.buffer_reset),
+                every_s=3600,
+            )
 
     def _refuse_revoked(
         self, msg: Incoming, gateway_id: str, kind: str, replies: list[Reply]
     ) -> None:
         """A decommissioned gateway: store nothing, answer batches with a nack."""
         self.metrics.nacks["revoked"] += 1
-        stream = msg.properties.get(wire.PROP_STREAM, "")
-        seq = msg.properties.get(wire.PROP_SEQ, "")
-        self._log.warning("refused a %s from decommissioned gateway %s", kind, gateway_id)
-        if kind == "batch" and stream and seq.isdigit():
+        self._log_once(
+            (gateway_id, "revoked"),
+            logging.WARNING,
+            "refused a %s from decommissioned gateway %s",
+            kind,
+            gateway_id,
+        )
+        key = batch_key(msg.properties)
+        if kind == "batch" and key is not None:
             replies.append(
                 Reply(
                     topics.down_ack(gateway_id),
                     wire.Nack(
-                        stream=stream,
-                        seq=int(seq),
+                        stream=key[0],
+                        seq=key[1],
                         reason="revoked",
                         retry_after_ms=3_600_000,
                         detail="this gateway was decommissioned; re-enroll it to send again",
@@ -555,43 +761,108 @@ class Ingestor:
             detail="the collector's store is unavailable; keep the batch",
         )
 
-    def _quarantine(self, msg: Incoming, gateway_id: str, reason: str, detail: str) -> bool:
-        """Keep a bad message with its raw bytes; False if even that failed."""
+    def _rate_nack(self, stream: str, seq: int, verdict: Verdict) -> wire.Nack:
+        self.metrics.nacks["rate_limited"] += 1
+        return wire.Nack(
+            stream=stream,
+            seq=seq,
+            reason="rate_limited",
+            limit=verdict.limit,
+            retry_after_ms=min(86_400_000, max(1, int(verdict.retry_after_s * 1000))),
+        )
+
+    def _answer(
+        self, outcome: Quarantined, stream: str, seq: int, reason: str = "invalid"
+    ) -> wire.Ack | wire.Nack:
+        """The gateway's answer for a batch that went to quarantine (or could not)."""
+        if isinstance(outcome, Verdict):
+            return self._rate_nack(stream, seq, outcome)
+        if outcome == "store_failed":
+            return self._store_nack(stream, seq)
+        # Kept, or dropped and counted here: either way the gateway must not send it again.
+        return wire.Ack(stream=stream, seq=seq, status="quarantined", reason=reason)
+
+    def _quarantine(self, msg: Incoming, gateway_id: str, reason: str, detail: str) -> Quarantined:
+        """Keep a bad message with its raw bytes, within the gateway's budget.
+
+        Returns ``kept``; ``dropped`` (counted: the gateway's quarantine is full);
+        ``store_failed``; or the rate-limit :class:`Verdict` when the gateway is over its limit
+        (a bad message costs its bytes like a good one).
+        """
+        detail = printable(detail, 1000)
         if self._replaying:  # a replay that still fails: report it, do not keep it twice
             self._replay_failure = self._replay_failure or (reason, detail)
-            return True
+            return "kept"
+        lim = self._cfg.limits
+        raw = msg.payload
         try:
+            if gateway_id:
+                verdict = self._limiter.consume(gateway_id, 1, len(raw), self._now())
+                if not verdict.allowed:
+                    self.metrics.dropped["rate_limited"] += 1
+                    return verdict
+                entries, kept = self._docs.quarantine_usage(gateway_id)
+                if entries >= lim.quarantine_entries:
+                    self.metrics.dropped["quarantine_full"] += 1
+                    self._log_once(
+                        (gateway_id, "quarantine_full"),
+                        logging.WARNING,
+                        "gateway %s: its quarantine holds %d entries (the limit); further bad"
+                        " messages are counted and dropped until retention frees room",
+                        gateway_id,
+                        entries,
+                    )
+                    return "dropped"
+                if kept + len(raw) > lim.quarantine_bytes:
+                    self.metrics.quarantine_bytes_not_kept += len(raw)
+                    detail += f" (raw bytes not kept: the gateway's quarantine budget of {lim.quarantine_bytes} bytes is used)"
+                    raw = b""
             self._docs.quarantine(
                 QuarantineEntry(
                     received_ns=msg.received_ns,
                     topic=msg.topic,
                     reason=reason,
                     detail=detail,
-                    raw=msg.payload,
+                    raw=raw,
                     gateway_id=gateway_id,
-                    properties=msg.properties,
+                    properties={
+                        k: v[:256] for k, v in msg.properties.items() if k in _KEPT_PROPERTIES
+                    },
+                    size=len(msg.payload),
                 )
             )
         except StoreError as exc:
             self._log.error("cannot quarantine a message on %s: %s", msg.topic, exc)
-            return False
+            return "store_failed"
         self.metrics.quarantined += 1
-        self._log.warning(
+        self._log_once(
+            (gateway_id, f"quarantine:{reason}"),
+            logging.WARNING,
             "quarantined a message on %s (%d bytes): %s: %s",
             msg.topic,
             len(msg.payload),
             reason,
             detail,
         )
-        return True
+        return "kept"
+
+
+# What a quarantine entry keeps of the publish's user properties: what replay needs.
+_KEPT_PROPERTIES = frozenset(
+    (wire.PROP_STREAM, wire.PROP_SEQ, wire.PROP_BOOT, wire.PROP_SENT_MONO, wire.PROP_SENT_WALL)
+)
+Quarantined = Literal["kept", "dropped", "store_failed"] | Verdict
 
 
 def _send_stamp(props: dict[str, str]) -> SendStamp | None:
-    try:
-        return SendStamp(
-            boot_id=props[wire.PROP_BOOT],
-            mono_ns=int(props[wire.PROP_SENT_MONO]),
-            wall_ns=int(props[wire.PROP_SENT_WALL]),
-        )
-    except (KeyError, ValueError):
+    """The gateway's clocks at send, if the properties carry sane ones (else no correction)."""
+    boot = props.get(wire.PROP_BOOT, "")
+    mono, wall = props.get(wire.PROP_SENT_MONO, ""), props.get(wire.PROP_SENT_WALL, "")
+    if not 1 <= len(boot) <= 64 or not all(
+        t.isascii() and t.isdigit() and len(t) <= 19 for t in (mono, wall)
+    ):
         return None
+    mono_ns, wall_ns = int(mono), int(wall)
+    if mono_ns > limits.TIME_MAX_NS or wall_ns > limits.TIME_MAX_NS:
+        return None
+    return SendStamp(boot_id=boot, mono_ns=mono_ns, wall_ns=wall_ns)

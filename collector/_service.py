@@ -17,7 +17,7 @@ import outpost_mqtt
 import wire
 from collector._config import ApiConfig, BrokerConfig, RetentionConfig
 from collector._exceptions import StoreError
-from collector._ingest import Incoming, Ingestor
+from collector._ingest import Incoming, Ingestor, batch_key
 from collector.stores import DocumentStore, TimeSeriesStore
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 from wire import topics
@@ -93,6 +93,7 @@ class CollectorService:
         self._overload_retry_ms = overload_retry_after_ms
         self._summary_interval = summary_interval_s
         self.overloaded = 0
+        self._failures_logged: dict[tuple[str, str], float] = {}
         self._log = logger or logging.getLogger("outpost.collector")
         self.subscribed = asyncio.Event()
         self._ts = timeseries
@@ -150,8 +151,8 @@ class CollectorService:
             cutoff = time.time_ns() - int(self._dedup_window_s * 1e9)
             try:
                 pruned = await asyncio.to_thread(self._docs.prune_seen, cutoff)
-            except StoreError as exc:
-                self._log.warning("cannot prune dedup records: %s", exc)
+            except Exception as exc:  # one failure must not stop the collector
+                self._loop_failed("prune dedup records", exc)
             else:
                 if pruned:
                     self._log.info("pruned %d dedup records older than the window", pruned)
@@ -165,6 +166,8 @@ class CollectorService:
         while True:
             try:
                 if loop.time() - last_expiry >= r.expire_interval_s or not last_expiry:
+                    # Tried once per interval even when it fails: rollups go on meanwhile.
+                    last_expiry = loop.time()
                     now = time.time_ns()
                     gone = await asyncio.to_thread(
                         ts.expire,
@@ -178,7 +181,6 @@ class CollectorService:
                         quarantine_before_ns=now - int(r.quarantine_days * day),
                         audit_before_ns=now - int(r.audit_days * day),
                     )
-                    last_expiry = loop.time()
                     if any(gone.values()):
                         self._log.info(
                             "retention: deleted %s",
@@ -188,8 +190,8 @@ class CollectorService:
                     await asyncio.to_thread(
                         ts.refresh_rollups, time.time_ns() - int(r.raw_days * day)
                     )
-            except StoreError as exc:
-                self._log.warning("cannot update rollups or expire old data: %s", exc)
+            except Exception as exc:  # a bad row must not stop maintenance, or the collector
+                self._loop_failed("update rollups or expire old data", exc)
             await asyncio.sleep(r.rollup_interval_s)
 
     async def _advance_rollouts(self, step: Callable[[], None]) -> None:
@@ -197,8 +199,8 @@ class CollectorService:
             await asyncio.sleep(2)
             try:
                 await asyncio.to_thread(step)
-            except StoreError as exc:
-                self._log.warning("cannot advance rollouts: %s", exc)
+            except Exception as exc:  # one failure must not stop the collector
+                self._loop_failed("advance rollouts", exc)
 
     async def _refresh_revocations(self) -> None:
         """Pick up decommissions made with the CLI (another process) within seconds."""
@@ -206,8 +208,23 @@ class CollectorService:
             await asyncio.sleep(2)
             try:
                 await asyncio.to_thread(self._ingestor.refresh_revocations)
-            except StoreError as exc:
-                self._log.warning("cannot read revocations: %s", exc)
+            except Exception as exc:  # one failure must not stop the collector
+                self._loop_failed("read revocations", exc)
+
+    def _loop_failed(self, what: str, exc: Exception) -> None:
+        """A background step failed: a store error is logged each time (it says what is down);
+        anything else with its traceback, once an hour per step and kind, and the step runs
+        again at its next turn."""
+        if isinstance(exc, StoreError):
+            self._log.warning("cannot %s: %s", what, exc)
+            return
+        key = (what, type(exc).__name__)
+        now = time.monotonic()
+        if now - self._failures_logged.get(key, -3600.0) >= 3600:
+            self._failures_logged[key] = now
+            self._log.error(
+                "cannot %s (will try again): %s: %s", what, type(exc).__name__, exc, exc_info=exc
+            )
 
     async def _log_summary(self) -> None:
         """One line per interval with what was ingested, for operators reading the log."""
@@ -297,13 +314,13 @@ class CollectorService:
     async def _refuse_overloaded(self, client: aiomqtt.Client, msg: Incoming) -> None:
         self.overloaded += 1
         parsed = topics.parse_up_topic(msg.topic)
-        stream, seq = msg.properties.get(wire.PROP_STREAM), msg.properties.get(wire.PROP_SEQ)
-        if parsed is None or parsed[1] != "batch" or not stream or not (seq or "").isdigit():
+        key = batch_key(msg.properties)
+        if parsed is None or parsed[1] != "batch" or key is None:
             # Not a batch (e.g. a periodic state report): the next one supersedes it.
             return
         nack = wire.Nack(
-            stream=stream,
-            seq=int(seq or 0),
+            stream=key[0],
+            seq=key[1],
             reason="overloaded",
             retry_after_ms=self._overload_retry_ms,
             detail="the collector is behind; keep the batch and retry",
@@ -321,6 +338,11 @@ class CollectorService:
             group = [first]
             while len(group) < _MAX_GROUP and not queue.empty():
                 group.append(queue.get_nowait())
-            replies = await asyncio.to_thread(self._ingestor.handle, group)
+            try:
+                replies = await asyncio.to_thread(self._ingestor.handle, group)
+            except Exception as exc:  # the ingestor contains each message; this is a last guard
+                # Nothing was acked: the gateways send these batches again after ack_timeout.
+                self._loop_failed(f"handle a group of {len(group)} message(s)", exc)
+                continue
             for reply in replies:
                 await client.publish(reply.topic, wire.encode_message(reply.message), qos=1)

@@ -30,6 +30,7 @@ from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
 from collector._rollouts import RolloutError, RolloutService
 from collector._service import ApiServer, CollectorService, client_tls
+from collector._text import printable
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
@@ -291,7 +292,8 @@ def quarantine_list(config_path: Path, limit: int) -> None:
         click.echo("quarantine is empty")
     for e in entries:
         click.echo(
-            f"#{e.id} {e.gateway_id or '-'} {e.topic} {e.reason}: {e.detail} ({len(e.raw)} bytes)"
+            f"#{e.id} {e.gateway_id or '-'} {printable(e.topic)} {e.reason}:"
+            f" {printable(e.detail, 1000)} ({e.size or len(e.raw)} bytes)"
         )
 
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -65,8 +65,13 @@ class JournalingAgent(Agent):
     journal: TextIO
     run_id: str
 
-    def submit(self, readings: Sequence[Reading], events: Sequence[Event] = ()) -> None:
-        super().submit(readings, events)
+    def submit(
+        self,
+        readings: Sequence[Reading],
+        events: Sequence[Event] = (),
+        drops: Mapping[str, int] | None = None,
+    ) -> None:
+        super().submit(readings, events, drops)
         real = time.time_ns()
         self.journal.write(
             "".join(f"{self.run_id} {r.fields['n']} {r.ts} {real}\n" for r in readings)

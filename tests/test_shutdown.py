@@ -160,7 +160,7 @@ async def test_a_site_broker_source_stops(monkeypatch: pytest.MonkeyPatch) -> No
         target=MqttTarget("127.0.0.1", 1),
         clock=SystemClock(),
     )
-    await stops_when_cancelled(lambda: src.run(lambda readings, events: None), started)
+    await stops_when_cancelled(lambda: src.run(lambda readings, events, drops: None), started)
 
 
 @pytest.mark.parametrize("client_class", [outpost_mqtt.Client, aiomqtt.Client])

@@ -6,11 +6,10 @@ agent imports this package and never the collector; the collector imports this p
 never the agent.
 """
 
+from wire import _limits as limits
 from wire import _topics as topics
+from wire._bounded import BoundedDict
 from wire._codec import (
-    MAX_BODY_BYTES,
-    MAX_FRAME_BYTES,
-    MAX_READINGS,
     VERSION,
     Batch,
     ClockInfo,
@@ -33,6 +32,7 @@ from wire._envelope import (
     split_secrets,
 )
 from wire._exceptions import BatchRejected, MessageRejected, RejectReason, WireError
+from wire._limits import MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_READINGS, TooComplex
 from wire._messages import (
     Ack,
     AckStatus,
@@ -76,6 +76,7 @@ __all__ = [
     "AckStatus",
     "Batch",
     "BatchRejected",
+    "BoundedDict",
     "ClockInfo",
     "ConfigEnvelope",
     "ConfigReport",
@@ -92,6 +93,7 @@ __all__ = [
     "RenewRequest",
     "RenewResponse",
     "SeriesPoints",
+    "TooComplex",
     "WireError",
     "decode_ack",
     "decode_batch",
@@ -107,6 +109,7 @@ __all__ = [
     "has_place",
     "join_secrets",
     "key_id",
+    "limits",
     "open_config",
     "seal_config",
     "split_secrets",

@@ -18,7 +18,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from wire._exceptions import BatchRejected
-from wire._models import Event, FieldValue, Name, Reading, TagValue, TimestampNs
+from wire._limits import (
+    INT64_MAX,
+    MAX_BODY_BYTES,
+    MAX_EVENTS,
+    MAX_FRAME_BYTES,
+    MAX_READINGS,
+    MAX_SERIES,
+    OFFSET_MAX_NS,
+)
+from wire._models import Event, Fields, FieldValue, Name, Reading, Tags, TimestampNs
 from wire._topics import GATEWAY_ID_PATTERN
 
 MAGIC = b"OPB"
@@ -26,11 +35,6 @@ VERSION = 1
 COMPRESSION_NONE = 0
 COMPRESSION_ZLIB = 1
 HEADER_LEN = len(MAGIC) + 2
-
-# Limits a collector enforces by default; an agent never builds a batch past them.
-MAX_FRAME_BYTES = 1 << 20  # 1 MiB on the wire
-MAX_BODY_BYTES = 16 << 20  # 16 MiB after decompression (a zip bomb stops here)
-MAX_READINGS = 50_000
 
 _ZLIB_LEVEL = 3  # measured: level 3 is ~2x faster than 6 for ~5 % larger frames
 
@@ -45,7 +49,7 @@ class ClockInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    offset_ns: StrictInt
+    offset_ns: Annotated[StrictInt, Field(ge=-OFFSET_MAX_NS, le=OFFSET_MAX_NS)]
     synced: StrictBool
 
 
@@ -55,11 +59,8 @@ class SeriesPoints(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     m: Name
-    t: dict[Name, TagValue] = Field(default_factory=dict)
-    p: Annotated[
-        list[tuple[TimestampNs, Annotated[dict[Name, FieldValue], Field(min_length=1)]]],
-        Field(min_length=1),
-    ]
+    t: Tags = Field(default_factory=dict)
+    p: Annotated[list[tuple[TimestampNs, Fields]], Field(min_length=1, max_length=MAX_READINGS)]
 
 
 class Batch(BaseModel):
@@ -72,11 +73,13 @@ class Batch(BaseModel):
     gateway_id: Annotated[str, Field(alias="gw", pattern=GATEWAY_ID_PATTERN.pattern)]
     stream_id: Annotated[str, Field(alias="stream", min_length=1, max_length=64)]
     boot_id: Annotated[str, Field(alias="boot", min_length=1, max_length=64)]
-    seq: Annotated[int, Field(ge=1, strict=True)]
-    created_ns: Annotated[int, Field(alias="created", ge=0, strict=True)]
+    seq: Annotated[int, Field(ge=1, le=INT64_MAX, strict=True)]
+    created_ns: Annotated[TimestampNs, Field(alias="created")]
     clock: ClockInfo
-    series: list[SeriesPoints] = Field(default_factory=list)
-    events: list[Event] = Field(default_factory=list)
+    series: Annotated[list[SeriesPoints], Field(max_length=MAX_SERIES)] = Field(
+        default_factory=list
+    )
+    events: Annotated[list[Event], Field(max_length=MAX_EVENTS)] = Field(default_factory=list)
 
     @property
     def reading_count(self) -> int:

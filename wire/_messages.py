@@ -8,6 +8,22 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from wire._exceptions import MessageRejected
+from wire._limits import (
+    INT64_MAX,
+    MAX_DROP_REASONS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_REPORT_ERRORS,
+    MAX_REPORT_TEXT_CHARS,
+    TIME_MAX_NS,
+)
+
+# Bounded types for the control messages (wire._limits says why).
+Count = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
+Seq = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Timestamp = Annotated[int, Field(ge=0, le=TIME_MAX_NS, strict=True)]
+ShortText = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_REPORT_TEXT_CHARS)]
 
 AckStatus = Literal["stored", "duplicate", "quarantined"]
 NackReason = Literal["rate_limited", "store_unavailable", "overloaded", "revoked", "in_progress"]
@@ -21,10 +37,10 @@ class Ack(BaseModel):
 
     v: Literal[1] = 1
     kind: Literal["ack"] = "ack"
-    stream: str
-    seq: int
+    stream: ShortText
+    seq: Seq
     status: AckStatus
-    reason: str = ""  # for "quarantined": why, so the gateway can log and count it
+    reason: Text = ""  # for "quarantined": why, so the gateway can log and count it
 
 
 class Nack(BaseModel):
@@ -34,12 +50,12 @@ class Nack(BaseModel):
 
     v: Literal[1] = 1
     kind: Literal["nack"] = "nack"
-    stream: str
-    seq: int
+    stream: ShortText
+    seq: Seq
     reason: NackReason
     limit: LimitName | None = None
-    retry_after_ms: Annotated[int, Field(ge=0)]
-    detail: str = ""
+    retry_after_ms: Annotated[int, Field(ge=0, le=86_400_000)]  # at most a day
+    detail: Text = ""
 
 
 AckMessage = Annotated[Ack | Nack, Field(discriminator="kind")]
@@ -53,15 +69,20 @@ class GatewayState(BaseModel):
 
     v: Literal[1] = 1
     state: Literal["online", "offline"]
-    ts: int
-    boot_id: str
-    agent_version: str = ""
-    stream: str = ""
-    backlog_batches: int = 0
-    backlog_readings: int = 0
-    oldest_unsent_s: float | None = None
-    last_ack_ts: int | None = None
-    drops: dict[str, int] = Field(default_factory=dict)
+    ts: Timestamp
+    boot_id: ShortText
+    agent_version: ShortText = ""
+    stream: ShortText = ""
+    backlog_batches: Count = 0
+    backlog_readings: Count = 0
+    oldest_unsent_s: Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False)] | None = None
+    last_ack_ts: Timestamp | None = None
+    drops: Annotated[
+        dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Count],
+        Field(max_length=MAX_DROP_REASONS),
+    ] = Field(default_factory=dict)
+    # Set when the agent found its buffer unreadable and started a new one (kept aside).
+    buffer_reset: Text = ""
 
 
 class ConfigReport(BaseModel):
@@ -70,12 +91,13 @@ class ConfigReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    version: Annotated[int, Field(ge=0)]  # the envelope's version this is about
+    version: Seq  # the envelope's version this is about
     status: Literal["applied", "rejected", "rolled_back"]
-    applied_version: Annotated[int, Field(ge=0)]  # what runs now
-    reason: str = ""  # bad_signature, replayed, invalid, no_ack_within_grace, …
-    errors: list[str] = Field(default_factory=list)  # validation errors, device errors
-    ts: int
+    applied_version: Seq  # what runs now
+    reason: ShortText = ""  # bad_signature, replayed, invalid, no_ack_within_grace, …
+    # Validation errors, device errors (the agent cuts longer lists and texts to fit).
+    errors: Annotated[list[Text], Field(max_length=MAX_REPORT_ERRORS)] = Field(default_factory=list)
+    ts: Timestamp
 
 
 class RenewRequest(BaseModel):
@@ -94,11 +116,11 @@ class RenewResponse(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    request_id: str
+    request_id: Annotated[str, Field(max_length=64)]
     status: Literal["issued", "refused"]
-    certificate: str = ""
-    reason: str = ""
-    detail: str = ""
+    certificate: Annotated[str, Field(max_length=65_536)] = ""
+    reason: ShortText = ""
+    detail: Text = ""
 
 
 def encode_message(msg: BaseModel) -> bytes:

@@ -50,6 +50,14 @@ def down_config(gateway_id: str) -> str:
     return f"{ROOT}/{gateway_id}/down/config"
 
 
+def gateway_of(topic: str) -> str | None:
+    """The gateway id of any topic under ``outpost/v1/gw/<id>/``, valid or not otherwise."""
+    parts = topic.split("/", 4)
+    if len(parts) < 4 or "/".join(parts[:3]) != ROOT or not valid_gateway_id(parts[3]):
+        return None
+    return parts[3]
+
+
 def parse_up_topic(topic: str) -> tuple[str, str] | None:
     """``outpost/v1/gw/G/up/KIND`` → ``(G, KIND)``; None for anything else."""
     parts = topic.split("/")

@@ -4,23 +4,38 @@ The engine is transport-agnostic. A source hands it a *key* (an MQTT topic, an H
 an SNMP table, a host section), the decoded payload and the capture time; the profile's rules
 whose ``match`` fits the key turn the payload into readings and events. The only state kept is
 what rates and availability need: the previous value of each counter, the last known state of
-each device.
+each device; both are bounded, however many devices or series a site invents.
+
+Whatever a device sends, applying a profile never raises: a reading or event past a limit of the
+wire contract (a name or tag too long, too many fields, an event nested too deep) is dropped and
+counted by reason in the collection's ``drops``, and logged once a minute per reason. An integer
+beyond the signed 64-bit range (an SNMP Counter64 or an energy meter near 2^64) becomes a float:
+the stores keep int64, and a float keeps the magnitude (exact to 53 bits).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from agent.profiles._model import EventRule, FieldSpec, Profile, ReadingRule
 from agent.sources._base import Collection
-from wire import Event, FieldValue, Reading
+from wire import BoundedDict, Event, FieldValue, Reading, limits
+
+# Series, counters and devices one mapper remembers (previous counter values, availability).
+MAX_TRACKED = 10_000
+DROP_INVALID_READING = "invalid_reading"
+DROP_INVALID_EVENT = "invalid_event"
+DROP_MAPPING_ERROR = "mapping_error"
 
 _MISSING = object()
 _SPLIT_PATH = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
@@ -83,8 +98,8 @@ def _substitute(template: str, variables: dict[str, str]) -> str:
 class RateTracker:
     """Per-second rates of counters, across polls. Wraps are unwrapped; resets are skipped."""
 
-    def __init__(self) -> None:
-        self._last: dict[tuple[object, ...], tuple[float, int]] = {}
+    def __init__(self, max_tracked: int = MAX_TRACKED) -> None:
+        self._last: BoundedDict[tuple[object, ...], tuple[float, int]] = BoundedDict(max_tracked)
 
     def clear(self) -> None:
         """Forget every baseline: the device restarted and its counters began again."""
@@ -119,8 +134,11 @@ class Mapper:
         *,
         variables: dict[str, str] | None = None,
         device: str = "",
+        logger: logging.Logger | None = None,
     ) -> None:
         self.profile = profile
+        self._log = logger or logging.getLogger(f"outpost.agent.profile.{profile.name}")
+        self._logged: dict[str, float] = {}
         self.variables = {**profile.profile.variables, **(variables or {})}
         self.device = device
         self._readings = [(_Template.compile(r.match, self.variables), r) for r in profile.readings]
@@ -129,7 +147,7 @@ class Mapper:
             (_Template.compile(a.match, self.variables), a) for a in profile.availability
         ]
         self.rates = RateTracker()
-        self._state: dict[str, str] = {}
+        self._state: BoundedDict[str, str] = BoundedDict(MAX_TRACKED)
 
     def mqtt_filters(self) -> list[str]:
         templates = [t for t, _ in self._readings] + [t for t, _ in self._events]
@@ -137,60 +155,108 @@ class Mapper:
         return sorted({t.mqtt_filter() for t in templates})
 
     def apply(self, key: str, payload: Any, ts: int) -> Collection:
+        """Readings and events from one message or response; never raises (see module doc)."""
         out = Collection()
         for template, rule in self._readings:
             captures = template.match(key)
             if captures is None or self._excluded(captures):
                 continue
-            for item, item_key in _select(payload, rule.select, rule.objects_only):
-                reading = self._reading(rule, captures, item, item_key, ts)
-                if reading is not None:
-                    out.readings.append(reading)
+            try:
+                for item, item_key in _select(payload, rule.select, rule.objects_only):
+                    try:
+                        reading = self._reading(rule, captures, item, item_key, ts)
+                    except ValidationError as exc:
+                        self._dropped(out, DROP_INVALID_READING, rule.measurement, exc)
+                        continue
+                    if reading is not None:
+                        out.readings.append(reading)
+            except Exception as exc:  # a payload the rule did not foresee: this rule only
+                self._dropped(out, DROP_MAPPING_ERROR, rule.measurement, exc)
         for template, event_rule in self._events:
             captures = template.match(key)
             if captures is None or self._excluded(captures):
                 continue
-            event = self._event(event_rule, captures, payload, ts)
+            try:
+                event = self._event(event_rule, captures, payload, ts)
+            except ValidationError as exc:
+                self._dropped(out, DROP_INVALID_EVENT, event_rule.type, exc)
+                continue
+            except Exception as exc:
+                self._dropped(out, DROP_MAPPING_ERROR, event_rule.type, exc)
+                continue
             if event is not None:
                 out.events.append(event)
         for template, avail in self._availability:
             captures = template.match(key)
             if captures is None or self._excluded(captures):
                 continue
-            ctx = self._context(captures, None)
-            for item, _ in _select(payload, avail.select, False):
-                raw = get_path(item, avail.path)
-                text = str(raw).strip().lower() if raw is not _MISSING else ""
-                if text in (s.lower() for s in avail.online):
-                    state = "online"
-                elif text in (s.lower() for s in avail.offline):
-                    state = "offline"
-                else:
-                    continue
-                device = (
-                    _render(avail.device, ctx, item)
-                    if avail.device
-                    else captures.get("device", self.device)
-                )
-                if not device:
-                    continue
-                changed = self.availability_event(device, state, ts)
-                if changed is not None:
-                    out.events.append(changed)
+            try:
+                self._availability_events(avail, captures, payload, ts, out)
+            except ValidationError as exc:
+                self._dropped(out, DROP_INVALID_EVENT, "availability", exc)
+            except Exception as exc:
+                self._dropped(out, DROP_MAPPING_ERROR, "availability", exc)
         return out
+
+    def _availability_events(
+        self, avail: Any, captures: dict[str, str], payload: Any, ts: int, out: Collection
+    ) -> None:
+        ctx = self._context(captures, None)
+        for item, _ in _select(payload, avail.select, False):
+            raw = get_path(item, avail.path)
+            text = str(raw).strip().lower() if raw is not _MISSING else ""
+            if text in (s.lower() for s in avail.online):
+                state = "online"
+            elif text in (s.lower() for s in avail.offline):
+                state = "offline"
+            else:
+                continue
+            device = (
+                _render(avail.device, ctx, item)
+                if avail.device
+                else captures.get("device", self.device)
+            )
+            if not device:
+                continue
+            changed = self.availability_event(device, state, ts)
+            if changed is not None:
+                out.events.append(changed)
+
+    def _dropped(self, out: Collection, reason: str, what: str, exc: Exception) -> None:
+        """Count a reading or event that could not be made, and say why once a minute."""
+        out.drops[reason] += 1
+        now = time.monotonic()
+        if now - self._logged.get(reason, -60.0) < 60:
+            return
+        self._logged[reason] = now
+        if isinstance(exc, ValidationError):
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            why = f"{loc}: {err['msg']}" if loc else err["msg"]
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        self._log.warning(
+            "%s: dropped a %s from %s (%s): %s",
+            self.profile.name,
+            "reading" if reason == DROP_INVALID_READING else "message",
+            self.device or "a device",
+            what[:64],
+            why[:300].encode("unicode_escape").decode(),
+        )
 
     def availability_event(self, device: str, state: str, ts: int) -> Event | None:
         """An event when ``device`` changes between online and offline (not on repeats)."""
         if self._state.get(device) == state:
             return None
-        self._state[device] = state
-        return Event(
+        event = Event(
             id=uuid.uuid4().hex,
             type="availability",
             ts=ts,
             source=device,
             body={"device": device, "state": state, "profile": self.profile.name},
         )
+        self._state[device] = state  # only once the event is valid: it is sent on the next change
+        return event
 
     def _excluded(self, captures: dict[str, str]) -> bool:
         return captures.get("device", "") in self.profile.mqtt.exclude_devices
@@ -221,7 +287,7 @@ class Mapper:
         if rule.numeric_fields and isinstance(item, dict):
             for member, raw in item.items():
                 if member not in rule.exclude and isinstance(raw, bool | int | float):
-                    fields[snake(member)] = raw
+                    fields[snake(member)] = _fit(raw)
         for name, spec in rule.fields.items():
             spec_ = FieldSpec(path=spec) if isinstance(spec, str) else spec
             raw = get_path(item, spec_.path)
@@ -259,7 +325,7 @@ class Mapper:
                 value = value * spec.scale
             if spec.type == "int":
                 value = round(value)  # KiB → bytes stays an integer
-        return value
+        return _fit(value)
 
     def _event(
         self, rule: EventRule, captures: dict[str, str], payload: Any, ts: int
@@ -284,6 +350,13 @@ class Mapper:
             source=_render(rule.source, ctx, payload) or "",
             body=body,
         )
+
+
+def _fit(value: FieldValue) -> FieldValue:
+    """An integer the stores cannot keep (outside int64) becomes a float; see the module doc."""
+    if type(value) is int and not limits.INT64_MIN <= value <= limits.INT64_MAX:
+        return float(value)
+    return value
 
 
 def _product(raw: Any, factor: Any) -> Any:
@@ -355,6 +428,8 @@ def _convert(raw: Any, kind: str) -> FieldValue | None:
             number = float(raw)
         except (TypeError, ValueError):
             return None
+        if not math.isfinite(number):
+            return None  # "inf" from a device: no reading (and int() of it would raise)
         return int(number) if kind == "int" else number
     # auto: keep JSON types; numbers sent as strings (UniFi does) become floats
     if isinstance(raw, bool | int | float):

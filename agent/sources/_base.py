@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -13,6 +14,18 @@ class Collection:
 
     readings: list[Reading] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    # What the device sent that could not become a reading or event, by reason (counted in
+    # the buffer's drops, never silent): invalid_reading, invalid_event, mapping_error, …
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Collection) -> None:
+        self.readings += other.readings
+        self.events += other.events
+        self.drops.update(other.drops)
+
+
+# How sources hand over what they collected: readings, events, and what they had to drop.
+Submit = Callable[[Sequence[Reading], Sequence[Event], Mapping[str, int]], None]
 
 
 class Source(Protocol):
@@ -29,4 +42,4 @@ class PushSource(Protocol):
 
     name: str
 
-    async def run(self, submit: Callable[[Sequence[Reading], Sequence[Event]], None]) -> None: ...
+    async def run(self, submit: Submit) -> None: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -20,10 +20,15 @@ import aiomqtt
 import outpost_mqtt
 from agent._clock import Clock
 from agent.profiles import Mapper, Profile, decode_mqtt_payload
+from agent.sources._base import Submit
 from wire import Event, Reading
 
-Submit = Callable[[Sequence[Reading], Sequence[Event]], None]
 _FLUSH_S = 0.25
+# A site-broker message past this is not parsed: counted as a drop (no device sends a
+# reading this large; Frigate's stats, the largest we read, are a few kilobytes).
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_TOPIC_CHARS = 1024
+DROP_TOO_LARGE = "message_too_large"
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class MqttDeviceSource:
         self.connected = asyncio.Event()
         self.messages = 0
         self._was_unavailable = False
+        self._too_large_logged = -60.0
 
     async def run(self, submit: Submit) -> None:
         """Run until cancelled, reconnecting to the local broker when it goes away."""
@@ -88,7 +94,22 @@ class MqttDeviceSource:
         event = self.mapper.availability_event(self.name, "offline", self._clock.wall_ns())
         if event is not None:
             self._log.warning("%s: local broker %s unavailable: %s", self.name, self.target, why)
-            submit([], [event])
+            submit([], [event], {})
+
+    def _too_large(self, topic: str, size: int) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._too_large_logged >= 60:
+            self._too_large_logged = now
+            self._log.warning(
+                "%s: dropped a message of %d bytes on a topic of %d characters (%s…); the limits"
+                " are %d bytes and %d characters",
+                self.name,
+                size,
+                len(topic),
+                topic[:80].encode("unicode_escape").decode(),
+                MAX_PAYLOAD_BYTES,
+                MAX_TOPIC_CHARS,
+            )
 
     async def session(self, submit: Submit) -> None:
         """One connection to the local broker, until it ends (``MqttError``) or is cancelled."""
@@ -107,18 +128,23 @@ class MqttDeviceSource:
             back = self.mapper.availability_event(self.name, "online", self._clock.wall_ns())
             if back is not None and self._was_unavailable:  # back after an outage
                 self._log.info("%s: local broker %s is back", self.name, self.target)
-                submit([], [back])
+                submit([], [back], {})
             self._log.info("%s: listening on %s for %s", self.name, self.target, self._profile.name)
             pending_r: list[Reading] = []
             pending_e: list[Event] = []
+            drops: Counter[str] = Counter()
+
+            def flush() -> None:
+                if pending_r or pending_e or drops:
+                    submit(list(pending_r), list(pending_e), dict(drops))
+                    pending_r.clear()
+                    pending_e.clear()
+                    drops.clear()
 
             async def flush_loop() -> None:
                 while True:
                     await asyncio.sleep(_FLUSH_S)
-                    if pending_r or pending_e:
-                        submit(list(pending_r), list(pending_e))
-                        pending_r.clear()
-                        pending_e.clear()
+                    flush()
 
             flusher = asyncio.create_task(flush_loop(), name=f"flush:{self.name}")
             try:
@@ -127,8 +153,13 @@ class MqttDeviceSource:
                     if not isinstance(payload, bytes | bytearray | str):
                         continue
                     self.messages += 1
+                    topic = str(message.topic)
+                    if len(payload) > MAX_PAYLOAD_BYTES or len(topic) > MAX_TOPIC_CHARS:
+                        drops[DROP_TOO_LARGE] += 1
+                        self._too_large(topic, len(payload))
+                        continue
                     out = self.mapper.apply(
-                        str(message.topic),
+                        topic,
                         decode_mqtt_payload(
                             self._profile,
                             bytes(payload) if not isinstance(payload, str) else payload,
@@ -137,7 +168,7 @@ class MqttDeviceSource:
                     )
                     pending_r.extend(out.readings)
                     pending_e.extend(out.events)
+                    drops.update(out.drops)
             finally:
                 flusher.cancel()
-                if pending_r or pending_e:
-                    submit(pending_r, pending_e)
+                flush()

@@ -10,15 +10,11 @@ import functools
 import logging
 import random
 import ssl
-from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agent._clock import Clock
 from agent.profiles import Mapper
-from agent.sources._base import Collection
-from wire import Event, Reading
-
-Submit = Callable[[Sequence[Reading], Sequence[Event]], None]
+from agent.sources._base import Collection, Submit
 
 
 @functools.cache
@@ -90,9 +86,7 @@ class PolledDevice:
             self.mapper.rates.clear()
         out = Collection()
         for key, payload in raw:
-            got = self.mapper.apply(key, payload, ts)
-            out.readings += got.readings
-            out.events += got.events
+            out.add(self.mapper.apply(key, payload, ts))
         return out
 
     async def run(self, submit: Submit) -> None:
@@ -116,7 +110,7 @@ class PolledDevice:
                         self._log.warning(
                             "%s is not answering (%s): %s", self.name, exc.kind, exc.message
                         )
-                        submit([], [event])
+                        submit([], [event], {})
                     wait = min(self.interval * 2 ** min(failures, 10), self._max_backoff)
                 else:
                     self.polls += 1
@@ -128,8 +122,8 @@ class PolledDevice:
                         self.name, "online", self._clock.wall_ns()
                     )
                     events = [*out.events, *([back] if back and self.failures else [])]
-                    if out.readings or events:
-                        submit(out.readings, events)
+                    if out.readings or events or out.drops:
+                        submit(out.readings, events, out.drops)
                     wait = self.interval
                 jitter = self._rng.uniform(0, min(0.1 * wait, 2.0))
                 await asyncio.sleep(max(0.0, started + wait - loop.time()) + jitter)

@@ -88,6 +88,9 @@ class QuarantineEntry:
     id: int | None = None
     replayed_ns: int | None = None  # when an operator replayed it
     replay_result: str | None = None  # stored, duplicate, or why it still fails
+    # The message's size as received; ``raw`` is empty when the gateway's quarantine budget
+    # was used up (the entry still says what arrived and why it was refused).
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,10 @@ class DocumentStore(Protocol):
         ...
 
     def quarantine(self, entry: QuarantineEntry) -> int: ...
+
+    def quarantine_usage(self, gateway_id: str) -> tuple[int, int]:
+        """``(entries, raw bytes kept)`` in one gateway's quarantine."""
+        ...
 
     def quarantined(
         self,

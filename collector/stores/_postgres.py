@@ -107,6 +107,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             " PRIMARY KEY (rollout_id, gateway_id))",
         ],
     ),
+    (
+        "0002_quarantine_budget",
+        [
+            # The size of the message as received: its raw bytes are not kept past a budget.
+            "ALTER TABLE quarantine ADD COLUMN size BIGINT NOT NULL DEFAULT 0",
+            "UPDATE quarantine SET size = octet_length(raw)",
+            "CREATE INDEX quarantine_gateway ON quarantine (gateway_id)",
+        ],
+    ),
 ]
 _LOCK_ID = 0x6F7574706F7374  # "outpost": one migrator at a time across replicas
 
@@ -289,7 +298,7 @@ class PostgresDocumentStore(_PostgresBase):
     def quarantine(self, entry: QuarantineEntry) -> int:
         row = self._one(
             "INSERT INTO quarantine (received_ns, gateway_id, topic, reason, detail, properties,"
-            " raw) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            " raw, size) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (
                 entry.received_ns,
                 entry.gateway_id,
@@ -298,10 +307,21 @@ class PostgresDocumentStore(_PostgresBase):
                 entry.detail,
                 Jsonb(entry.properties),
                 entry.raw,
+                entry.size or len(entry.raw),
             ),
             "quarantine a message",
         )
         return int(row[0])
+
+    def quarantine_usage(self, gateway_id: str) -> tuple[int, int]:
+        """``(entries, raw bytes kept)`` of one gateway's quarantine."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(octet_length(raw)), 0) FROM quarantine"
+            " WHERE gateway_id = %s",
+            (gateway_id,),
+            "measure a gateway's quarantine",
+        )
+        return int(row[0]), int(row[1])
 
     def quarantined(
         self,
@@ -315,8 +335,7 @@ class PostgresDocumentStore(_PostgresBase):
     ) -> list[QuarantineEntry]:
         """Newest first. Entries with no known gateway (a bad topic) are an admin's only."""
         sql = (
-            "SELECT q.id, q.received_ns, q.gateway_id, q.topic, q.reason, q.detail,"
-            " q.properties, q.raw, q.replayed_ns, q.replay_result FROM quarantine q"
+            f"SELECT {_rows.QUARANTINE_COLUMNS} FROM quarantine q"
             " LEFT JOIN gateways g ON g.id = q.gateway_id WHERE true"
         )
         args: list[Any] = []

@@ -46,6 +46,10 @@ ROLLOUT_COLUMNS = (
     "reason",
     "device_errors_fail",
 )
+QUARANTINE_COLUMNS = (
+    "q.id, q.received_ns, q.gateway_id, q.topic, q.reason, q.detail, q.properties, q.raw,"
+    " q.replayed_ns, q.replay_result, q.size"
+)
 CONFIG_REPORT_COLUMNS = "version, status, applied_version, reason, errors, ts"
 MEMBER_COLUMNS = ("gateway_id", "wave", "version", "issued_ns", "envelope", "started_ns", "outcome")
 
@@ -80,8 +84,7 @@ def usable_token(row: Sequence[Any], now_ns: int) -> EnrollmentTokenRecord:
 
 
 def quarantine_entry(r: Sequence[Any], json: Json) -> QuarantineEntry:
-    """``id, received_ns, gateway_id, topic, reason, detail, properties, raw, replayed_ns,
-    replay_result``."""
+    """:data:`QUARANTINE_COLUMNS`."""
     return QuarantineEntry(
         id=r[0],
         received_ns=r[1],
@@ -93,6 +96,7 @@ def quarantine_entry(r: Sequence[Any], json: Json) -> QuarantineEntry:
         raw=bytes(r[7]),
         replayed_ns=r[8],
         replay_result=r[9],
+        size=r[10],
     )
 
 

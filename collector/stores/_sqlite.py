@@ -215,6 +215,14 @@ def _doc_rollout_device_errors(db: Database) -> None:
     db.execute("ALTER TABLE rollouts ADD COLUMN device_errors_fail INTEGER NOT NULL DEFAULT 0")
 
 
+@DOC_MIGRATIONS(name="0008_quarantine_budget")
+def _doc_quarantine_budget(db: Database) -> None:
+    # The size of the message as received: its raw bytes are not kept past a gateway's budget.
+    db.execute("ALTER TABLE quarantine ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE quarantine SET size = length(raw)")
+    db.execute("CREATE INDEX quarantine_gateway ON quarantine (gateway_id)")
+
+
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,8 +421,8 @@ class SqliteTimeSeriesStore(_SqliteBase):
         # The buckets as rows; for each, one aggregate over the primary key's (series, field,
         # ts) range. Only what the aggregate needs is computed.
         parts = {
-            "mean": "count(value), sum(value)",
-            "sum": "count(value), sum(value)",
+            "mean": "count(value), total(value)",  # total(): see refresh_rollups
+            "sum": "count(value), total(value)",
             "count": "count(value)",
             "min": "count(value), min(value)",
             "max": "count(value), max(value)",
@@ -509,7 +517,10 @@ class SqliteTimeSeriesStore(_SqliteBase):
                 where = "series_id = ? AND field = ? AND ts >= ? AND ts < ?"
                 args = (sid, field, bucket, end)
                 n, total, lo, hi = conn.execute(
-                    f"SELECT count(value), sum(value), min(value), max(value) FROM points WHERE {where}",
+                    # total(), not sum(): a float that cannot overflow. sum() of large integers
+                    # fails with "integer overflow", and one such bucket would stop every
+                    # rollup at every run.
+                    f"SELECT count(value), total(value), min(value), max(value) FROM points WHERE {where}",
                     args,
                 ).fetchone()
                 # (With several min/max aggregates SQLite's bare columns are from any row.)
@@ -711,6 +722,10 @@ def _finish(aggregate: str, acc: list[Any]) -> FieldValue | None:
     if aggregate in ("min", "max"):
         return bool(second) if type_code == _T_BOOL else cast(FieldValue, second)
     if aggregate == "sum":
+        # Sums are added as floats (they cannot overflow); an integer field's sum is an
+        # integer again wherever the float holds it exactly.
+        if type_code in (_T_INT, _T_BOOL) and float(second).is_integer() and abs(second) < 2**53:
+            return int(second)
         return cast(FieldValue, second)
     return float(second) / first if first else None
 
@@ -761,7 +776,7 @@ class SqliteDocumentStore(_SqliteBase):
         with self._tx("quarantine a message") as conn:
             cur = conn.execute(
                 "INSERT INTO quarantine (received_ns, gateway_id, topic, reason, detail,"
-                " properties, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " properties, raw, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     entry.received_ns,
                     entry.gateway_id,
@@ -770,10 +785,19 @@ class SqliteDocumentStore(_SqliteBase):
                     entry.detail,
                     orjson.dumps(entry.properties).decode(),
                     entry.raw,
+                    entry.size or len(entry.raw),
                 ),
             )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def quarantine_usage(self, gateway_id: str) -> tuple[int, int]:
+        """``(entries, raw bytes kept)`` of one gateway's quarantine."""
+        row = self._one(
+            "SELECT count(*), coalesce(sum(length(raw)), 0) FROM quarantine WHERE gateway_id = ?",
+            (gateway_id,),
+        )
+        return int(row[0]), int(row[1])
 
     def quarantined(
         self,
@@ -787,8 +811,7 @@ class SqliteDocumentStore(_SqliteBase):
     ) -> list[QuarantineEntry]:
         """Newest first. Entries with no known gateway (a bad topic) are an admin's only."""
         sql = (
-            "SELECT q.id, q.received_ns, q.gateway_id, q.topic, q.reason, q.detail,"
-            " q.properties, q.raw, q.replayed_ns, q.replay_result FROM quarantine q"
+            f"SELECT {_rows.QUARANTINE_COLUMNS} FROM quarantine q"
             " LEFT JOIN gateways g ON g.id = q.gateway_id WHERE 1 = 1"
         )
         args: list[Any] = []

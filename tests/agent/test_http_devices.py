@@ -29,10 +29,13 @@ def pfsense() -> Iterator[DeviceSimulator]:
 
 class Collected:
     def __init__(self) -> None:
+        self.drops: dict[str, int] = {}
         self.readings: list[tuple[float, Reading]] = []
         self.events: list[Event] = []
 
-    def __call__(self, readings: object, events: object) -> None:
+    def __call__(self, readings: object, events: object, drops: object = None) -> None:
+        for reason, n in dict(drops or {}).items():  # type: ignore[call-overload]
+            self.drops[reason] = self.drops.get(reason, 0) + n
         now = asyncio.get_running_loop().time()
         self.readings += [(now, r) for r in readings]  # type: ignore[attr-defined]
         self.events += list(events)  # type: ignore[call-overload]

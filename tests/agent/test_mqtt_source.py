@@ -47,10 +47,13 @@ def publish(port: int, messages: list[tuple[str, str]], *, retain: bool = False)
 
 class Collected:
     def __init__(self) -> None:
+        self.drops: dict[str, int] = {}
         self.readings: list[Reading] = []
         self.events: list[Event] = []
 
-    def __call__(self, readings: object, events: object) -> None:
+    def __call__(self, readings: object, events: object, drops: object = None) -> None:
+        for reason, n in dict(drops or {}).items():  # type: ignore[call-overload]
+            self.drops[reason] = self.drops.get(reason, 0) + n
         self.readings += list(readings)  # type: ignore[call-overload]
         self.events += list(events)  # type: ignore[call-overload]
 

@@ -67,7 +67,7 @@ class Collected:
         self.polls: list[list[Reading]] = []
         self.events: list[Event] = []
 
-    def __call__(self, readings: object, events: object) -> None:
+    def __call__(self, readings: object, events: object, drops: object = None) -> None:
         batch = list(readings)  # type: ignore[call-overload]
         if batch:
             self.polls.append(batch)

@@ -12,7 +12,7 @@ from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable
 from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
 from wire import topics
 
-NOW = 1_800_000_000 * 10**9
+NOW = 1_700_000_000 * 10**9  # 2023-11-14: in the past, as received batches are
 
 
 def make_config(tmp_path: Path, **limits: object) -> CollectorConfig:
@@ -189,19 +189,19 @@ def test_clock_correction_is_applied_once_and_identically_on_retransmit(env: Env
     year = 365 * 24 * 3600 * 10**9
     mono = 500 * 10**9
     true_offset = NOW - mono
-    skewed = true_offset - year  # the gateway's wall clock is a year behind
+    skewed = true_offset + year  # the gateway's wall clock is a year ahead
     props = {
         wire.PROP_BOOT: "b1",
         wire.PROP_SENT_MONO: str(mono),
-        wire.PROP_SENT_WALL: str(NOW - year),
+        wire.PROP_SENT_WALL: str(NOW + year),
     }
     env.ingestor.handle([msg(frame(1, offset=skewed), 1, props=props)])
     ts1 = [p.ts for p in env.ts.query("env")]
-    assert ts1 == [NOW + 1000 + i + year for i in range(3)]
+    assert ts1 == [NOW + 1000 + i - year for i in range(3)]
     gw = env.docs.gateway("gw-1")
     assert gw is not None
     assert gw.clock_flagged
-    assert gw.clock_skew_s == pytest.approx(-year / 1e9)
+    assert gw.clock_skew_s == pytest.approx(year / 1e9)
     # A later batch of the same boot, after NTP fixed the clock: no correction needed.
     props_later = {
         **props,
@@ -209,11 +209,11 @@ def test_clock_correction_is_applied_once_and_identically_on_retransmit(env: Env
         wire.PROP_SENT_WALL: str(NOW + 10**9),
     }
     env.ingestor.handle([msg(frame(2, offset=true_offset), 2, props=props_later)])
-    assert [p.ts for p in env.ts.query("env")] == [NOW + 2000 + i for i in range(3)] + ts1
+    assert [p.ts for p in env.ts.query("env")] == ts1 + [NOW + 2000 + i for i in range(3)]
     assert not env.docs.gateway("gw-1").clock_flagged  # type: ignore[union-attr]
     # A new collector process (fresh caches) corrects the old batch the same way.
     fresh = Ingestor(config=env.cfg, timeseries=env.ts, documents=env.docs)
-    assert fresh._clock.delta_ns("gw-1", wire.decode_batch(frame(1, offset=skewed))) == year
+    assert fresh._clock.delta_ns("gw-1", wire.decode_batch(frame(1, offset=skewed))) == -year
 
 
 def test_state_messages_update_the_gateway(env: Env) -> None:

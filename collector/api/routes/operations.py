@@ -59,7 +59,7 @@ def quarantine(
                 topic=e.topic,
                 reason=e.reason,
                 detail=e.detail,
-                bytes=len(e.raw),
+                bytes=e.size or len(e.raw),
                 replayed=None if e.replayed_ns is None else e.replayed_ns / 1e9,
                 replay_result=e.replay_result,
             )
