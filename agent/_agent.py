@@ -213,6 +213,7 @@ class Agent:
             oldest_unsent_s=oldest,
             last_ack_ts=stats.last_ack_ns,
             drops=stats.drops,
+            buffer_reset=stats.reset[:2048],
         )
 
     def submit(
@@ -286,7 +287,10 @@ class Agent:
         state = receiver.state
         outcome = state.take_outcome()
         if outcome is not None:
-            self.uplink.reports.put_nowait(wire.ConfigReport(**outcome))
+            try:
+                self.uplink.reports.put_nowait(wire.ConfigReport(**outcome))
+            except (TypeError, ValueError) as exc:  # a damaged file must not stop the agent
+                self._log.error("cannot report the last config outcome (%s): %s", outcome, exc)
         pending = state.pending
         if pending is None:
             return
@@ -314,7 +318,7 @@ class Agent:
                     status="applied",
                     applied_version=version,
                     reason="device_errors" if errors else "",
-                    errors=errors,
+                    errors=wire.ConfigReport.fit_errors(errors),
                     ts=self._clock.wall_ns(),
                 )
             )

@@ -26,10 +26,11 @@ from sqlite_utils import Database
 from agent._clock import EPOCH_JUMP_NS, Clock, ClockEpoch
 from agent._exceptions import BufferError
 from agent._schema import MIGRATIONS
-from wire import MAX_BODY_BYTES, MAX_FRAME_BYTES, Event, Reading, frame
+from wire import MAX_BODY_BYTES, MAX_FRAME_BYTES, BoundedDict, Event, Reading, frame, private_file
 
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
-_VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of the bound
+_VACUUM_FRACTION = 4
+_SERIES_CACHE = 20_000  # series ids kept in memory (the table has them all)  # give free pages back to the OS when they exceed 1/4 of the bound
 
 DROP_DISK_FULL = "disk_full"
 DROP_REJECTED = "rejected_by_collector"
@@ -63,6 +64,7 @@ class BufferStats:
     drops: dict[str, int] = field(default_factory=dict)
     db_bytes: int = 0
     uplink: str = "unknown"
+    reset: str = ""  # set when a corrupt buffer was moved aside and this one started anew
 
     @property
     def backlog_readings(self) -> int:
@@ -95,36 +97,105 @@ class Outbox:
         self._stream_id = ""
         self._page_size = 4096
         # (measurement, tag items) → series id, and series id → its JSON key.
-        self._series_ids: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
-        self._series_keys: dict[int, bytes] = {}
+        self._series_ids: BoundedDict[tuple[str, tuple[tuple[str, str], ...]], int]
+        self._series_ids = BoundedDict(_SERIES_CACHE)
+        self._series_keys: BoundedDict[int, bytes] = BoundedDict(_SERIES_CACHE)
+        self.reset = ""  # why the buffer was started anew at open, if it was
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> Self:
+        """Open (or create) the buffer. A buffer SQLite finds corrupt or truncated is moved
+        aside (kept for inspection, the previous one removed), a new one starts a new stream,
+        and :attr:`reset` says what happened (``status`` and the state message report it)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            # auto_vacuum must be chosen before the first table exists.
-            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("PRAGMA journal_mode=WAL")
-            sync = "FULL" if self._durability == "full" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous={sync}")
-            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            MIGRATIONS.apply(Database(conn, execute_plugins=False))
-        except sqlite3.Error as exc:
-            raise BufferError(f"{self.path}: cannot open the buffer database: {exc}") from exc
-        except OSError as exc:
-            raise BufferError(f"{self.path}: cannot create the buffer: {exc.strerror}") from exc
+            conn = self._connect()
+        except _Corrupt as exc:
+            aside = self._move_aside(str(exc))
+            try:
+                conn = self._connect()
+            except _Corrupt as again:
+                raise BufferError(f"{self.path}: a new buffer is corrupt too: {again}") from None
+            reset = (
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: the buffer was"
+                f" unreadable ({exc}); kept as {aside.name}, a new stream started"
+            )
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('reset', ?)", (reset,))
         self._conn = conn
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         self._stream_id = self._meta("stream_id")
+        self.reset = str(self._meta_or("reset", ""))
         row = conn.execute(
             "SELECT id, boot_id, offset_ns, synced FROM clock_epochs ORDER BY id DESC LIMIT 1"
         ).fetchone()
         if row:
             self._epoch = ClockEpoch(row[0], row[1], row[2], bool(row[3]))
         return self
+
+    def _connect(self) -> sqlite3.Connection:
+        """Connect, check the file's structure, apply migrations. Raises :class:`_Corrupt`
+        for a damaged file and :class:`BufferError` for anything else (disk, permissions)."""
+        conn: sqlite3.Connection | None = None
+        try:
+            private_file(self.path)  # 0600 whatever the umask; -wal and -shm follow it
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            # The file's structure, once per start and before anything writes to it (it reads
+            # the file: seconds for a full buffer on an SD card; a corrupt page found now is
+            # not found mid-send).
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _Corrupt("; ".join(str(p) for p in problems)[:300])
+            # auto_vacuum must be chosen before the first table exists.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            sync = "FULL" if self._durability == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+            MIGRATIONS.apply(Database(conn, execute_plugins=False))
+            self._meta_of(conn, "stream_id")
+            self._meta_of(conn, "next_seq")
+        except _Corrupt:
+            _close(conn)
+            raise
+        except sqlite3.OperationalError as exc:
+            _close(conn)
+            # Locked, I/O error, full disk, no permission: the file may be fine; never move a
+            # buffer aside for that.
+            raise BufferError(f"{self.path}: cannot open the buffer database: {exc}") from exc
+        except (sqlite3.DatabaseError, BufferError) as exc:
+            _close(conn)
+            raise _Corrupt(str(exc)[:300]) from exc  # not a database, malformed, metadata gone
+        except OSError as exc:
+            _close(conn)
+            raise BufferError(f"{self.path}: cannot create the buffer: {exc.strerror}") from exc
+        return conn
+
+    def _move_aside(self, why: str) -> Path:
+        """Keep the damaged buffer for inspection (only the latest: it may be large)."""
+        for old in self.path.parent.glob(f"{self.path.name}.corrupt-*"):
+            old.unlink(missing_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            self.path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + suffix)
+                if extra.exists():
+                    extra.replace(aside.with_name(aside.name + suffix))
+        except OSError as exc:
+            raise BufferError(
+                f"{self.path}: the buffer is corrupt ({why}) and cannot be moved aside:"
+                f" {exc.strerror}"
+            ) from exc
+        self._log.error(
+            "%s: the buffer is corrupt (%s); moved to %s and started a new one. Readings in it"
+            " were not sent; inspect it with sqlite3 if they matter",
+            self.path,
+            why,
+            aside,
+        )
+        return aside
 
     def close(self) -> None:
         if self._conn is not None:
@@ -484,10 +555,17 @@ class Outbox:
         )
 
     def _meta(self, key: str) -> str:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return self._meta_of(self.conn, key)
+
+    def _meta_of(self, conn: sqlite3.Connection, key: str) -> str:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
             raise BufferError(f"{self.path}: buffer metadata '{key}' is missing")
         return str(row[0])
+
+    def _meta_or(self, key: str, default: str) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else str(row[0])
 
     def _rollback(self) -> None:
         if self._conn is not None and self._conn.in_transaction:
@@ -518,6 +596,15 @@ def _assemble(
     return len(body), frame(body)
 
 
+class _Corrupt(Exception):
+    """The buffer file is damaged (not a database, malformed, its metadata gone)."""
+
+
+def _close(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        conn.close()
+
+
 def read_stats(conn: sqlite3.Connection) -> BufferStats:
     """Buffer statistics from an open connection (read-only is enough)."""
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -544,6 +631,7 @@ def read_stats(conn: sqlite3.Connection) -> BufferStats:
         drops=drops,
         db_bytes=pages * page_size,
         uplink=str(meta.get("uplink", "never connected")),
+        reset=str(meta.get("reset", "")),
     )
 
 
@@ -558,4 +646,7 @@ def open_stats(path: Path) -> BufferStats:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise BufferError(f"{path}: cannot read the buffer: {exc}") from exc
+        raise BufferError(
+            f"{path}: cannot read the buffer: {exc} (if it is damaged, the agent moves it aside"
+            " and starts a new one when it starts)"
+        ) from exc

@@ -212,6 +212,16 @@ class ManagedConfig(BaseModel):
     sources: list[SourceConfig] | None = None
     devices: list[DeviceConfig] | None = None
 
+    @field_validator("buffer", mode="before")
+    @classmethod
+    def _buffer_stays_put(cls, value: object) -> object:
+        if isinstance(value, dict) and "path" in value:
+            raise ValueError(
+                "path cannot be set over the air: the buffer stays where the gateway's"
+                " agent.toml puts it (moving it would leave its backlog behind)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _unique_devices(self) -> ManagedConfig:
         names = [d.name for d in self.devices or []]

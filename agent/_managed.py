@@ -71,7 +71,9 @@ def merge(base: dict[str, Any], managed: dict[str, Any]) -> dict[str, Any]:
     if managed.get("uplink"):
         raw["uplink"] = {**base.get("uplink", {}), **managed["uplink"]}
     if managed.get("buffer"):
-        raw["buffer"] = {**base.get("buffer", {}), **managed["buffer"]}
+        # Never the path (ManagedConfig refuses it too): the backlog stays where it is.
+        overlay = {k: v for k, v in managed["buffer"].items() if k != "path"}
+        raw["buffer"] = {**base.get("buffer", {}), **overlay}
     return raw
 
 
@@ -196,7 +198,10 @@ class ConfigReceiver:
                 0,
                 "rejected",
                 "bad_format",
-                ["not a config envelope: a JSON object with an integer version >= 0 is expected"],
+                [
+                    "not a config envelope: a JSON object with an integer version from 0 to"
+                    f" {wire.limits.MAX_CONFIG_VERSION} is expected"
+                ],
             ), False
         # The retained copy of what runs comes at every connect: recognise it without loading
         # cryptography (about 10 MiB on a small board), and refuse older ones the same way.
@@ -249,7 +254,7 @@ class ConfigReceiver:
             status=status,
             applied_version=self.state.applied_version,
             reason=reason,
-            errors=errors,
+            errors=wire.ConfigReport.fit_errors(errors),
             ts=self._now(),
         )
 
@@ -260,7 +265,9 @@ def _version_of(payload: bytes) -> int | None:
         version = orjson.loads(payload).get("version")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+    if isinstance(version, bool) or not isinstance(version, int):
+        return None
+    if not 0 <= version <= wire.limits.MAX_CONFIG_VERSION:
         return None
     return version
 

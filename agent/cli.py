@@ -156,6 +156,7 @@ def status(config_path: Path, as_json: bool) -> None:
         "drops": stats.drops,
         "buffer_bytes": stats.db_bytes,
         "buffer_max_bytes": int(config.buffer.max_bytes),
+        "buffer_reset": stats.reset or None,
     }
     if as_json:
         click.echo(json.dumps(report))
@@ -173,6 +174,8 @@ def status(config_path: Path, as_json: bool) -> None:
     drops = ", ".join(f"{k}: {v}" for k, v in sorted(stats.drops.items())) or "none"
     click.echo(f"drops          {drops}")
     click.echo(f"buffer         {stats.db_bytes} of {int(config.buffer.max_bytes)} bytes")
+    if stats.reset:
+        click.echo(f"buffer reset   {stats.reset}")
 
 
 _PROBE_OPTIONS = {

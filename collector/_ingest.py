@@ -671,13 +671,13 @@ class Ingestor:
                 printable(str(state.drops)),
             )
         if state.buffer_reset:
-            self._log_once(
-                (gateway_id, "buffer_reset"),
+            self._log_once(  # once per reset (the gateway repeats it in every state)
+                (gateway_id, "buffer_reset:" + state.buffer_reset),
                 logging.WARNING,
                 "gateway %s started a new buffer: %s",
                 gateway_id,
                 printable(state.buffer_reset),
-                every_s=3600,
+                every_s=float("inf"),
             )
 
     def _refuse_revoked(

@@ -21,6 +21,7 @@ from provisioning._enroll import (
     write_identity,
 )
 from provisioning._exceptions import ProvisioningError
+from wire import private_file
 
 
 @click.group()
@@ -107,7 +108,7 @@ def enroll(
         )
         identity = write_identity(identity_dir, key, answer, collector)
         wrote_config = write_agent_config(config_path, identity, state_dir)
-        handed = hand_over(owner, identity_dir, state_dir)
+        handed = hand_over(owner, identity_dir, state_dir, files=(config_path,))
     except ProvisioningError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
@@ -134,9 +135,14 @@ def write_agent_config(path: Path, identity: Identity, state_dir: Path) -> bool:
             return False
         backup = path.with_suffix(path.suffix + ".bak")
         shutil.copy2(path, backup)
+        backup.chmod(0o600)  # it holds the old device passwords
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".new")
+        # Device passwords go into this file: 0600 whatever the umask (handed to the agent's
+        # user with the identity when enroll runs as root).
+        tmp.unlink(missing_ok=True)
+        private_file(tmp)
         tmp.write_text(
             f"""\
 # Written by outpost-provision enroll for gateway {identity.gateway_id}.
@@ -162,8 +168,9 @@ interval = 10
     return True
 
 
-def hand_over(owner: str, *directories: Path) -> bool:
-    """As root, give the agent's user its directories (the key stays 0600, now theirs)."""
+def hand_over(owner: str, *directories: Path, files: tuple[Path, ...] = ()) -> bool:
+    """As root, give the agent's user its directories and ``files`` (the key and the config
+    stay 0600, now theirs)."""
     if os.geteuid() != 0:
         return False
     try:
@@ -173,6 +180,9 @@ def hand_over(owner: str, *directories: Path) -> bool:
     for directory in directories:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path in [directory, *directory.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    for path in files:
+        if path.exists():
             os.chown(path, entry.pw_uid, entry.pw_gid)
     return True
 

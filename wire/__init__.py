@@ -32,6 +32,7 @@ from wire._envelope import (
     split_secrets,
 )
 from wire._exceptions import BatchRejected, MessageRejected, RejectReason, WireError
+from wire._files import private_file
 from wire._limits import MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_READINGS, TooComplex
 from wire._messages import (
     Ack,
@@ -111,6 +112,7 @@ __all__ = [
     "key_id",
     "limits",
     "open_config",
+    "private_file",
     "seal_config",
     "split_secrets",
     "topics",

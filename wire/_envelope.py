@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from wire._limits import MAX_CONFIG_VERSION, TIME_MAX_NS
+
 SECRET_KEYS = frozenset({"password", "api_key", "community", "auth_key", "priv_key"})
 _INFO = b"outpost-config-secret/v1"
 _EC, _RSA = 1, 2
@@ -47,8 +49,8 @@ class ConfigEnvelope(BaseModel):
 
     v: Literal[1] = 1
     gateway_id: Annotated[str, Field(min_length=1, max_length=64)]
-    version: Annotated[int, Field(ge=1)]
-    issued_ns: int
+    version: Annotated[int, Field(ge=1, le=MAX_CONFIG_VERSION)]
+    issued_ns: Annotated[int, Field(ge=0, le=TIME_MAX_NS)]
     config: dict[str, Any]
     secrets: dict[str, str] = Field(default_factory=dict)  # "devices.0.password" → sealed
     signature: str = ""

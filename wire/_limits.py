@@ -39,6 +39,7 @@ MAX_EVENT_DEPTH = 32  # nesting of an event body (dicts and lists)
 MAX_EVENT_BODY_BYTES = 64 << 10  # an event body, as JSON
 MAX_EVENT_BODY_ITEMS = 10_000  # members and elements in an event body, all levels
 
+MAX_CONFIG_VERSION = 2**31 - 1  # config versions fit the stores' 32-bit integer columns
 MAX_REPORT_ERRORS = 100  # errors listed in a config report
 MAX_REPORT_TEXT_CHARS = 2048  # one error or reason in a report
 MAX_DROP_REASONS = 64  # drop reasons in a state message

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from wire._exceptions import MessageRejected
 from wire._limits import (
     INT64_MAX,
+    MAX_CONFIG_VERSION,
     MAX_DROP_REASONS,
     MAX_ID_CHARS,
     MAX_NAME_CHARS,
@@ -22,6 +23,7 @@ from wire._limits import (
 Count = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
 Seq = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Timestamp = Annotated[int, Field(ge=0, le=TIME_MAX_NS, strict=True)]
+ConfigVersion = Annotated[int, Field(ge=0, le=MAX_CONFIG_VERSION)]
 ShortText = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 Text = Annotated[str, Field(max_length=MAX_REPORT_TEXT_CHARS)]
 
@@ -91,13 +93,21 @@ class ConfigReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     v: Literal[1] = 1
-    version: Seq  # the envelope's version this is about
+    version: ConfigVersion  # the envelope's version this is about
     status: Literal["applied", "rejected", "rolled_back"]
-    applied_version: Seq  # what runs now
+    applied_version: ConfigVersion  # what runs now
     reason: ShortText = ""  # bad_signature, replayed, invalid, no_ack_within_grace, …
     # Validation errors, device errors (the agent cuts longer lists and texts to fit).
     errors: Annotated[list[Text], Field(max_length=MAX_REPORT_ERRORS)] = Field(default_factory=list)
     ts: Timestamp
+
+    @staticmethod
+    def fit_errors(errors: list[str]) -> list[str]:
+        """``errors`` cut to what a report may carry (the first 100, each 2,048 characters)."""
+        out = [e[:MAX_REPORT_TEXT_CHARS] for e in errors[:MAX_REPORT_ERRORS]]
+        if len(errors) > MAX_REPORT_ERRORS:
+            out[-1] = f"… and {len(errors) - MAX_REPORT_ERRORS + 1} more"
+        return out
 
 
 class RenewRequest(BaseModel):

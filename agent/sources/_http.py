@@ -7,7 +7,7 @@ import ssl
 import httpx
 
 from agent.profiles import Profile
-from agent.sources._polling import DeviceError, default_tls_context
+from agent.sources._polling import DeviceError, default_tls_context, device_http_client
 
 
 class HttpDeviceClient:
@@ -44,7 +44,9 @@ class HttpDeviceClient:
         verify: ssl.SSLContext | bool = default_tls_context()
         if insecure:
             verify = False  # the operator accepted a self-signed device certificate
-        self._client = httpx.AsyncClient(headers=headers, auth=auth, verify=verify, timeout=timeout)
+        self._client = device_http_client(
+            headers=headers, auth=auth, verify=verify, timeout=timeout
+        )
 
     async def fetch(self) -> list[tuple[str, object]]:
         out: list[tuple[str, object]] = []

@@ -10,7 +10,10 @@ import functools
 import logging
 import random
 import ssl
-from typing import Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import httpx
 
 from agent._clock import Clock
 from agent.profiles import Mapper
@@ -22,6 +25,72 @@ def default_tls_context() -> ssl.SSLContext:
     """One verifying TLS context for every HTTPS device: the CA store is loaded once, not per
     device (each load costs about a megabyte on a small board)."""
     return ssl.create_default_context()
+
+
+# The most a device may answer to one request: a UniFi controller's stat/device for a few
+# hundred devices is a few megabytes; a device that sends more is refused, not read on.
+MAX_RESPONSE_BYTES = 16 << 20
+
+
+def device_http_client(
+    *,
+    verify: ssl.SSLContext | bool,
+    timeout: float,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+    **kwargs: Any,
+) -> httpx.AsyncClient:
+    """An httpx client for a device on the site network: answers larger than ``max_bytes``
+    end the request with :class:`DeviceError` (``bad_response``) instead of filling memory."""
+    transport = _CappedTransport(httpx.AsyncHTTPTransport(verify=verify), max_bytes)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, **kwargs)
+
+
+class _CappedTransport(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport, max_bytes: int) -> None:
+        self._inner = inner
+        self._max = max_bytes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._max:
+            await response.aclose()
+            raise _too_large(request, self._max)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_CappedStream(response.stream, request, self._max),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request, max_bytes: int):
+        self._inner = inner
+        self._request = request
+        self._max = max_bytes
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._max:
+                raise _too_large(self._request, self._max)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _too_large(request: httpx.Request, limit: int) -> DeviceError:
+    return DeviceError(
+        "bad_response",
+        f"{request.url.copy_with(query=None)} answered more than {limit} bytes; not read on",
+    )
 
 
 class DeviceError(Exception):

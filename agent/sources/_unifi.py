@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 
 from agent.profiles import Profile
-from agent.sources._polling import DeviceError, default_tls_context
+from agent.sources._polling import DeviceError, default_tls_context, device_http_client
 
 Mode = Literal["classic", "os", "integration"]
 INTEGRATION_DEVICES = "integration/devices"
@@ -73,7 +73,7 @@ class UnifiClient:
         headers = {"Accept": "application/json"}
         if api_key:
             headers["X-API-KEY"] = api_key
-        self._client = httpx.AsyncClient(
+        self._client = device_http_client(
             headers=headers, verify=verify, timeout=timeout, follow_redirects=False
         )
 

@@ -33,7 +33,7 @@ from collector.stores._base import (
     SeriesWrite,
     StoredPoint,
 )
-from wire import ConfigReport, Event, FieldValue, GatewayState
+from wire import ConfigReport, Event, FieldValue, GatewayState, private_file
 
 TS_MIGRATIONS = Migrations("outpost-collector-timeseries")
 ROLLUP_5M = 300 * 10**9
@@ -225,7 +225,7 @@ def _doc_quarantine_budget(db: Database) -> None:
 
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)  # 0600 whatever the umask (SQLite's -wal and -shm files follow it)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         # An ack promises the data is durable: fsync the WAL on every commit.

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import wire
 from agent import BufferError, Outbox
-from agent._buffer import DROP_DISK_FULL, DROP_REJECTED
+from agent._buffer import DROP_DISK_FULL, DROP_REJECTED, open_stats
 
 
 class FakeClock:
@@ -148,10 +151,75 @@ def test_unusable_path_gives_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(BufferError, match="cannot create the buffer"):
         Outbox(path=blocker / "b.db", gateway_id="g", clock=FakeClock(), max_bytes=1 << 20).open()
-    garbage = tmp_path / "garbage.db"
-    garbage.write_bytes(b"not a database" * 100)
-    with pytest.raises(BufferError, match=r"garbage\.db"):
-        Outbox(path=garbage, gateway_id="g", clock=FakeClock(), max_bytes=1 << 20).open()
+    assert blocker.read_text() == "x"
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not a database" * 100)
+
+
+def _truncated(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def _zeroed_pages(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:8192] + bytes(16384) + data[24576:])
+
+
+def _no_metadata(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DELETE FROM meta")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "untouched"),
+    [(_garbage, True), (_truncated, True), (_zeroed_pages, True), (_no_metadata, False)],
+)
+def test_a_corrupt_buffer_is_moved_aside_and_a_new_stream_starts(
+    tmp_path: Path, damage: Callable[[Path], None], untouched: bool
+) -> None:
+    path = tmp_path / "b.db"
+    with outbox(path) as ob:
+        ob.append(readings(3000))
+        assert ob.form_batch() is not None
+        old_stream = ob.stream_id
+    damage(path)
+    damaged = path.read_bytes()
+    old_umask = os.umask(0o022)  # a careless umask: the new buffer is still private
+    try:
+        with outbox(path) as ob:
+            assert ob.stream_id != old_stream, "a new stream: its seq 1 is not a retransmit"
+            assert "unreadable" in ob.reset
+            kept = list(tmp_path.glob("b.db.corrupt-*"))
+            assert [k.name for k in kept if not k.name.endswith(("-wal", "-shm"))] == [
+                n for n in [kept[0].name] if n in ob.reset
+            ]
+            [aside] = [k for k in kept if k.name in ob.reset]
+            # Kept as it was found (a file SQLite could open was opened: its header moved on).
+            assert aside.read_bytes() == damaged if untouched else aside.stat().st_size > 0
+            ob.append(readings(5))  # the new buffer works
+            batch = ob.form_batch()
+            assert batch is not None
+            assert batch.seq == 1
+            assert ob.stats().reset == ob.reset
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Opened again (a restart): the same buffer, still saying what happened.
+    with outbox(path) as ob:
+        assert ob.stats().backlog_readings == 5
+        assert "unreadable" in ob.reset
+        assert len(list(tmp_path.glob("b.db.corrupt-*[0-9Z]"))) == 1
+
+
+def test_a_readonly_look_at_a_corrupt_buffer_says_what_happens_next(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    _garbage(path)
+    with pytest.raises(BufferError, match="moves it aside"):
+        open_stats(path)
+    assert path.read_bytes() == b"not a database" * 100  # status changes nothing
 
 
 def test_events_ride_in_batches(tmp_path: Path) -> None:
