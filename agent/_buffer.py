@@ -108,18 +108,30 @@ class Outbox:
         """Open (or create) the buffer. A buffer SQLite finds corrupt or truncated is moved
         aside (kept for inspection, the previous one removed), a new one starts a new stream,
         and :attr:`reset` says what happened (``status`` and the state message report it)."""
+        reset = ""
         try:
             conn = self._connect()
+            owner = self._meta_or_of(conn, "gateway_id", self.gateway_id)
+            if owner != self.gateway_id:
+                # Enrolled again under another id (another tenant): this backlog belongs to
+                # the old identity and must not be sent, or seen, under the new one.
+                conn.close()
+                why = f"it holds the backlog of gateway {owner}, and this gateway is now {self.gateway_id}"
+                aside = self._move_aside(why, corrupt=False)
+                reset = f"{why}; kept as {aside.name}, a new stream started"
+                conn = self._connect()
         except _Corrupt as exc:
             aside = self._move_aside(str(exc))
+            reset = f"the buffer was unreadable ({exc}); kept as {aside.name}, a new stream started"
             try:
                 conn = self._connect()
             except _Corrupt as again:
                 raise BufferError(f"{self.path}: a new buffer is corrupt too: {again}") from None
-            reset = (
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: the buffer was"
-                f" unreadable ({exc}); kept as {aside.name}, a new stream started"
-            )
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('gateway_id', ?)", (self.gateway_id,)
+        )
+        if reset:
+            reset = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reset}"
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('reset', ?)", (reset,))
         self._conn = conn
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -171,12 +183,14 @@ class Outbox:
             raise BufferError(f"{self.path}: cannot create the buffer: {exc.strerror}") from exc
         return conn
 
-    def _move_aside(self, why: str) -> Path:
-        """Keep the damaged buffer for inspection (only the latest: it may be large)."""
-        for old in self.path.parent.glob(f"{self.path.name}.corrupt-*"):
+    def _move_aside(self, why: str, *, corrupt: bool = True) -> Path:
+        """Keep a buffer this agent cannot send from, for inspection (only the latest of each
+        kind: it may be large)."""
+        kind = "corrupt" if corrupt else "other-gateway"
+        for old in self.path.parent.glob(f"{self.path.name}.{kind}-*"):
             old.unlink(missing_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}")
         try:
             self.path.replace(aside)
             for suffix in ("-wal", "-shm"):
@@ -189,9 +203,10 @@ class Outbox:
                 f" {exc.strerror}"
             ) from exc
         self._log.error(
-            "%s: the buffer is corrupt (%s); moved to %s and started a new one. Readings in it"
-            " were not sent; inspect it with sqlite3 if they matter",
+            "%s: %s (%s); moved to %s and started a new one. Readings in it were not sent;"
+            " inspect it with sqlite3 if they matter",
             self.path,
+            "the buffer is corrupt" if corrupt else "the buffer is another gateway's",
             why,
             aside,
         )
@@ -564,7 +579,11 @@ class Outbox:
         return str(row[0])
 
     def _meta_or(self, key: str, default: str) -> str:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return self._meta_or_of(self.conn, key, default)
+
+    @staticmethod
+    def _meta_or_of(conn: sqlite3.Connection, key: str, default: str) -> str:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else str(row[0])
 
     def _rollback(self) -> None:

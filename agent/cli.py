@@ -39,7 +39,7 @@ from agent.sources._base import Collection
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from agent.sources._polling import DeviceError, PolledDevice
 from outpost_systemd import Notifier
-from wire import Event, Reading
+from wire import Event, Reading, configure_logging
 
 DEFAULT_CONFIG = Path("/etc/outpost/agent.toml")
 _config_option = click.option(
@@ -73,10 +73,7 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
         base = load_raw(config_path)
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level)
     receiver = ConfigReceiver(
         gateway_id=config.gateway_id,
         base=base,

@@ -62,9 +62,12 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Enrolled:
-    """What the gateway receives."""
+    """What the gateway receives (and, for the audit log, how it came about)."""
 
     gateway_id: str
+    token_id: str
+    re_enrolled: bool
+    moved_from: str  # the id it had in another tenant ("" if none)
     tenant: str
     site: str
     certificate_pem: str
@@ -158,13 +161,22 @@ class EnrollmentService:
         scope: dict[str, str] = {}
 
         def register(tok: EnrollmentTokenRecord) -> GatewayRegistration:
-            scope.update(tenant=tok.tenant, site=tok.site)
+            scope.update(tenant=tok.tenant, site=tok.site, token_id=tok.id)
             if tenant is not None and tenant != tok.tenant:
                 raise EnrollmentRefused(
                     "wrong_tenant",
                     "this token belongs to another tenant; ask for a token for yours",
+                    tenant=tok.tenant,
+                    token_id=tok.id,
                 )
-            gateway_id = keep_id or self._new_gateway_id(tok.site)
+            gateway_id = keep_id
+            if keep_id is not None and self._docs.gateway_tenant(keep_id) != tok.tenant:
+                # Moving to another tenant: a new identity. The old id, its data and its
+                # history stay with the old tenant, and nothing cached under it (the tenant
+                # of its readings) can follow the gateway into the new one.
+                scope["moved_from"] = keep_id
+                gateway_id = None
+            gateway_id = gateway_id or self._new_gateway_id(tok.site)
             cert = self._issue(gateway_id, csr)
             return GatewayRegistration(
                 gateway_id, hardware, self._record(gateway_id, cert), cert_pem(cert)
@@ -172,15 +184,21 @@ class EnrollmentService:
 
         reg = self._docs.redeem_enrollment_token(hash_token(token), now, register)
         tenant_, site = scope["tenant"], scope["site"]
+        moved_from = scope.get("moved_from", "")
+        if moved_from:
+            how = f" (was {moved_from} of another tenant: a new identity)"
+        elif keep_id:
+            how = " (re-enrolled)"
+        else:
+            how = ""
         self._log.info(
-            "gateway %s enrolled for tenant %s, site %s%s",
-            reg.gateway_id,
-            tenant_,
-            site,
-            " (re-enrolled)" if keep_id else "",
+            "gateway %s enrolled for tenant %s, site %s%s", reg.gateway_id, tenant_, site, how
         )
         return Enrolled(
             gateway_id=reg.gateway_id,
+            token_id=scope["token_id"],
+            re_enrolled=bool(keep_id) and not moved_from,
+            moved_from=moved_from,
             tenant=tenant_,
             site=site,
             certificate_pem=reg.certificate_pem.decode(),

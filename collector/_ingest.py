@@ -27,7 +27,6 @@ from collector._config import CollectorConfig
 from collector._enrollment import EnrollmentService
 from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from collector._limits import RateLimiter, Verdict
-from collector._text import printable
 from collector.stores import (
     BatchRecord,
     DocumentStore,
@@ -35,7 +34,7 @@ from collector.stores import (
     SeriesWrite,
     TimeSeriesStore,
 )
-from wire import limits, topics
+from wire import limits, printable, topics
 
 
 class Limiter(Protocol):

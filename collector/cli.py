@@ -30,7 +30,6 @@ from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
 from collector._rollouts import RolloutError, RolloutService
 from collector._service import ApiServer, CollectorService, client_tls
-from collector._text import printable
 from collector.api import ApiServices, create_app
 from collector.stores import (
     ApiTokenRecord,
@@ -40,7 +39,7 @@ from collector.stores import (
 )
 from outpost_systemd import Notifier
 from provisioning import ProvisioningError
-from wire import topics
+from wire import configure_logging, printable, topics
 
 DEFAULT_CONFIG = Path("/etc/outpost/collector.toml")
 _config_option = click.option(
@@ -76,9 +75,7 @@ def serve(config_path: Path) -> None:
         config = load_config(config_path)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level)
     # Our own messages say which store failed and why; the clients' would repeat it per request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -52,6 +52,7 @@ from wire._messages import (
     encode_message,
 )
 from wire._models import Event, FieldValue, Reading
+from wire._text import SafeFormatter, configure_logging, printable
 
 # MQTT 5 user properties on every batch publish. They travel outside the encoded body, so a
 # batch is encoded once and still carries its send time, and a body that does not decode
@@ -93,9 +94,11 @@ __all__ = [
     "RejectReason",
     "RenewRequest",
     "RenewResponse",
+    "SafeFormatter",
     "SeriesPoints",
     "TooComplex",
     "WireError",
+    "configure_logging",
     "decode_ack",
     "decode_batch",
     "decode_config_report",
@@ -112,6 +115,7 @@ __all__ = [
     "key_id",
     "limits",
     "open_config",
+    "printable",
     "private_file",
     "seal_config",
     "split_secrets",

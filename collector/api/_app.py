@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from collector._version import version
 from collector.api._deps import ApiServices
+from collector.api._limits import AttemptLimiter, BodyLimit
 from collector.api._metrics import metrics_text
 from collector.api.routes import (
     configs,
@@ -25,6 +26,8 @@ from collector.api.routes import (
 def create_app(services: ApiServices) -> FastAPI:
     app = FastAPI(title="Outpost collector", version=version(), docs_url="/api/docs")
     app.state.services = services
+    app.state.enroll_attempts = AttemptLimiter()
+    app.add_middleware(BodyLimit)
     app.include_router(enrollment.router)
     app.include_router(gateways.router)
     app.include_router(fleet.router)
@@ -103,6 +106,8 @@ def _code(status_code: int) -> str:
     return {
         400: "bad_request",
         401: "unauthorized",
+        413: "too_large",
+        429: "too_many_attempts",
         403: "forbidden",
         404: "not_found",
         409: "conflict",

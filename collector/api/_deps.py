@@ -33,6 +33,8 @@ class ApiServices:
     configs: ConfigService | None = None  # desired configs (needs [pki])
     rollouts: RolloutService | None = None
     shared_state: Callable[[], None] | None = None  # pings Redis; raises when it is down
+    # Called with a newly enrolled gateway's id (the broker's roster registers it).
+    on_enrolled: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

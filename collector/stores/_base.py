@@ -46,6 +46,9 @@ class SeriesQuery:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)  # these tag values only
     group_by: tuple[str, ...] = ()  # tags whose values split the result into groups
     max_points: int = 10_000
+    # Work limits: series × buckets aggregated (where a backend works that way), and seconds.
+    max_cost: int = 5_000_000
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +197,9 @@ class TimeSeriesStore(Protocol):
     ) -> list[StoredPoint]: ...
 
     def aggregate(self, query: SeriesQuery) -> list[SeriesGroup]:
-        """Raises :class:`~collector._exceptions.TooManyPoints` past ``query.max_points``."""
+        """Raises :class:`~collector._exceptions.TooManyPoints` past ``query.max_points``,
+        :class:`~collector._exceptions.QueryTooCostly` past ``query.max_cost`` and
+        :class:`~collector._exceptions.QueryTimeout` past ``query.timeout_s``."""
         ...
 
     def latest(

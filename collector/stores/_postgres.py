@@ -24,7 +24,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, TooManyPoints
+from collector._exceptions import (
+    QueryTimeout,
+    StoreError,
+    StoreUnavailable,
+    TokenRefused,
+    TooManyPoints,
+)
 from collector.stores import _rows
 from collector.stores._base import (
     ALL_TENANTS,
@@ -158,6 +164,7 @@ class _PostgresBase:
         self.where = _where(dsn)
         self._clock = clock
         self._fail_fast_s = 1.0
+        self._timeout_s = 0.0  # the time limit of the last read that had one (for messages)
         self._down_until = 0.0
         self._down_reason = ""
         self._pool = ConnectionPool(
@@ -222,6 +229,10 @@ class _PostgresBase:
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur
+        except psycopg.errors.QueryCanceled as exc:
+            # statement_timeout of a read with a time limit (see _all): the caller's query,
+            # not the server, is the problem.
+            raise QueryTimeout(self._timeout_s) from exc
         except (psycopg.Error, PoolTimeout) as exc:
             error = _translate(self.where, what, exc)
             if isinstance(error, StoreUnavailable):
@@ -230,8 +241,21 @@ class _PostgresBase:
             raise error from exc
         self._down_until = 0.0
 
-    def _all(self, sql: str, args: Sequence[Any] = (), what: str = "read") -> list[Any]:
+    def _all(
+        self,
+        sql: str,
+        args: Sequence[Any] = (),
+        what: str = "read",
+        *,
+        timeout_s: float | None = None,
+    ) -> list[Any]:
         with self._tx(what) as cur:
+            if timeout_s is not None:
+                self._timeout_s = timeout_s
+                cur.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (f"{max(1, int(timeout_s * 1000))}ms",),
+                )
             cur.execute(sql, args)
             return cur.fetchall()
 
@@ -1017,6 +1041,7 @@ class PostgresTimeSeriesStore(_PostgresBase):
             f" GROUP BY {key_sql} ORDER BY {key_sql} LIMIT %(limit)s",
             args,  # type: ignore[arg-type]
             "aggregate readings",
+            timeout_s=query.timeout_s,
         )
         if len(rows) > query.max_points:
             raise TooManyPoints(len(rows), query.max_points)

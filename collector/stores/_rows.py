@@ -72,13 +72,14 @@ def token(row: Sequence[Any]) -> EnrollmentTokenRecord:
 def usable_token(row: Sequence[Any], now_ns: int) -> EnrollmentTokenRecord:
     """The token of ``row`` if it may enroll one more gateway; else :class:`TokenRefused`."""
     record = token(row)
+    who = {"tenant": record.tenant, "token_id": record.id}
     if record.revoked:
-        raise TokenRefused("revoked", "this enrollment token was revoked by an operator")
+        raise TokenRefused("revoked", "this enrollment token was revoked by an operator", **who)
     if record.expires_ns <= now_ns:
-        raise TokenRefused("expired", "this enrollment token has expired")
+        raise TokenRefused("expired", "this enrollment token has expired", **who)
     if record.uses_left <= 0:
         raise TokenRefused(
-            "used_up", f"this enrollment token was already used {record.uses_total} time(s)"
+            "used_up", f"this enrollment token was already used {record.uses_total} time(s)", **who
         )
     return record
 

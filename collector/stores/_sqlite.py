@@ -14,7 +14,14 @@ import orjson
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from collector._exceptions import StoreError, StoreUnavailable, TokenRefused, TooManyPoints
+from collector._exceptions import (
+    QueryTimeout,
+    QueryTooCostly,
+    StoreError,
+    StoreUnavailable,
+    TokenRefused,
+    TooManyPoints,
+)
 from collector.stores import _rows
 from collector.stores._base import (
     ALL_TENANTS,
@@ -246,10 +253,37 @@ class _SqliteBase:
         self.path = path
         self._conn = _connect(path, migrations)
         self._lock = threading.RLock()
+        self._local = threading.local()  # a read deadline per API thread (see _deadline)
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        deadline: tuple[float, float] | None = getattr(self._local, "deadline", None)
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            if deadline is None:
+                return self._conn.execute(sql, args).fetchall()
+            end, seconds = deadline
+            if time.monotonic() > end:
+                raise QueryTimeout(seconds)
+            # Checked every ~20k virtual machine steps; the lock is held per statement only,
+            # so ingest writes go on between the statements of a long query.
+            self._conn.set_progress_handler(lambda: int(time.monotonic() > end), 20_000)
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() > end:
+                    raise QueryTimeout(seconds) from None
+                raise StoreUnavailable(f"{self.path}: {exc}") from exc
+            finally:
+                self._conn.set_progress_handler(None, 0)
+
+    @contextmanager
+    def _deadline(self, seconds: float) -> Iterator[None]:
+        """Stop the reads this thread makes inside after ``seconds`` (:class:`QueryTimeout`):
+        a query an API caller made too broad cannot hold the store."""
+        self._local.deadline = (time.monotonic() + seconds, seconds)
+        try:
+            yield
+        finally:
+            self._local.deadline = None
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
         with self._lock:
@@ -417,6 +451,13 @@ class SqliteTimeSeriesStore(_SqliteBase):
             f" JOIN fields f ON f.series_id = s.id AND f.field = ? WHERE {where} ORDER BY s.id",
             [query.field, *args],
         )
+        buckets_n = -(-(query.end_ns - query.start_ns) // query.bucket_ns)
+        if len(matching) * buckets_n > query.max_cost:
+            raise QueryTooCostly(len(matching), buckets_n, query.max_cost)
+        with self._deadline(query.timeout_s):
+            return self._aggregate(query, matching)
+
+    def _aggregate(self, query: SeriesQuery, matching: list[Any]) -> list[SeriesGroup]:
         bucket = query.bucket_ns
         # The buckets as rows; for each, one aggregate over the primary key's (series, field,
         # ts) range. Only what the aggregate needs is computed.

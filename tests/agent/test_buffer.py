@@ -229,3 +229,32 @@ def test_events_ride_in_batches(tmp_path: Path) -> None:
         b = decoded(ob.form_batch())
         assert b.events == [ev]
         assert b.series == []
+
+
+def test_a_buffer_of_another_gateway_is_kept_aside_not_sent_under_the_new_id(
+    tmp_path: Path,
+) -> None:
+    """Enrolled again into another tenant (a new gateway id): the old backlog stays behind."""
+    path = tmp_path / "b.db"
+    with outbox(path) as ob:  # gateway gw-1
+        ob.append(readings(50))
+        assert ob.form_batch() is not None
+        ob.append(readings(7, start=50))
+        old_stream = ob.stream_id
+    moved = Outbox(path=path, gateway_id="gw-2", clock=FakeClock(), max_bytes=64 << 20).open()
+    try:
+        assert moved.stream_id != old_stream
+        assert moved.stats().backlog_readings == 0, "nothing of gw-1 is sent as gw-2"
+        assert "backlog of gateway gw-1" in moved.reset
+        [aside] = [
+            p for p in tmp_path.glob("b.db.other-gateway-*") if p.name[-4:] not in ("-wal", "-shm")
+        ]
+        assert aside.name in moved.reset
+    finally:
+        moved.close()
+    with sqlite3.connect(aside) as conn:  # kept whole for inspection
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 7
+        assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] >= 1
+    # The same gateway again: its own buffer, kept.
+    with Outbox(path=path, gateway_id="gw-2", clock=FakeClock(), max_bytes=64 << 20) as again:
+        assert again.stream_id == moved.stream_id

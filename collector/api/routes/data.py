@@ -13,15 +13,16 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from collector._exceptions import TooManyPoints
+from collector._exceptions import QueryRefused
 from collector.api._deps import Services, Viewer
 from collector.stores import SeriesQuery, TimeSeriesStore
-from wire import FieldValue
+from wire import FieldValue, limits
 
 router = APIRouter(prefix="/api/v1", tags=["data"])
 
 Aggregate = Literal["mean", "min", "max", "sum", "count", "last"]
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_DURATION = re.compile(r"^(\d{1,9})(ms|s|m|h|d)$")
+_MAX_BUCKET_NS = 3660 * 86400 * 10**9  # ten years: any bucket fits int64 arithmetic
 _UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 _TAG = re.compile(r"^([A-Za-z0-9_.\-]{1,64}):(.{1,256})$")
 _NAME = r"^[A-Za-z0-9_.\-]{1,128}$"
@@ -36,10 +37,13 @@ def duration_ns(text: str, what: str) -> int:
     m = _DURATION.match(text)
     if not m or int(m.group(1)) == 0:
         raise _bad(f"bad_{what}", f"{what} {text!r} is not a duration such as 30s, 1m, 5m, 1h, 1d")
-    return int(m.group(1)) * _UNIT_NS[m.group(2)]
+    ns = int(m.group(1)) * _UNIT_NS[m.group(2)]
+    if ns > _MAX_BUCKET_NS:
+        raise _bad(f"bad_{what}", f"{what} {text!r} is longer than ten years")
+    return ns
 
 
-_MAX_NS = 2**63 - 1  # 2262-04-11: the end of 64-bit nanosecond time
+_MAX_NS = limits.TIME_MAX_NS  # 2116-02-20: no stored timestamp is later (wire._limits)
 
 
 def _ns(value: dt.datetime | None, default: int) -> int:
@@ -49,7 +53,7 @@ def _ns(value: dt.datetime | None, default: int) -> int:
         value = value.replace(tzinfo=dt.UTC)  # a time without a zone is UTC
     ns = int(value.timestamp() * 1e9)
     if not 0 <= ns < _MAX_NS:
-        raise _bad("bad_time_range", "times must be between 1970-01-01 and 2262-04-11 (UTC)")
+        raise _bad("bad_time_range", "times must be between 1970-01-01 and 2116-02-20 (UTC)")
     return ns
 
 
@@ -141,8 +145,8 @@ def series(
     )
     try:
         groups = _store(svc).aggregate(query)
-    except TooManyPoints as exc:
-        raise _bad("too_many_points", str(exc)) from None
+    except QueryRefused as exc:  # too many points, too costly, too slow: narrow the query
+        raise _bad(exc.code, str(exc)) from None
     return SeriesResult(
         measurement=measurement,
         field=field,
@@ -207,9 +211,18 @@ def _after(cursor: str | None) -> tuple[int, str, str] | None:
         return None
     try:
         ts, gateway_id, event_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return int(ts), str(gateway_id), str(event_id)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise _bad("bad_cursor", "cursor is not one this API gave out") from None
+    if (
+        type(ts) is not int
+        or not 0 <= ts <= _MAX_NS
+        or not isinstance(gateway_id, str)
+        or not isinstance(event_id, str)
+        or len(gateway_id) > 64
+        or len(event_id) > 128
+    ):
+        raise _bad("bad_cursor", "cursor is not one this API gave out")
+    return ts, gateway_id, event_id
 
 
 @router.get("/events")

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from collector._enrollment import parse_duration
-from collector._exceptions import EnrollmentRefused, StoreUnavailable
-from collector.api._deps import ALL_TENANTS, Operator, Services, audit
+from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
+from collector.api._deps import ALL_TENANTS, ApiServices, Operator, Services, audit
+from collector.api._limits import AttemptLimiter
+from collector.stores import AuditEntry
 
 router = APIRouter(prefix="/api/v1", tags=["enrollment"])
+_log = logging.getLogger("outpost.collector.enrollment")
 
 # Refusal code → HTTP status.
 STATUS = {
@@ -39,7 +44,9 @@ class EnrollRequest(BaseModel):
     hardware: dict[str, StrictStr | StrictInt | StrictFloat | StrictBool] = Field(
         default_factory=dict
     )
-    tenant: str | None = Field(None, description="if given, the token must belong to this tenant")
+    tenant: str | None = Field(
+        None, max_length=128, description="if given, the token must belong to this tenant"
+    )
     current_certificate: str | None = Field(None, max_length=16_384, description="re-enrollment")
     proof: str | None = Field(
         None, max_length=2048, description="base64 signature of the CSR by the current key"
@@ -68,15 +75,32 @@ class Problem(BaseModel):
 
 @router.post(
     "/enroll",
-    responses={code: {"model": Problem} for code in (400, 401, 403, 410, 503)},
+    responses={code: {"model": Problem} for code in (400, 401, 403, 410, 413, 429, 503)},
 )
-def enroll(body: EnrollRequest, svc: Services) -> EnrollResponse:
-    """Exchange a one-time token and a certificate request for a gateway identity."""
+def enroll(body: EnrollRequest, svc: Services, request: Request) -> EnrollResponse:
+    """Exchange a one-time token and a certificate request for a gateway identity.
+
+    Failed attempts are limited per client address (429 with Retry-After past the limit), and
+    every attempt is logged and audited, without the token.
+    """
+    address = request.client.host if request.client else "unknown"
+    attempts: AttemptLimiter = request.app.state.enroll_attempts
+    wait = attempts.wait(address)
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            {
+                "error": "too_many_attempts",
+                "detail": f"too many failed enrollments from this address; try again in {wait:.0f} s",
+            },
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )
     proof = None
     if body.proof is not None:
         try:
             proof = base64.b64decode(body.proof, validate=True)
         except (binascii.Error, ValueError):  # ValueError: characters outside ASCII
+            attempts.charge(address)
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "proof is not base64") from None
     try:
         result = svc.enrollment.enroll(
@@ -88,6 +112,25 @@ def enroll(body: EnrollRequest, svc: Services) -> EnrollResponse:
             proof=proof,
         )
     except EnrollmentRefused as exc:
+        attempts.charge(address)
+        _log.warning(
+            "enrollment refused from %s: %s (token %s)",
+            address,
+            exc.code,
+            exc.token_id or "unknown",
+        )
+        _audit(
+            svc,
+            AuditEntry(
+                time.time_ns(),
+                f"enrollment:{exc.token_id or 'unknown'}",
+                exc.tenant,
+                "gateway.enroll_refused",
+                exc.token_id,
+                address,
+                {"reason": exc.code},
+            ),
+        )
         raise HTTPException(
             STATUS.get(exc.code, 400), {"error": exc.code, "detail": exc.message}
         ) from None
@@ -97,6 +140,25 @@ def enroll(body: EnrollRequest, svc: Services) -> EnrollResponse:
             {"error": "unavailable", "detail": "the collector's store is busy; try again"},
             headers={"Retry-After": "5"},
         ) from None
+    _audit(
+        svc,
+        AuditEntry(
+            time.time_ns(),
+            f"enrollment:{result.token_id}",
+            result.tenant,
+            "gateway.enroll",
+            result.gateway_id,
+            address,
+            {
+                "site": result.site,
+                "token": result.token_id,
+                "re_enrolled": result.re_enrolled,
+                **({"moved_from_another_tenant": True} if result.moved_from else {}),
+            },
+        ),
+    )
+    if svc.on_enrolled is not None:
+        svc.on_enrolled(result.gateway_id)
     return EnrollResponse(
         gateway_id=result.gateway_id,
         tenant=result.tenant,
@@ -106,6 +168,14 @@ def enroll(body: EnrollRequest, svc: Services) -> EnrollResponse:
         broker=BrokerAddress(host=result.broker_host, port=result.broker_port),
         config_signing_public_key=result.config_signing_public_key_pem,
     )
+
+
+def _audit(svc: ApiServices, entry: AuditEntry) -> None:
+    """Audit an enrollment attempt; a store failure is logged, never turned into a refusal."""
+    try:
+        svc.documents.audit(entry)
+    except StoreError as exc:
+        _log.error("cannot audit %s from %s: %s", entry.action, entry.source, exc)
 
 
 class TokenRequest(BaseModel):
