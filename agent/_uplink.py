@@ -18,6 +18,7 @@ from pathlib import Path
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 import outpost_mqtt
 import wire
@@ -206,10 +207,10 @@ class Uplink:
         )
         async with client:
             backoff.reset()
-            await client.subscribe(topics.down_ack(self.gateway_id), qos=1)
-            await client.subscribe(topics.down_renew(self.gateway_id), qos=1)
+            await _subscribe(client, topics.down_ack(self.gateway_id))
+            await _subscribe(client, topics.down_renew(self.gateway_id))
             if self._on_config is not None:
-                await client.subscribe(topics.down_config(self.gateway_id), qos=1)
+                await _subscribe(client, topics.down_config(self.gateway_id))
             await self._publish_state(client)
             self._outbox.set_uplink_state("connected")
             self._log.info("uplink connected to %s:%d", self._cfg.host, self._cfg.port)
@@ -400,6 +401,18 @@ class Uplink:
                         delay,
                     )
             self._wake.set()
+
+
+async def _subscribe(client: aiomqtt.Client, topic: str) -> None:
+    """Subscribe, or end the session (to retry with backoff) when the broker refuses: a gateway
+    enrolled a moment ago may not be on the broker's roster yet."""
+    granted = await client.subscribe(topic, qos=1)
+    codes = [c.value if isinstance(c, ReasonCode) else int(c) for c in granted]
+    if any(c >= 0x80 for c in codes):
+        raise aiomqtt.MqttError(
+            f"the broker refused the subscription to {topic} (not authorized): this gateway is"
+            " not on its roster yet; the collector adds enrolled gateways, retrying"
+        )
 
 
 def _describe(group: BaseExceptionGroup[aiomqtt.MqttError]) -> str:

@@ -29,6 +29,7 @@ def site(gateway_id: str, *, collector_extra: str = "", **agent_options: str) ->
         broker.start()
         try:
             identity = issue_gateway_identity(root / "broker", gateway_id, root / "id")
+            broker.register(gateway_id)
             acfg = agent_config(
                 root / "agent.toml",
                 gateway_id=gateway_id,

@@ -112,6 +112,7 @@ def run_once(b: Backends, backend: str, replicas: int, n: int, gateways: int, ru
         for g in range(gateways):
             gw = f"gw-bench-{g}"
             identity = issue_gateway_identity(root / "broker", gw, root / gw / "id")
+            broker.register(gw)
             configs.append(
                 agent_config(
                     root / f"{gw}.toml",

@@ -1,6 +1,6 @@
 """The Outpost collector: consumes gateway batches, validates, deduplicates, stores, acks."""
 
-from collector._broker import BrokerFiles, init_broker, issue_gateway_identity
+from collector._broker import BrokerFiles, init_broker, issue_gateway_identity, register_gateways
 from collector._config import CollectorConfig, load_config
 from collector._exceptions import CollectorError, ConfigError, StoreError, StoreUnavailable
 from collector._ingest import Incoming, IngestMetrics, Ingestor, Reply
@@ -23,4 +23,5 @@ __all__ = [
     "init_broker",
     "issue_gateway_identity",
     "load_config",
+    "register_gateways",
 ]

@@ -1,29 +1,42 @@
 """Mosquitto set-up: an mTLS listener where a certificate's CN is the client's identity.
 
 ``outpost-collector broker init`` writes the device CA (if there is none yet), the broker's
-server certificate, the collector's client certificate, ``mosquitto.conf`` and ``acl``.
+server certificate, the collector's client certificate, ``mosquitto.conf`` and the roster of
+the dynamic-security plugin (``dynamic-security.json``: what each identity may publish and
+subscribe to, see ``collector._roster``).
 """
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
+from collector._roster import COLLECTOR_IDENTITY, initial_config, register_now
 from provisioning import CertificateAuthority, build_crl, create_signing_key, write_crl
-from wire import topics
+from wire import MAX_FRAME_BYTES, private_file
 
-COLLECTOR_IDENTITY = "outpost-collector"
+# Where distributions put Mosquitto's dynamic-security plugin (Debian: the multiarch libdir).
+DYNSEC_PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/lib64/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/*/mosquitto_dynamic_security.so",
+)
+# A batch frame plus its topic, properties and headers: a packet past this is refused by the
+# broker itself (the sender is disconnected), before any collector reads it.
+MAX_PACKET_BYTES = MAX_FRAME_BYTES + 64 * 1024
 
-ACL = f"""\
-# Written by outpost-collector broker init. The username is the client certificate's CN.
-# The collector may read and write every gateway's topics (and use the shared subscription).
-user {COLLECTOR_IDENTITY}
-topic readwrite {topics.ROOT}/#
 
-# A gateway may only publish under its own id and only read what is addressed to it.
-pattern write {topics.ROOT}/%u/up/#
-pattern read {topics.ROOT}/%u/down/#
-"""
+def find_dynsec_plugin() -> Path | None:
+    for pattern in DYNSEC_PLUGIN_GLOBS:
+        found = sorted(glob.glob(pattern))  # noqa: PTH207 - absolute patterns, Path.glob takes relative ones
+        if found:
+            return Path(found[0])
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,7 @@ class BrokerFiles:
     collector_cert: Path
     collector_key: Path
     config: Path
-    acl: Path
+    roster: Path
     log: Path
     api_cert: Path
     api_key: Path
@@ -56,7 +69,7 @@ class BrokerFiles:
             d / "collector.pem",
             d / "collector.key",
             d / "mosquitto.conf",
-            d / "acl",
+            d / "dynamic-security.json",
             d / "mosquitto.log",
             d / "api.pem",
             d / "api.key",
@@ -75,8 +88,18 @@ def init_broker(
     ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
     persistence: bool = True,
     user: str | None = None,
+    dynsec_plugin: Path | None = None,
 ) -> BrokerFiles:
-    """Write (or complete) a broker directory. An existing CA is kept, never replaced."""
+    """Write (or complete) a broker directory. An existing CA is kept, never replaced; an
+    existing roster too (it lists the enrolled gateways). Raises :class:`ValueError` when
+    Mosquitto's dynamic-security plugin cannot be found."""
+    plugin = dynsec_plugin or find_dynsec_plugin()
+    if plugin is None or not plugin.is_file():
+        raise ValueError(
+            "Mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) was not found"
+            f"{f' at {plugin}' if plugin else ''}; install mosquitto 2.0 or newer (Debian and"
+            " Ubuntu ship it in the mosquitto package) or pass --dynsec-plugin PATH"
+        )
     files = BrokerFiles.at(directory)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     if files.ca_cert.exists() and files.ca_key.exists():
@@ -108,7 +131,9 @@ def init_broker(
         create_signing_key(files.signing_key, files.signing_pub)
     if not files.crl.exists():
         write_crl(files.crl, build_crl(ca, []))
-    files.acl.write_text(ACL)
+    if not files.roster.exists():
+        private_file(files.roster)
+        files.roster.write_bytes(orjson.dumps(initial_config(), option=orjson.OPT_INDENT_2))
     lines = [
         "# Written by outpost-collector broker init.",
         "per_listener_settings false",
@@ -127,7 +152,11 @@ def init_broker(
         "log_type notice",
         "log_type information",
         "connection_messages true",
-        f"acl_file {files.acl}",
+        # Who may publish and subscribe to what: the collector, and each enrolled gateway on
+        # its own topics only (the plugin checks subscriptions too, which acl_file cannot).
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {files.roster}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
         "",
         f"listener {port} {bind}",
         "protocol mqtt",
@@ -146,10 +175,28 @@ def init_broker(
     return files
 
 
+def register_gateways(
+    broker_dir: Path, gateway_ids: list[str], *, port: int, host: str = "localhost"
+) -> None:
+    """Put gateways on a running broker's roster with the collector's identity (development
+    identities and tests; the collector does it for enrolled gateways). Raises
+    :class:`RuntimeError` when the broker does not answer."""
+    files = BrokerFiles.at(broker_dir)
+    register_now(
+        host=host,
+        port=port,
+        ca_file=files.ca_cert,
+        cert_file=files.collector_cert,
+        key_file=files.collector_key,
+        gateway_ids=gateway_ids,
+    )
+
+
 def issue_gateway_identity(
     broker_dir: Path, gateway_id: str, out_dir: Path, *, days: int = 90
 ) -> tuple[Path, Path, Path]:
-    """Development shortcut until enrollment: a gateway key and certificate from the CA.
+    """Development shortcut until enrollment: a gateway key and certificate from the CA (the
+    gateway must still be put on the broker's roster: :func:`register_gateways`).
 
     Returns ``(ca_cert, cert, key)`` paths inside ``out_dir``.
     """

@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator
 
 import aiomqtt
 import uvicorn
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import outpost_mqtt
 import wire
 from collector._config import ApiConfig, BrokerConfig, RetentionConfig
 from collector._exceptions import StoreError
 from collector._ingest import Incoming, Ingestor, batch_key
+from collector._roster import RESPONSE_TOPIC, BrokerRoster
 from collector.stores import DocumentStore, TimeSeriesStore
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 from wire import topics
@@ -65,6 +67,15 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+def enrolled_gateways(docs: DocumentStore) -> set[str]:
+    """Gateways enrolled and not decommissioned: the broker's roster follows them."""
+    return {
+        str(g["id"])
+        for g in docs.gateways()
+        if g.get("enrolled_ns") is not None and g.get("revoked_ns") is None
+    }
+
+
 class CollectorService:
     """Subscribes with ``$share/collectors/…``; any number of replicas split the stream."""
 
@@ -82,6 +93,7 @@ class CollectorService:
         logger: logging.Logger | None = None,
         timeseries: TimeSeriesStore | None = None,
         retention: RetentionConfig | None = None,
+        roster: BrokerRoster | None = None,
     ) -> None:
         self._notifier = notifier or Notifier({})
         self.monitor = ProgressMonitor()
@@ -98,6 +110,12 @@ class CollectorService:
         self.subscribed = asyncio.Event()
         self._ts = timeseries
         self._retention = retention
+        self.roster = roster or BrokerRoster(
+            enrolled=lambda: enrolled_gateways(documents),
+            revoked=documents.revoked_gateways,
+            logger=self._log.getChild("roster"),
+        )
+        self.retained_cleared = 0  # retained publishes gateways left where only state may be
         # Retained publishes asked for from other threads (the API): desired configs.
         self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +226,7 @@ class CollectorService:
             await asyncio.sleep(2)
             try:
                 await asyncio.to_thread(self._ingestor.refresh_revocations)
+                self.roster.sync_revoked(await asyncio.to_thread(self._docs.revoked_gateways))
             except Exception as exc:  # one failure must not stop the collector
                 self._loop_failed("read revocations", exc)
 
@@ -279,7 +298,12 @@ class CollectorService:
             logger=self._log.getChild("mqtt"),
         )
         async with client:
-            await client.subscribe(topics.COLLECTOR_SUBSCRIPTION, qos=1)
+            # Retain-as-published: a retained publish shows as retained, so junk a gateway
+            # leaves retained on its up/ topics (only its state may be) is found and cleared.
+            await client.subscribe(
+                topics.COLLECTOR_SUBSCRIPTION,
+                options=SubscribeOptions(qos=1, retainAsPublished=True),
+            )
             self._log.info(
                 "collector subscribed to %s on %s:%d",
                 topics.COLLECTOR_SUBSCRIPTION,
@@ -295,11 +319,18 @@ class CollectorService:
                 tg.create_task(self._receive(client, queue), name="collector-receive")
                 tg.create_task(self._work(client, queue), name="collector-ingest")
                 tg.create_task(self._publish_outbox(client), name="collector-publish")
+                tg.create_task(self.roster.run(client), name="collector-roster")
 
     async def _receive(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
         async for message in client.messages:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+            topic = str(message.topic)
+            if topic == RESPONSE_TOPIC:
+                self.roster.on_message(data)
+                continue
+            if message.retain and data and not topic.endswith("/up/state"):
+                await self._clear_retained(client, topic)
             props: dict[str, str] = {}
             user = getattr(message.properties, "UserProperty", None) if message.properties else None
             for key, value in user or []:
@@ -310,6 +341,21 @@ class CollectorService:
                 await self._refuse_overloaded(client, incoming)
                 continue
             queue.put_nowait(incoming)
+
+    async def _clear_retained(self, client: aiomqtt.Client, topic: str) -> None:
+        """Only a gateway's state may stay retained: anything else is cleared at once (and
+        still handled as the message it is), so no junk accumulates in the broker's store."""
+        self.retained_cleared += 1
+        gateway = topics.gateway_of(topic) or "(unknown)"
+        now = time.monotonic()
+        if now - self._failures_logged.get(("retained", gateway), -3600.0) >= 3600:
+            self._failures_logged[("retained", gateway)] = now
+            self._log.warning(
+                "gateway %s published retained on %s; only up/state may be retained: cleared",
+                gateway,
+                topic,
+            )
+        await client.publish(topic, b"", qos=1, retain=True)
 
     async def _refuse_overloaded(self, client: aiomqtt.Client, msg: Incoming) -> None:
         self.overloaded += 1

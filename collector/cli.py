@@ -22,7 +22,7 @@ import orjson
 
 import wire
 from collector._backends import open_documents, open_timeseries
-from collector._broker import init_broker, issue_gateway_identity
+from collector._broker import init_broker, issue_gateway_identity, register_gateways
 from collector._config import CollectorConfig, load_config
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
@@ -153,12 +153,25 @@ def serve(config_path: Path) -> None:
                 configs=configs,
                 rollouts=rollouts,
                 shared_state=shared_ping,
+                on_enrolled=lambda gateway_id: _add_to_roster(service, gateway_id),
             )
             api = ApiServer(config.api, create_app(services))
         asyncio.run(_run_until_signal(service, api))
     finally:
         ts.close()
         docs.close()
+
+
+def _add_to_roster(service: CollectorService, gateway_id: str) -> None:
+    """Put a gateway just enrolled on the broker's roster before its certificate is handed
+    out, so its first connection may already use its topics (waits up to 5 s; if the broker
+    does not answer, the next reconnect's reconciliation adds it)."""
+    try:
+        service.roster.add(gateway_id).result(timeout=5)
+    except TimeoutError:
+        logging.getLogger("outpost.collector.roster").warning(
+            "gateway %s: the broker has not confirmed its roster entry yet", gateway_id
+        )
 
 
 async def _run_until_signal(service: CollectorService, api: ApiServer | None) -> None:
@@ -213,6 +226,12 @@ def broker() -> None:
     help="User Mosquitto runs as when started as root (default: its own 'mosquitto'); "
     "this user must be able to read the key files.",
 )
+@click.option(
+    "--dynsec-plugin",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Mosquitto's mosquitto_dynamic_security.so (found by itself where distributions put it).",
+)
 def broker_init(
     directory: Path,
     port: int,
@@ -221,8 +240,9 @@ def broker_init(
     ips: tuple[str, ...],
     no_persistence: bool,
     user: str | None,
+    dynsec_plugin: Path | None,
 ) -> None:
-    """Write a Mosquitto config with an mTLS listener and per-gateway topic ACLs."""
+    """Write a Mosquitto config: an mTLS listener, each gateway on its own topics."""
     try:
         files = init_broker(
             directory,
@@ -232,10 +252,11 @@ def broker_init(
             ip_addresses=ips,
             persistence=not no_persistence,
             user=user,
+            dynsec_plugin=dynsec_plugin,
         )
     except (ProvisioningError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {files.config}, {files.acl} and certificates in {directory}")
+    click.echo(f"wrote {files.config}, {files.roster} and certificates in {directory}")
     click.echo(f"start the broker:  mosquitto -c {files.config}")
     click.echo(f"collector identity: {files.collector_cert} / {files.collector_key}")
 
@@ -256,7 +277,15 @@ def broker_init(
     help="Where to write ca.pem, gateway.pem and gateway.key (0600).",
 )
 @click.option("--days", type=click.IntRange(1, 825), default=90, show_default=True)
-def dev_issue_cert(broker_dir: Path, gateway_id: str, out_dir: Path, days: int) -> None:
+@click.option(
+    "--broker-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Put the gateway on this running broker's roster (on localhost) as well.",
+)
+def dev_issue_cert(
+    broker_dir: Path, gateway_id: str, out_dir: Path, days: int, broker_port: int | None
+) -> None:
     """Development only: issue a gateway certificate directly from the CA."""
     if not topics.valid_gateway_id(gateway_id):
         raise click.BadParameter(
@@ -268,6 +297,19 @@ def dev_issue_cert(broker_dir: Path, gateway_id: str, out_dir: Path, days: int) 
     except (ProvisioningError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {cert} and {key} (0600) for gateway {gateway_id}; CA in {ca}")
+    if broker_port is None:
+        click.echo(
+            "the broker lets it do nothing until it is on the roster: run this again with"
+            " --broker-port while the broker runs"
+        )
+        return
+    try:
+        register_gateways(broker_dir, [gateway_id], port=broker_port)
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(
+            f"cannot put {gateway_id} on the broker's roster: {exc}"
+        ) from None
+    click.echo(f"{gateway_id} is on the broker's roster")
 
 
 @main.group()

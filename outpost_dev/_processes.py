@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from collector._broker import BrokerFiles, init_broker
+from collector._broker import BrokerFiles, init_broker, register_gateways
 
 
 def free_port() -> int:
@@ -85,6 +85,10 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def register(self, *gateway_ids: str) -> None:
+        """Put gateways on the broker's roster (as the collector does for enrolled ones)."""
+        register_gateways(self.files.directory, list(gateway_ids), port=self.port)
 
     def log_tail(self, lines: int = 20) -> str:
         text = ""

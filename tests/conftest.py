@@ -39,12 +39,15 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def identity(broker: Mosquitto, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Issue a gateway identity: ``identity("gw-1") -> (ca, cert, key)``."""
+    """Issue a gateway identity and put it on the broker's roster:
+    ``identity("gw-1") -> (ca, cert, key)``."""
 
     def issue(gateway_id: str) -> tuple[Path, Path, Path]:
-        return issue_gateway_identity(
+        issued = issue_gateway_identity(
             broker.files.directory, gateway_id, tmp_path / gateway_id / "id"
         )
+        broker.register(gateway_id)
+        return issued
 
     return issue
 
