@@ -27,9 +27,19 @@ def test_broker_init_and_dev_issue_cert(tmp_path: Path) -> None:
         "listener 18883",
         "allow_anonymous false",
         "tls_version tlsv1.2",
+        "plugin_opt_config_file",
+        "max_packet_size",
     ):
         assert line in conf
-    assert "pattern write outpost/v1/gw/%u/up/#" in (tmp_path / "b" / "acl").read_text()
+    roster = json.loads((tmp_path / "b" / "dynamic-security.json").read_text())
+    assert roster["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": False,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    assert [c["username"] for c in roster["clients"]] == ["outpost-collector"]
+    assert (tmp_path / "b" / "dynamic-security.json").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "b" / "ca.key").stat().st_mode & 0o777 == 0o600
     r = CliRunner().invoke(
         collector_cli,
@@ -46,6 +56,20 @@ def test_broker_init_and_dev_issue_cert(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert (tmp_path / "id" / "gateway.key").stat().st_mode & 0o777 == 0o600
     assert "BEGIN" not in r.output  # keys are never printed
+    assert "--broker-port" in r.output  # it says how to put the gateway on the roster
+
+
+def test_broker_init_says_what_to_do_without_the_dynamic_security_plugin(tmp_path: Path) -> None:
+    r = CliRunner().invoke(
+        collector_cli,
+        ["broker", "init", "--dir", str(tmp_path / "b"), "--dynsec-plugin", str(tmp_path)],
+    )
+    assert r.exit_code != 0  # a directory is not the plugin
+    from collector._broker import init_broker
+
+    with pytest.raises(ValueError, match="install mosquitto 2.0 or newer"):
+        init_broker(tmp_path / "c", dynsec_plugin=tmp_path / "nowhere.so")
+    assert not (tmp_path / "c" / "mosquitto.conf").exists(), "nothing half-written"
 
 
 def test_dev_issue_cert_refuses_a_bad_gateway_id(tmp_path: Path) -> None:

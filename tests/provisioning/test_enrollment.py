@@ -442,3 +442,49 @@ def test_no_write_permission_on_the_identity_directory(pki: Harness, tmp_path: P
     assert result.returncode == 1, result.stderr
     assert "no permission to create" in result.stderr
     assert "--identity-dir" in result.stderr
+
+
+def test_enrolling_into_another_tenant_gives_a_new_identity_and_leaves_the_backlog(
+    pki: Harness,
+) -> None:
+    """``enroll --force`` with another tenant's token: the gateway proves its key, but its id,
+    its history and its unsent backlog stay with the old tenant; nothing of them is sent or
+    shown under the new one."""
+    h = pki
+    assert enroll(h, new_token(h, tenant="acme"), "gw").exit_code == 0
+    old = gateway_id_of(h, "gw")
+    config = h.root / "gw" / "agent.toml"
+    tune(config)
+    h.stop_collector()  # readings of the old tenant wait in the buffer
+    proc = h.start_producer(config, old, run="acme", per_poll=10, limit=100)
+    wait_until(lambda: len(h.read_journal(old)) == 100, timeout=20, what="buffered readings")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    h.start_collector()
+    wait_until(lambda: _api_up(h), timeout=15, what="the API")
+    moved = enroll(h, new_token(h, tenant="globex", site="Globex HQ"), "gw", "--force")
+    assert moved.exit_code == 0, moved.output
+    new = gateway_id_of(h, "gw")
+    assert new != old, "another tenant: a new identity"
+    assert new.startswith("globex-hq-")
+    tune(config)
+    proc = h.start_producer(config, new, run="globex", per_poll=10, limit=50)
+    wait_until(lambda: len(h.stored(new)) == 50, timeout=30, what="the new identity's readings")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    assert {run for run, _ in h.stored(new)} == {"globex"}, "the old backlog went to the new tenant"
+    assert h.stored(old) == {}
+    assert [q for q in h.quarantine() if q[0] == new] == []
+    status = h.status(config)
+    assert f"backlog of gateway {old}" in str(status["buffer_reset"])
+    assert list((h.root / "gw" / "state").glob("buffer.db.other-gateway-*"))
+    with sqlite3.connect(f"file:{h.data / 'documents.db'}?mode=ro", uri=True) as conn:
+        tenants = dict(conn.execute("SELECT id, tenant FROM gateways").fetchall())
+        [detail] = [
+            json.loads(d)
+            for (d,) in conn.execute(
+                "SELECT detail FROM audit WHERE action = 'gateway.enroll' AND target = ?", (new,)
+            )
+        ]
+    assert (tenants[old], tenants[new]) == ("acme", "globex")
+    assert detail["moved_from_another_tenant"] is True
