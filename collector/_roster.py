@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import secrets
 import ssl
 import threading
 from collections.abc import Callable, Iterable
@@ -148,6 +149,8 @@ class BrokerRoster:
         self._queue = None
         self._answers: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
         self._ids = itertools.count(1)
+        # Every replica reads the one response topic: answers to ours carry our tag.
+        self._tag = secrets.token_hex(4)
         self._removed: set[str] = set()
         self.available = False  # the broker answers the plugin's commands
         self._warned = False
@@ -256,7 +259,7 @@ class BrokerRoster:
         self, client: aiomqtt.Client, commands: list[dict[str, Any]]
     ) -> list[dict[str, Any]] | None:
         """Send commands in one message; their answers, or None if none came in time."""
-        request_id = f"r{next(self._ids)}"
+        request_id = f"{self._tag}-{next(self._ids)}"
         for i, command in enumerate(commands):
             command["correlationData"] = f"{request_id}:{i}"
         waiting: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
@@ -271,47 +274,54 @@ class BrokerRoster:
             self._answers.pop(request_id, None)
 
 
-def register_now(
+def ask_broker(
     *,
     host: str,
     port: int,
     ca_file: Path,
     cert_file: Path,
     key_file: Path,
-    gateway_ids: list[str],
+    commands: list[dict[str, Any]],
     timeout: float = 10.0,
-) -> None:
-    """Add gateways to a running broker's roster with the collector's identity, and wait for
-    its answer (development identities and tests; enrolled gateways are added by the
-    collector). Raises :class:`RuntimeError` when the broker does not answer."""
+) -> list[dict[str, Any]]:
+    """Send dynamic-security commands with the collector's identity and return the broker's
+    answers (for the CLI and tests; the running collector uses its own session). Raises
+    :class:`RuntimeError` when the broker does not answer."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     ctx = ssl.create_default_context(cafile=str(ca_file))
     ctx.load_cert_chain(str(cert_file), str(key_file))
+    answers: list[dict[str, Any]] = []
     answered = threading.Event()
-    errors: list[str] = []
+    subscribed = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
     client.tls_set_context(ctx)
+    # Everyone with access reads the one response topic: our answers are the ones we tagged.
+    tag = f"cli-{secrets.token_hex(6)}"
+    commands = [{**c, "correlationData": f"{tag}:{i}"} for i, c in enumerate(commands)]
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         for r in orjson.loads(msg.payload).get("responses", []):
-            if r.get("error") and not _harmless(r["error"]):
-                errors.append(str(r["error"]))
-        answered.set()
+            if str(r.get("correlationData", "")).startswith(tag + ":"):
+                answers.append(r)
+        if len(answers) >= len(commands):
+            answered.set()
 
-    subscribed = threading.Event()
     client.on_message = on_message
     client.on_subscribe = lambda *_: subscribed.set()
-    client.connect(host, port)
+    try:
+        client.connect(host, port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot connect to the broker at {host}:{port}: {exc}") from None
     client.loop_start()
     try:
         client.subscribe(RESPONSE_TOPIC, qos=1)
         if not subscribed.wait(timeout):
             raise RuntimeError(f"the broker at {host}:{port} did not answer a subscription")
-        client.publish(
-            CONTROL_TOPIC, orjson.dumps({"commands": add_commands(gateway_ids)}), qos=1
-        ).wait_for_publish(timeout)
+        client.publish(CONTROL_TOPIC, orjson.dumps({"commands": commands}), qos=1).wait_for_publish(
+            timeout
+        )
         if not answered.wait(timeout):
             raise RuntimeError(
                 f"the broker at {host}:{port} does not answer dynamic-security commands; was it"
@@ -320,5 +330,21 @@ def register_now(
     finally:
         client.loop_stop()
         client.disconnect()
+    return answers
+
+
+def register_now(*, gateway_ids: list[str], **broker: Any) -> None:
+    """Add gateways to a running broker's roster and wait for its answer (development
+    identities and tests; enrolled gateways are added by the collector)."""
+    answers = ask_broker(commands=add_commands(gateway_ids), **broker)
+    errors = [str(a["error"]) for a in answers if a.get("error") and not _harmless(a["error"])]
     if errors:
         raise RuntimeError(f"the broker refused: {'; '.join(errors)}")
+
+
+def list_roster(**broker: Any) -> list[str]:
+    """The identities on a running broker's roster."""
+    [answer] = ask_broker(commands=[{"command": "listClients", "verbose": False}], **broker)
+    if answer.get("error"):
+        raise RuntimeError(f"the broker refused: {answer['error']}")
+    return sorted((answer.get("data") or {}).get("clients") or [])

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 import time
 import tomllib
@@ -29,6 +30,7 @@ from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._ingest import Ingestor
 from collector._rollouts import RolloutError, RolloutService
+from collector._roster import list_roster
 from collector._service import ApiServer, CollectorService, client_tls
 from collector.api import ApiServices, create_app
 from collector.stores import (
@@ -259,6 +261,22 @@ def broker_init(
     click.echo(f"wrote {files.config}, {files.roster} and certificates in {directory}")
     click.echo(f"start the broker:  mosquitto -c {files.config}")
     click.echo(f"collector identity: {files.collector_cert} / {files.collector_key}")
+
+
+@broker.command("roster")
+@_config_option
+def broker_roster(config_path: Path) -> None:
+    """List the identities the broker lets in (the collector and enrolled gateways)."""
+    try:
+        config = load_config(config_path)
+        b = config.broker
+        names = list_roster(
+            host=b.host, port=b.port, ca_file=b.ca_file, cert_file=b.cert_file, key_file=b.key_file
+        )
+    except (CollectorError, RuntimeError, OSError, ssl.SSLError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name in names:
+        click.echo(name)
 
 
 @main.command("dev-issue-cert")

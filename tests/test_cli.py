@@ -67,7 +67,7 @@ def test_broker_init_says_what_to_do_without_the_dynamic_security_plugin(tmp_pat
     assert r.exit_code != 0  # a directory is not the plugin
     from collector._broker import init_broker
 
-    with pytest.raises(ValueError, match="install mosquitto 2.0 or newer"):
+    with pytest.raises(ValueError, match=r"install mosquitto 2\.0 or newer"):
         init_broker(tmp_path / "c", dynsec_plugin=tmp_path / "nowhere.so")
     assert not (tmp_path / "c" / "mosquitto.conf").exists(), "nothing half-written"
 

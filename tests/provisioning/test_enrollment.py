@@ -488,3 +488,35 @@ def test_enrolling_into_another_tenant_gives_a_new_identity_and_leaves_the_backl
         ]
     assert (tenants[old], tenants[new]) == ("acme", "globex")
     assert detail["moved_from_another_tenant"] is True
+
+
+def test_the_broker_roster_follows_enrollment_and_decommission(pki: Harness) -> None:
+    """The broker lets a gateway use its topics from its first connection (added at
+    enrollment), repairs a roster that lost it (at the collector's next connect), and shuts it
+    out within seconds of a decommission made with the CLI."""
+    h = pki
+
+    def roster() -> list[str]:
+        return collector(h, "broker", "roster").split()
+
+    assert enroll(h, new_token(h), "gw").exit_code == 0
+    gw = gateway_id_of(h, "gw")
+    assert gw in roster()
+    assert "outpost-collector" in roster()
+    files = h.broker.files
+    from collector._roster import ask_broker, remove_commands
+
+    ask_broker(
+        host="localhost",
+        port=h.broker.port,
+        ca_file=files.ca_cert,
+        cert_file=files.collector_cert,
+        key_file=files.collector_key,
+        commands=remove_commands([gw]),
+    )
+    assert gw not in roster(), "(a broker restored from an old backup)"
+    h.stop_collector()
+    h.start_collector()
+    wait_until(lambda: gw in roster(), timeout=15, what="the roster repaired at connect")
+    collector(h, "gateway", "decommission", gw)
+    wait_until(lambda: gw not in roster(), timeout=15, what="the decommissioned gateway removed")
