@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from collector._version import version
 from collector.api._deps import ApiServices
@@ -74,8 +75,10 @@ def create_app(services: ApiServices) -> FastAPI:
         text, content_type = metrics_text(services.metrics, services.timeseries)
         return PlainTextResponse(text, media_type=content_type)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own (no such route: 404, 405), which FastAPI's HTTPException subclasses: every
+    # error has the same body.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         body: dict[str, Any] = (
             exc.detail
             if isinstance(exc.detail, dict)
@@ -110,6 +113,7 @@ def _code(status_code: int) -> str:
         429: "too_many_attempts",
         403: "forbidden",
         404: "not_found",
+        405: "method_not_allowed",
         409: "conflict",
         503: "unavailable",
     }.get(status_code, "error")
