@@ -38,6 +38,10 @@ def validate_managed(config: dict[str, Any]) -> None:
     from agent._config import ManagedConfig  # the agent's schema is the contract
 
     try:
+        wire.limits.bounded_config(config)
+    except wire.TooComplex as exc:
+        raise ConfigInvalid([("(config)", str(exc))]) from None
+    try:
         ManagedConfig.model_validate(config)
     except ValidationError as exc:
         problems = []

@@ -26,9 +26,9 @@ import re
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from wire._limits import MAX_CONFIG_VERSION, TIME_MAX_NS
+from wire._limits import MAX_CONFIG_VERSION, TIME_MAX_NS, bounded_config
 
 SECRET_KEYS = frozenset({"password", "api_key", "community", "auth_key", "priv_key"})
 _INFO = b"outpost-config-secret/v1"
@@ -51,7 +51,7 @@ class ConfigEnvelope(BaseModel):
     gateway_id: Annotated[str, Field(min_length=1, max_length=64)]
     version: Annotated[int, Field(ge=1, le=MAX_CONFIG_VERSION)]
     issued_ns: Annotated[int, Field(ge=0, le=TIME_MAX_NS)]
-    config: dict[str, Any]
+    config: Annotated[dict[str, Any], AfterValidator(bounded_config)]
     secrets: dict[str, str] = Field(default_factory=dict)  # "devices.0.password" → sealed
     signature: str = ""
 

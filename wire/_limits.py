@@ -39,6 +39,8 @@ MAX_EVENT_DEPTH = 32  # nesting of an event body (dicts and lists)
 MAX_EVENT_BODY_BYTES = 64 << 10  # an event body, as JSON
 MAX_EVENT_BODY_ITEMS = 10_000  # members and elements in an event body, all levels
 
+MAX_CONFIG_DEPTH = 16  # a desired config's nesting (devices > a device > its variables)
+MAX_CONFIG_ITEMS = 100_000  # members and elements of a desired config, all levels
 MAX_CONFIG_VERSION = 2**31 - 1  # config versions fit the stores' 32-bit integer columns
 MAX_REPORT_ERRORS = 100  # errors listed in a config report
 MAX_REPORT_TEXT_CHARS = 2048  # one error or reason in a report
@@ -74,3 +76,10 @@ def check_json_tree(
             and not -max_int - 1 <= node <= max_int
         ):
             raise TooComplex("an integer outside the signed 64-bit range")
+
+
+def bounded_config(value: dict[str, Any]) -> dict[str, Any]:
+    """A desired config (or a patch of one) within its limits: for pydantic ``AfterValidator``;
+    raises :class:`TooComplex` (a ``ValueError``) naming the limit."""
+    check_json_tree(value, max_depth=MAX_CONFIG_DEPTH, max_items=MAX_CONFIG_ITEMS)
+    return value

@@ -225,3 +225,17 @@ def test_a_query_too_slow_is_stopped_and_the_store_answers_again(
         many_series.aggregate(query(timeout_s=0.05))
     assert time.monotonic() - started < 5
     assert len(many_series.aggregate(query(bucket_ns=60 * 10**9))) == 1  # no deadline left over
+
+
+def test_a_desired_config_past_its_limits_is_a_422_not_a_crash(client: Client) -> None:
+    """Found by schemathesis: an integer past int64 in a config reached the envelope's encoder."""
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    deep: Any = 1
+    for _ in range(40):
+        deep = {"d": deep}
+    for config in ({"x": -(2**63) - 1}, {"devices": [deep]}, {"k": [0] * 110_000}):
+        r = client.post(
+            "/api/v1/rollouts", json={"config": config, "tenant": "acme"}, headers=auth
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["problems"]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 import wire
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector.api._deps import Operator, Principal, Services, Viewer, audit
 from collector.stores import DesiredConfigRecord
 
+# A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
+ConfigDocument = Annotated[dict[str, Any], AfterValidator(wire.limits.bounded_config)]
 router = APIRouter(prefix="/api/v1/gateways", tags=["config"])
 SEALED = "(sealed)"
 
@@ -24,7 +26,7 @@ class DesiredConfigIn(BaseModel):
     one out to keep the sealed value of the previous version for the same device.
     """
 
-    config: dict[str, Any] = Field(description="as the [[devices]]/[[sources]] of agent.toml")
+    config: ConfigDocument = Field(description="as the [[devices]]/[[sources]] of agent.toml")
 
 
 class ConfigPatchIn(BaseModel):
@@ -32,7 +34,7 @@ class ConfigPatchIn(BaseModel):
     lists of named items (``devices``) merge by ``name``; ``{"name": "fw-1", "$patch":
     "delete"}`` removes one; ``null`` removes a key. Secrets it does not give are kept sealed."""
 
-    patch: dict[str, Any] = Field(
+    patch: ConfigDocument = Field(
         description='e.g. {"devices": [{"name": "fw-1", "interval": 30}]}'
     )
 

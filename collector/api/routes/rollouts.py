@@ -6,23 +6,26 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from collector._configs import ConfigInvalid
 from collector._rollouts import RolloutError, RolloutService
 from collector.api._deps import Operator, Services, audit
+from wire import limits
 
+# A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
+ConfigDocument = Annotated[dict[str, Any], AfterValidator(limits.bounded_config)]
 router = APIRouter(prefix="/api/v1/rollouts", tags=["config"])
 RolloutId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{8}$")]
 
 
 class RolloutIn(BaseModel):
-    config: dict[str, Any] | None = Field(
+    config: ConfigDocument | None = Field(
         None,
         description="the whole managed config for every target; secrets left out are carried "
         "from each gateway's previous version",
     )
-    patch: dict[str, Any] | None = Field(
+    patch: ConfigDocument | None = Field(
         None,
         description="or: a change laid over each gateway's newest desired config (JSON merge "
         'patch; devices merge by name; {"name": …, "$patch": "delete"} removes one)',
