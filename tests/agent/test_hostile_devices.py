@@ -25,6 +25,7 @@ from agent.profiles import Mapper, decode_mqtt_payload, load_profile, profiles_d
 from agent.sources._mqtt import MAX_PAYLOAD_BYTES, MqttDeviceSource, MqttTarget
 from agent.sources._polling import MAX_RESPONSE_BYTES, DeviceError
 from outpost_dev._processes import LocalBroker, find_mosquitto
+from tests._fuzz import budget
 from tests.agent.test_buffer import FakeClock
 from tests.conftest import require_service
 
@@ -127,7 +128,7 @@ def check(folder: Path, tmp: Path, key: str, payload: Any) -> None:
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
 def test_no_device_payload_breaks_the_mapper_or_the_batch(folder: Path, tmp_path: Path) -> None:
     @settings(
-        max_examples=60,
+        max_examples=budget(60),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )

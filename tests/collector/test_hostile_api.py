@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from collector._exceptions import QueryTimeout, QueryTooCostly
 from collector.api._limits import ENROLL_BODY_BYTES, AttemptLimiter
 from collector.stores import SeriesQuery, SeriesWrite, SqliteTimeSeriesStore
+from tests._fuzz import budget
 from tests.collector.test_api_schema import ADMIN, VIEWER, app  # noqa: F401 (the fixture)
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=budget(150),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -234,8 +235,6 @@ def test_a_desired_config_past_its_limits_is_a_422_not_a_crash(client: Client) -
     for _ in range(40):
         deep = {"d": deep}
     for config in ({"x": -(2**63) - 1}, {"devices": [deep]}, {"k": [0] * 110_000}):
-        r = client.post(
-            "/api/v1/rollouts", json={"config": config, "tenant": "acme"}, headers=auth
-        )
+        r = client.post("/api/v1/rollouts", json={"config": config, "tenant": "acme"}, headers=auth)
         assert r.status_code == 422, r.text
         assert r.json()["problems"]

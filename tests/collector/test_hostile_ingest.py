@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import wire
 from collector import Incoming, Ingestor
 from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from tests._fuzz import budget
 from tests.collector.test_ingest import NOW, Env, frame, msg
 from tests.wire.test_hostile_input import batch_like, body, control, json_values
 from wire import limits, topics
@@ -64,7 +65,7 @@ payloads = st.one_of(
 
 
 @settings(
-    max_examples=250,
+    max_examples=budget(250),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

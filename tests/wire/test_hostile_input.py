@@ -16,9 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
+from tests._fuzz import budget
 from wire import limits
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=budget(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # Integers around every boundary that matters: int64, the timestamp limit, u64 (orjson's).
 edge_ints = st.sampled_from(
