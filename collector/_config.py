@@ -145,7 +145,10 @@ class LimitsConfig(BaseModel):
     quarantine_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     store_retry_after_ms: Annotated[int, Field(ge=100)] = 5_000
     # Batches received but not yet processed; past this the collector answers "overloaded".
-    max_queued_batches: Annotated[int, Field(ge=1)] = 2_000
+    max_queued_batches: Annotated[int, Field(ge=1, le=1_000_000)] = 2_000
+    # Bytes received but not yet processed, all gateways together: a flood of large frames is
+    # answered "overloaded" past this instead of filling the collector's memory.
+    max_queued_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 256 << 20
     overload_retry_after_ms: Annotated[int, Field(ge=100)] = 2_000
 
 

@@ -103,6 +103,7 @@ class IngestMetrics:
     quarantine_bytes_not_kept: int = 0  # raw bytes past a gateway's quarantine budget
     contained: int = 0  # messages that raised in the collector's own code (then quarantined)
     corrections_refused: int = 0  # clock corrections that would leave the timestamp range
+    retained_cleared: int = 0  # retained publishes a gateway left where only state may be
     write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
@@ -118,7 +119,7 @@ class _Accepted:
 
 # Decoded readings and events held for one group before it is written: a group of large
 # batches is stored in parts, so its memory stays bounded whatever the frames unpack to.
-_GROUP_UNITS = 100_000
+_GROUP_UNITS = 50_000
 # A reading with many fields costs more than one with a few (see batch_units).
 _FIELDS_PER_UNIT = 8
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import random
 import ssl
@@ -25,6 +26,19 @@ from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 from wire import topics
 
 _MAX_GROUP = 64  # messages processed (and committed) together
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where there is one (Linux with glibc); None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def client_tls(config: BrokerConfig) -> ssl.SSLContext:
@@ -87,6 +101,7 @@ class CollectorService:
         documents: DocumentStore,
         dedup_window_s: float,
         max_queued: int = 2_000,
+        max_queued_bytes: int = 256 << 20,
         overload_retry_after_ms: int = 2_000,
         summary_interval_s: float = 60.0,
         notifier: Notifier | None = None,
@@ -106,6 +121,10 @@ class CollectorService:
         self._summary_interval = summary_interval_s
         self.overloaded = 0
         self._failures_logged: dict[tuple[str, str], float] = {}
+        self._queued_bytes = 0
+        self._max_queued_bytes = max_queued_bytes
+        self._trim_marker: tuple[int, int] = (0, 0)
+        self._trimmed = 0.0
         self._log = logger or logging.getLogger("outpost.collector")
         self.subscribed = asyncio.Event()
         self._ts = timeseries
@@ -115,7 +134,6 @@ class CollectorService:
             revoked=documents.revoked_gateways,
             logger=self._log.getChild("roster"),
         )
-        self.retained_cleared = 0  # retained publishes gateways left where only state may be
         # Retained publishes asked for from other threads (the API): desired configs.
         self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,16 +354,17 @@ class CollectorService:
             for key, value in user or []:
                 props[str(key)] = str(value)
             incoming = Incoming(str(message.topic), data, props, time.time_ns())
-            if queue.full():
+            if queue.full() or self._queued_bytes + len(data) > self._max_queued_bytes:
                 # Backpressure instead of unbounded memory: the gateway keeps the batch.
                 await self._refuse_overloaded(client, incoming)
                 continue
+            self._queued_bytes += len(data)
             queue.put_nowait(incoming)
 
     async def _clear_retained(self, client: aiomqtt.Client, topic: str) -> None:
         """Only a gateway's state may stay retained: anything else is cleared at once (and
         still handled as the message it is), so no junk accumulates in the broker's store."""
-        self.retained_cleared += 1
+        self._ingestor.metrics.retained_cleared += 1
         gateway = topics.gateway_of(topic) or "(unknown)"
         now = time.monotonic()
         if now - self._failures_logged.get(("retained", gateway), -3600.0) >= 3600:
@@ -380,10 +399,12 @@ class CollectorService:
                 async with asyncio.timeout(1.0):
                     first = await queue.get()
             except TimeoutError:
+                await self._give_memory_back()  # after a burst, once things are quiet
                 continue
             group = [first]
             while len(group) < _MAX_GROUP and not queue.empty():
                 group.append(queue.get_nowait())
+            self._queued_bytes -= sum(len(m.payload) for m in group)
             try:
                 replies = await asyncio.to_thread(self._ingestor.handle, group)
             except Exception as exc:  # the ingestor contains each message; this is a last guard
@@ -392,3 +413,19 @@ class CollectorService:
                 continue
             for reply in replies:
                 await client.publish(reply.topic, wire.encode_message(reply.message), qos=1)
+            await self._give_memory_back()
+
+    async def _give_memory_back(self) -> None:
+        """Hand freed memory back to the system after large or bad input (at most every 10 s).
+
+        Decoding a frame of many small objects takes several times the frame's body in memory
+        for a moment; glibc keeps what was freed in its per-thread arenas, so without this the
+        collector's memory would follow the largest burst it ever saw.
+        """
+        m = self._ingestor.metrics
+        marker = (m.quarantined + sum(m.dropped.values()), m.readings_stored // 50_000)
+        now = time.monotonic()
+        if marker == self._trim_marker or now - self._trimmed < 10.0 or _MALLOC_TRIM is None:
+            return
+        self._trim_marker, self._trimmed = marker, now
+        await asyncio.to_thread(_MALLOC_TRIM, 0)

@@ -128,6 +128,7 @@ def serve(config_path: Path) -> None:
             documents=docs,
             dedup_window_s=config.stores.dedup_window_days * 86400,
             max_queued=config.limits.max_queued_batches,
+            max_queued_bytes=config.limits.max_queued_bytes,
             overload_retry_after_ms=config.limits.overload_retry_after_ms,
             notifier=Notifier(),
             summary_interval_s=config.summary_interval_s,

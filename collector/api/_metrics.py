@@ -52,12 +52,40 @@ class _IngestCollector(Collector):
                 m.readings_corrected,
             ),
             ("outpost_acks", "Acks sent (stored)", m.batches_stored),
+            (
+                "outpost_contained",
+                "Messages the collector's own code or a store failed on (quarantined)",
+                m.contained,
+            ),
+            (
+                "outpost_clock_corrections_refused",
+                "Readings whose clock correction would have left the timestamp range",
+                m.corrections_refused,
+            ),
+            (
+                "outpost_quarantine_bytes_not_kept",
+                "Raw bytes of quarantined messages past their gateway's budget",
+                m.quarantine_bytes_not_kept,
+            ),
+            (
+                "outpost_retained_cleared",
+                "Retained publishes cleared where only a gateway's state may be retained",
+                m.retained_cleared,
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         nacks = CounterMetricFamily("outpost_nacks", "Nacks sent, by reason", labels=["reason"])
         for reason, count in sorted(m.nacks.items()):
             nacks.add_metric([reason], count)
         yield nacks
+        dropped = CounterMetricFamily(
+            "outpost_dropped",
+            "Messages not kept, by reason (quarantine full, rate-limited garbage, empty)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
         h = m.write_latency
         yield HistogramMetricFamily(
             "outpost_store_write_seconds",

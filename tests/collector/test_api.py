@@ -258,7 +258,13 @@ async def test_readyz_names_what_is_not_ready_and_metrics_are_prometheus(api: Ap
     api.metrics.readings_stored = 1234
     api.metrics.nacks["rate_limited"] = 3
     api.metrics.write_latency.observe(0.004)
+    api.metrics.dropped["quarantine_full"] = 2
+    api.metrics.contained = 1
+    api.metrics.retained_cleared = 5
     text = (await api.client.get("/metrics")).text
+    assert 'outpost_dropped_total{reason="quarantine_full"} 2.0' in text
+    assert "outpost_contained_total 1.0" in text
+    assert "outpost_retained_cleared_total 5.0" in text
     assert "outpost_readings_stored_total 1234.0" in text
     assert 'outpost_nacks_total{reason="rate_limited"} 3.0' in text
     assert 'outpost_store_write_seconds_bucket{le="0.005"} 1.0' in text

@@ -309,3 +309,67 @@ def _up(base: str, trust: ssl.SSLContext) -> bool:
         return httpx.get(f"{base}/healthz", verify=trust).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def settled_rss(pid: int, seconds: float = 13.0) -> float:
+    """The lowest RSS over a quiet spell long enough for the collector to give memory back
+    (it does so at most every 10 s, once ingest is idle)."""
+    low = rss_mib(pid)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        low = min(low, rss_mib(pid))
+    return low
+
+
+@pytest.mark.slow
+def test_floods_of_garbage_and_of_tiny_objects_leave_the_collectors_memory_flat(
+    harness: Harness, identity
+) -> None:
+    """Small frames that unpack into 72,000 objects each, and a flood of garbage, twice: the
+    collector's memory is bounded by the first burst and flat after it (measured: +54 MiB after
+    the first, +2 after the second, on the 2-core machine), the good gateway is answered
+    promptly throughout."""
+    h = harness
+    h.start_collector()
+    assert h.collector is not None
+    pid = h.collector.pid
+    good = Gateway(h, "gw-good", identity("gw-good"))
+    bad = Gateway(h, "gw-bad", identity("gw-bad"))
+    good.acked_within(1, 10)
+    event = b'{"id":"1","type":"t","ts":1}'
+    count = (limits.MAX_BODY_BYTES - 300) // (len(event) + 1)
+    header = orjson.dumps(
+        {
+            "gw": "gw-bad",
+            "stream": "s1",
+            "boot": "b",
+            "seq": 0,
+            "created": 1,
+            "clock": {"offset_ns": 0, "synced": True},
+            "series": [],
+        }
+    )[:-1]
+    before = rss_mib(pid)
+    seq = 0
+    settled = []
+    for flood in range(2):
+        for _ in range(30):
+            seq += 1
+            body = header.replace(b'"seq":0', b'"seq":%d' % seq)
+            bad.send(wire.frame(body + b',"events":[' + b",".join([event] * count) + b"]}"), seq)
+        for _ in range(200):
+            seq += 1
+            bad.send(bytes(50_000), seq)
+        wait_until(lambda s=seq: len(bad.acks()) >= s - 20, timeout=60, what="answers to the flood")
+        assert good.acked_within(1000 + flood, 5) < 1.0
+        settled.append(settled_rss(pid))
+    assert settled[0] - before < 80, f"the first flood cost {settled[0] - before:.0f} MiB"
+    assert settled[1] - settled[0] < 10, (
+        f"memory grew again by {settled[1] - settled[0]:.0f} MiB with the second flood"
+    )
+    statuses = {(type(a).__name__, getattr(a, "reason", "")) for a in bad.acks().values()}
+    assert ("Ack", "invalid_schema") in statuses  # the frames of tiny objects
+    alive(h)
+    good.close()
+    bad.close()
