@@ -26,7 +26,7 @@ TARGETS = [
     "tests/collector/test_hostile_api.py",
 ]
 _TEST = re.compile(r"^(tests/\S+)::(\S+):$")
-_COUNTS = re.compile(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid examples?")
+_COUNTS = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid test cases")
 
 
 def main() -> None:

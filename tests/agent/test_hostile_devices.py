@@ -24,10 +24,9 @@ from agent import Outbox
 from agent.profiles import Mapper, decode_mqtt_payload, load_profile, profiles_dir
 from agent.sources._mqtt import MAX_PAYLOAD_BYTES, MqttDeviceSource, MqttTarget
 from agent.sources._polling import MAX_RESPONSE_BYTES, DeviceError
-from outpost_dev._processes import LocalBroker, find_mosquitto
+from outpost_dev._processes import LocalBroker
 from tests._fuzz import budget
 from tests.agent.test_buffer import FakeClock
-from tests.conftest import require_service
 
 FOLDERS = sorted(p for p in profiles_dir().iterdir() if p.is_dir())
 NOW = 1_700_000_000 * 10**9
@@ -165,15 +164,6 @@ def test_a_deep_event_body_is_dropped_and_counted() -> None:
         len(json.dumps(e.body)) <= wire.limits.MAX_EVENT_BODY_BYTES for e in out.events
     )
     assert out.drops["invalid_event"] + len(out.events) >= 1
-
-
-@pytest.fixture
-def site_broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
-    b = LocalBroker(tmp_path / "site")
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.mark.broker

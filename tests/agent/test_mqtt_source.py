@@ -8,7 +8,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,15 +23,6 @@ from tests.conftest import require_service
 from wire import Event, Reading
 
 pytestmark = [pytest.mark.broker]
-
-
-@pytest.fixture
-def site_broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
-    b = LocalBroker(tmp_path / "site-broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def publish(port: int, messages: list[tuple[str, str]], *, retain: bool = False) -> None:

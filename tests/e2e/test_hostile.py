@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 
 import wire
 from outpost_dev._processes import free_port
+from tests.collector.test_hostile_ingest import batch_frame
 from tests.e2e._harness import Harness, wait_until
 from tests.e2e.test_protection import Client, collector_watcher
 from wire import limits, topics
@@ -31,18 +32,9 @@ NOW = time.time_ns()
 
 
 def batch(gw: str, seq: int, **changes: Any) -> bytes:
-    body: dict[str, Any] = {
-        "gw": gw,
-        "stream": "s1",
-        "boot": "b1",
-        "seq": seq,
-        "created": NOW,
-        "clock": {"offset_ns": 0, "synced": True},
-        "series": [{"m": "m", "t": {}, "p": [[NOW, {"v": 1}]]}],
-        "events": [],
-    }
-    body.update(changes)
-    return wire.frame(json.dumps(body).encode())  # json: integers of any size, as an attacker
+    """A batch as an attacker writes it (integers of any size), stamped now."""
+    body = {"created": NOW, "series": [{"m": "m", "t": {}, "p": [[NOW, {"v": 1}]]}], **changes}
+    return batch_frame(seq, gw=gw, **body)
 
 
 class Gateway(Client):

@@ -265,6 +265,20 @@ def test_bad_enrollments_say_what_is_wrong_and_change_nothing(pki: Harness) -> N
     assert r.json()["problems"][0]["field"] == "csr"
 
 
+def buffer_while_away(h: Harness, config: Path, gateway_id: str, *, run: str, count: int) -> None:
+    """``count`` readings produced while the collector is stopped (they wait in the buffer);
+    the collector and its API are back when this returns."""
+    h.stop_collector()
+    proc = h.start_producer(config, gateway_id, run=run, per_poll=10, limit=count)
+    wait_until(
+        lambda: len(h.read_journal(gateway_id)) == count, timeout=20, what="buffered readings"
+    )
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    h.start_collector()
+    wait_until(lambda: _api_up(h), timeout=15, what="the API")
+
+
 def test_enroll_twice_is_safe_and_force_keeps_the_id_and_the_buffer(pki: Harness) -> None:
     h = pki
     assert enroll(h, new_token(h), "gw").exit_code == 0
@@ -278,13 +292,7 @@ def test_enroll_twice_is_safe_and_force_keeps_the_id_and_the_buffer(pki: Harness
     config = h.root / "gw" / "agent.toml"
     tune(config)
     # Readings buffered while the collector is away survive a forced re-enrollment.
-    h.stop_collector()
-    proc = h.start_producer(config, gw, run="before", per_poll=10, limit=200)
-    wait_until(lambda: len(h.read_journal(gw)) == 200, timeout=20, what="buffered readings")
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
-    h.start_collector()
-    wait_until(lambda: _api_up(h), timeout=15, what="the API")
+    buffer_while_away(h, config, gw, run="before", count=200)
     forced = enroll(h, new_token(h), "gw", "--force")
     assert forced.exit_code == 0, forced.output
     assert gateway_id_of(h, "gw") == gw, "re-enrollment with proof of the old key keeps the id"
@@ -455,13 +463,7 @@ def test_enrolling_into_another_tenant_gives_a_new_identity_and_leaves_the_backl
     old = gateway_id_of(h, "gw")
     config = h.root / "gw" / "agent.toml"
     tune(config)
-    h.stop_collector()  # readings of the old tenant wait in the buffer
-    proc = h.start_producer(config, old, run="acme", per_poll=10, limit=100)
-    wait_until(lambda: len(h.read_journal(old)) == 100, timeout=20, what="buffered readings")
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
-    h.start_collector()
-    wait_until(lambda: _api_up(h), timeout=15, what="the API")
+    buffer_while_away(h, config, old, run="acme", count=100)  # the old tenant's backlog
     moved = enroll(h, new_token(h, tenant="globex", site="Globex HQ"), "gw", "--force")
     assert moved.exit_code == 0, moved.output
     new = gateway_id_of(h, "gw")
