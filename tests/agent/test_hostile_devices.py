@@ -125,17 +125,20 @@ def check(folder: Path, tmp: Path, key: str, payload: Any) -> None:
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
-def test_no_device_payload_breaks_the_mapper_or_the_batch(folder: Path, tmp_path: Path) -> None:
-    @settings(
-        max_examples=budget(60),
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
-    @given(mutated(folder))
-    def run(case: tuple[str, Any]) -> None:
-        check(folder, tmp_path, *case)
-
-    run()
+@settings(
+    max_examples=budget(60),
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(data=st.data())
+def test_no_device_payload_breaks_the_mapper_or_the_batch(
+    folder: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    check(folder, tmp_path, *data.draw(mutated(folder)))
 
 
 def test_an_integer_past_int64_becomes_a_float_and_a_long_tag_drops_the_reading() -> None:
