@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from collector.stores import DocumentStore
-from wire import Batch
+from wire import Batch, BoundedDict
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +32,9 @@ class ClockCorrector:
         self._docs = docs
         self._tolerance = tolerance_ns
         self._log = logger or logging.getLogger("outpost.collector.clock")
-        self._offsets: dict[tuple[str, str], int] = {}
-        self._flagged: dict[str, bool] = {}
+        # Boot ids come from gateways: a bounded cache (the store has them all).
+        self._offsets: BoundedDict[tuple[str, str], int] = BoundedDict(100_000)
+        self._flagged: BoundedDict[str, bool] = BoundedDict(100_000)
 
     def observe(self, gateway_id: str, stamp: SendStamp, received_ns: int) -> None:
         """Learn the boot's true offset and flag the gateway if its wall clock is off."""
