@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +79,13 @@ class FakeSystemd:
                 data = self.sock.recv(4096)
                 self.messages.append((time.monotonic(), data.decode()))
 
+    def collect_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Collect until ``predicate()`` holds (or ``timeout``: the assertions then say why);
+        a busy machine starts the service late, so no fixed window."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not predicate():
+            self.collect(0.1)
+
     def said(self, line: str) -> list[float]:
         return [t for t, m in self.messages if line in m.splitlines()]
 
@@ -112,7 +119,13 @@ def test_agent_says_ready_feeds_the_watchdog_and_says_stopping(
         stderr=subprocess.DEVNULL,
     )
     try:
-        fake_systemd.collect(4.0)
+        fake_systemd.collect_until(
+            lambda: (
+                len(fake_systemd.said("WATCHDOG=1")) >= 6
+                and any("STATUS=connected;" in m for _, m in fake_systemd.messages)
+            ),
+            timeout=60,
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         fake_systemd.collect(0.3)
