@@ -8,12 +8,16 @@ parse a large document.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
 import orjson
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
 from wire import BoundedDict
 
@@ -138,3 +142,34 @@ class AttemptLimiter:
         now = self._now()
         tokens, at = self._buckets.get(address, (float(self._burst), now))
         return min(float(self._burst), tokens + (now - at) / self._per_s)
+
+
+_PARSE_IN_LOOP = 16 << 10  # bodies up to this size are parsed in the event loop (cheap)
+
+
+class _OffLoopJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            if len(body) <= _PARSE_IN_LOOP:
+                self._json = json.loads(body)
+            else:
+                # Parsing a large body of small objects takes tens of milliseconds; in the event
+                # loop that would hold every gateway's acks (the loop also runs MQTT).
+                self._json = await anyio.to_thread.run_sync(json.loads, body)
+        return self._json
+
+
+class OffLoopJsonRoute(APIRoute):
+    """A route whose JSON body, if large, is parsed in a worker thread, not the event loop.
+
+    FastAPI parses the body before any dependency runs (authentication included), so without
+    this anyone could make the loop parse a megabyte."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_OffLoopJsonRequest(request.scope, request.receive))
+
+        return route

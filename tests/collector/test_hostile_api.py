@@ -238,3 +238,30 @@ def test_a_desired_config_past_its_limits_is_a_422_not_a_crash(client: Client) -
         r = client.post("/api/v1/rollouts", json={"config": config, "tenant": "acme"}, headers=auth)
         assert r.status_code == 422, r.text
         assert r.json()["problems"]
+
+
+def test_a_large_body_is_parsed_off_the_event_loop(client: Client) -> None:
+    """FastAPI parses a body before authentication: a megabyte of small objects from anyone
+    would otherwise hold the event loop (and with it every gateway's acks)."""
+    import threading
+
+    import collector.api._limits as api_limits
+
+    threads: list[str] = []
+    original = api_limits.json.loads
+
+    def recording(data: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(data)
+
+    api_limits.json.loads = recording  # type: ignore[assignment]
+    try:
+        big = {"site": "hq", "padding": [0] * 100_000}  # ~300 kB: past the in-loop threshold
+        r = client.post("/api/v1/enrollment-tokens", json={"site": "hq"})
+        assert r.status_code == 401
+        r = client.post("/api/v1/rollouts", json=big)
+        assert r.status_code == 401  # parsed (off the loop), then refused: no token
+    finally:
+        api_limits.json.loads = original  # type: ignore[assignment]
+    assert threads[0] == threading.main_thread().name  # a small body: parsed in place
+    assert threads[-1] != threading.main_thread().name, "a large body was parsed in the loop"

@@ -11,11 +11,12 @@ from pydantic import AfterValidator, BaseModel, Field
 import wire
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector.api._deps import Operator, Principal, Services, Viewer, audit
+from collector.api._limits import OffLoopJsonRoute
 from collector.stores import DesiredConfigRecord
 
 # A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
 ConfigDocument = Annotated[dict[str, Any], AfterValidator(wire.limits.bounded_config)]
-router = APIRouter(prefix="/api/v1/gateways", tags=["config"])
+router = APIRouter(prefix="/api/v1/gateways", tags=["config"], route_class=OffLoopJsonRoute)
 SEALED = "(sealed)"
 
 

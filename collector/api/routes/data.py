@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field
 
 from collector._exceptions import QueryRefused
 from collector.api._deps import Services, Viewer
+from collector.api._limits import OffLoopJsonRoute
 from collector.stores import SeriesQuery, TimeSeriesStore
 from wire import FieldValue, limits
 
-router = APIRouter(prefix="/api/v1", tags=["data"])
+router = APIRouter(prefix="/api/v1", tags=["data"], route_class=OffLoopJsonRoute)
 
 Aggregate = Literal["mean", "min", "max", "sum", "count", "last"]
 _DURATION = re.compile(r"^(\d{1,9})(ms|s|m|h|d)$")

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from collector._enrollment import parse_duration
 from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from collector.api._deps import ALL_TENANTS, ApiServices, Operator, Services, audit
-from collector.api._limits import AttemptLimiter
+from collector.api._limits import AttemptLimiter, OffLoopJsonRoute
 from collector.stores import AuditEntry
 
-router = APIRouter(prefix="/api/v1", tags=["enrollment"])
+router = APIRouter(prefix="/api/v1", tags=["enrollment"], route_class=OffLoopJsonRoute)
 _log = logging.getLogger("outpost.collector.enrollment")
 
 # Refusal code → HTTP status.

@@ -8,8 +8,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from collector.api._deps import Operator, Principal, Services, Viewer, audit
+from collector.api._limits import OffLoopJsonRoute
 
-router = APIRouter(prefix="/api/v1/gateways", tags=["fleet"])
+router = APIRouter(prefix="/api/v1/gateways", tags=["fleet"], route_class=OffLoopJsonRoute)
 
 GatewayState = Literal["online", "offline", "unknown", "decommissioned"]
 

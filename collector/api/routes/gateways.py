@@ -6,8 +6,9 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel
 
 from collector.api._deps import Operator, Services, audit
+from collector.api._limits import OffLoopJsonRoute
 
-router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"])
+router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"], route_class=OffLoopJsonRoute)
 
 
 class Decommissioned(BaseModel):

@@ -10,8 +10,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from collector.api._deps import Operator, Services, audit
+from collector.api._limits import OffLoopJsonRoute
 
-router = APIRouter(prefix="/api/v1", tags=["operations"])
+router = APIRouter(prefix="/api/v1", tags=["operations"], route_class=OffLoopJsonRoute)
 
 
 class QuarantinedOut(BaseModel):

@@ -11,11 +11,12 @@ from pydantic import AfterValidator, BaseModel, Field
 from collector._configs import ConfigInvalid
 from collector._rollouts import RolloutError, RolloutService
 from collector.api._deps import Operator, Services, audit
+from collector.api._limits import OffLoopJsonRoute
 from wire import limits
 
 # A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
 ConfigDocument = Annotated[dict[str, Any], AfterValidator(limits.bounded_config)]
-router = APIRouter(prefix="/api/v1/rollouts", tags=["config"])
+router = APIRouter(prefix="/api/v1/rollouts", tags=["config"], route_class=OffLoopJsonRoute)
 RolloutId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{8}$")]
 
 
