@@ -76,11 +76,16 @@ class _CappedStream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in self._inner:
-            seen += len(chunk)
-            if seen > self._max:
-                raise _too_large(self._request, self._max)
-            yield chunk
+        try:
+            async for chunk in self._inner:
+                seen += len(chunk)
+                if seen > self._max:
+                    raise _too_large(self._request, self._max)
+                yield chunk
+        finally:
+            # Cut off mid-body: close the connection now, not when the garbage collector
+            # finds it (an unclosed socket then warns in whatever code runs at that moment).
+            await self._inner.aclose()
 
     async def aclose(self) -> None:
         await self._inner.aclose()
