@@ -185,7 +185,7 @@ class Ingestor:
             docs=documents, tolerance_ns=int(config.clock.tolerance_s * 1e9), logger=self._log
         )
         self.metrics = IngestMetrics()
-        self._logged: wire.BoundedDict[tuple[str, str], float] = wire.BoundedDict(10_000)
+        self._logged = wire.LogThrottle(60.0, clock=monotonic)
 
     def refresh_revocations(self) -> None:
         if self._enrollment is not None:
@@ -331,12 +331,8 @@ class Ingestor:
     ) -> None:
         """Log ``message`` at most once a minute per ``key`` (gateway, kind): a gateway that
         sends the same bad thing a thousand times gets one line, not a thousand."""
-        now = self._now()
-        last = self._logged.get(key)
-        if last is not None and now - last < every_s:
-            return
-        self._logged[key] = now
-        self._log.log(level, message, *args, exc_info=exc_info)
+        if self._logged.ready(key, every_s):
+            self._log.log(level, message, *args, exc_info=exc_info)
 
     def _batch(
         self,

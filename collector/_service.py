@@ -120,7 +120,7 @@ class CollectorService:
         self._overload_retry_ms = overload_retry_after_ms
         self._summary_interval = summary_interval_s
         self.overloaded = 0
-        self._failures_logged: dict[tuple[str, str], float] = {}
+        self._logged = wire.LogThrottle(3600.0)  # background failures, retained junk
         self._queued_bytes = 0
         self._max_queued_bytes = max_queued_bytes
         self._trim_marker: tuple[int, int] = (0, 0)
@@ -255,10 +255,7 @@ class CollectorService:
         if isinstance(exc, StoreError):
             self._log.warning("cannot %s: %s", what, exc)
             return
-        key = (what, type(exc).__name__)
-        now = time.monotonic()
-        if now - self._failures_logged.get(key, -3600.0) >= 3600:
-            self._failures_logged[key] = now
+        if self._logged.ready((what, type(exc).__name__)):
             self._log.error(
                 "cannot %s (will try again): %s: %s", what, type(exc).__name__, exc, exc_info=exc
             )
@@ -366,9 +363,7 @@ class CollectorService:
         still handled as the message it is), so no junk accumulates in the broker's store."""
         self._ingestor.metrics.retained_cleared += 1
         gateway = topics.gateway_of(topic) or "(unknown)"
-        now = time.monotonic()
-        if now - self._failures_logged.get(("retained", gateway), -3600.0) >= 3600:
-            self._failures_logged[("retained", gateway)] = now
+        if self._logged.ready(("retained", gateway)):
             self._log.warning(
                 "gateway %s published retained on %s; only up/state may be retained: cleared",
                 gateway,

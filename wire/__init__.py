@@ -52,7 +52,7 @@ from wire._messages import (
     encode_message,
 )
 from wire._models import Event, FieldValue, Reading
-from wire._text import SafeFormatter, configure_logging, printable
+from wire._text import LogThrottle, SafeFormatter, configure_logging, printable
 
 # MQTT 5 user properties on every batch publish. They travel outside the encoded body, so a
 # batch is encoded once and still carries its send time, and a body that does not decode
@@ -87,6 +87,7 @@ __all__ = [
     "FieldValue",
     "GatewayState",
     "LimitName",
+    "LogThrottle",
     "MessageRejected",
     "Nack",
     "NackReason",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Hashable
+
+from wire._bounded import BoundedDict
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -42,3 +46,28 @@ def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter(LOG_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+class LogThrottle:
+    """At most one log line per key per period: a sender repeating the same bad thing a
+    thousand times gets one line, not a thousand. Keys (often from outside) are bounded."""
+
+    def __init__(
+        self,
+        every_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ) -> None:
+        self._every = every_s
+        self._clock = clock
+        self._last: BoundedDict[Hashable, float] = BoundedDict(max_keys)
+
+    def ready(self, key: Hashable, every_s: float | None = None) -> bool:
+        """True (and the period starts again) when ``key`` may be logged now."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < (self._every if every_s is None else every_s):
+            return False
+        self._last[key] = now
+        return True

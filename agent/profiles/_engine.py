@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pydantic import ValidationError
 
 from agent.profiles._model import EventRule, FieldSpec, Profile, ReadingRule
 from agent.sources._base import Collection
-from wire import BoundedDict, Event, FieldValue, Reading, limits
+from wire import BoundedDict, Event, FieldValue, LogThrottle, Reading, limits, printable
 
 # Series, counters and devices one mapper remembers (previous counter values, availability).
 MAX_TRACKED = 10_000
@@ -138,7 +137,7 @@ class Mapper:
     ) -> None:
         self.profile = profile
         self._log = logger or logging.getLogger(f"outpost.agent.profile.{profile.name}")
-        self._logged: dict[str, float] = {}
+        self._logged = LogThrottle(60.0)  # each drop reason once a minute
         self.variables = {**profile.profile.variables, **(variables or {})}
         self.device = device
         self._readings = [(_Template.compile(r.match, self.variables), r) for r in profile.readings]
@@ -225,10 +224,8 @@ class Mapper:
     def _dropped(self, out: Collection, reason: str, what: str, exc: Exception) -> None:
         """Count a reading or event that could not be made, and say why once a minute."""
         out.drops[reason] += 1
-        now = time.monotonic()
-        if now - self._logged.get(reason, -60.0) < 60:
+        if not self._logged.ready(reason):
             return
-        self._logged[reason] = now
         if isinstance(exc, ValidationError):
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])
@@ -240,8 +237,8 @@ class Mapper:
             self.profile.name,
             "reading" if reason == DROP_INVALID_READING else "message",
             self.device or "a device",
-            what[:64],
-            why[:300].encode("unicode_escape").decode(),
+            printable(what, 64),
+            printable(why),
         )
 
     def availability_event(self, device: str, state: str, ts: int) -> Event | None:

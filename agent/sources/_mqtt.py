@@ -21,7 +21,7 @@ import outpost_mqtt
 from agent._clock import Clock
 from agent.profiles import Mapper, Profile, decode_mqtt_payload
 from agent.sources._base import Submit
-from wire import Event, Reading
+from wire import Event, LogThrottle, Reading, printable
 
 _FLUSH_S = 0.25
 # A site-broker message past this is not parsed: counted as a drop (no device sends a
@@ -75,7 +75,7 @@ class MqttDeviceSource:
         self.connected = asyncio.Event()
         self.messages = 0
         self._was_unavailable = False
-        self._too_large_logged = -60.0
+        self._too_large_logged = LogThrottle(60.0)
 
     async def run(self, submit: Submit) -> None:
         """Run until cancelled, reconnecting to the local broker when it goes away."""
@@ -97,16 +97,14 @@ class MqttDeviceSource:
             submit([], [event], {})
 
     def _too_large(self, topic: str, size: int) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._too_large_logged >= 60:
-            self._too_large_logged = now
+        if self._too_large_logged.ready("too_large"):
             self._log.warning(
-                "%s: dropped a message of %d bytes on a topic of %d characters (%s…); the limits"
+                "%s: dropped a message of %d bytes on a topic of %d characters (%s); the limits"
                 " are %d bytes and %d characters",
                 self.name,
                 size,
                 len(topic),
-                topic[:80].encode("unicode_escape").decode(),
+                printable(topic, 80),
                 MAX_PAYLOAD_BYTES,
                 MAX_TOPIC_CHARS,
             )

@@ -312,3 +312,19 @@ def test_the_tree_check_never_recurses_or_lets_a_bad_tree_pass(value: Any) -> No
 def test_the_tree_check_handles_depth_past_the_interpreters_recursion_limit() -> None:
     with pytest.raises(wire.TooComplex, match="deeper than 32"):
         wire.limits.check_json_tree(nested(100_000), max_depth=32, max_items=10**6)
+
+
+def test_log_throttle_once_per_period_per_key_with_keys_bounded() -> None:
+    now = [0.0]
+    throttle = wire.LogThrottle(60.0, clock=lambda: now[0], max_keys=100)
+    assert throttle.ready("a")
+    assert not throttle.ready("a"), "the same key within the period: no second line"
+    assert throttle.ready("b")
+    now[0] = 59.0
+    assert not throttle.ready("a")
+    assert throttle.ready("a", every_s=30)  # a shorter period for this call
+    now[0] = 200.0
+    assert throttle.ready("a")
+    for i in range(1000):  # keys invented by a sender: memory stays bounded
+        throttle.ready(f"k{i}")
+    assert len(throttle._last) == 100
