@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from collector._roster import COLLECTOR_IDENTITY, initial_config, list_roster, register_now
+from collector._roster import COLLECTOR_IDENTITY, initial_config, register_now
 from provisioning import CertificateAuthority, build_crl, create_signing_key, write_crl
 from wire import MAX_FRAME_BYTES, private_file
 
@@ -189,18 +189,6 @@ def register_gateways(
         cert_file=files.collector_cert,
         key_file=files.collector_key,
         gateway_ids=gateway_ids,
-    )
-
-
-def broker_roster(broker_dir: Path, *, port: int, host: str = "localhost") -> list[str]:
-    """The identities on a running broker's roster (the collector and the gateways)."""
-    files = BrokerFiles.at(broker_dir)
-    return list_roster(
-        host=host,
-        port=port,
-        ca_file=files.ca_cert,
-        cert_file=files.collector_cert,
-        key_file=files.collector_key,
     )
 
 

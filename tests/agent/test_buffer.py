@@ -258,3 +258,13 @@ def test_a_buffer_of_another_gateway_is_kept_aside_not_sent_under_the_new_id(
     # The same gateway again: its own buffer, kept.
     with Outbox(path=path, gateway_id="gw-2", clock=FakeClock(), max_bytes=64 << 20) as again:
         assert again.stream_id == moved.stream_id
+
+
+def test_a_buffer_others_could_read_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with outbox(path) as ob:
+        ob.append(readings(5))
+    path.chmod(0o644)  # as an earlier version, or a careless copy, left it
+    with outbox(path) as ob:
+        assert ob.stats().backlog_readings == 5
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -168,3 +168,23 @@ def test_garbage_unsigned_and_foreign_envelopes_are_refused_with_their_reason(
         assert report.errors  # says why, in words
         assert all(report.errors)
     assert state.applied is None  # nothing touched
+
+
+def test_the_buffer_path_cannot_be_moved_over_the_air(tmp_path: Path) -> None:
+    """Moving the buffer would leave the backlog behind: refused by name, and never merged."""
+    from pydantic import ValidationError
+
+    from agent._config import ManagedConfig
+    from collector._configs import ConfigInvalid, validate_managed
+
+    for buffer in ({"path": str(tmp_path / "elsewhere.db")}, {"path": None}):
+        with pytest.raises(ValidationError, match="path cannot be set over the air"):
+            ManagedConfig.model_validate({"buffer": buffer})
+        with pytest.raises(ConfigInvalid) as refused:
+            validate_managed({"buffer": buffer})
+        assert [field for field, _ in refused.value.problems] == ["buffer"]
+    ManagedConfig.model_validate({"buffer": {"max_bytes": "64MiB"}})  # the rest may change
+    b = base(tmp_path)
+    b["buffer"] = {"path": str(tmp_path / "here.db")}
+    merged = merge(b, {"buffer": {"path": str(tmp_path / "elsewhere.db"), "max_bytes": "1MiB"}})
+    assert merged["buffer"] == {"path": str(tmp_path / "here.db"), "max_bytes": "1MiB"}

@@ -328,3 +328,22 @@ def test_log_throttle_once_per_period_per_key_with_keys_bounded() -> None:
     for i in range(1000):  # keys invented by a sender: memory stays bounded
         throttle.ready(f"k{i}")
     assert len(throttle._last) == 100
+
+
+def test_every_log_line_is_one_line_whatever_it_quotes() -> None:
+    import logging
+
+    record = logging.LogRecord(
+        "outpost",
+        logging.WARNING,
+        __file__,
+        1,
+        "device said %s",
+        ("a\nFORGED\x1b[2J" + "x" * 9000,),
+        None,
+    )
+    line = wire.SafeFormatter("%(levelname)s %(message)s").format(record)
+    assert "\n" not in line
+    assert "\x1b" not in line
+    assert "a\\nFORGED\\x1b[2J" in line
+    assert len(line) < 4200  # cut, with how much was left out
