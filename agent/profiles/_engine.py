@@ -15,6 +15,7 @@ the stores keep int64, and a float keeps the magnitude (exact to 53 bits).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import re
@@ -26,7 +27,14 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from agent.profiles._model import EventRule, FieldSpec, Profile, ReadingRule
+from agent.profiles._model import (
+    Condition,
+    EventRule,
+    FieldSpec,
+    Profile,
+    ReadingRule,
+    TagSpec,
+)
 from agent.sources._base import Collection
 from wire import BoundedDict, Event, FieldValue, LogThrottle, Reading, limits, printable
 
@@ -36,17 +44,43 @@ DROP_INVALID_READING = "invalid_reading"
 DROP_INVALID_EVENT = "invalid_event"
 DROP_MAPPING_ERROR = "mapping_error"
 
+# A "{device*}" placeholder spans this many topic levels at most (MQTT filters are generated
+# for each depth when it is not the last level).
+MAX_LEVELS = 8
+
 _MISSING = object()
 _SPLIT_PATH = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_TEMPLATE_PART = re.compile(r"(\{[A-Za-z_][A-Za-z0-9_]*\*?\})")
+# A number, optionally followed by a unit: "0.4ms", "12 %", "-3.5e2 dBm".
+_NUMBER_WITH_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*[^\d\s.,:]*\s*$")
+_DURATION_UNITS = {
+    "ms": 0.001, "msec": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
+    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+    "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
+}  # fmt: skip
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
+_CLOCK = re.compile(r"^(?:(\d+)(?:T|d |\s*days?,?\s+))?(\d+):(\d{1,2})(?::(\d{1,2}(?:\.\d+)?))?$")
 
 
 def snake(name: str) -> str:
     return _CAMEL.sub("_", name).replace("-", "_").replace(" ", "_").lower()
 
 
-def get_path(item: Any, path: str) -> Any:
-    """``$`` → the item; ``.a.b[0]`` → nested member; missing → ``_MISSING``."""
+def get_path(item: Any, path: str | list[str]) -> Any:
+    """``$`` → the item; ``.a.b[0]`` → nested member; missing → ``_MISSING``.
+
+    A list of paths gives the first that has a value (not missing, not ``null``).
+    """
+    if isinstance(path, list):
+        for one in path:
+            value = get_path(item, one)
+            if value is not _MISSING and value is not None:
+                return value
+        return _MISSING
     if path == "$":
         return item
     current = item
@@ -65,7 +99,11 @@ def get_path(item: Any, path: str) -> Any:
 
 @dataclass(frozen=True)
 class _Template:
-    """A match template compiled to a regex; placeholders capture one path level (or part)."""
+    """A match template compiled to a regex.
+
+    ``{name}`` captures one topic level (or part of one); ``{name*}`` one or more whole levels
+    (Zigbee2MQTT friendly names such as ``kitchen/floor_light``, multi-level prefixes).
+    """
 
     text: str
     regex: re.Pattern[str]
@@ -73,19 +111,49 @@ class _Template:
     @classmethod
     def compile(cls, template: str, variables: dict[str, str]) -> _Template:
         text = _substitute(template, variables)
-        parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", text)
-        pattern = "".join(
-            f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") and p.endswith("}") else re.escape(p)
-            for p in parts
-        )
+        pattern = ""
+        for part in _TEMPLATE_PART.split(text):
+            if part.startswith("{") and part.endswith("*}"):
+                levels = MAX_LEVELS - 1
+                pattern += f"(?P<{part[1:-2]}>[^/]+(?:/[^/]+){{0,{levels}}})"
+            elif part.startswith("{") and part.endswith("}"):
+                pattern += f"(?P<{part[1:-1]}>[^/]+)"
+            else:
+                pattern += re.escape(part)
         return cls(text, re.compile(f"^{pattern}$"))
 
     def match(self, key: str) -> dict[str, str] | None:
         m = self.regex.match(key)
         return m.groupdict() if m else None
 
-    def mqtt_filter(self) -> str:
-        return "/".join("+" if "{" in level else level for level in self.text.split("/"))
+    def mqtt_filters(self) -> list[str]:
+        """MQTT subscriptions covering every topic the template can match."""
+        levels = self.text.split("/")
+        out: list[str] = []
+        for i, level in enumerate(levels):
+            if "*}" in level:
+                head = ["+" if "{" in x else x for x in levels[:i]]
+                tail = ["+" if "{" in x else x for x in levels[i + 1 :]]
+                if not tail or any(x != "+" for x in head):
+                    # Under a fixed prefix (tele/, zigbee2mqtt/) one subscription covers every
+                    # depth; the template picks what it maps.
+                    return ["/".join([*head, "#"])]
+                # No fixed prefix ({device*}/status): one subscription per depth, not the whole
+                # broker.
+                return ["/".join([*head, *["+"] * n, *tail]) for n in range(1, MAX_LEVELS + 1)]
+            out.append("+" if "{" in level else level)
+        return ["/".join(out)]
+
+
+def _covered(topic_filter: str, by: str) -> bool:
+    """Whether every topic ``topic_filter`` matches is matched by ``by`` (a filter ending in #)."""
+    if not by.endswith("#") or topic_filter == by:
+        return False
+    head = by.split("/")[:-1]
+    levels = topic_filter.split("/")
+    if len(levels) <= len(head):
+        return False
+    return all(b in ("+", t) for b, t in zip(head, levels, strict=False))
 
 
 def _substitute(template: str, variables: dict[str, str]) -> str:
@@ -147,11 +215,13 @@ class Mapper:
         ]
         self.rates = RateTracker()
         self._state: BoundedDict[str, str] = BoundedDict(MAX_TRACKED)
+        self._values: BoundedDict[str, object] = BoundedDict(MAX_TRACKED)  # for `changes`
 
     def mqtt_filters(self) -> list[str]:
         templates = [t for t, _ in self._readings] + [t for t, _ in self._events]
         templates += [t for t, _ in self._availability]
-        return sorted({t.mqtt_filter() for t in templates})
+        filters = {f for t in templates for f in t.mqtt_filters()}
+        return sorted(f for f in filters if not any(_covered(f, by) for by in filters))
 
     def apply(self, key: str, payload: Any, ts: int) -> Collection:
         """Readings and events from one message or response; never raises (see module doc)."""
@@ -161,13 +231,17 @@ class Mapper:
             if captures is None or self._excluded(captures):
                 continue
             try:
-                for item, item_key in _select(payload, rule.select, rule.objects_only):
-                    try:
-                        reading = self._reading(rule, captures, item, item_key, ts)
-                    except ValidationError as exc:
-                        self._dropped(out, DROP_INVALID_READING, rule.measurement, exc)
+                for sel in _select(payload, rule.select, rule.objects_only, rule.members):
+                    if rule.where and not _all_hold(rule.where, sel.item):
                         continue
-                    if reading is not None:
+                    for tags, fields in self._reading(rule, captures, sel, ts):
+                        try:
+                            reading = Reading(
+                                measurement=rule.measurement, tags=tags, fields=fields, ts=ts
+                            )
+                        except ValidationError as exc:
+                            self._dropped(out, DROP_INVALID_READING, rule.measurement, exc)
+                            continue
                         out.readings.append(reading)
             except Exception as exc:  # a payload the rule did not foresee: this rule only
                 self._dropped(out, DROP_MAPPING_ERROR, rule.measurement, exc)
@@ -176,15 +250,21 @@ class Mapper:
             if captures is None or self._excluded(captures):
                 continue
             try:
-                event = self._event(event_rule, captures, payload, ts)
-            except ValidationError as exc:
-                self._dropped(out, DROP_INVALID_EVENT, event_rule.type, exc)
-                continue
+                items = list(_select(payload, event_rule.select, False, None))
             except Exception as exc:
                 self._dropped(out, DROP_MAPPING_ERROR, event_rule.type, exc)
                 continue
-            if event is not None:
-                out.events.append(event)
+            for sel in items:
+                try:
+                    event = self._event(event_rule, captures, sel.item, ts)
+                except ValidationError as exc:
+                    self._dropped(out, DROP_INVALID_EVENT, event_rule.type, exc)
+                    continue
+                except Exception as exc:
+                    self._dropped(out, DROP_MAPPING_ERROR, event_rule.type, exc)
+                    continue
+                if event is not None:
+                    out.events.append(event)
         for template, avail in self._availability:
             captures = template.match(key)
             if captures is None or self._excluded(captures):
@@ -201,7 +281,8 @@ class Mapper:
         self, avail: Any, captures: dict[str, str], payload: Any, ts: int, out: Collection
     ) -> None:
         ctx = self._context(captures, None)
-        for item, _ in _select(payload, avail.select, False):
+        for sel in _select(payload, avail.select, False, None):
+            item = sel.item
             raw = get_path(item, avail.path)
             text = str(raw).strip().lower() if raw is not _MISSING else ""
             if text in (s.lower() for s in avail.online):
@@ -256,7 +337,10 @@ class Mapper:
         return event
 
     def _excluded(self, captures: dict[str, str]) -> bool:
-        return captures.get("device", "") in self.profile.mqtt.exclude_devices
+        device = captures.get("device")
+        return device is not None and any(
+            fnmatch.fnmatchcase(device, pattern) for pattern in self.profile.mqtt.exclude_devices
+        )
 
     def _context(self, captures: dict[str, str], item_key: str | None) -> dict[str, str]:
         ctx = {**self.variables, **captures}
@@ -267,40 +351,50 @@ class Mapper:
         return ctx
 
     def _reading(
-        self,
-        rule: ReadingRule,
-        captures: dict[str, str],
-        item: Any,
-        item_key: str | None,
-        ts: int,
-    ) -> Reading | None:
-        ctx = self._context(captures, item_key)
+        self, rule: ReadingRule, captures: dict[str, str], sel: _Selected, ts: int
+    ) -> list[tuple[dict[str, str], dict[str, FieldValue]]]:
+        """The tags and fields of one item: one reading, or one per index with split_arrays."""
+        ctx = self._context({**captures, **sel.groups}, sel.key)
+        item = sel.item
         tags: dict[str, str] = {}
         for name, template in rule.tags.items():
-            value = _render(template, ctx, item)
+            value = _tag(template, ctx, item, sel.parents)
             if value is not None:
                 tags[name] = value
+        series = (rule.measurement, tuple(sorted(tags.items())))
         fields: dict[str, FieldValue] = {}
+        per_index: dict[int, dict[str, FieldValue]] = {}
+        split = rule.split_arrays is not None
         if rule.numeric_fields and isinstance(item, dict):
             for member, raw in item.items():
-                if member not in rule.exclude and isinstance(raw, bool | int | float):
-                    fields[snake(member)] = _fit(raw)
+                if member in rule.exclude:
+                    continue
+                name = snake(member)
+                name += rule.units.get(name, "")
+                if _is_number(raw):
+                    fields[name] = _fit(raw)
+                elif split and isinstance(raw, list):
+                    for i, element in enumerate(raw[: limits.MAX_TAGS]):
+                        if _is_number(element):
+                            per_index.setdefault(i, {})[name] = _fit(element)
         for name, spec in rule.fields.items():
             spec_ = FieldSpec(path=spec) if isinstance(spec, str) else spec
             raw = get_path(item, spec_.path)
+            if split and isinstance(raw, list):
+                for i, element in enumerate(raw[: limits.MAX_TAGS]):
+                    element_value = self._field(spec_, element, (*series, name, i), ts)
+                    if element_value is not None:
+                        per_index.setdefault(i, {})[name] = element_value
+                continue
             if spec_.multiply is not None and raw is not _MISSING and raw is not None:
                 raw = _product(raw, get_path(item, spec_.multiply))
-            field_value = self._field(
-                spec_,
-                raw,
-                (rule.measurement, tuple(sorted(tags.items())), name),
-                ts,
-            )
+            field_value = self._field(spec_, raw, (*series, name), ts)
             if field_value is not None:
                 fields[name] = field_value
-        if not fields:
-            return None
-        return Reading(measurement=rule.measurement, tags=tags, fields=fields, ts=ts)
+        out = [(tags, fields)] if fields else []
+        for i in sorted(per_index):
+            out.append(({**tags, str(rule.split_arrays): str(i + 1)}, per_index[i]))
+        return out
 
     def _field(
         self, spec: FieldSpec, raw: Any, key: tuple[object, ...], ts: int
@@ -311,7 +405,9 @@ class Mapper:
             raw = spec.map.get(str(raw).lower() if isinstance(raw, bool) else str(raw))
             if raw is None:
                 return None
-        value = _convert(raw, spec.type)
+        # An int with a scale is scaled first and rounded after (67.1 MiB is not 67 MiB).
+        kind = "float" if spec.type == "int" and (spec.scale != 1.0 or spec.rate) else spec.type
+        value = _convert(raw, kind)
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             return None  # "nan" from a sensor warming up: no reading, not a broken batch
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -327,26 +423,122 @@ class Mapper:
     def _event(
         self, rule: EventRule, captures: dict[str, str], payload: Any, ts: int
     ) -> Event | None:
-        for path, expected in rule.when.items():
-            if get_path(payload, path) != expected:
+        for path, condition in rule.when.items():
+            if not _holds(condition, get_path(payload, path)):
                 return None
         ctx = self._context(captures, None)
         if rule.body:
             body = {}
-            for path in rule.body:
+            named = (
+                rule.body.items()
+                if isinstance(rule.body, dict)
+                else ((path.rsplit(".", 1)[-1], path) for path in rule.body)  # ".after.camera"
+            )
+            for name, path in named:
                 value = get_path(payload, path)
                 if value is not _MISSING:
-                    body[path.rsplit(".", 1)[-1]] = value  # ".after.camera" → "camera"
+                    body[name] = value
         else:
             body = payload if isinstance(payload, dict) else {"value": payload}
+        source = _render(rule.source, ctx, payload) or ""
+        remember: tuple[str, object] | None = None
+        if rule.changes is not None:
+            value = get_path(payload, rule.changes)
+            if value is _MISSING or value is None or isinstance(value, dict | list):
+                return None
+            state_key = f"{rule.type}\x00{source}\x00{rule.changes}"
+            previous = self._values.get(state_key, _MISSING)
+            if previous is _MISSING:
+                if any(_same(value, normal) for normal in rule.normal):
+                    self._values[state_key] = value  # a normal start is no news
+                    return None
+            elif _same(previous, value):
+                return None
+            body = {**body, "value": value, "previous": None if previous is _MISSING else previous}
+            remember = (state_key, value)
         event_id = _render(rule.id, ctx, payload) if rule.id else None
-        return Event(
+        event = Event(
             id=(event_id or uuid.uuid4().hex)[:128],
             type=rule.type,
             ts=ts,
-            source=_render(rule.source, ctx, payload) or "",
+            source=source,
             body=body,
         )
+        if remember is not None:  # only once the event is valid: else it comes on the next one
+            self._values[remember[0]] = remember[1]
+        return event
+
+
+def _tag(
+    spec: str | TagSpec, ctx: dict[str, str], item: Any, parents: tuple[Any, ...] = ()
+) -> str | None:
+    if isinstance(spec, str):
+        return _render(spec, ctx, item, parents)
+    value = _render(spec.template, ctx, item, parents)
+    if value is None:
+        return None
+    if spec.pattern is not None:
+        m = re.search(spec.pattern, value)
+        if m:
+            value = m.group(1) if m.groups() else m.group(0)
+    return spec.map.get(value, value)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool | int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, or equal as text (a device sends 1 where the profile says "1"); bools stay bools."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b  # 0.0 is 0
+    return a == b or str(a) == str(b)
+
+
+def _holds(condition: Condition, value: Any) -> bool:
+    """Whether ``value`` (maybe ``_MISSING``) passes every test of ``condition``."""
+    missing = value is _MISSING or value is None
+    if condition.present is not None:
+        if condition.present == missing:
+            return False
+        if missing:
+            return True  # present = false, and it is not there
+    if missing:
+        return False
+    if condition.eq is not None and not _same(value, condition.eq):
+        return False
+    if condition.ne is not None and _same(value, condition.ne):
+        return False
+    if condition.in_ is not None and not any(_same(value, x) for x in condition.in_):
+        return False
+    if condition.not_in is not None and any(_same(value, x) for x in condition.not_in):
+        return False
+    if condition.matches is not None and not re.search(condition.matches, str(value)):
+        return False
+    if condition.not_matches is not None and re.search(condition.not_matches, str(value)):
+        return False
+    bounds = (condition.gt, condition.ge, condition.lt, condition.le)
+    if any(b is not None for b in bounds):
+        number = _convert(value, "float")
+        if not isinstance(number, float):
+            return False
+        gt, ge, lt, le = bounds
+        if (
+            (gt is not None and not number > gt)
+            or (ge is not None and not number >= ge)
+            or (lt is not None and not number < lt)
+            or (le is not None and not number <= le)
+        ):
+            return False
+    return True
+
+
+def _all_hold(conditions: dict[str, Condition], item: Any) -> bool:
+    return all(_holds(c, get_path(item, path)) for path, c in conditions.items())
 
 
 def _fit(value: FieldValue) -> FieldValue:
@@ -366,49 +558,144 @@ def _product(raw: Any, factor: Any) -> Any:
         return _MISSING
 
 
-def _select(payload: Any, select: str, objects_only: bool) -> Iterator[tuple[Any, str | None]]:
-    if select.endswith((".*", "[*]")):
-        base_path = select[1:-2] if select.endswith(".*") else select[1:-3]
-        base = get_path(payload, base_path or "$")
+_SELECT_STEP = re.compile(r"\.\*|\[\*\]|\.([^.\[\]*]+)|\[(\d+)\]")
+
+
+@dataclass(frozen=True, slots=True)
+class _Selected:
+    """One item a rule maps, with its key and what encloses it."""
+
+    item: Any
+    key: str | None
+    groups: dict[str, str]  # placeholders from a members pattern
+    parents: tuple[Any, ...] = ()  # the items of the outer "*" levels, outermost first
+
+
+def _select(
+    payload: Any, select: str, objects_only: bool, members: str | None
+) -> Iterator[_Selected]:
+    """The items a rule maps. ``*`` may appear at several levels: "$.data[*].port_table[*]"."""
+    if members is not None:
+        base = get_path(payload, select[1:] or "$") if select != "$" else payload
         if isinstance(base, dict):
+            pattern = re.compile(members)
             for k, v in base.items():
-                if not objects_only or isinstance(v, dict):
-                    yield v, str(k)
-        elif isinstance(base, list):
-            for i, v in enumerate(base):
-                if not objects_only or isinstance(v, dict):
-                    yield v, str(i)
+                m = pattern.search(str(k))
+                if m and (not objects_only or isinstance(v, dict)):
+                    yield _Selected(v, str(k), {n: g or "" for n, g in m.groupdict().items()})
         return
-    item = get_path(payload, select[1:] or "$") if select != "$" else payload
-    if item is not _MISSING:
-        yield item, None
+    steps = [
+        ("*", "") if not (member or index) else ("m", member) if member else ("i", index)
+        for member, index in _SELECT_STEP.findall(select[1:])
+    ]
+    wildcard = any(kind == "*" for kind, _ in steps)
+    for item, key, chain in _walk(payload, steps, None, ()):
+        if wildcard and objects_only and not isinstance(item, dict):
+            continue
+        yield _Selected(item, key, {}, chain[:-1] if wildcard else ())
 
 
-def _render(template: str, ctx: dict[str, str], item: Any) -> str | None:
-    """Fill ``{name}`` from the context and ``{.path}`` from the item; None if one is missing."""
+def _walk(
+    node: Any, steps: list[tuple[str, str]], key: str | None, chain: tuple[Any, ...]
+) -> Iterator[tuple[Any, str | None, tuple[Any, ...]]]:
+    if not steps:
+        yield node, key, chain
+        return
+    (kind, arg), rest = steps[0], steps[1:]
+    if kind == "*":
+        if isinstance(node, dict):
+            children: Iterator[tuple[str, Any]] = ((str(k), v) for k, v in node.items())
+        elif isinstance(node, list):
+            children = ((str(i), v) for i, v in enumerate(node))
+        else:
+            return
+        for k, v in children:
+            yield from _walk(v, rest, k, (*chain, v))
+    elif kind == "m":
+        if isinstance(node, dict) and arg in node:
+            yield from _walk(node[arg], rest, key, chain)
+    else:
+        i = int(arg)
+        if isinstance(node, list) and i < len(node):
+            yield from _walk(node[i], rest, key, chain)
+
+
+def _render(
+    template: str, ctx: dict[str, str], item: Any, parents: tuple[Any, ...] = ()
+) -> str | None:
+    """Fill ``{name}`` from the context and ``{.path}`` from the item; None if one is missing.
+
+    ``{a|.b|'text'}`` takes the first alternative that has a non-empty value; a quoted
+    alternative is literal text. ``{^.name}`` reads the enclosing item of a nested selection
+    (``$.data[*].port_table[*]``: the device a port belongs to), ``{^^.name}`` the one above.
+    """
     missing = False
+
+    def one(alternative: str) -> str | None:
+        if len(alternative) >= 2 and alternative[0] == alternative[-1] == "'":
+            return alternative[1:-1]
+        up = len(alternative) - len(alternative.lstrip("^"))
+        if up:
+            if up > len(parents):
+                return None
+            value = get_path(parents[-up], alternative[up:] or "$")
+            return None if value is _MISSING or value is None else str(value)
+        if alternative.startswith((".", "[", "$")):
+            value = get_path(item, alternative)
+            return None if value is _MISSING or value is None else str(value)
+        return ctx.get(alternative)
 
     def fill(m: re.Match[str]) -> str:
         nonlocal missing
-        name = m.group(1)
-        if name.startswith((".", "[")):
-            value = get_path(item, name)
-            if value is _MISSING or value is None:
-                missing = True
-                return ""
-            return str(value)
-        if name not in ctx:
-            missing = True
-            return ""
-        return ctx[name]
+        alternatives = [a.strip() for a in m.group(1).split("|")]
+        for i, alternative in enumerate(alternatives):
+            value = one(alternative)
+            if value is not None and (value != "" or i == len(alternatives) - 1):
+                return value
+        missing = True
+        return ""
 
     text = re.sub(r"\{([^{}]+)\}", fill, template)
     return None if missing else text
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds from a duration as devices write it; None when it is not one.
+
+    "90", "1.5s", "250ms", "1d 2h 3m 4s", "3 Days 04 Hours 05 Minutes 06 Seconds" (pfSense),
+    "0T01:00:00" (Tasmota: days T hh:mm:ss), "01:02:03", "3 days, 4:05:06".
+    """
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    clock = _CLOCK.match(text)
+    if clock:
+        days, hours, minutes, seconds = clock.groups()
+        return (
+            int(days or 0) * 86400.0
+            + int(hours) * 3600.0
+            + int(minutes) * 60.0
+            + float(seconds or 0)
+        )
+    if not re.fullmatch(r"(?:\s*\d+(?:\.\d+)?\s*[a-zA-Z]+[\s,]*)+", text):
+        return None
+    total = 0.0
+    for number, unit in _DURATION_PART.findall(text):
+        factor = _DURATION_UNITS.get(unit.lower())
+        if factor is None:
+            return None
+        total += float(number) * factor
+    return total
+
+
 def _convert(raw: Any, kind: str) -> FieldValue | None:
     if kind == "str":
-        return str(raw)
+        text = str(raw)
+        return text if text.strip() else None  # an empty text (an unset ifAlias) is no value
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -418,13 +705,22 @@ def _convert(raw: Any, kind: str) -> FieldValue | None:
         if text in ("0", "false", "off", "no", "offline"):
             return False
         return None
+    if kind == "duration":
+        if isinstance(raw, bool):
+            return None
+        if isinstance(raw, int | float):
+            return float(raw) if math.isfinite(raw) else None
+        return parse_duration(str(raw))
     if kind in ("float", "int"):
         if isinstance(raw, bool):
             return None
         try:
             number = float(raw)
         except (TypeError, ValueError):
-            return None
+            m = _NUMBER_WITH_UNIT.match(raw) if isinstance(raw, str) else None
+            if m is None:
+                return None
+            number = float(m.group(1))  # "0.4ms", "12 %": the unit is in the field's name
         if not math.isfinite(number):
             return None  # "inf" from a device: no reading (and int() of it would raise)
         return int(number) if kind == "int" else number
@@ -434,7 +730,8 @@ def _convert(raw: Any, kind: str) -> FieldValue | None:
     try:
         return float(raw)
     except (TypeError, ValueError):
-        return str(raw)
+        text = str(raw)
+        return text if text.strip() else None
 
 
 def decode_mqtt_payload(profile: Profile, data: bytes | str) -> Any:

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _MODEL = ConfigDict(frozen=True, extra="forbid")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# "{device}" captures one topic level (or part of one); "{device*}" one or more whole levels.
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
 # A path into a decoded payload: "$" the whole item, ".a.b" members, "[0]" list elements.
 _PATH = re.compile(r"^(\$|(\.[^.\[\]]+|\[\d+\])+)$")
 
@@ -26,11 +27,81 @@ def _check_path(value: str) -> str:
     return value
 
 
+def _check_paths(value: str | list[str]) -> str | list[str]:
+    """One path, or a list of paths tried in order (the first that has a value wins)."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("a list of paths must name at least one path")
+        for item in value:
+            _check_path(item)
+        return value
+    return _check_path(value)
+
+
 def _check_select(value: str) -> str:
-    if not re.match(r"^\$((\.[^.\[\]*]+|\[\d+\])*)(\.\*|\[\*\])?$", value):
+    if not re.match(r"^\$(\.[^.\[\]*]+|\[\d+\]|\.\*|\[\*\])*$", value):
         raise ValueError(
-            f"{value!r} is not a selection: use '$', '$.a.b', '$.list[*]' or '$.map.*'"
+            f"{value!r} is not a selection: use '$', '$.a.b', '$.list[*]', '$.map.*' or "
+            "'$.list[*].inner[*]'"
         )
+    return value
+
+
+Scalar = str | float | int | bool
+
+
+class Condition(BaseModel):
+    """A test on one value. In TOML a bare value means ``eq``, a list means ``in``.
+
+    A missing (or ``null``) value fails every test except ``present = false``.
+    """
+
+    model_config = _MODEL
+
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    in_: Annotated[list[Scalar] | None, Field(alias="in")] = None
+    not_in: list[Scalar] | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    matches: str | None = None  # a regular expression searched in the value as text
+    not_matches: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if isinstance(value, list):
+            return {"in": value}
+        if isinstance(value, str | int | float | bool):
+            return {"eq": value}
+        return value
+
+    @field_validator("matches", "not_matches")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_test_at_least(self) -> Condition:
+        if not self.model_fields_set:
+            raise ValueError(
+                "a condition needs a test: eq, ne, in, not_in, gt, ge, lt, le, "
+                "matches, not_matches or present"
+            )
+        return self
+
+
+def _check_conditions(value: dict[str, Condition]) -> dict[str, Condition]:
+    for path in value:
+        _check_path(path)
     return value
 
 
@@ -39,20 +110,45 @@ class FieldSpec(BaseModel):
 
     model_config = _MODEL
 
-    path: str
-    type: Literal["float", "int", "bool", "str", "auto"] = "auto"
+    path: str | list[str]  # a list: the first path that has a value (fallbacks across firmware)
+    # float/int also read numbers followed by a unit ("0.4ms", "12 %"); duration reads
+    # "1d 2h 3m 4s", "3 Days 04 Hours 05 Minutes", Tasmota's "0T01:00:00", "01:02:03" as seconds.
+    type: Literal["float", "int", "bool", "str", "auto", "duration"] = "auto"
     scale: float = 1.0  # multiply (unit conversion: KiB → bytes is 1024, ms → s is 0.001)
     rate: bool = False  # a counter: report the per-second rate of change instead
     counter_bits: Literal[32, 64] = 64  # where the counter wraps
     multiply: str | None = None  # path to another member to multiply by (SNMP allocation units)
     map: dict[str, str | float | int | bool] = Field(default_factory=dict)  # enum → value
 
-    _path = field_validator("path")(_check_path)
+    _path = field_validator("path")(_check_paths)
 
     @field_validator("multiply")
     @classmethod
     def _multiply(cls, value: str | None) -> str | None:
         return None if value is None else _check_path(value)
+
+
+class TagSpec(BaseModel):
+    """A tag whose value is part of a template's text, or a mapped one.
+
+    ``{ template = "{.descr}", pattern = "^([^,]+)" }``: "/, type: ufs, dev: ..." → "/".
+    """
+
+    model_config = _MODEL
+
+    template: Annotated[str, Field(min_length=1)]
+    pattern: str | None = None  # a regular expression; its first group (or whole match) is kept
+    map: dict[str, str] = Field(default_factory=dict)  # value → value; others stay as they are
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
 
 
 class ReadingRule(BaseModel):
@@ -63,13 +159,34 @@ class ReadingRule(BaseModel):
     match: Annotated[str, Field(min_length=1)]  # MQTT topic template, HTTP endpoint, SNMP table
     select: str = "$"  # "$" the payload; "$.items[*]" each element; "$.*" each member ({key})
     objects_only: bool = False  # with "*": skip members that are not objects
+    # A regular expression on member names: each member of the selected object whose name
+    # matches is an item ({key} its name, named groups placeholders): "^POWER(?P<relay>\d*)$".
+    members: str | None = None
+    where: dict[str, Condition] = Field(default_factory=dict)  # items failing a test are skipped
+    # Values that are lists (multi-channel meters: "Power": [1688, 0]) become one reading per
+    # index, tagged with this name (1-based); the item's single values stay in one reading.
+    split_arrays: str | None = None
     measurement: Annotated[str, Field(min_length=1)]
-    tags: dict[str, str] = Field(default_factory=dict)  # templates: "{device}", "{key}", "{.name}"
+    # templates: "{device}", "{key}", "{.name}", "{.a|.b|'default'}"; or a TagSpec table
+    tags: dict[str, str | TagSpec] = Field(default_factory=dict)
     fields: dict[str, FieldSpec | str] = Field(default_factory=dict)  # a str is a path
     numeric_fields: bool = False  # also every number / bool member of the item, snake_cased
     exclude: list[str] = Field(default_factory=list)  # members numeric_fields leaves out
+    # Unit suffixes for numeric_fields, by snake_cased member name: {temperature = "_c"}.
+    units: dict[str, str] = Field(default_factory=dict)
 
     _select = field_validator("select")(_check_select)
+    _where = field_validator("where")(_check_conditions)
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _has_fields(self) -> ReadingRule:
@@ -83,6 +200,8 @@ class ReadingRule(BaseModel):
                     _check_path(spec)
                 except ValueError as exc:
                     raise ValueError(f"fields.{name}: {exc}") from None
+        if self.members is not None and "*" in self.select:
+            raise ValueError("members selects from one object: use it with a select without '*'")
         return self
 
 
@@ -93,10 +212,34 @@ class EventRule(BaseModel):
 
     match: Annotated[str, Field(min_length=1)]
     type: Annotated[str, Field(min_length=1)]
+    select: str = "$"  # "$.data[*]": one event per item (paths below are then in the item)
     id: str = ""  # template for a stable id, e.g. "{.after.id}-{.type}"; empty: a random id
-    when: dict[str, str | float | int | bool] = Field(default_factory=dict)  # path → value
+    when: dict[str, Condition] = Field(default_factory=dict)  # path → test; all must hold
+    # An event each time the value at this path (or the first of these paths) changes, per
+    # source: a bridge going offline, a WAN gateway going down. The body gets "value" and
+    # "previous". The first value seen is an event unless it is one of `normal`.
+    changes: str | list[str] | None = None
+    normal: list[Scalar] = Field(default_factory=list)
     source: str = "{device}"
-    body: list[str] = Field(default_factory=list)  # paths copied into the body; empty: whole item
+    # Paths copied into the body (the key is the path's last member), or a table naming the keys:
+    # { action = ".click" }. Empty: the whole item.
+    body: list[str] | dict[str, str] = Field(default_factory=list)
+
+    _when = field_validator("when")(_check_conditions)
+
+    @field_validator("body")
+    @classmethod
+    def _body(cls, value: list[str] | dict[str, str]) -> list[str] | dict[str, str]:
+        for path in value.values() if isinstance(value, dict) else value:
+            _check_path(path)
+        return value
+
+    _select = field_validator("select")(_check_select)
+
+    @field_validator("changes")
+    @classmethod
+    def _changes(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return None if value is None else _check_paths(value)
 
 
 class Availability(BaseModel):
@@ -119,7 +262,9 @@ class MqttSettings(BaseModel):
     model_config = _MODEL
 
     payload: Literal["json", "text"] = "json"  # "text": a plain value ("23.4", "ON")
-    exclude_devices: list[str] = Field(default_factory=list)  # e.g. zigbee2mqtt's "bridge"
+    # Captured device names to ignore, as glob patterns ("*" spans levels): zigbee2mqtt's
+    # "bridge", "bridge/*" and "*/availability" are the bridge and topics that are not devices.
+    exclude_devices: list[str] = Field(default_factory=list)
 
 
 class HttpEndpoint(BaseModel):

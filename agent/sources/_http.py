@@ -7,7 +7,12 @@ import ssl
 import httpx
 
 from agent.profiles import Profile
-from agent.sources._polling import DeviceError, default_tls_context, device_http_client
+from agent.sources._polling import (
+    DeviceError,
+    FetchFailed,
+    default_tls_context,
+    device_http_client,
+)
 
 
 class HttpDeviceClient:
@@ -49,36 +54,55 @@ class HttpDeviceClient:
         )
 
     async def fetch(self) -> list[tuple[str, object]]:
+        """Every endpoint; one that fails alone is a :class:`FetchFailed` in the list.
+
+        When none answers, or the device refuses the credentials, the poll fails.
+        """
         out: list[tuple[str, object]] = []
+        first_error: DeviceError | None = None
         for endpoint in self._profile.http.endpoints:
-            url = self._base + endpoint.path
             try:
-                response = await self._client.get(url)
-            except httpx.ConnectError as exc:
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                    raise DeviceError(
-                        "tls_untrusted",
-                        f"the TLS certificate of {self._base} is not trusted; pass --insecure "
-                        "(insecure = true) only if you accept the risk",
-                    ) from None
-                raise DeviceError("unreachable", f"cannot connect to {self._base}: {exc}") from None
-            except httpx.TimeoutException:
-                raise DeviceError("timeout", f"{url} did not answer in time") from None
-            except httpx.HTTPError as exc:
-                raise DeviceError("unreachable", f"{url}: {exc}") from None
-            if response.status_code in (401, 403):
-                raise DeviceError(
-                    "auth_failed",
-                    f"{url} refused the credentials (HTTP {response.status_code}); check the API key, username and password",
-                )
-            if response.status_code >= 400:
-                raise DeviceError("bad_response", f"{url} answered HTTP {response.status_code}")
-            try:
-                body: object = response.json()
-            except ValueError:
-                body = response.text
-            out.append((endpoint.key, body))
+                out.append((endpoint.key, await self._get(endpoint.path)))
+            except DeviceError as exc:
+                if exc.kind in ("auth_failed", "tls_untrusted"):
+                    raise
+                answered = any(not isinstance(p, FetchFailed) for _, p in out)
+                if exc.kind in ("unreachable", "timeout") and not answered:
+                    raise  # the device is down: do not wait for each endpoint to time out
+                first_error = first_error or exc
+                out.append((endpoint.key, FetchFailed(exc.kind, exc.message)))
+        if first_error is not None and all(isinstance(p, FetchFailed) for _, p in out):
+            raise first_error
         return out
+
+    async def _get(self, path: str) -> object:
+        url = self._base + path
+        try:
+            response = await self._client.get(url)
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise DeviceError(
+                    "tls_untrusted",
+                    f"the TLS certificate of {self._base} is not trusted; pass --insecure "
+                    "(insecure = true) only if you accept the risk",
+                ) from None
+            raise DeviceError("unreachable", f"cannot connect to {self._base}: {exc}") from None
+        except httpx.TimeoutException:
+            raise DeviceError("timeout", f"{url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise DeviceError("unreachable", f"{url}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise DeviceError(
+                "auth_failed",
+                f"{url} refused the credentials (HTTP {response.status_code}); check the API key, username and password",
+            )
+        if response.status_code >= 400:
+            raise DeviceError("bad_response", f"{url} answered HTTP {response.status_code}")
+        try:
+            body: object = response.json()
+        except ValueError:
+            body = response.text
+        return body
 
     async def aclose(self) -> None:
         await self._client.aclose()

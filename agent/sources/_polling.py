@@ -11,6 +11,7 @@ import logging
 import random
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -18,6 +19,7 @@ import httpx
 from agent._clock import Clock
 from agent.profiles import Mapper
 from agent.sources._base import Collection, Submit
+from wire import LogThrottle, printable
 
 
 @functools.cache
@@ -107,8 +109,28 @@ class DeviceError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True, slots=True)
+class FetchFailed:
+    """In place of a payload: one request of a poll failed while the others answered.
+
+    One endpoint a firmware lacks, or one device behind a controller whose statistics request
+    fails, does not stop the poll: the rest is mapped, and this is counted (drops
+    ``request_failed``) and logged.
+    """
+
+    kind: str
+    message: str
+
+
+DROP_REQUEST_FAILED = "request_failed"
+
+
 class DeviceClient(Protocol):
-    """Fetches raw data from one device: ``[(key, payload)]`` for the profile's rules."""
+    """Fetches raw data from one device: ``[(key, payload)]`` for the profile's rules.
+
+    A payload may be a :class:`FetchFailed` when one request failed and others answered; when
+    the device does not answer at all, ``fetch`` raises :class:`DeviceError`.
+    """
 
     async def fetch(self) -> list[tuple[str, object]]: ...
 
@@ -143,6 +165,8 @@ class PolledDevice:
         self.polls = 0
         self.failures = 0
         self.last_error: str | None = None  # the device's own words, while it is failing
+        self.partial_errors: list[str] = []  # requests of the last poll that failed alone
+        self._partial_logged = LogThrottle(300.0)
 
     async def collect_once(self) -> Collection:
         """One poll, mapped; raises :class:`DeviceError`."""
@@ -159,8 +183,21 @@ class PolledDevice:
             self._log.info("%s restarted; counter rates start again", self.name)
             self.mapper.rates.clear()
         out = Collection()
+        partial: list[str] = []
         for key, payload in raw:
+            if isinstance(payload, FetchFailed):
+                out.drops[DROP_REQUEST_FAILED] += 1
+                partial.append(f"{key}: {payload.kind}: {payload.message}")
+                continue
             out.add(self.mapper.apply(key, payload, ts))
+        self.partial_errors = partial
+        if partial and self._partial_logged.ready(self.name):
+            self._log.warning(
+                "%s answered, but %d request(s) failed: %s",
+                self.name,
+                len(partial),
+                printable("; ".join(partial[:5])),
+            )
         return out
 
     async def run(self, submit: Submit) -> None:

@@ -23,7 +23,12 @@ from typing import Any, Literal
 import httpx
 
 from agent.profiles import Profile
-from agent.sources._polling import DeviceError, default_tls_context, device_http_client
+from agent.sources._polling import (
+    DeviceError,
+    FetchFailed,
+    default_tls_context,
+    device_http_client,
+)
 
 Mode = Literal["classic", "os", "integration"]
 INTEGRATION_DEVICES = "integration/devices"
@@ -81,7 +86,8 @@ class UnifiClient:
 
     async def fetch(self) -> list[tuple[str, object]]:
         if self.mode == "integration":
-            return [(INTEGRATION_DEVICES, await self._integration_devices())]
+            devices, failed = await self._integration_devices()
+            return [(INTEGRATION_DEVICES, devices), *failed]
         for attempt in range(2):
             if not self._logged_in:
                 await self._login()
@@ -89,7 +95,14 @@ class UnifiClient:
                 out: list[tuple[str, object]] = []
                 for endpoint in self._profile.http.endpoints:
                     path = endpoint.path.replace("{site}", self.site)
-                    out.append((endpoint.key, await self._get_network(path)))
+                    try:
+                        out.append((endpoint.key, await self._get_network(path)))
+                    except DeviceError as exc:
+                        # One endpoint failing alone (an older Network version without it)
+                        # does not cost the others; a dead controller or a refused account does.
+                        if exc.kind != "bad_response" or not out or "no site" in exc.message:
+                            raise
+                        out.append((endpoint.key, FetchFailed(exc.kind, exc.message)))
                 return out
             except _SessionExpired:
                 self._logged_in = False  # the session ran out: log in again and retry once
@@ -214,7 +227,14 @@ class UnifiClient:
             if not data or offset >= int(total):
                 return items
 
-    async def _integration_devices(self) -> list[dict[str, Any]]:
+    async def _integration_devices(
+        self,
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, object]]]:
+        """The site's devices, each with its latest statistics; and the requests that failed.
+
+        A device whose statistics request fails is still listed (its state, without
+        statistics): one device does not stop the poll.
+        """
         if self._site_id is None:
             sites = await self._paged("/sites")
             for s in sites:
@@ -231,12 +251,23 @@ class UnifiClient:
         devices = await self._paged(base)
         limit = asyncio.Semaphore(_FANOUT)
 
+        failed: list[tuple[str, object]] = []
+
         async def with_statistics(device: dict[str, Any]) -> dict[str, Any]:
-            async with limit:
-                stats = await self._integration_get(f"{base}/{device['id']}/statistics/latest")
+            path = f"{base}/{device.get('id')}/statistics/latest"
+            try:
+                async with limit:
+                    stats = await self._integration_get(path)
+            except DeviceError as exc:
+                if exc.kind == "auth_failed":
+                    raise
+                name = device.get("name") or device.get("id")
+                failed.append((f"{INTEGRATION_DEVICES}/{name}", FetchFailed(exc.kind, exc.message)))
+                stats = {}
             return {**device, "statistics": stats if isinstance(stats, dict) else {}}
 
-        return list(await asyncio.gather(*(with_statistics(d) for d in devices)))
+        listed = await asyncio.gather(*(with_statistics(d) for d in devices if isinstance(d, dict)))
+        return list(listed), failed
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -88,13 +88,19 @@ def test_snake_case() -> None:
 def test_mqtt_filters_come_from_the_templates() -> None:
     from agent.profiles import find_profile
 
-    assert Mapper(find_profile("tasmota")).mqtt_filters() == [
-        "tele/+/LWT",
-        "tele/+/SENSOR",
-        "tele/+/STATE",
+    # Topics of several levels under a fixed prefix: one subscription covers every depth.
+    assert Mapper(find_profile("tasmota")).mqtt_filters() == ["tele/#"]
+    assert Mapper(find_profile("tasmota"), variables={"prefix": "site1/tele"}).mqtt_filters() == [
+        "site1/tele/#"
     ]
-    assert (
-        Mapper(find_profile("tasmota"), variables={"prefix": "site1/tele"}).mqtt_filters()[0]
-        == "site1/tele/+/LWT"
-    )
-    assert "+/status/+" in Mapper(find_profile("shelly-gen2")).mqtt_filters()
+    assert Mapper(find_profile("frigate")).mqtt_filters() == [
+        "frigate/available",
+        "frigate/events",
+        "frigate/stats",
+    ]
+    # No fixed prefix: one subscription per depth (up to 8 levels), not the whole broker.
+    shelly = Mapper(find_profile("shelly-gen2")).mqtt_filters()
+    assert "+/status/+" in shelly
+    assert "+/+/status/+" in shelly
+    assert "+/+/+/+/+/+/+/+/status/+" in shelly
+    assert "#" not in shelly

@@ -84,9 +84,9 @@ async def test_tasmota_devices_on_the_site_broker_become_readings(site_broker: L
         with contextlib.suppress(asyncio.CancelledError):
             await task
     by_device = {r.tags["device"]: r for r in got.readings}
-    assert by_device["kitchen"].fields == {"temperature": 24.6, "humidity": 58.2}
+    assert by_device["kitchen"].fields == {"temperature_c": 24.6, "humidity_pct": 58.2}
     assert by_device["hall"].tags["sensor"] == "DS18B20"
-    assert by_device["hall"].fields == {"temperature": 19.5}
+    assert by_device["hall"].fields == {"temperature_c": 19.5}
     assert got.events[0].body["state"] == "offline"
     assert got.events[0].source == "kitchen"
 
@@ -152,7 +152,7 @@ def test_probe_prints_json_lines_and_a_summary(site_broker: LocalBroker) -> None
     assert lines[0] == {
         "measurement": "sensor",
         "tags": {"device": "hall-climate"},
-        "fields": {"temperature": 21.3, "humidity": 45.1, "battery": 97},
+        "fields": {"temperature_c": 21.3, "humidity_pct": 45.1, "battery_pct": 97},
         "ts": lines[0]["ts"],
     }
     assert lines[1]["type"] == "availability"

@@ -42,6 +42,67 @@ def test_profile_loads_and_is_documented(folder: Path) -> None:
         assert f"`{rule.measurement}`" in readme, f"README does not name {rule.measurement}"
 
 
+# The naming convention of firmware-profiles/README.md: a field with a unit ends in it.
+UNIT_SUFFIXES = (
+    "_c", "_pct", "_bytes", "_kb", "_bps", "_mbps", "_wh", "_kwh", "_w", "_va", "_var", "_v", "_mv",
+    "_a", "_hz", "_s", "_ms", "_dbm", "_hpa", "_lux", "_ppm", "_ugm3", "_fps", "_dbfs", "_per_s",
+    "_packets", "_errors", "_drops",
+)  # fmt: skip
+UNITLESS = {
+    "on", "up", "ok", "connected", "enabled", "running", "monitored", "overheating", "full_duplex",
+    "admin_up", "poe_enabled", "uplink_up", "restart_required", "external_power", "detection_enabled",
+    "state", "status", "substatus", "version", "latest_version", "sys_name", "description", "value",
+    "count", "cpu_count", "clients", "users", "guests", "aps", "adopted", "disconnected", "pending",
+    "states", "state_limit", "current", "limit", "channel", "drops", "load1", "load5", "load15",
+    "load_avg", "power_factor", "wifi_link_count",
+}  # fmt: skip
+
+
+def _source_repos(spec: dict[str, object]) -> list[str]:
+    """Where a case's data was seen: the repository (owner/name) or the page of each source."""
+    out = []
+    for source in spec.get("sources", []):  # type: ignore[attr-defined]
+        assert isinstance(source, str), "a source is a text naming where the data was seen"
+        assert source.strip(), "a source must name where it was seen"
+        first = source.split()[0]
+        out.append(first.rstrip(","))
+    return out
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_testcases_come_from_real_devices_and_say_where(folder: Path) -> None:
+    """Each case names its sources, or says it is synthetic and why; two sources at least."""
+    readme = (folder / "README.md").read_text()
+    seen: set[str] = set()
+    for case in sorted((folder / "testcases").glob("*.json")):
+        spec = json.loads(case.read_text())
+        has_sources = bool(spec.get("sources"))
+        synthetic = spec.get("synthetic")
+        assert has_sources != bool(synthetic), (
+            f"{case.name}: give 'sources' (where the data was seen) or 'synthetic' (why none)"
+        )
+        for repo in _source_repos(spec):
+            assert repo in readme, (
+                f"{folder.name}/README.md: Firmware verified does not list {repo}"
+            )
+            seen.add(repo)
+    assert len(seen) >= 2, f"{folder.name}: testcases from {len(seen)} public source(s), need 2"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_field_names_carry_their_unit(folder: Path) -> None:
+    profile = load_profile(folder)
+    names = set()
+    for rule in profile.readings:
+        names |= set(rule.fields)
+        names |= {member + suffix for member, suffix in rule.units.items()}
+    wrong = sorted(n for n in names if not n.endswith(UNIT_SUFFIXES) and n not in UNITLESS)
+    assert not wrong, f"{folder.name}: no unit suffix (firmware-profiles/README.md): {wrong}"
+    readme = (ROOT / "README.md").read_text()
+    for suffix in UNIT_SUFFIXES:
+        assert f"`{suffix}`" in readme, f"firmware-profiles/README.md does not explain {suffix}"
+
+
 @pytest.mark.parametrize(("folder", "case"), CASES, ids=[f"{f.name}/{c.stem}" for f, c in CASES])
 def test_golden_case(folder: Path, case: Path) -> None:
     profile = load_profile(folder)

@@ -11,7 +11,7 @@ def test_host_source_reports_the_basics() -> None:
     out = src.collect().readings
     by_measurement = {r.measurement: r for r in out}
     assert {"cpu", "mem", "net", "system"} <= set(by_measurement)
-    assert 0 <= by_measurement["cpu"].fields["usage_percent"] <= 100
+    assert 0 <= by_measurement["cpu"].fields["usage_pct"] <= 100
     assert by_measurement["mem"].fields["total_bytes"] > 0
     assert by_measurement["system"].fields["uptime_s"] > 0
     assert all(r.tags["source"] == "host" for r in out)

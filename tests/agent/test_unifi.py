@@ -195,7 +195,7 @@ async def test_integration_api_with_an_api_key(console: UnifiSimulator) -> None:
     assert console.logins == 0
     devices = {r.tags["name"]: r for r in out.readings}
     assert set(devices) == {"gw-main", "sw-core", "ap-lobby"}
-    assert devices["gw-main"].fields["cpu_percent"] == 8.5
+    assert devices["gw-main"].fields["cpu_pct"] == 8.5
     assert devices["gw-main"].fields["uplink_tx_bps"] == 10_000_000
 
 
