@@ -64,14 +64,49 @@ def pfsense_routes() -> dict[str, Route]:
         )
 
     def states() -> dict[str, Any]:
+        # A stock firewall: nobody set a limit, so maximumstates is null (as on real pfSense).
         return envelope(
-            {"maximumstates": 398000, "defaultmaximumstates": 398000, "currentstates": 1234}
+            {"maximumstates": None, "defaultmaximumstates": 398000, "currentstates": 1234}
+        )
+
+    def interfaces() -> dict[str, Any]:
+        t = time.time() - started
+        return envelope(
+            [
+                {
+                    "name": "wan",
+                    "descr": "WAN",
+                    "hwif": "igc0",
+                    "enable": False,  # as real pfSense reports for a WAN that is up
+                    "status": "up",
+                    "inerrs": 0,
+                    "outerrs": 0,
+                    "collisions": 0,
+                    "inbytes": int(91_234_567_890 + 1_250_000 * t),
+                    "outbytes": int(12_345_678_901 + 250_000 * t),
+                    "media": "1000baseT <full-duplex> ",
+                },
+                {
+                    "name": "lan",
+                    "descr": "LAN",
+                    "hwif": "igc1",
+                    "enable": True,
+                    "status": "up",
+                    "inerrs": 0,
+                    "outerrs": 0,
+                    "collisions": 0,
+                    "inbytes": int(5_000_000_000 + 250_000 * t),
+                    "outbytes": int(60_000_000_000 + 1_250_000 * t),
+                    "media": "1000baseT <full-duplex>",
+                },
+            ]
         )
 
     return {
         "/api/v2/status/system": system,
         "/api/v2/status/gateways": gateways,
         "/api/v2/firewall/states/size": states,
+        "/api/v2/status/interfaces": interfaces,
     }
 
 
@@ -175,6 +210,7 @@ class UnifiSimulator:
         self.expired_requests = 0
         self.started = time.time()
         self.devices = _unifi_devices()
+        self.failing_statistics: set[str] = set()  # device ids whose statistics answer 500
         self._lock = threading.Lock()
         sim = self
         cookie_name = "TOKEN" if mode == "os" else "unifises"
@@ -289,6 +325,9 @@ class UnifiSimulator:
                     return
                 if path.startswith(base + "/") and path.endswith("/statistics/latest"):
                     device_id = path[len(base) + 1 :].split("/")[0]
+                    if device_id in sim.failing_statistics:
+                        self._send(500, {"statusCode": 500, "statusName": "INTERNAL_ERROR"})
+                        return
                     stats = sim.integration_statistics(device_id)
                     if stats is None:
                         self._send(404, {"statusCode": 404, "statusName": "NOT_FOUND"})

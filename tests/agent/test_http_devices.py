@@ -70,11 +70,68 @@ async def run_for(seconds: float, *devices: PolledDevice) -> Collected:
 async def test_pfsense_rest_readings_from_the_simulator(pfsense: DeviceSimulator) -> None:
     got = await run_for(1.5, device("fw-1", pfsense.url, interval=0.5))
     measurements = {r.measurement for _, r in got.readings}
-    assert measurements == {"pfsense_system", "pfsense_gateway", "pfsense_states"}
+    assert measurements == {
+        "pfsense_system",
+        "pfsense_gateway",
+        "pfsense_states",
+        "pfsense_interface",
+    }
     system = next(r for _, r in got.readings if r.measurement == "pfsense_system")
     assert system.tags == {"device": "fw-1"}
     assert system.fields["cpu_count"] == 2
+    states = next(r for _, r in got.readings if r.measurement == "pfsense_states")
+    assert states.fields == {"current": 1234, "limit": 398000}  # maximumstates is null
+    rates = [
+        r for _, r in got.readings if r.measurement == "pfsense_interface" and "in_bps" in r.fields
+    ]
+    assert rates, "interface rates from the second poll on"
+    assert rates[0].tags == {"device": "fw-1", "interface": "WAN", "port": "igc0"}
     assert not got.events
+    assert not got.drops
+
+
+async def test_an_endpoint_the_firewall_lacks_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An older REST package without status/interfaces: the rest is read, the miss counted."""
+    routes = pfsense_routes()
+    del routes["/api/v2/status/interfaces"]
+    sim = DeviceSimulator(routes, api_key=KEY).start()
+    try:
+        fw = device("fw-old", sim.url, interval=0.3)
+        with caplog.at_level(logging.WARNING, logger="outpost.agent.device.fw-old"):
+            got = await run_for(1.2, fw)
+    finally:
+        sim.stop()
+    measurements = {r.measurement for _, r in got.readings}
+    assert measurements == {"pfsense_system", "pfsense_gateway", "pfsense_states"}
+    polls = sum(1 for _, r in got.readings if r.measurement == "pfsense_system")
+    assert got.drops == {"request_failed": polls}, "each poll counts the endpoint it missed"
+    assert fw.failures == 0, "the firewall answered: it is not down"
+    assert not [e for e in got.events if e.body.get("state") == "offline"]
+    assert fw.partial_errors == [
+        f"status/interfaces: bad_response: {sim.url}/api/v2/status/interfaces answered HTTP 404"
+    ]
+    warned = [r.getMessage() for r in caplog.records if "request(s) failed" in r.getMessage()]
+    assert len(warned) == 1, "once per five minutes, not every poll"
+    assert "status/interfaces" in warned[0]
+
+
+async def test_a_device_whose_endpoints_all_fail_is_down() -> None:
+    routes = pfsense_routes()
+    for path in list(routes):
+        del routes[path]
+    sim = DeviceSimulator(routes, api_key=KEY).start()
+    try:
+        fw = device("fw-empty", sim.url, interval=0.3)
+        got = await run_for(0.8, fw)
+    finally:
+        sim.stop()
+    assert not got.readings
+    assert fw.failures >= 1
+    assert fw.last_error is not None
+    assert fw.last_error.startswith("bad_response:")
+    assert [e.body["state"] for e in got.events] == ["offline"]
 
 
 async def test_wrong_api_key_is_reported_in_device_terms(

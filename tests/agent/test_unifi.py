@@ -197,6 +197,28 @@ async def test_integration_api_with_an_api_key(console: UnifiSimulator) -> None:
     assert set(devices) == {"gw-main", "sw-core", "ap-lobby"}
     assert devices["gw-main"].fields["cpu_pct"] == 8.5
     assert devices["gw-main"].fields["uplink_tx_bps"] == 10_000_000
+    assert not out.drops
+
+
+async def test_one_device_whose_statistics_fail_does_not_stop_the_poll(
+    console: UnifiSimulator,
+) -> None:
+    lobby = next(d for d in console.devices if d["name"] == "ap-lobby")
+    console.failing_statistics.add(lobby["id"])
+    c = client(console, username=None, password=None, api_key=API_KEY)
+    try:
+        polled = device(c)
+        out = await polled.collect_once()
+    finally:
+        await c.aclose()
+    devices = {r.tags["name"]: r for r in out.readings}
+    assert set(devices) == {"gw-main", "sw-core", "ap-lobby"}, "every device is still listed"
+    assert "cpu_pct" in devices["sw-core"].fields
+    assert "cpu_pct" not in devices["ap-lobby"].fields, "its state, without statistics"
+    assert devices["ap-lobby"].fields["connected"] is True
+    assert out.drops == {"request_failed": 1}
+    assert len(polled.partial_errors) == 1
+    assert polled.partial_errors[0].startswith("integration/devices/ap-lobby: bad_response:")
 
 
 @pytest.mark.parametrize(
