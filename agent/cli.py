@@ -33,7 +33,7 @@ from agent._config import DeviceConfig, load_config, load_raw
 from agent._exceptions import AgentError
 from agent._managed import ConfigReceiver, ManagedState
 from agent._renewal import previous_keys
-from agent.profiles import Mapper, Profile, find_profile
+from agent.profiles import Mapper, Profile, explain, find_profile, unmapped
 from agent.profiles._model import FieldSpec
 from agent.sources._base import Collection
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
@@ -270,6 +270,13 @@ _PROBE_OPTIONS = {
     show_default=True,
     help="For polled devices: how long to wait for the device, in seconds.",
 )
+@click.option(
+    "--unmapped",
+    "show_unmapped",
+    is_flag=True,
+    help="Also list, on stderr, the values the device sent that no rule of the profile read "
+    "(what a new firmware added), and why a topic or endpoint gave nothing.",
+)
 def probe(
     profile_name: str,
     target: str,
@@ -287,10 +294,12 @@ def probe(
     variables: tuple[str, ...],
     duration: float,
     timeout: float,
+    show_unmapped: bool,
 ) -> None:
     """Collect once from a device and print what would be sent, one JSON object per line.
 
-    Readings and events go to stdout; a summary and errors go to stderr.
+    Readings and events go to stdout; a summary and errors go to stderr. When the device answers
+    but nothing maps, stderr says which topics or endpoints were seen and why they did not.
     """
     try:
         profile = find_profile(profile_name)
@@ -302,8 +311,11 @@ def probe(
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--variable")
         values[key] = value
-    if target.startswith("mqtt://") and "mqtt" in profile.profile.transports:
-        _probe_mqtt(profile, profile_name, target, username, password, values, duration)
+    mqtt = target.startswith("mqtt://") and "mqtt" in profile.profile.transports
+    seen = _Seen(mqtt=mqtt)
+    if mqtt:
+        _probe_mqtt(profile, profile_name, target, username, password, values, duration, seen)
+        seen.report(show_unmapped)
         return
     raw = {
         "name": _probe_name(target),
@@ -333,7 +345,7 @@ def probe(
         raise click.BadParameter(problems, param_hint=hint) from None
     started = time.monotonic()
     try:
-        collected = asyncio.run(_collect_once(device, profile))
+        collected = asyncio.run(_collect_once(device, profile, seen))
     except DeviceError as exc:
         kind = exc.kind.replace("_", " ")
         message = _probe_words(exc.message)
@@ -354,7 +366,7 @@ def probe(
         + ")",
         err=True,
     )
-    if any(
+    if collected.readings and any(
         isinstance(spec, FieldSpec) and spec.rate
         for rule in profile.readings
         for spec in rule.fields.values()
@@ -364,12 +376,82 @@ def probe(
             "second poll on",
             err=True,
         )
-    if not collected.readings and not collected.events:
+    if collected.drops.get("request_failed"):
         click.echo(
-            "the device answered but nothing mapped to readings: is this the right profile "
-            "for its firmware?",
+            f"{collected.drops['request_failed']} request(s) failed while others answered "
+            "(the log above says which): an older firmware without that endpoint?",
             err=True,
         )
+    seen.report(show_unmapped)
+
+
+class _Seen:
+    """What the device sent during a probe, per topic or endpoint, for the diagnosis."""
+
+    MAX_KEYS = 1000
+
+    def __init__(self, *, mqtt: bool) -> None:
+        self.mqtt = mqtt
+        self.mapper: Mapper | None = None
+        self.first: dict[str, object] = {}
+        self.count: Counter[str] = Counter()
+        self.mapped: set[str] = set()
+
+    def observe(self, mapper: Mapper) -> Callable[[str, object], None]:
+        self.mapper = mapper
+
+        def seen(key: str, payload: object) -> None:
+            if key in self.first or len(self.first) < self.MAX_KEYS:
+                self.first.setdefault(key, payload)
+                self.count[key] += 1
+
+        return seen
+
+    def report(self, show_unmapped: bool) -> None:
+        if self.mapper is None or not self.first:
+            return
+        why = {key: explain(self.mapper, key, payload) for key, payload in self.first.items()}
+        silent = [key for key, reason in why.items() if reason]
+        if len(silent) == len(why):
+            if self.mqtt:
+                sent = f"{sum(self.count.values())} message(s) on {len(why)} topic(s)"
+                right = "the right profile and prefix (--variable prefix=...)"
+            else:
+                sent = f"answers from {len(why)} endpoint(s)"
+                right = "the right profile"
+            click.echo(
+                f"the device sent {sent}, but nothing mapped: is this {right} for its firmware? "
+                "Why, per topic or endpoint:",
+                err=True,
+            )
+        if silent and (show_unmapped or len(silent) == len(why)):
+            for key in silent[:10]:
+                click.echo(f"  {_short(key)}: {why[key]}", err=True)
+            if len(silent) > 10:
+                click.echo(f"  ... and {len(silent) - 10} more", err=True)
+        if not show_unmapped:
+            return
+        lines = []
+        for key, payload in self.first.items():
+            if why[key]:
+                continue
+            lines += [f"  {_short(key)}  {path} = {_short(repr(v))}" for path, v in unmapped(
+                self.mapper, key, payload
+            )]  # fmt: skip
+        if lines:
+            click.echo("values no rule read (new in this firmware?):", err=True)
+            for line in lines[:200]:
+                click.echo(line, err=True)
+            if len(lines) > 200:
+                click.echo(f"  ... and {len(lines) - 200} more", err=True)
+        else:
+            click.echo("every value the device sent was read by a rule", err=True)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    from wire import printable
+
+    return printable(text, limit)
 
 
 def _probe_name(target: str) -> str:
@@ -385,15 +467,17 @@ def _probe_words(message: str) -> str:
     return message
 
 
-async def _collect_once(device: DeviceConfig, profile: Profile) -> Collection:
+async def _collect_once(device: DeviceConfig, profile: Profile, seen: _Seen) -> Collection:
     client = make_device_client(device, profile)
+    mapper = Mapper(profile, variables=device.variables, device=device.name)
     polled = PolledDevice(
         name=device.name,
         client=client,
-        mapper=Mapper(profile, variables=device.variables, device=device.name),
+        mapper=mapper,
         interval=device.interval or profile.profile.interval,
         clock=SystemClock(),
         timeout=(device.timeout or 10.0) * 3,  # several requests, each with its own timeout
+        observe=seen.observe(mapper),
     )
     try:
         return await polled.collect_once()
@@ -409,6 +493,7 @@ def _probe_mqtt(
     password: str | None,
     values: dict[str, str],
     duration: float,
+    seen: _Seen,
 ) -> None:
     try:
         mqtt_target = MqttTarget.parse(target)
@@ -422,7 +507,9 @@ def _probe_mqtt(
         username=username,
         password=password,
         variables=values,
+        observe=lambda key, payload: observe(key, payload),
     )
+    observe = seen.observe(source.mapper)
     counts = {"readings": 0, "events": 0}
     devices: set[str] = set()
     dropped: Counter[str] = Counter()

@@ -1,5 +1,6 @@
 """Firmware profiles: declarative descriptions of device types, and the engine that applies them."""
 
+from agent.profiles._diagnose import explain, unmapped
 from agent.profiles._engine import Mapper, RateTracker, decode_mqtt_payload, get_path, snake
 from agent.profiles._loader import (
     ProfileError,
@@ -17,9 +18,11 @@ __all__ = [
     "RateTracker",
     "all_profiles",
     "decode_mqtt_payload",
+    "explain",
     "find_profile",
     "get_path",
     "load_profile",
     "profiles_dir",
     "snake",
+    "unmapped",
 ]

@@ -70,6 +70,19 @@ def snake(name: str) -> str:
     return _CAMEL.sub("_", name).replace("-", "_").replace(" ", "_").lower()
 
 
+# What the rules read, while the probe traces a message: (id of a container, member or index).
+# None outside tracing (the agent never traces); see agent.profiles.unmapped.
+_trace: set[tuple[int, object]] | None = None
+
+
+_LEFT_OUT = "*left out*"  # a whole item a rule's where left out: known, not new
+
+
+def _used(container: Any, key: object) -> None:
+    if _trace is not None:
+        _trace.add((id(container), key))
+
+
 def get_path(item: Any, path: str | list[str]) -> Any:
     """``$`` → the item; ``.a.b[0]`` → nested member; missing → ``_MISSING``.
 
@@ -82,17 +95,20 @@ def get_path(item: Any, path: str | list[str]) -> Any:
                 return value
         return _MISSING
     if path == "$":
+        _used(item, "$")
         return item
     current = item
     for member, index in _SPLIT_PATH.findall(path):
         if member:
             if not isinstance(current, dict) or member not in current:
                 return _MISSING
+            _used(current, member)
             current = current[member]
         else:
             i = int(index)
             if not isinstance(current, list) or i >= len(current):
                 return _MISSING
+            _used(current, i)
             current = current[i]
     return current
 
@@ -233,6 +249,7 @@ class Mapper:
             try:
                 for sel in _select(payload, rule.select, rule.objects_only, rule.members):
                     if rule.where and not _all_hold(rule.where, sel.item):
+                        _used(sel.item, _LEFT_OUT)
                         continue
                     for tags, fields in self._reading(rule, captures, sel, ts):
                         try:
@@ -372,16 +389,19 @@ class Mapper:
                 name = snake(member)
                 name += rule.units.get(name, "")
                 if _is_number(raw):
+                    _used(item, member)
                     fields[name] = _fit(raw)
                 elif split and isinstance(raw, list):
                     for i, element in enumerate(raw[: limits.MAX_TAGS]):
                         if _is_number(element):
+                            _used(raw, i)
                             per_index.setdefault(i, {})[name] = _fit(element)
         for name, spec in rule.fields.items():
             spec_ = FieldSpec(path=spec) if isinstance(spec, str) else spec
             raw = get_path(item, spec_.path)
             if split and isinstance(raw, list):
                 for i, element in enumerate(raw[: limits.MAX_TAGS]):
+                    _used(raw, i)
                     element_value = self._field(spec_, element, (*series, name, i), ts)
                     if element_value is not None:
                         per_index.setdefault(i, {})[name] = element_value
@@ -582,6 +602,7 @@ def _select(
             for k, v in base.items():
                 m = pattern.search(str(k))
                 if m and (not objects_only or isinstance(v, dict)):
+                    _used(base, k)
                     yield _Selected(v, str(k), {n: g or "" for n, g in m.groupdict().items()})
         return
     steps = [
@@ -610,6 +631,8 @@ def _walk(
         else:
             return
         for k, v in children:
+            if not rest and not isinstance(v, dict | list):
+                _used(node, int(k) if isinstance(node, list) else k)  # a value read as "$"
             yield from _walk(v, rest, k, (*chain, v))
     elif kind == "m":
         if isinstance(node, dict) and arg in node:

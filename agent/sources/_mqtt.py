@@ -12,7 +12,9 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -63,6 +65,7 @@ class MqttDeviceSource:
         password: str | None = None,
         variables: dict[str, str] | None = None,
         logger: logging.Logger | None = None,
+        observe: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.name = name
         self.target = target
@@ -74,6 +77,7 @@ class MqttDeviceSource:
         self._log = logger or logging.getLogger(f"outpost.agent.source.{name}")
         self.connected = asyncio.Event()
         self.messages = 0
+        self._observe = observe  # sees every message as the rules do (the probe's diagnosis)
         self._was_unavailable = False
         self._too_large_logged = LogThrottle(60.0)
 
@@ -156,14 +160,13 @@ class MqttDeviceSource:
                         drops[DROP_TOO_LARGE] += 1
                         self._too_large(topic, len(payload))
                         continue
-                    out = self.mapper.apply(
-                        topic,
-                        decode_mqtt_payload(
-                            self._profile,
-                            bytes(payload) if not isinstance(payload, str) else payload,
-                        ),
-                        self._clock.wall_ns(),
+                    decoded = decode_mqtt_payload(
+                        self._profile,
+                        bytes(payload) if not isinstance(payload, str) else payload,
                     )
+                    if self._observe is not None:
+                        self._observe(topic, decoded)
+                    out = self.mapper.apply(topic, decoded, self._clock.wall_ns())
                     pending_r.extend(out.readings)
                     pending_e.extend(out.events)
                     drops.update(out.drops)

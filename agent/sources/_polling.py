@@ -10,7 +10,7 @@ import functools
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -152,8 +152,10 @@ class PolledDevice:
         max_backoff: float = 300.0,
         rng: random.Random | None = None,
         logger: logging.Logger | None = None,
+        observe: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.name = name
+        self._observe = observe  # sees every answer as the rules do (the probe's diagnosis)
         self.interval = interval
         self._client = client
         self.mapper = mapper
@@ -189,6 +191,8 @@ class PolledDevice:
                 out.drops[DROP_REQUEST_FAILED] += 1
                 partial.append(f"{key}: {payload.kind}: {payload.message}")
                 continue
+            if self._observe is not None:
+                self._observe(key, payload)
             out.add(self.mapper.apply(key, payload, ts))
         self.partial_errors = partial
         if partial and self._partial_logged.ready(self.name):

@@ -310,3 +310,83 @@ def test_a_broken_where_or_members_pattern_names_the_problem() -> None:
         _profile(fields={"v": ".v"}, select="$.*", members="^a")
     with pytest.raises(ValidationError, match="a condition needs a test"):
         _profile(fields={"v": ".v"}, where={".v": {}})
+
+
+# The probe's diagnosis: why a message gave nothing, and what in it no rule read.
+
+
+def _real(name: str) -> Mapper:
+    from agent.profiles import find_profile
+
+    return Mapper(find_profile(name), device="d")
+
+
+def test_explain_says_why_a_message_gives_nothing() -> None:
+    from agent.profiles import explain
+
+    z2m = _real("zigbee2mqtt")
+    # A message that maps has nothing to explain.
+    assert explain(z2m, "zigbee2mqtt/hall", {"temperature": 21.5}) == ""
+    # The bridge's own topics are not devices, and the probe says so instead of blaming a device.
+    assert "'bridge/logging' is not a device (mqtt.exclude_devices)" in explain(
+        z2m, "zigbee2mqtt/bridge/logging", {"level": "info", "message": "x"}
+    )
+    # A device object with nothing the rules read: each rule says what it looked for.
+    why = explain(z2m, "zigbee2mqtt/hall", {"update": {"state": "idle"}})
+    assert "sensor: none of its fields (on) has a value" in why
+    assert "event action: .action missing" in why
+    why = explain(z2m, "zigbee2mqtt/hall", {"action": ""})
+    assert "event action: .action = '', not ne ''" in why
+    assert explain(_real("tasmota"), "elsewhere/x", {"a": 1}) == (
+        "no rule of the profile reads this key"
+    )
+    # A where that leaves every item out, and a selection that finds nothing.
+    snmp = _real("pfsense-snmp")
+    storage = {"1": {"descr": "UMA: 256 Bucket", "size": 0, "used": 0}}
+    assert "storage: 1 item(s), none passes its where" in explain(snmp, "storage", storage)
+    assert "finds nothing" in explain(_real("unifi-network"), "stat/device", {"data": "x"})
+    # Rates need a second poll: the first gives nothing, and that is no fault of the device.
+    rates = Mapper(_profile(select="$.data[*]", fields={"rx_bps": {"path": ".rx", "rate": True}}))
+    assert explain(rates, "stat/device", {"data": [{"rx": 5}]}) == (
+        "dev: rates only, given from the second poll on"
+    )
+
+
+def test_explain_never_changes_what_the_agent_sends() -> None:
+    from agent.profiles import explain
+
+    z2m = _real("zigbee2mqtt")
+    z2m.apply("zigbee2mqtt/bridge/state", "online", 1)
+    explain(z2m, "zigbee2mqtt/bridge/state", "offline")
+    # The mapper still remembers "online": going offline now is still a change, reported once.
+    out = z2m.apply("zigbee2mqtt/bridge/state", "offline", 2)
+    assert [e.body for e in out.events] == [{"value": "offline", "previous": "online"}]
+
+
+def test_unmapped_lists_what_no_rule_read() -> None:
+    from agent.profiles import unmapped
+
+    z2m = _real("zigbee2mqtt")
+    payload = {
+        "temperature": 21.5,
+        "state": "ON",
+        "color": {"x": 0.31, "y": 0.33},
+        "update": {"state": "idle"},
+        "last_seen": None,
+        "firmware": "2.1",
+    }
+    assert unmapped(z2m, "zigbee2mqtt/hall", payload) == [
+        (".color.x", 0.31),
+        (".color.y", 0.33),
+        (".update.state", "idle"),
+        (".firmware", "2.1"),
+    ]
+    pf = _real("pfsense-rest")
+    status = {"data": {"cpu_usage": 3.2, "mem_usage": 41, "new_in_2_9": 7}}
+    assert unmapped(pf, "status/system", status) == [(".data.new_in_2_9", 7)]
+    # Values a where read and found wanting count as read: they are known, only left out.
+    snmp = _real("pfsense-snmp")
+    storage = {"1": {"descr": "UMA: 256 Bucket", "size": 0, "used": 0}}
+    assert unmapped(snmp, "storage", storage) == []
+    # A bare value: read, or listed as the whole payload.
+    assert unmapped(_real("esphome"), "node/sensor/t/state", "21.5") == []

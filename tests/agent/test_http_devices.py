@@ -169,3 +169,55 @@ async def test_a_dead_device_does_not_stall_the_others(pfsense: DeviceSimulator)
     dead_events = [e.body["state"] for e in got.events if e.source == "fw-dead"]
     assert dead_events == ["offline", "online"]
     assert any(r.tags["device"] == "fw-dead" for _, r in got.readings), "it is read again once back"
+
+
+def _probe(url: str, *extra: str) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from agent.cli import main as agent_cli
+
+    args = ["probe", "--profile", "pfsense-rest", "--target", url, "--api-key", KEY, *extra]
+    r = CliRunner().invoke(agent_cli, args)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_probe_lists_what_a_new_firmware_added_and_why_nothing_mapped() -> None:
+    """The technician's question after a firmware update: what does it send that we do not read?"""
+    routes = pfsense_routes()
+    system = routes["/api/v2/status/system"]
+
+    def newer() -> object:
+        body = system()
+        body["data"]["kernel_pps"] = 41250  # a value no rule reads
+        return body
+
+    routes["/api/v2/status/system"] = newer
+    sim = DeviceSimulator(routes, api_key=KEY).start()
+    try:
+        code, out, err = _probe(sim.url, "--unmapped")
+        assert code == 0, err
+        assert '"cpu_pct"' in out
+        assert "values no rule read" in err
+        assert "status/system  .data.kernel_pps = 41250" in err
+        assert ".data.cpu_usage" not in err, "a value the profile reads is not listed"
+        assert ".data[*].srcip = '198.51.100.7'" in err, "list items shown once, as [*]"
+        code, out, err = _probe(sim.url)
+        assert "kernel_pps" not in err, "only with --unmapped"
+    finally:
+        sim.stop()
+    # Right address, wrong firmware: every endpoint answers, nothing maps. The probe says which
+    # endpoint answered what, not "the device does not answer".
+    routes = pfsense_routes()
+    for path in routes:
+        routes[path] = lambda: {"code": 200, "status": "ok", "data": {"version": "9.9"}}
+    sim = DeviceSimulator(routes, api_key=KEY).start()
+    try:
+        code, out, err = _probe(sim.url)
+    finally:
+        sim.stop()
+    assert code == 0, err
+    assert out == ""
+    assert "nothing mapped: is this the right profile" in err
+    assert "status/system: pfsense_system: none of its fields (cpu_pct," in err
+    assert "event gateway_status: .substatus and .status missing" in err
+    assert "rates" not in err, "no note about rates when nothing mapped at all"

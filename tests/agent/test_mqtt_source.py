@@ -159,6 +159,60 @@ def test_probe_prints_json_lines_and_a_summary(site_broker: LocalBroker) -> None
     assert "1 readings and 1 events from 1 device(s)" in result.stderr
 
 
+def _probe_while(port: int, messages: list[tuple[str, str]], *extra: str) -> tuple[str, str]:
+    """Probe zigbee2mqtt on the site broker while a device publishes ``messages``."""
+
+    def device() -> None:
+        time.sleep(1.0)
+        publish(port, messages)
+
+    t = threading.Thread(target=device)
+    t.start()
+    target = f"mqtt://127.0.0.1:{port}"
+    args = ["probe", "--profile", "zigbee2mqtt", "--target", target, "--duration", "3", *extra]
+    result = CliRunner().invoke(agent_cli, args)
+    t.join()
+    assert result.exit_code == 0, result.output
+    return result.stdout, result.stderr
+
+
+def test_probe_says_why_a_topic_gave_nothing(site_broker: LocalBroker) -> None:
+    """Messages arrive, nothing maps: the probe names each topic and the reason, instead of
+    blaming the device for not publishing."""
+    out, err = _probe_while(
+        site_broker.port,
+        [
+            ("zigbee2mqtt/bridge/logging", '{"level":"info","message":"MQTT publish"}'),
+            ("zigbee2mqtt/garden/pump", '{"update":{"state":"idle"}}'),
+        ],
+    )
+    assert out == ""
+    assert "2 message(s) on 2 topic(s), but nothing mapped" in err
+    assert "zigbee2mqtt/bridge/logging: 'bridge/logging' is not a device" in err
+    assert "zigbee2mqtt/garden/pump: sensor: none of its fields (on) has a value" in err
+    assert "no messages on" not in err
+
+
+def test_probe_unmapped_lists_values_no_rule_read(site_broker: LocalBroker) -> None:
+    out, err = _probe_while(
+        site_broker.port,
+        [
+            (
+                "zigbee2mqtt/kitchen/floor_light",
+                '{"state":"ON","brightness":120,"color":{"x":0.31,"y":0.33},"color_mode":"xy"}',
+            ),
+        ],
+        "--unmapped",
+    )
+    light = json.loads(out.splitlines()[0])
+    assert light["tags"] == {"device": "kitchen/floor_light"}
+    assert light["fields"] == {"on": True, "brightness": 120}
+    assert "values no rule read" in err
+    assert "zigbee2mqtt/kitchen/floor_light  .color.x = 0.31" in err
+    assert "zigbee2mqtt/kitchen/floor_light  .color_mode = 'xy'" in err
+    assert ".brightness" not in err
+
+
 def test_probe_errors_are_in_device_terms(tmp_path: Path) -> None:
     require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
     closed = free_port()
