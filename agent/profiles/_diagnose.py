@@ -13,6 +13,7 @@ from typing import Any
 from agent.profiles import _engine
 from agent.profiles._engine import Mapper, _all_hold, _holds, _select, get_path
 from agent.profiles._model import FieldSpec
+from wire import printable
 
 MAX_LEAVES = 10_000  # values walked in one payload
 MAX_DEPTH = 32
@@ -46,7 +47,11 @@ def explain(mapper: Mapper, key: str, payload: Any) -> str:
             continue
         kept = [s for s in items if not rule.where or _all_hold(rule.where, s.item)]
         if not kept:
-            reasons.append(f"{rule.measurement}: {len(items)} item(s), none passes its where")
+            first = _failed(rule.where, items[0].item)
+            reasons.append(
+                f"{rule.measurement}: {len(items)} item(s), none passes its where "
+                f"(the first: {first})"
+            )
             continue
         specs = [FieldSpec(path=s) if isinstance(s, str) else s for s in rule.fields.values()]
         if specs and all(s.rate for s in specs) and not rule.numeric_fields:
@@ -60,17 +65,9 @@ def explain(mapper: Mapper, key: str, payload: Any) -> str:
             continue
         matched = True
         for sel in _select(payload, event_rule.select, False, None):
-            failed = []
-            for path, c in event_rule.when.items():
-                value = get_path(sel.item, path)
-                if _holds(c, value):
-                    continue
-                if value is _engine._MISSING:
-                    failed.append(f"{path} missing")
-                else:
-                    failed.append(f"{path} = {value!r}, not {_condition_text(c)}")
+            failed = _failed(event_rule.when, sel.item)
             if failed:
-                reasons.append(f"event {event_rule.type}: {', '.join(failed)}")
+                reasons.append(f"event {event_rule.type}: {failed}")
             elif event_rule.changes is not None:
                 value = get_path(sel.item, event_rule.changes)
                 if value is _engine._MISSING:
@@ -92,13 +89,31 @@ def explain(mapper: Mapper, key: str, payload: Any) -> str:
             )
     if not matched:
         return "no rule of the profile reads this key"
-    prefix = "not JSON; " if not_json else ""
+    # Only worth saying when no rule found anything to read: event rules often read plain text.
+    unread = all("finds nothing" in r or "none of its fields" in r for r in reasons)
+    prefix = "not JSON; " if not_json and unread else ""
     return prefix + ("; ".join(dict.fromkeys(reasons)) or "its rules give nothing")
+
+
+def _failed(conditions: dict[str, Any], item: Any) -> str:
+    """The conditions ``item`` fails, with its values; ``""`` when it passes them all."""
+    failed = []
+    for path, condition in conditions.items():
+        value = get_path(item, path)
+        if _holds(condition, value):
+            continue
+        if value is _engine._MISSING:
+            failed.append(f"{path} missing")
+        else:
+            failed.append(
+                f"{path} = {printable(repr(value), 60)}, not {_condition_text(condition)}"
+            )
+    return ", ".join(failed)
 
 
 def _condition_text(condition: Any) -> str:
     tests = condition.model_dump(exclude_none=True, by_alias=True)
-    return " ".join(f"{k} {v!r}" for k, v in tests.items())
+    return printable(" ".join(f"{k} {v!r}" for k, v in tests.items()), 60)
 
 
 def unmapped(mapper: Mapper, key: str, payload: Any, limit: int = 200) -> list[tuple[str, Any]]:

@@ -89,9 +89,12 @@ def get_path(item: Any, path: str | list[str]) -> Any:
     A list of paths gives the first that has a value (not missing, not ``null``).
     """
     if isinstance(path, list):
-        for one in path:
+        for i, one in enumerate(path):
             value = get_path(item, one)
             if value is not _MISSING and value is not None:
+                if _trace is not None:  # the fallbacks are known too, not new
+                    for other in path[i + 1 :]:
+                        get_path(item, other)
                 return value
         return _MISSING
     if path == "$":
@@ -674,6 +677,9 @@ def _render(
         for i, alternative in enumerate(alternatives):
             value = one(alternative)
             if value is not None and (value != "" or i == len(alternatives) - 1):
+                if _trace is not None:  # the fallbacks are known too, not new
+                    for other in alternatives[i + 1 :]:
+                        one(other)
                 return value
         missing = True
         return ""

@@ -45,8 +45,8 @@ class SimulatedSource:
                     tags=tags,
                     fields={
                         "temperature_c": round(21.0 + 3 * math.sin(phase + i) + noise(0, 0.1), 2),
-                        "humidity_percent": round(50 + 10 * math.cos(phase + i) + noise(0, 0.5), 1),
-                        "battery_percent": max(0, 100 - (self._polls // 100) % 100),
+                        "humidity_pct": round(50 + 10 * math.cos(phase + i) + noise(0, 0.5), 1),
+                        "battery_pct": max(0, 100 - (self._polls // 100) % 100),
                     },
                     ts=ts,
                 )
@@ -56,7 +56,7 @@ class SimulatedSource:
                     measurement="power",
                     tags=tags,
                     fields={
-                        "watts": round(
+                        "power_w": round(
                             max(0.0, 40 + 25 * math.sin(phase * 3 + i) + noise(0, 2)), 1
                         ),
                         "on": True,

@@ -384,6 +384,11 @@ def test_unmapped_lists_what_no_rule_read() -> None:
     pf = _real("pfsense-rest")
     status = {"data": {"cpu_usage": 3.2, "mem_usage": 41, "new_in_2_9": 7}}
     assert unmapped(pf, "status/system", status) == [(".data.new_in_2_9", 7)]
+    # A fallback the profile knows is not new, though the first path had the value.
+    states = {"data": {"maximumstates": 500, "defaultmaximumstates": 398000, "currentstates": 1}}
+    assert unmapped(pf, "firewall/states/size", states) == []
+    snmp_if = {"1": {"name": "igc0", "descr": "igc0", "oper": 1}}
+    assert unmapped(_real("pfsense-snmp"), "interfaces", snmp_if) == []
     # Values a where read and found wanting count as read: they are known, only left out.
     snmp = _real("pfsense-snmp")
     storage = {"1": {"descr": "UMA: 256 Bucket", "size": 0, "used": 0}}

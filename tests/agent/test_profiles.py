@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from agent.profiles import Mapper, ProfileError, decode_mqtt_payload, load_profile, profiles_dir
+from agent.profiles import (
+    Mapper,
+    ProfileError,
+    decode_mqtt_payload,
+    explain,
+    load_profile,
+    profiles_dir,
+    unmapped,
+)
 
 ROOT = profiles_dir()
 FOLDERS = sorted(p for p in ROOT.iterdir() if p.is_dir())
@@ -142,3 +151,41 @@ def test_a_broken_profile_names_the_file_the_key_and_the_problem(tmp_path: Path)
     )
     with pytest.raises(ProfileError, match=r"profile\.transport"):
         load_profile(folder)
+
+
+@pytest.mark.parametrize(("folder", "case"), CASES, ids=[f"{f.name}/{c.stem}" for f, c in CASES])
+def test_the_probe_explains_every_silent_message_of_the_corpus(folder: Path, case: Path) -> None:
+    """What the technician's probe says about real messages: a message that gives nothing gets a
+    reason naming the rule or the exclusion, and what no rule read is really in the message."""
+    profile = load_profile(folder)
+    spec = json.loads(case.read_text())
+    mapper = Mapper(profile, variables=spec.get("variables", {}), device=spec.get("device", ""))
+    for item in spec["inputs"]:
+        payload = item["payload"]
+        if isinstance(payload, str) and "mqtt" in profile.profile.transports:
+            payload = decode_mqtt_payload(profile, payload)
+        out = mapper.apply(item["key"], payload, item["ts"])
+        reason = explain(mapper, item["key"], payload)
+        if not out.readings and not out.events and reason:
+            assert reason != "its rules give nothing", item["key"]
+            assert any(
+                word in reason
+                for word in ("not a device", "finds nothing", "where", "none of its fields",
+                             "no rule", "missing", ", not ", "first state", "rates only")
+            ), reason  # fmt: skip
+        for path, value in unmapped(mapper, item["key"], payload):
+            assert value is not None, path
+            assert not isinstance(value, dict | list), path
+            assert _somewhere(payload, path, value), f"{item['key']}: {path} = {value!r}"
+
+
+def _somewhere(payload: object, path: str, value: object) -> bool:
+    """Whether ``path`` (``[*]`` for any index) leads to ``value`` in ``payload``."""
+    if path in ("", "$"):
+        return payload == value
+    step = re.match(r"\.([^.\[]+)|\[(\*)\]", path)
+    assert step, path
+    rest = path[step.end() :]
+    if step.group(1) is not None:
+        return isinstance(payload, dict) and _somewhere(payload.get(step.group(1)), rest, value)
+    return isinstance(payload, list) and any(_somewhere(x, rest, value) for x in payload)
