@@ -278,10 +278,18 @@ def pfsense_snmprec(*, uptime_s: float = 273_600.0, traffic: int = 0) -> str:
         ("1.3.6.1.4.1.2021.11.53.0", _C32, str(ticks * 90 // 100 % 2**32)),
         ("1.3.6.1.4.1.2021.11.56.0", _C32, str(ticks // 100 % 2**32)),
     ]
+    # As on a real pfSense (LibreNMS's recorded 2.3.2 walk: 593 rows): memory, file systems,
+    # devfs mounts, then ~590 kernel memory zones (UMA, MALLOC), most with a size of 0.
     storage = [
-        (1, "Physical memory", 4096, 1_048_576, 380_000),
-        (31, "/", 4096, 7_500_000, 600_000),
+        (1, "Real Memory Metrics", 4096, 1_048_576, 380_000),
+        (2, "Shared Real Memory Metrics", 4096, 4002, 2785),
+        (31, "/, type: ufs, dev: /dev/gpt/rootfs", 4096, 7_500_000, 600_000),
+        (32, "/dev, type: devfs, dev: devfs", 512, 2, 2),
+        (33, "/var/run, type: ufs, dev: /dev/md0", 4096, 871, 25),
+        (34, "/var/dhcpd/dev, type: devfs, dev: devfs", 512, 2, 2),
     ]
+    storage += [(35 + i, f"UMA: zone {i}", 256, 0 if i % 8 else 4096, i) for i in range(128)]
+    storage += [(163 + i, f"MALLOC: type {i}", 0, 0, i % 5) for i in range(431)]
     for index, descr, units, size, used in storage:
         rows += [
             (f"1.3.6.1.2.1.25.2.3.1.3.{index}", _STR, descr),

@@ -314,11 +314,22 @@ class SnmpWalk(BaseModel):
 
     key: Annotated[str, Field(min_length=1)]
     columns: Annotated[dict[str, str], Field(min_length=1)]  # name → numeric OID of the column
+    # Rows worth reading: the columns named here are walked first, and the others are read
+    # (GET) only for the rows whose values pass. A pfSense's hrStorageTable has ~590 kernel
+    # zones among ~600 rows: walking one column instead of four is a quarter of the traffic.
+    rows: dict[str, Condition] = Field(default_factory=dict)
 
     @field_validator("columns")
     @classmethod
     def _columns(cls, value: dict[str, str]) -> dict[str, str]:
         return {name: _check_oid(oid) for name, oid in value.items()}
+
+    @model_validator(mode="after")
+    def _row_columns(self) -> SnmpWalk:
+        unknown = sorted(set(self.rows) - set(self.columns))
+        if unknown:
+            raise ValueError(f"rows tests {unknown}, which are not among the columns")
+        return self
 
 
 class SnmpSettings(BaseModel):

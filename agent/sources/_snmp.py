@@ -36,6 +36,8 @@ from pysnmp.hlapi.v3arch.asyncio import auth as _auth
 from pysnmp.proto import rfc1902, rfc1905
 
 from agent.profiles import Profile
+from agent.profiles._engine import _holds
+from agent.profiles._model import SnmpWalk
 from agent.sources._polling import DeviceError
 
 SYS_UPTIME = "1.3.6.1.2.1.1.3.0"
@@ -231,7 +233,7 @@ class SnmpDeviceClient:
             }
             out.append((group.key, payload))
         for table in self._profile.snmp.walk:
-            out.append((table.key, await self._walk(table.columns)))
+            out.append((table.key, await self._table(table)))
         return out
 
     async def _get(self, oids: list[str]) -> dict[str, Any]:
@@ -250,6 +252,25 @@ class SnmpDeviceClient:
             for name, value in self._check(result):
                 values[str(name)] = _value(value)
         return values
+
+    async def _table(self, table: SnmpWalk) -> dict[str, dict[str, Any]]:
+        """A table: every column walked, or with ``rows``, the tested columns walked first and
+        the others read only for the rows that pass."""
+        if not table.rows:
+            return await self._walk(table.columns)
+        rows = await self._walk({name: table.columns[name] for name in table.rows})
+        kept = {
+            index: row
+            for index, row in rows.items()
+            if all(_holds(test, row.get(name)) for name, test in table.rows.items())
+        }
+        rest = {name: oid for name, oid in table.columns.items() if name not in table.rows}
+        wanted = [(index, name, f"{oid}.{index}") for index in kept for name, oid in rest.items()]
+        values = await self._get([oid for _, _, oid in wanted])
+        for index, name, oid in wanted:
+            if values.get(oid) is not None:
+                kept[index][name] = values[oid]
+        return kept
 
     async def _walk(self, columns: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Walk the columns side by side with GETBULK, the way `snmptable` does."""

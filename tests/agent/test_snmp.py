@@ -216,6 +216,13 @@ async def test_pfsense_profile_against_a_recorded_pfsense_walk(pfsense_sim: Snmp
     opt1 = next(r for r in got["pfsense_interface"] if r.tags["interface"] == "igc2")
     assert opt1.fields["up"] is False
     assert opt1.fields["admin_up"] is False
+    # The walk has ~590 kernel memory zones, as a real pfSense's: only memory and disks remain.
+    assert sorted(r.tags["storage"] for r in got["pfsense_storage"]) == [
+        "/",
+        "/var/run",
+        "Real Memory Metrics",
+        "Shared Real Memory Metrics",
+    ]
     root = next(r for r in got["pfsense_storage"] if r.tags["storage"] == "/")
     assert root.fields["total_bytes"] == 7_500_000 * 4096
     assert got["pfsense_load"][0].fields["load1"] == pytest.approx(0.21)
@@ -270,3 +277,57 @@ def test_snmp_credentials_are_checked_and_never_shown() -> None:
     )
     shown = repr(SnmpCredentials(user="u", auth_key="secret-auth-1", priv_key="secret-priv-1"))
     assert "secret" not in shown
+
+
+async def test_a_table_with_row_tests_reads_other_columns_only_for_rows_that_pass(
+    pfsense_sim: Snmpsim,
+) -> None:
+    """The pfSense walk's ~590 kernel zones: only their descriptions cross the network."""
+    device = polled(
+        pfsense_sim.port, SnmpCredentials(community="pfsense-lab"), timeout=3, retries=1
+    )
+    client = device._client
+    assert isinstance(client, SnmpDeviceClient)
+    asked: list[str] = []
+    get = client._get
+
+    async def counting_get(oids: list[str]) -> dict[str, object]:
+        asked.extend(oids)
+        return await get(oids)
+
+    client._get = counting_get  # type: ignore[method-assign]
+    try:
+        storage = dict(await client.fetch())["storage"]
+    finally:
+        await client.aclose()
+    assert isinstance(storage, dict)
+    assert sorted(row["descr"] for row in storage.values()) == [
+        "/, type: ufs, dev: /dev/gpt/rootfs",
+        "/var/run, type: ufs, dev: /dev/md0",
+        "Real Memory Metrics",
+        "Shared Real Memory Metrics",
+    ]
+    assert storage["31"] == {
+        "descr": "/, type: ufs, dev: /dev/gpt/rootfs",
+        "units": 4096,
+        "size": 7_500_000,
+        "used": 600_000,
+    }
+    size = "1.3.6.1.2.1.25.2.3.1.5."
+    assert sorted(oid for oid in asked if oid.startswith(size)) == sorted(
+        size + index for index in ("1", "2", "31", "33")
+    ), "sizes asked for the four rows kept, not for the 559 kernel zones"
+
+
+def test_row_tests_name_a_column_of_the_table(tmp_path: Path) -> None:
+    from agent.profiles import ProfileError
+
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "profile.toml").write_text(
+        '[profile]\nname = "rows"\ntitle = "t"\ntransport = "snmp"\n'
+        '[[snmp.walk]]\nkey = "t"\ncolumns = { descr = "1.3.6.1.2.1.25.2.3.1.3" }\n'
+        'rows = { name = { ne = "" } }\n'
+    )
+    with pytest.raises(ProfileError, match=r"rows tests \['name'\], which are not among the"):
+        load_profile(folder)
