@@ -5,14 +5,13 @@ from agent._buffer import BufferStats, Outbox, PendingBatch, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
 from agent._config import AgentConfig, load_config, parse_config
 from agent._exceptions import AgentError, BufferError, ConfigError, UplinkError
-from agent._uplink import AckTracker, Backoff, Uplink, tls_context
+from agent._uplink import AckTracker, Uplink, tls_context
 
 __all__ = [
     "AckTracker",
     "Agent",
     "AgentConfig",
     "AgentError",
-    "Backoff",
     "BufferError",
     "BufferStats",
     "Clock",

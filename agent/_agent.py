@@ -20,7 +20,7 @@ from agent.profiles import Mapper, Profile, find_profile
 from agent.sources import HostSource, SimulatedSource, Source
 from agent.sources._base import PushSource
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
-from agent.sources._polling import DeviceClient, PolledDevice
+from agent.sources._polling import DROP_POLL_SKIPPED, DeviceClient, PolledDevice
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
@@ -397,7 +397,9 @@ class Agent:
                 self.submit(collection.readings, collection.events, collection.drops)
             next_at += source.interval
             now = loop.time()
-            if next_at < now:  # overran: skip the missed ticks instead of bursting
+            if next_at < now:  # overran: skip the missed ticks instead of bursting, and count
+                missed = int((now - next_at) // source.interval) + 1
+                self.submit([], [], {DROP_POLL_SKIPPED: missed})
                 next_at = now + source.interval
             jitter = self._rng.uniform(0, min(0.05 * source.interval, 1.0))
             await asyncio.sleep(next_at - now + jitter)

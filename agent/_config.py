@@ -40,8 +40,14 @@ class UplinkConfig(BaseModel):
     ack_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_inflight: Annotated[int, Field(ge=1, le=256)] = 8
     state_interval: Annotated[float, Field(gt=0)] = 60.0
-    reconnect_min: Annotated[float, Field(gt=0)] = 1.0
-    reconnect_max: Annotated[float, Field(gt=0)] = 60.0
+    # Reconnect: full jitter up to a ceiling that doubles from reconnect_min to reconnect_max
+    # (refused or unreachable) or to reconnect_busy_max (the broker took the connection and did
+    # not answer in time, or said it is busy). See outpost_mqtt.Backoff.
+    reconnect_min: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_max: Annotated[float, Field(gt=0, le=600)] = 4.0
+    reconnect_busy_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # TCP connect and TLS handshake, each; then as long again for the broker's CONNACK.
+    connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Renew the certificate at this fraction of its lifetime, at most once per interval.
     renew_at: Annotated[float, Field(gt=0, lt=1)] = 2 / 3
     renew_min_interval: Annotated[float, Field(ge=0)] = 3600.0
@@ -53,6 +59,15 @@ class UplinkConfig(BaseModel):
     @property
     def signing_key_file(self) -> Path:
         return self.config_signing_key or self.key_file.parent / "config-signing.pub"
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> UplinkConfig:
+        if not self.reconnect_min <= self.reconnect_max <= self.reconnect_busy_max:
+            raise ValueError(
+                "need reconnect_min <= reconnect_max <= reconnect_busy_max, got "
+                f"{self.reconnect_min}, {self.reconnect_max}, {self.reconnect_busy_max}"
+            )
+        return self
 
 
 class BufferConfig(BaseModel):

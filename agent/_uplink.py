@@ -2,7 +2,10 @@
 
 Publishes batches from the outbox (QoS 1, fresh first), deletes them on ack, keeps them on
 nack and waits the collector's ``retry_after``, retransmits what was not acked in time, and
-reconnects with exponential backoff and jitter. TLS always verifies the broker and there is no
+reconnects with :class:`outpost_mqtt.Backoff` (full jitter, a low cap, fast after a brief
+failure, longer when the broker is busy). A publish the broker answers with "no matching
+subscribers" (no collector is subscribed, e.g. just after a broker restart) is sent again within
+seconds rather than after ``ack_timeout``. TLS always verifies the broker and there is no
 plaintext fallback.
 """
 
@@ -45,23 +48,6 @@ def tls_context(*, ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLCon
             f"certificate and key do not load together: {exc}"
         ) from exc
     return ctx
-
-
-class Backoff:
-    """Exponential backoff with full jitter: ``uniform(0, min(max, base * 2**n))``."""
-
-    def __init__(self, *, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self._base, self._cap = base, cap
-        self._rng = rng or random.Random()
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self._cap, self._base * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 30)
-        return self._rng.uniform(self._base / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class AckTracker:
@@ -144,13 +130,25 @@ class Uplink:
         self.acks = 0
         self.nacks = 0
         self.retransmits = 0
+        self.unrouted = 0  # publishes answered "no matching subscribers"
+        self.refused = 0  # publishes the broker refused (PUBACK 0x80 and up)
+        # Resending after "no matching subscribers": soon, and less often while it lasts.
+        self._unrouted_backoff = outpost_mqtt.Backoff(
+            base=config.reconnect_min, cap=config.reconnect_max, rng=self._rng
+        )
+        self._attempt: outpost_mqtt.Client | None = None  # the last connection attempt
 
     def notify(self) -> None:
         """A batch was formed: wake the sender."""
         self._wake.set()
 
     async def run(self) -> None:
-        backoff = Backoff(base=self._cfg.reconnect_min, cap=self._cfg.reconnect_max, rng=self._rng)
+        backoff = outpost_mqtt.Backoff(
+            base=self._cfg.reconnect_min,
+            cap=self._cfg.reconnect_max,
+            busy_cap=self._cfg.reconnect_busy_max,
+            rng=self._rng,
+        )
         while True:
             ctx = tls_context(
                 ca_file=self._cfg.ca_file,
@@ -177,8 +175,15 @@ class Uplink:
                 self._log.info("reconnecting with the renewed certificate")
                 continue
             self._outbox.set_uplink_state("disconnected")
-            delay = backoff.next_delay()
-            self._log.info("reconnecting in %.1f s", delay)
+            busy = self._attempt is not None and self._attempt.costly_failure
+            delay = backoff.next_delay(busy=busy)
+            self._log.info(
+                "reconnecting in %.1f s%s",
+                delay,
+                " (the broker took the connection but did not answer in time: it may be busy)"
+                if busy
+                else "",
+            )
             # Waiting to reconnect is progress too: sleep in slices and say so.
             end = asyncio.get_running_loop().time() + delay
             while (left := end - asyncio.get_running_loop().time()) > 0:
@@ -186,7 +191,7 @@ class Uplink:
                 await asyncio.sleep(min(1.0, left))
             self._progress()
 
-    async def _connected_session(self, ctx: ssl.SSLContext, backoff: Backoff) -> None:
+    async def _connected_session(self, ctx: ssl.SSLContext, backoff: outpost_mqtt.Backoff) -> None:
         will = aiomqtt.Will(
             topics.up_state(self.gateway_id),
             wire.encode_message(self._state("offline")),
@@ -203,10 +208,12 @@ class Uplink:
             keepalive=self._cfg.keepalive,
             clean_start=True,
             timeout=max(10.0, self._cfg.keepalive),
+            connect_timeout=self._cfg.connect_timeout,
             logger=self._log.getChild("mqtt"),
         )
+        self._attempt = client
         async with client:
-            backoff.reset()
+            backoff.connected()
             await _subscribe(client, topics.down_ack(self.gateway_id))
             await _subscribe(client, topics.down_renew(self.gateway_id))
             if self._on_config is not None:
@@ -280,7 +287,7 @@ class Uplink:
             await asyncio.sleep(self._cfg.state_interval)
             await self._publish_state(client)
 
-    async def _send(self, client: aiomqtt.Client) -> None:
+    async def _send(self, client: outpost_mqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         topic = topics.up_batch(self.gateway_id)
         timeout = self._cfg.ack_timeout
@@ -301,9 +308,12 @@ class Uplink:
                 if self._hold_until > loop.time():
                     break
                 self._tracker.add(batch.seq, loop.time())
-                await client.publish(
+                code = await client.publish_answered(
                     topic, batch.payload, qos=1, properties=self._properties(batch.seq)
                 )
+                if code != 0:
+                    self._not_taken(batch.seq, code)
+                    break
             if batches:
                 continue
             deadline = self._tracker.next_deadline(timeout)
@@ -313,6 +323,28 @@ class Uplink:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _not_taken(self, seq: int, code: int) -> None:
+        """The broker answered a batch with something other than success: nobody will ack it.
+        Keep it (it stays in the outbox), hold the sender a moment and send it again; the
+        pause grows while the answer stays the same, and the window closes to one batch."""
+        loop = asyncio.get_running_loop()
+        self._tracker.discard(seq)
+        self._window = 1
+        delay = self._unrouted_backoff.next_delay()
+        self._hold_until = max(self._hold_until, loop.time() + delay)
+        if code == outpost_mqtt.NO_MATCHING_SUBSCRIBERS:
+            self.unrouted += 1
+            what = "no collector is subscribed (the broker just restarted?)"
+            level = logging.INFO
+        else:
+            self.refused += 1
+            what = f"the broker refused it (reason code 0x{code:02x})"
+            level = logging.WARNING
+        if self._unrouted_backoff.failures <= 1 or self._unrouted_backoff.failures % 20 == 0:
+            self._log.log(
+                level, "batch %d: %s; keeping it, sending again in %.1f s", seq, what, delay
+            )
 
     def _properties(self, seq: int) -> Properties:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -373,6 +405,7 @@ class Uplink:
                     )
                 self._outbox.acknowledge(msg.seq, rejected=rejected)
                 self._window = min(self._cfg.max_inflight, self._window + 1)
+                self._unrouted_backoff.reset()
             else:
                 self.nacks += 1
                 delay = msg.retry_after_ms / 1000 * self._rng.uniform(1.0, 1.2)

@@ -4,11 +4,19 @@
 server certificate, the collector's client certificate, ``mosquitto.conf`` and the roster of
 the dynamic-security plugin (``dynamic-security.json``: what each identity may publish and
 subscribe to, see ``collector._roster``).
+
+What Mosquitto itself writes (the roster, its log, its persistence) lives in the subdirectory
+``mosquitto/``. With ``--user``, Mosquitto drops to that user before it opens any of its files:
+the subdirectory is that user's, the broker's certificate and key are readable by that user's
+group, and the keys only the collector needs (the CA, the signing key, its own) stay 0600 to
+whoever ran ``broker init``.
 """
 
 from __future__ import annotations
 
 import glob
+import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +37,8 @@ DYNSEC_PLUGIN_GLOBS = (
 # A batch frame plus its topic, properties and headers: a packet past this is refused by the
 # broker itself (the sender is disconnected), before any collector reads it.
 MAX_PACKET_BYTES = MAX_FRAME_BYTES + 64 * 1024
+MAX_QUEUED_MESSAGES = 1000
+MAX_QUEUED_BYTES = 256 << 20
 
 
 def find_dynsec_plugin() -> Path | None:
@@ -56,6 +66,7 @@ class BrokerFiles:
     signing_key: Path
     signing_pub: Path
     crl: Path
+    state: Path  # what Mosquitto writes: the roster, its log, its persistence
 
     @classmethod
     def at(cls, directory: Path) -> BrokerFiles:
@@ -69,13 +80,14 @@ class BrokerFiles:
             d / "collector.pem",
             d / "collector.key",
             d / "mosquitto.conf",
-            d / "dynamic-security.json",
-            d / "mosquitto.log",
+            d / "mosquitto" / "dynamic-security.json",
+            d / "mosquitto" / "mosquitto.log",
             d / "api.pem",
             d / "api.key",
             d / "signing.key",
             d / "signing.pub",
             d / "crl.pem",
+            d / "mosquitto",
         )
 
 
@@ -101,7 +113,14 @@ def init_broker(
             " Ubuntu ship it in the mosquitto package) or pass --dynsec-plugin PATH"
         )
     files = BrokerFiles.at(directory)
+    if user is None and os.geteuid() == 0 and _user_exists("mosquitto"):
+        user = "mosquitto"  # what Mosquitto started as root drops to by default
+    owner = _broker_owner(user)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.state.mkdir(exist_ok=True, mode=0o700)
+    earlier = directory / "dynamic-security.json"  # where versions before 0.2 kept the roster
+    if earlier.exists() and not files.roster.exists():
+        earlier.replace(files.roster)
     if files.ca_cert.exists() and files.ca_key.exists():
         ca = CertificateAuthority.load(files.ca_cert, files.ca_key)
     else:
@@ -144,7 +163,7 @@ def init_broker(
         # Started as root, Mosquitto switches to this user, who must be able to read the keys.
         lines.append(f"user {user}")
     if persistence:
-        lines.append(f"persistence_location {directory}/")
+        lines.append(f"persistence_location {files.state}/")
     lines += [
         f"log_dest file {files.log}",
         "log_type error",
@@ -157,6 +176,11 @@ def init_broker(
         f"plugin {plugin}",
         f"plugin_opt_config_file {files.roster}",
         f"max_packet_size {MAX_PACKET_BYTES}",
+        # What the broker holds for a client that is away (a collector replica reconnecting
+        # keeps its session): at most this many batches and bytes, each; past that, the
+        # broker drops them and the gateways send them again after their ack timeout.
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         "",
         f"listener {port} {bind}",
         "protocol mqtt",
@@ -172,7 +196,57 @@ def init_broker(
         "",
     ]
     files.config.write_text("\n".join(lines))
+    files.config.chmod(0o644)
+    if owner is not None:
+        _hand_over(files, *owner)
     return files
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _broker_owner(user: str | None) -> tuple[int, int] | None:
+    """The uid and gid Mosquitto will run as, when that is not who runs ``broker init``.
+    Raises :class:`ValueError` for a user that does not exist, or when the files cannot be
+    handed to another user (not root)."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(
+            f"--user {user}: no such user on this machine (Debian's mosquitto package creates"
+            " 'mosquitto')"
+        ) from None
+    if entry.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise ValueError(
+            f"--user {user}: only root can hand the broker's files to another user; run"
+            " broker init as root, or leave --user out to run Mosquitto as yourself"
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+def _hand_over(files: BrokerFiles, uid: int, gid: int) -> None:
+    """What Mosquitto reads to its user's group, what it writes to its user."""
+    os.chown(files.directory, -1, gid)
+    files.directory.chmod(0o750)
+    for public in (files.ca_cert, files.server_cert, files.crl):
+        os.chown(public, -1, gid)
+        public.chmod(0o644)
+    os.chown(files.server_key, -1, gid)
+    files.server_key.chmod(0o640)
+    os.chown(files.state, uid, gid)
+    files.state.chmod(0o700)
+    for written in (files.roster, files.log):
+        if written.exists():
+            os.chown(written, uid, gid)
 
 
 def register_gateways(

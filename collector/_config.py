@@ -24,8 +24,14 @@ class BrokerConfig(BaseModel):
     ca_file: Path
     cert_file: Path
     key_file: Path
+    # Unique per replica: the broker keeps this replica's session (and its share of the
+    # shared subscription) under this id.
     client_id: Annotated[str, Field(min_length=1, max_length=64)] = "outpost-collector-1"
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    # How long the broker keeps this replica's session (subscription and the batches that
+    # arrive) while it reconnects or restarts. A replica that stays away longer is let go;
+    # gateways send what was queued for it again after their ack timeout. 0: no session.
+    session_expiry_s: Annotated[int, Field(ge=0, le=86400)] = 60
 
 
 class PostgresConfig(BaseModel):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -282,10 +281,12 @@ class CollectorService:
         return f"{link}; {m.readings_stored} readings stored; {m.quarantined} quarantined"
 
     async def _connect_forever(self) -> None:
-        attempt = 0
+        # The same policy as the gateways' (a collector is one of few clients: a lower cap).
+        backoff = outpost_mqtt.Backoff(base=0.5, cap=2.0, busy_cap=30.0)
         while True:
+            self._attempt: outpost_mqtt.Client | None = None
             try:
-                await outpost_mqtt.run_session(self._session(), name="collector-session")
+                await outpost_mqtt.run_session(self._session(backoff), name="collector-session")
             except* aiomqtt.MqttError as group:
                 self._log.warning(
                     "broker %s:%d lost or refused: %s",
@@ -294,25 +295,32 @@ class CollectorService:
                     "; ".join(str(e) for e in group.exceptions),
                 )
             self.subscribed.clear()
-            attempt = min(attempt + 1, 6)
-            delay = random.uniform(0.5, 0.5 * 2**attempt)
+            attempt = self._attempt
+            delay = backoff.next_delay(busy=attempt is not None and attempt.costly_failure)
             while delay > 0:  # waiting to reconnect is not a stall
                 self.monitor.beat("ingest")
                 await asyncio.sleep(min(1.0, delay))
                 delay -= 1.0
 
-    async def _session(self) -> None:
-        client = outpost_mqtt.Client(
+    def _client(self) -> outpost_mqtt.Client:
+        expiry = self._cfg.session_expiry_s
+        return outpost_mqtt.Client(
             self._cfg.host,
             self._cfg.port,
             identifier=self._cfg.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             tls_context=client_tls(self._cfg),
             keepalive=self._cfg.keepalive,
-            clean_start=True,
+            # A persistent session: what arrives while this replica reconnects waits for it.
+            clean_start=expiry == 0,
+            properties=outpost_mqtt.session_properties(expiry) if expiry else None,
             logger=self._log.getChild("mqtt"),
         )
+
+    async def _session(self, backoff: outpost_mqtt.Backoff) -> None:
+        client = self._attempt = self._client()
         async with client:
+            backoff.connected()
             # Retain-as-published: a retained publish shows as retained, so junk a gateway
             # leaves retained on its up/ topics (only its state may be) is found and cleared.
             await client.subscribe(
@@ -330,11 +338,20 @@ class CollectorService:
             queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=self._max_queued)
             if self.on_connect is not None:
                 await asyncio.to_thread(self.on_connect)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._receive(client, queue), name="collector-receive")
-                tg.create_task(self._work(client, queue), name="collector-ingest")
-                tg.create_task(self._publish_outbox(client), name="collector-publish")
-                tg.create_task(self.roster.run(client), name="collector-roster")
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._receive(client, queue), name="collector-receive")
+                    tg.create_task(self._work(client, queue), name="collector-ingest")
+                    tg.create_task(self._publish_outbox(client), name="collector-publish")
+                    tg.create_task(self.roster.run(client), name="collector-roster")
+            except asyncio.CancelledError:
+                # Stopping: end the session, so the broker hands this replica's share of the
+                # batches to the others (or answers "no subscribers") instead of keeping them
+                # for a replica that may not come back. What was queued here but not yet
+                # stored was not acked: the gateways send it again.
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.end_session()
+                raise
 
     async def _receive(self, client: aiomqtt.Client, queue: asyncio.Queue[Incoming]) -> None:
         async for message in client.messages:

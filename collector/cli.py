@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 import wire
 from collector._backends import open_documents, open_timeseries
@@ -28,6 +27,7 @@ from collector._config import CollectorConfig, load_config
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
+from collector._export import last_points, parse_time, stream_points, write_csv, write_jsonl
 from collector._ingest import Ingestor
 from collector._rollouts import RolloutError, RolloutService
 from collector._roster import list_roster
@@ -226,8 +226,9 @@ def broker() -> None:
 @click.option(
     "--user",
     default=None,
-    help="User Mosquitto runs as when started as root (default: its own 'mosquitto'); "
-    "this user must be able to read the key files.",
+    help="User Mosquitto runs as when started as root (default, when run as root: "
+    "'mosquitto', as Mosquitto itself does). broker init, run as root, gives that user what "
+    "Mosquitto reads and writes, and nothing else.",
 )
 @click.option(
     "--dynsec-plugin",
@@ -361,32 +362,90 @@ def quarantine_list(config_path: Path, limit: int) -> None:
 @click.option(
     "--tag", "tag_filters", multiple=True, metavar="KEY=VALUE", help="Only series with this tag."
 )
-@click.option("--last", type=click.IntRange(1, 100_000), default=10, show_default=True)
-def readings(config_path: Path, measurement: str, tag_filters: tuple[str, ...], last: int) -> None:
-    """Print the most recent stored readings of a measurement, one JSON object per line."""
+@click.option(
+    "--last",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="The most recent N readings (default 10). For more, take a range: --since.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="TIME",
+    help="Every reading from TIME on, streamed: 2026-12-03T08:00:00Z, 2026-12-03, 24h (ago), "
+    "or nanoseconds since the epoch.",
+)
+@click.option("--until", default="now", show_default=True, metavar="TIME", help="With --since.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON Lines (one reading per line) or CSV (one row per field).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+def readings(
+    config_path: Path,
+    measurement: str,
+    tag_filters: tuple[str, ...],
+    last: int | None,
+    since: str | None,
+    until: str,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Print stored readings of a measurement: the most recent ones, or every one of a time
+    range (streamed, so any range fits: a day, a year)."""
     tags: dict[str, str] = {}
     for item in tag_filters:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--tag")
         tags[key] = value
+    if since is not None and last is not None:
+        raise click.UsageError("--last and --since do not go together: pick one")
+    now = time.time_ns()
+    span: tuple[int, int] | None = None
+    if since is not None:
+        try:
+            span = (parse_time(since, now_ns=now), parse_time(until, now_ns=now))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since/--until") from None
+        if span[0] >= span[1]:
+            raise click.BadParameter("--since must be before --until", param_hint="--since")
     try:
         config = load_config(config_path)
         ts = open_timeseries(config)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
+    write = write_csv if fmt == "csv" else write_jsonl
     try:
-        points = ts.query(measurement, tags=tags)[-last:]
+        with output.open("w", newline="") if output else contextlib.nullcontext(sys.stdout) as out:
+            if span is not None:
+                points = stream_points(ts, measurement, start_ns=span[0], end_ns=span[1], tags=tags)
+            else:
+                points = iter(last_points(ts, measurement, last or 10, end_ns=now, tags=tags))
+            written = write(points, out)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stderr.close()
+        return
+    except (CollectorError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         ts.close()
-    if not points:
-        click.echo(f"no readings of {measurement!r} stored yet", err=True)
-    for p in points:
+    if not written:
         click.echo(
-            orjson.dumps(
-                {"measurement": p.measurement, "tags": p.tags, "fields": p.fields, "ts": p.ts}
-            ).decode()
+            f"no readings of {measurement!r} stored{' in that range' if span else ''}", err=True
         )
+    elif output is not None:
+        click.echo(f"wrote {written} readings to {output}", err=True)
 
 
 def _open_docs(config_path: Path) -> tuple[CollectorConfig, DocumentStore]:

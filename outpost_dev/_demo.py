@@ -20,13 +20,48 @@ from outpost_dev._processes import Mosquitto, collector_config, free_port, spawn
 from outpost_dev.site import SimulatedSite
 
 
+class _Stop(Exception):
+    """Ctrl-C, SIGTERM, or the terminal closing (SIGHUP): stop everything."""
+
+
+def _say(text: str) -> None:
+    """Print, unless the terminal is gone (closed: EIO) or the output is a closed pipe."""
+    with contextlib.suppress(OSError):
+        click.echo(text)
+
+
 def run_demo(workdir: Path, *, duration: float | None = None) -> None:
+    """Run the demo until Ctrl-C, SIGTERM or SIGHUP (or ``duration``), then stop every process
+    it started, whichever phase it was in."""
+
+    def _stop(_sig: int, _frame: object) -> None:
+        raise _Stop
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    with contextlib.ExitStack() as started:
+        try:
+            _run_demo(workdir, duration, started)
+        except _Stop:
+            pass
+        finally:
+            # Stopping is not interrupted by a second signal (a second Ctrl-C, a SIGHUP after
+            # a SIGTERM): every process is stopped.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            _say("stopping agent, collector and broker ...")
+
+
+def _run_demo(workdir: Path, duration: float | None, started: contextlib.ExitStack) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     broker = Mosquitto(workdir / "broker")
     data = workdir / "collector-data"
+    ts_db = data / "timeseries.db"
     api_port = free_port()
+    started.callback(lambda: _say(f"stopped; {_summary(ts_db)}. Files stay in {workdir}"))
+    started.callback(broker.stop)
     broker.start()
     ccfg = collector_config(
         workdir / "collector.toml",
@@ -36,7 +71,10 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
         crl_reload_command=f"kill -HUP {broker.pid}",
     )
     commands = {"collector": ["collector.cli", "serve", "--config", str(ccfg)]}
-    procs = {"collector": spawn(commands["collector"], log=logs / "collector.log")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    # Last in, first out: the agent, then the collector, the site, the broker.
+    started.callback(lambda: procs.get("collector") and stop(procs["collector"]))
+    procs["collector"] = spawn(commands["collector"], log=logs / "collector.log")
     api = f"https://localhost:{api_port}"
     _wait_for_api(api, broker.files.ca_cert)
 
@@ -80,16 +118,16 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
         )
         # enroll's last line ("Next: systemctl enable ...") is for a real gateway; the demo
         # starts the agent itself.
-        click.echo(
-            "\n".join(line for line in enrolled.splitlines() if not line.startswith("Next:"))
-        )
+        _say("\n".join(line for line in enrolled.splitlines() if not line.startswith("Next:")))
         enrolled_cfg.write_text(acfg.read_text())
     # A second demo run in the same directory: the gateway is enrolled already, but the broker
     # and the simulated devices have new ports.
     if not enrolled_cfg.exists():  # a demo directory from before the simulated site
         enrolled_cfg.write_text(acfg.read_text().split("\n[[sources]]", 1)[0] + "\n")
     _point_at(enrolled_cfg, broker.port)
-    site = SimulatedSite(workdir / "site", interval=5).start()
+    site = SimulatedSite(workdir / "site", interval=5)
+    started.callback(site.stop)
+    site.start()
     acfg.write_text(
         enrolled_cfg.read_text()
         + '\n[[sources]]\ntype = "simulated"\ninterval = 1\ndevices = 3\nevents_every = 10\n'
@@ -98,9 +136,9 @@ def run_demo(workdir: Path, *, duration: float | None = None) -> None:
     )
     gateway_id = json.loads((gateway / "identity" / "enrollment.json").read_text())["gateway_id"]
     commands["agent"] = ["agent.cli", "run", "--config", str(acfg)]
+    started.callback(lambda: procs.get("agent") and stop(procs["agent"]))
     procs["agent"] = spawn(commands["agent"], log=logs / "agent.log")
-    ts_db = data / "timeseries.db"
-    click.echo(
+    _say(
         f"""
 Outpost demo is running (Ctrl-C stops it).
   broker      mosquitto, mTLS on localhost:{broker.port}   config {broker.files.config}
@@ -119,37 +157,16 @@ Try it: kill -9 {procs["agent"].pid} (the agent) or kill -9 {procs["collector"].
 The demo starts a killed process again; the count goes on with nothing lost or doubled.
 """
     )
-    stopping = False
-
-    def _stop(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    started = time.monotonic()
-    try:
-        while not stopping:
-            time.sleep(0.5)
-            if int(time.monotonic() - started) % 5 == 0:
-                click.echo(f"  {time.strftime('%H:%M:%S')}  {_summary(ts_db)}")
-                time.sleep(0.6)
-            for name, proc in list(procs.items()):
-                if proc.poll() is not None and not stopping:
-                    procs[name] = spawn(commands[name], log=logs / f"{name}.log")
-                    click.echo(
-                        f"  {name} exited ({proc.returncode}); started again as pid "
-                        f"{procs[name].pid}"
-                    )
-            if duration is not None and time.monotonic() - started > duration:
-                stopping = True
-    finally:
-        click.echo("stopping agent, collector and broker ...")
-        stop(procs["agent"])
-        stop(procs["collector"])
-        site.stop()
-        broker.stop()
-        click.echo(f"stopped; {_summary(ts_db)}. Files stay in {workdir}")
+    begun = time.monotonic()
+    while duration is None or time.monotonic() - begun <= duration:
+        time.sleep(0.5)
+        if int(time.monotonic() - begun) % 5 == 0:
+            _say(f"  {time.strftime('%H:%M:%S')}  {_summary(ts_db)}")
+            time.sleep(0.6)
+        for name, proc in list(procs.items()):
+            if proc.poll() is not None:
+                procs[name] = spawn(commands[name], log=logs / f"{name}.log")
+                _say(f"  {name} exited ({proc.returncode}); started again as pid {procs[name].pid}")
 
 
 def _run(*args: str) -> str:

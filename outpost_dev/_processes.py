@@ -211,8 +211,12 @@ def agent_config(
     sources: str = "",
     uplink_extra: str = "",
     buffer_extra: str = "",
+    fast_reconnect: bool = True,
 ) -> Path:
+    """An agent config for tests and the demo; ``fast_reconnect`` shortens the reconnect
+    policy (a test's broker restarts should not wait), ``False`` keeps the product's."""
     ca, cert, key = identity
+    reconnect = "reconnect_min = 0.2\nreconnect_max = 2.0" if fast_reconnect else ""
     path.write_text(
         f"""\
 gateway_id = "{gateway_id}"
@@ -224,8 +228,7 @@ port = {port}
 ca_file = "{ca}"
 cert_file = "{cert}"
 key_file = "{key}"
-reconnect_min = 0.2
-reconnect_max = 2.0
+{reconnect}
 {uplink_extra}
 
 [buffer]

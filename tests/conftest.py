@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, find_mosquitto
+from outpost_dev._processes import LocalBroker, Mosquitto, find_mosquitto
 from outpost_dev._servers import Postgres, Redis, find_postgres_bin, find_redis
 
 
@@ -35,6 +35,16 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     mosquitto.start()
     yield mosquitto
     mosquitto.stop()
+
+
+@pytest.fixture
+def site_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A site's own Mosquitto (plain MQTT, as devices use it) on a free port."""
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    b = LocalBroker(tmp_path / "site-broker")
+    b.start()
+    yield b
+    b.stop()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def test_broker_init_and_dev_issue_cert(tmp_path: Path) -> None:
         "max_packet_size",
     ):
         assert line in conf
-    roster = json.loads((tmp_path / "b" / "dynamic-security.json").read_text())
+    roster = json.loads((tmp_path / "b" / "mosquitto" / "dynamic-security.json").read_text())
     assert roster["defaultACLAccess"] == {
         "publishClientSend": False,
         "publishClientReceive": False,
@@ -39,7 +39,7 @@ def test_broker_init_and_dev_issue_cert(tmp_path: Path) -> None:
         "unsubscribe": True,
     }
     assert [c["username"] for c in roster["clients"]] == ["outpost-collector"]
-    assert (tmp_path / "b" / "dynamic-security.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "b" / "mosquitto" / "dynamic-security.json").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "b" / "ca.key").stat().st_mode & 0o777 == 0o600
     r = CliRunner().invoke(
         collector_cli,

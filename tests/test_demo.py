@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
+import pytest
 
 from outpost_dev._processes import find_mosquitto
 from tests.conftest import require_service
@@ -50,3 +56,40 @@ def test_demo_stores_readings_from_every_simulated_device_family(tmp_path: Path)
     log = (workdir / "logs" / "agent.log").read_text()
     assert "is not answering" not in log
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=["hup", "term", "int"]
+)
+def test_the_demo_stops_everything_it_started(tmp_path: Path, sig: signal.Signals) -> None:
+    """Closing the terminal (SIGHUP), SIGTERM and Ctrl-C all stop the agent, the collector,
+    the simulators and the brokers; nothing is left running."""
+    require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
+    out = tmp_path / "demo.out"
+    with out.open("wb") as f:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "outpost_dev.cli", "demo", "--dir", str(tmp_path / "demo")],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Outpost demo is running" not in out.read_text(errors="replace"):
+            assert demo.poll() is None, out.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.2)
+        children = psutil.Process(demo.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "agent.cli" in names
+        assert "collector.cli" in names
+        assert "mosquitto" in names
+        demo.send_signal(sig)
+        demo.wait(60)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"still running: {[p.cmdline() for p in alive]}"
+        assert "stopped;" in out.read_text()
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)

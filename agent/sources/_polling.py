@@ -123,6 +123,9 @@ class FetchFailed:
 
 
 DROP_REQUEST_FAILED = "request_failed"
+# Counts polls, not readings: polls that did not happen because the previous one (the device's
+# answer and the buffer's commit) took longer than the interval.
+DROP_POLL_SKIPPED = "poll_skipped"
 
 
 class DeviceClient(Protocol):
@@ -166,6 +169,7 @@ class PolledDevice:
         self._log = logger or logging.getLogger(f"outpost.agent.device.{name}")
         self.polls = 0
         self.failures = 0
+        self.skipped = 0  # polls not made because the one before took longer than the interval
         self.last_error: str | None = None  # the device's own words, while it is failing
         self.partial_errors: list[str] = []  # requests of the last poll that failed alone
         self._partial_logged = LogThrottle(300.0)
@@ -240,6 +244,12 @@ class PolledDevice:
                     if out.readings or events or out.drops:
                         submit(out.readings, events, out.drops)
                     wait = self.interval
+                # A poll (device and buffer together) that took longer than the interval: the
+                # polls that did not happen meanwhile are skipped, not caught up, and counted.
+                missed = int((loop.time() - started) // self.interval) if not failures else 0
+                if missed:
+                    self.skipped += missed
+                    submit([], [], {DROP_POLL_SKIPPED: missed})
                 jitter = self._rng.uniform(0, min(0.1 * wait, 2.0))
                 await asyncio.sleep(max(0.0, started + wait - loop.time()) + jitter)
         finally:

@@ -194,7 +194,9 @@ class TimeSeriesStore(Protocol):
         tags: dict[str, str] | None = None,
         start_ns: int | None = None,
         end_ns: int | None = None,
-    ) -> list[StoredPoint]: ...
+    ) -> list[StoredPoint]:
+        """Points in ``[start_ns, end_ns)``, oldest first."""
+        ...
 
     def aggregate(self, query: SeriesQuery) -> list[SeriesGroup]:
         """Raises :class:`~collector._exceptions.TooManyPoints` past ``query.max_points``,

@@ -307,7 +307,10 @@ class InfluxTimeSeriesStore:
             key = orjson.dumps([metric.get(TENANT_LABEL), labels], option=orjson.OPT_SORT_KEYS)
             for ts_ms, value in zip(series["timestamps"], series["values"], strict=True):
                 ts = int(ts_ms) * _MS
-                if start_ns is not None and ts < start_ns:
+                # [start, end): the export API includes both ends.
+                if (start_ns is not None and ts < start_ns) or (
+                    end_ns is not None and ts >= end_ns
+                ):
                     continue
                 point = by_point.get((key, ts))
                 if point is None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -221,3 +222,28 @@ def test_probe_lists_what_a_new_firmware_added_and_why_nothing_mapped() -> None:
     assert "status/system: pfsense_system: none of its fields (cpu_pct," in err
     assert "event gateway_status: .substatus and .status missing" in err
     assert "rates" not in err, "no note about rates when nothing mapped at all"
+
+
+async def test_polls_a_slow_buffer_made_impossible_are_skipped_and_counted(
+    pfsense: DeviceSimulator,
+) -> None:
+    """A buffer that takes 0.35 s to commit a poll of a device polled every 0.1 s: the device
+    is not polled faster than the buffer takes it, and the polls that did not happen are
+    counted (poll_skipped), not made up in a burst."""
+    got = Collected()
+
+    def slow_buffer(readings: object, events: object, drops: object = None) -> None:
+        if readings:
+            time.sleep(0.35)  # blocks the event loop, as a commit on a slow card does
+        got(readings, events, drops)
+
+    d = device("fw-slow", pfsense.url, interval=0.1)
+    task = asyncio.create_task(d.run(slow_buffer))
+    await asyncio.sleep(2.5)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await d._client.aclose()
+    assert d.polls <= 10  # at most one poll per commit, never ten a second
+    assert got.drops.get("poll_skipped", 0) >= 2 * d.polls  # three of every four intervals
+    assert d.skipped == got.drops["poll_skipped"]

@@ -288,3 +288,44 @@ async def test_a_password_never_reaches_the_log(
         protected.stop()
     assert got.events[0].body["state"] == "offline"
     assert "s3cret-wrong" not in caplog.text
+
+
+async def test_a_burst_reaches_the_buffer_in_bounded_groups_and_nothing_is_lost(
+    site_broker: LocalBroker,
+) -> None:
+    """5,000 Zigbee2MQTT messages at once, to a buffer that is slow to commit: no hand-over
+    holds more than FLUSH_AT readings, the client stops reading while the buffer is busy, and
+    every message becomes a reading."""
+    from agent.sources._mqtt import FLUSH_AT
+
+    sizes: list[int] = []
+    got = Collected()
+
+    def slow_buffer(readings: object, events: object, drops: object = None) -> None:
+        sizes.append(len(readings) + len(events))  # type: ignore[arg-type]
+        time.sleep(0.02)  # a commit on an SD card
+        got(readings, events, drops)
+
+    src = MqttDeviceSource(
+        name="zigbee",
+        profile=find_profile("zigbee2mqtt"),
+        target=MqttTarget("127.0.0.1", site_broker.port),
+        clock=SystemClock(),
+    )
+    task = asyncio.create_task(src.run(slow_buffer))
+    try:
+        await asyncio.wait_for(src.connected.wait(), 10)
+        burst = [
+            (f"zigbee2mqtt/sensor {i % 50}", json.dumps({"temperature": i / 10}))
+            for i in range(5000)
+        ]
+        await asyncio.to_thread(publish, site_broker.port, burst)
+        await wait_for(lambda: len(got.readings) == 5000, within=60)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert max(sizes) <= FLUSH_AT
+    assert sorted(r.fields["temperature_c"] for r in got.readings) == sorted(
+        i / 10 for i in range(5000)
+    )

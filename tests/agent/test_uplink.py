@@ -1,24 +1,12 @@
 from __future__ import annotations
 
-import random
 import ssl
 from pathlib import Path
 
 import pytest
 
-from agent import AckTracker, Backoff, UplinkError, tls_context
+from agent import AckTracker, UplinkError, tls_context
 from provisioning import CertificateAuthority
-
-
-def test_backoff_grows_exponentially_with_jitter_and_resets() -> None:
-    b = Backoff(base=1, cap=30, rng=random.Random(1))
-    delays = [b.next_delay() for _ in range(8)]
-    assert all(0.5 <= d <= 30 for d in delays)
-    assert max(delays[5:]) > 4  # grown well past the base
-    ceilings = [min(30, 2**i) for i in range(8)]
-    assert all(d <= c for d, c in zip(delays, ceilings, strict=True))
-    b.reset()
-    assert b.next_delay() <= 1
 
 
 def test_ack_tracker_expires_unacked_batches() -> None:

@@ -90,11 +90,14 @@ class Harness:
         *,
         buffer_extra: str = "",
         uplink_extra: str = "",
+        port: int | None = None,
+        fast_reconnect: bool = True,
     ) -> Path:
         return agent_config(
             self.root / f"{gateway_id}.toml",
             gateway_id=gateway_id,
-            port=self.broker.port,
+            port=port or self.broker.port,
+            fast_reconnect=fast_reconnect,
             identity=identity,
             state_dir=self.root / gateway_id / "state",
             buffer_extra=buffer_extra or "batch_max_delay = 0.2",

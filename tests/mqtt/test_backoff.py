@@ -1,0 +1,97 @@
+"""The reconnect policy: full jitter, a low cap, fast after a healthy session, longer when busy."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from outpost_mqtt import Backoff
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ceiling_doubles_from_base_to_cap_with_full_jitter() -> None:
+    b = Backoff(base=0.5, cap=4.0, rng=random.Random(1))
+    ceilings = []
+    for _ in range(8):
+        ceilings.append(b.ceiling())
+        b.next_delay()
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    # Full jitter: from zero to the ceiling, spread over the whole range.
+    delays = [b.next_delay() for _ in range(2000)]
+    assert min(delays) < 0.1
+    assert max(delays) > 3.9
+    assert 1.8 < statistics.mean(delays) < 2.2
+
+
+def test_a_failure_after_a_healthy_session_is_retried_fast() -> None:
+    clock = FakeClock()
+    b = Backoff(base=0.5, cap=4.0, healthy_after=10.0, clock=clock, rng=random.Random(2))
+    for _ in range(6):
+        b.next_delay()
+    assert b.ceiling() == 4.0
+    b.connected()
+    clock.now += 30.0  # the session was good for 30 s, then the link dropped
+    assert b.next_delay() <= 0.5
+    assert b.ceiling() == 1.0
+
+
+def test_a_broker_that_accepts_and_drops_at_once_keeps_backing_off() -> None:
+    clock = FakeClock()
+    b = Backoff(base=0.5, cap=4.0, healthy_after=10.0, clock=clock, rng=random.Random(3))
+    for _ in range(5):
+        b.connected()
+        clock.now += 0.2  # kicked right after connecting (e.g. not on the roster yet)
+        b.next_delay()
+    assert b.ceiling() == 4.0
+
+
+def test_a_busy_broker_gets_the_longer_cap() -> None:
+    b = Backoff(base=0.5, cap=4.0, busy_cap=60.0, rng=random.Random(4))
+    for _ in range(10):
+        b.next_delay(busy=True)
+    assert b.ceiling(busy=True) == 60.0
+    assert b.ceiling() == 4.0  # a refused attempt after that is back on the low cap
+    assert max(b.next_delay(busy=True) for _ in range(200)) > 30
+
+
+def test_reset_starts_from_the_base_again() -> None:
+    b = Backoff(base=1.0, cap=30.0, rng=random.Random(5))
+    for _ in range(6):
+        b.next_delay()
+    b.reset()
+    assert b.next_delay() <= 1.0
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="base <= cap"):
+        Backoff(base=5.0, cap=1.0)
+
+
+@given(
+    base=st.floats(0.01, 10),
+    extra=st.floats(0, 100),
+    busy_extra=st.floats(0, 1000),
+    outcomes=st.lists(st.tuples(st.booleans(), st.floats(0, 100)), max_size=60),
+)
+def test_delays_stay_within_the_caps_whatever_happens(
+    base: float, extra: float, busy_extra: float, outcomes: list[tuple[bool, float]]
+) -> None:
+    clock = FakeClock()
+    cap = base + extra
+    b = Backoff(base=base, cap=cap, busy_cap=cap + busy_extra, clock=clock, rng=random.Random(0))
+    for busy, lasted in outcomes:
+        b.connected()
+        clock.now += lasted
+        d = b.next_delay(busy=busy)
+        assert 0 <= d <= (cap + busy_extra if busy else cap)
