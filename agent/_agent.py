@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 
 from pydantic import SecretStr
 
 import wire
-from agent._buffer import Outbox
+from agent._buffer import DROP_UNWRITABLE, DROP_UNWRITABLE_EVENT, Outbox
 from agent._clock import Clock
 from agent._config import AgentConfig, DeviceConfig, HostSourceConfig, SimulatedSourceConfig
+from agent._exceptions import BufferError
 from agent._managed import ConfigReceiver
 from agent._uplink import Uplink
 from agent.profiles import Mapper, Profile, find_profile
@@ -183,6 +185,8 @@ class Agent:
         self._deferred: bytes | None = None
         self.restart_requested = False
         self._restart = asyncio.Event()
+        self._unrecorded: Counter[str] = Counter()  # drops not yet in the buffer (it failed)
+        self._unwritable_logged = wire.LogThrottle(60.0)
         self.uplink = Uplink(
             gateway_id=config.gateway_id,
             config=config.uplink,
@@ -223,8 +227,33 @@ class Agent:
         drops: Mapping[str, int] | None = None,
     ) -> None:
         """Hand readings to the buffer (committed on return) and wake the batcher if due;
-        ``drops`` counts what a source could not turn into readings, by reason."""
-        self.outbox.append(readings, events, drops=drops)
+        ``drops`` counts what a source could not turn into readings, by reason.
+
+        When the buffer cannot be written (its filesystem is full, an I/O error), what was
+        handed over is counted as ``buffer_unwritable`` (in memory until a later commit
+        succeeds, then recorded with it) and the source goes on: nothing is dropped
+        uncounted, and no source stops because the disk is full.
+        """
+        owed = self._unrecorded
+        counts = Counter(drops or {})
+        counts.update(owed)
+        try:
+            self.outbox.append(readings, events, drops=counts)
+        except BufferError as exc:
+            owed[DROP_UNWRITABLE] += len(readings)
+            owed[DROP_UNWRITABLE_EVENT] += len(events)
+            for reason, n in (drops or {}).items():
+                owed[reason] += n
+            if self._unwritable_logged.ready("submit"):
+                self._log.error(
+                    "cannot write the buffer (%s): %d readings and %d events dropped and counted"
+                    " so far; they are recorded once the buffer can be written again",
+                    exc,
+                    owed[DROP_UNWRITABLE],
+                    owed[DROP_UNWRITABLE_EVENT],
+                )
+            return
+        owed.clear()
         self._appended += len(readings) + len(events)
         if self._appended >= self.config.buffer.batch_max_readings:
             self._batch_due.set()
@@ -375,10 +404,14 @@ class Agent:
             self._batch_due.clear()
             self._appended = 0
             formed = 0
-            while self.outbox.form_batch() is not None:
-                formed += 1
-                if formed % 8 == 0:
-                    await asyncio.sleep(0)  # let the sender and sources run during a backlog
+            try:
+                while self.outbox.form_batch() is not None:
+                    formed += 1
+                    if formed % 8 == 0:
+                        await asyncio.sleep(0)  # let the sender and sources run meanwhile
+            except BufferError as exc:  # the disk is full: the readings wait, pending
+                if self._unwritable_logged.ready("batch"):
+                    self._log.error("cannot form batches now (%s); trying again", exc)
             if formed:
                 self.uplink.notify()
 

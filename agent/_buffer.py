@@ -36,7 +36,11 @@ DROP_DISK_FULL = "disk_full"
 DROP_REJECTED = "rejected_by_collector"
 DROP_TOO_LARGE = "too_large"
 # Drop reasons sources report that concern events (the others concern readings).
-EVENT_DROP_REASONS = frozenset({"invalid_event"})
+# The buffer could not be written (the filesystem is full, an I/O error): what a source handed
+# over then is counted in memory and recorded with the next commit that succeeds.
+DROP_UNWRITABLE = "buffer_unwritable"
+DROP_UNWRITABLE_EVENT = "buffer_unwritable_event"
+EVENT_DROP_REASONS = frozenset({"invalid_event", DROP_UNWRITABLE_EVENT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +284,16 @@ class Outbox:
             self._rollback()
             self._series_ids.clear()  # ids made in the rolled-back transaction are gone
             raise BufferError(f"{self.path}: cannot store readings: {exc}") from exc
-        self.enforce_bound()
+        self._enforce_bound_after_commit()
+
+    def _enforce_bound_after_commit(self) -> None:
+        """The data is committed; if the bound cannot be enforced now (the disk itself is
+        full), say so and try again at the next commit, without undoing what was stored."""
+        try:
+            self.enforce_bound()
+        except (BufferError, sqlite3.Error) as exc:
+            self._rollback()
+            self._log.warning("%s: cannot enforce the disk bound now: %s", self.path, exc)
 
     def _series_id(self, reading: Reading) -> int:
         key = orjson.dumps(
@@ -332,7 +345,7 @@ class Outbox:
             self._rollback()
             raise BufferError(f"{self.path}: cannot form a batch: {exc}") from exc
         if batch is not None:
-            self.enforce_bound()
+            self._enforce_bound_after_commit()
         return batch
 
     def _form_batch_locked(self, limit: int) -> PendingBatch | None:

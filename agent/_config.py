@@ -45,7 +45,7 @@ class UplinkConfig(BaseModel):
     # not answer in time, or said it is busy). See outpost_mqtt.Backoff.
     reconnect_min: Annotated[float, Field(gt=0, le=60)] = 0.5
     reconnect_max: Annotated[float, Field(gt=0, le=600)] = 4.0
-    reconnect_busy_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    reconnect_busy_max: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # TCP connect and TLS handshake, each; then as long again for the broker's CONNACK.
     connect_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Renew the certificate at this fraction of its lifetime, at most once per interval.

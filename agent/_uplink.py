@@ -28,7 +28,7 @@ import wire
 from agent._buffer import Outbox
 from agent._clock import Clock
 from agent._config import UplinkConfig
-from agent._exceptions import UplinkError
+from agent._exceptions import BufferError, UplinkError
 from agent._renewal import CertificateRenewer
 from wire import topics
 
@@ -174,7 +174,7 @@ class Uplink:
             if reconnect_now:
                 self._log.info("reconnecting with the renewed certificate")
                 continue
-            self._outbox.set_uplink_state("disconnected")
+            self._uplink_state("disconnected")
             busy = self._attempt is not None and self._attempt.costly_failure
             delay = backoff.next_delay(busy=busy)
             self._log.info(
@@ -219,7 +219,7 @@ class Uplink:
             if self._on_config is not None:
                 await _subscribe(client, topics.down_config(self.gateway_id))
             await self._publish_state(client)
-            self._outbox.set_uplink_state("connected")
+            self._uplink_state("connected")
             self._log.info("uplink connected to %s:%d", self._cfg.host, self._cfg.port)
             self.connected.set()
             self._window = self._cfg.max_inflight
@@ -243,6 +243,12 @@ class Uplink:
                 except (aiomqtt.MqttError, TimeoutError):
                     pass
                 raise
+
+    def _uplink_state(self, state: str) -> None:
+        try:
+            self._outbox.set_uplink_state(state)
+        except BufferError as exc:  # for `outpost-agent status` only: not worth stopping for
+            self._log.debug("cannot record the uplink state: %s", exc)
 
     async def _renew(self, client: aiomqtt.Client) -> None:
         """Check the certificate now and every 10 minutes; renew it when it is due."""
@@ -403,7 +409,12 @@ class Uplink:
                         msg.seq,
                         msg.reason,
                     )
-                self._outbox.acknowledge(msg.seq, rejected=rejected)
+                try:
+                    self._outbox.acknowledge(msg.seq, rejected=rejected)
+                except BufferError as exc:
+                    # The disk is full: the batch stays and is sent again; the collector acks
+                    # it as a duplicate, and it is deleted then.
+                    self._log.warning("cannot delete acked batch %d now: %s", msg.seq, exc)
                 self._window = min(self._cfg.max_inflight, self._window + 1)
                 self._unrouted_backoff.reset()
             else:

@@ -76,6 +76,13 @@ class Mosquitto:
                 self._proc.wait()
             self._proc = None
 
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, no persistence written."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
     @property
     def pid(self) -> int:
         if self._proc is None:

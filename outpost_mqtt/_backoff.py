@@ -9,8 +9,12 @@ fleet that lost the broker together does not come back in step. Two refinements:
   lasted ``healthy_after`` seconds: a link that drops after a good while is tried again within a
   fraction of a second, while a broker that accepts and drops at once keeps backing off.
 - **A busy broker is left alone longer.** A failure that cost the broker work (it took the
-  connection but did not answer in time, or said it is busy) grows the ceiling up to
-  ``busy_cap`` instead. Refused and unreachable attempts cost it nothing and stay on ``cap``.
+  connection but did not answer in time, or said it is busy) sets a second ceiling, eight times
+  ``cap`` at the first and doubling with each such failure in a row up to ``busy_cap``, until a
+  connection succeeds. A
+  fleet that comes back together thus spreads its attempts wider until they fit what the broker
+  can take, whatever the fleet's size. Refused and unreachable attempts cost the broker nothing
+  and stay under ``cap``.
 
 ``docs/operations.md`` works out what this means for a fleet of 10,000 gateways.
 """
@@ -44,6 +48,7 @@ class Backoff:
         self._rng = rng or random.Random()
         self._clock = clock
         self._failures = 0
+        self._busy = 0  # costly failures in a row, since the last connection
         self._since: float | None = None
 
     @property
@@ -52,18 +57,22 @@ class Backoff:
         return self._failures
 
     def connected(self) -> None:
-        """A session started; if it lasts ``healthy_after``, the next failure counts as the
-        first."""
+        """A session started (the broker took us: it is not too busy); if it lasts
+        ``healthy_after``, the next failure counts as the first."""
         self._since = self._clock()
+        self._busy = 0
 
     def reset(self) -> None:
         self._failures = 0
+        self._busy = 0
         self._since = None
 
     def ceiling(self, *, busy: bool = False) -> float:
-        """The most the next delay can be."""
-        cap = self._busy_cap if busy else self._cap
-        return min(cap, self._base * 2.0 ** min(self._failures, 40))
+        """The most the next delay can be (after one more busy failure, with ``busy``)."""
+        low = min(self._cap, self._base * 2.0 ** min(self._failures, 40))
+        if not busy:
+            return low
+        return min(self._busy_cap, max(low, self._cap * 2.0 ** min(self._busy + 3, 40)))
 
     def next_delay(self, *, busy: bool = False) -> float:
         """The wait before the next attempt, after a failed attempt or a session that ended."""
@@ -72,4 +81,6 @@ class Backoff:
         self._since = None
         ceiling = self.ceiling(busy=busy)
         self._failures += 1
+        if busy:
+            self._busy += 1
         return self._rng.uniform(0.0, ceiling)

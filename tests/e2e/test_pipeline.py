@@ -84,17 +84,25 @@ def test_collector_and_broker_restarts_lose_and_duplicate_nothing(
     h.start_collector()
     cfg = h.agent_config("gw-restart", identity("gw-restart"))
     proc = h.start_producer(cfg, "gw-restart", run="r", per_poll=20, interval=0.05)
-    time.sleep(1.5)
+
+    def produced_more(n: int, what: str) -> None:
+        # Each phase lasts until the agent has produced n more readings: as long as a busy
+        # machine needs, never a fixed time.
+        start = len(h.read_journal("gw-restart"))
+        wait_until(lambda: len(h.read_journal("gw-restart")) >= start + n, timeout=60, what=what)
+
+    produced_more(300, "readings before the faults")
+    wait_until(lambda: len(h.stored("gw-restart")) > 0, timeout=30, what="the first delivery")
     h.stop_collector()
-    time.sleep(2.0)  # the agent keeps producing into its buffer
+    produced_more(400, "readings while the collector is away")  # into the buffer
     h.start_collector()
-    time.sleep(1.5)
+    produced_more(300, "readings after the collector is back")
     h.broker.restart()
-    time.sleep(2.0)
+    produced_more(400, "readings after the broker restart")
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
     journal = h.read_journal("gw-restart")
-    assert len(journal) > 1000
+    assert len(journal) >= 1400
     drain(h, cfg, "gw-restart")
     assert_exactly_once(h, "gw-restart", journal)
 

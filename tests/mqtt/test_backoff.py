@@ -56,6 +56,24 @@ def test_a_broker_that_accepts_and_drops_at_once_keeps_backing_off() -> None:
     assert b.ceiling() == 4.0
 
 
+def test_each_busy_failure_in_a_row_doubles_the_wait_until_a_connection_succeeds() -> None:
+    b = Backoff(base=0.5, cap=4.0, busy_cap=60.0, rng=random.Random(6))
+    for _ in range(6):
+        b.next_delay()  # refused a few times: at the low cap
+    ceilings = []
+    for _ in range(5):
+        ceilings.append(b.ceiling(busy=True))
+        b.next_delay(busy=True)
+    assert ceilings == [32.0, 60.0, 60.0, 60.0, 60.0]
+    b.connected()  # the broker took us: it is not too busy any more
+    assert b.ceiling(busy=True) == 32.0
+    wide = Backoff(base=0.5, cap=4.0, busy_cap=1000.0)
+    assert [wide.ceiling(busy=True), (wide.next_delay(busy=True), wide.ceiling(busy=True))[1]] == [
+        32.0,
+        64.0,
+    ]
+
+
 def test_a_busy_broker_gets_the_longer_cap() -> None:
     b = Backoff(base=0.5, cap=4.0, busy_cap=60.0, rng=random.Random(4))
     for _ in range(10):
