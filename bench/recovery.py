@@ -53,6 +53,16 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str, step: float =
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def subscribed_again(log: Path, times_before: int) -> float:
+    """When the collector's log says it subscribed once more than it had."""
+    return wait(
+        lambda: log.read_text().count("collector subscribed") > times_before,
+        60,
+        "the collector to subscribe again",
+        step=0.005,
+    )
+
+
 def run_once(scenario: str, rng: random.Random) -> float:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -115,23 +125,13 @@ def run_once(scenario: str, rng: random.Random) -> float:
                     time.sleep(1.0)  # it publishes to a broker with no collector subscribed
                     subscribed = clog.read_text().count("collector subscribed")
                     collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=clog)
-                    back = wait(
-                        lambda: clog.read_text().count("collector subscribed") > subscribed,
-                        60,
-                        "the collector to subscribe again",
-                        step=0.005,
-                    )
+                    back = subscribed_again(clog, subscribed)
                     before = stored(db)
                 else:
                     subscribed = clog.read_text().count("collector subscribed")
                     time.sleep(rng.uniform(0, 2))
                     broker.restart()
-                    back = wait(
-                        lambda: clog.read_text().count("collector subscribed") > subscribed,
-                        60,
-                        "the collector to subscribe again",
-                        step=0.005,
-                    )
+                    back = subscribed_again(clog, subscribed)
                     before = stored(db)
                 first = wait(lambda: stored(db) > before, 120, "the first delivery after", 0.01)
                 return first - back

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -52,6 +53,27 @@ async def wait_for(predicate, within: float = 10) -> None:  # type: ignore[no-un
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 - the condition spans several objects
             await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    broker: LocalBroker, profile: str, submit: object
+) -> AsyncIterator[MqttDeviceSource]:
+    """A source of ``profile`` on ``broker``, running and subscribed, stopped afterwards."""
+    src = MqttDeviceSource(
+        name=profile,
+        profile=find_profile(profile),
+        target=MqttTarget("127.0.0.1", broker.port),
+        clock=SystemClock(),
+    )
+    task = asyncio.create_task(src.run(submit))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(src.connected.wait(), 10)
+        yield src
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_tasmota_devices_on_the_site_broker_become_readings(site_broker: LocalBroker) -> None:
@@ -306,25 +328,13 @@ async def test_a_burst_reaches_the_buffer_in_bounded_groups_and_nothing_is_lost(
         time.sleep(0.02)  # a commit on an SD card
         got(readings, events, drops)
 
-    src = MqttDeviceSource(
-        name="zigbee",
-        profile=find_profile("zigbee2mqtt"),
-        target=MqttTarget("127.0.0.1", site_broker.port),
-        clock=SystemClock(),
-    )
-    task = asyncio.create_task(src.run(slow_buffer))
-    try:
-        await asyncio.wait_for(src.connected.wait(), 10)
+    async with listening(site_broker, "zigbee2mqtt", slow_buffer):
         burst = [
             (f"zigbee2mqtt/sensor {i % 50}", json.dumps({"temperature": i / 10}))
             for i in range(5000)
         ]
         await asyncio.to_thread(publish, site_broker.port, burst)
         await wait_for(lambda: len(got.readings) == 5000, within=60)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert max(sizes) <= FLUSH_AT
     assert sorted(r.fields["temperature_c"] for r in got.readings) == sorted(
         i / 10 for i in range(5000)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +30,21 @@ def _stored(h: Harness, gateway_id: str) -> int:
 def _all_stored(h: Harness, gateway_id: str) -> bool:
     stored = h.stored(gateway_id)
     return all((e.run, e.n) in stored for e in h.read_journal(gateway_id))
+
+
+def _catch_up_then_check(h: Harness, gw: str, proc: subprocess.Popen[bytes], cfg: Path) -> float:
+    """Seconds until everything journaled so far is stored (the collector has just come back);
+    then the producer stops, the agent drains, and every reading is stored exactly once."""
+    back = time.monotonic()
+    wait_until(
+        lambda: _all_stored(h, gw), timeout=40, what="everything journaled so far to be stored"
+    )
+    caught_up = time.monotonic() - back
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    drain(h, cfg, gw)
+    assert_exactly_once(h, gw, h.read_journal(gw))
+    return caught_up
 
 
 def test_delivery_resumes_within_seconds_of_the_path_returning(harness: Harness, identity) -> None:
@@ -87,17 +104,9 @@ def test_after_a_broker_restart_batches_go_again_as_soon_as_a_collector_subscrib
         what="the agent to publish to a broker with no collector subscribed",
     )
     h.start_collector()  # returns once it has subscribed
-    back = time.monotonic()
-    wait_until(
-        lambda: _all_stored(h, gw), timeout=40, what="everything journaled so far to be stored"
-    )
-    caught_up = time.monotonic() - back
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+    caught_up = _catch_up_then_check(h, gw, proc, cfg)
     assert caught_up < 30, f"{caught_up:.1f} s after the collector subscribed"
     assert "no ack within" not in log.read_text(), "a batch waited for the ack timeout"
-    drain(h, cfg, gw)
-    assert_exactly_once(h, gw, h.read_journal(gw))
 
 
 def test_a_collector_killed_keeps_its_session_and_gets_what_arrived_meanwhile(
@@ -123,16 +132,8 @@ def test_a_collector_killed_keeps_its_session_and_gets_what_arrived_meanwhile(
     )
     log = h.root / f"{gw}.log"
     h.start_collector()
-    back = time.monotonic()
-    wait_until(
-        lambda: _all_stored(h, gw), timeout=40, what="everything journaled so far to be stored"
-    )
-    caught_up = time.monotonic() - back
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+    caught_up = _catch_up_then_check(h, gw, proc, cfg)
     assert "no collector is subscribed" not in log.read_text(), (
         "the broker dropped the collector's session"
     )
     assert caught_up < 30, f"{caught_up:.1f} s after the collector came back"
-    drain(h, cfg, gw)
-    assert_exactly_once(h, gw, h.read_journal(gw))

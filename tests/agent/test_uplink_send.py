@@ -1,0 +1,221 @@
+"""The uplink's send path in memory: a real SQLite outbox, the real sender and receiver, and a
+stand-in for the MQTT client that records publishes and delivers acks. Fast (no broker), so
+each rule of the send path has a test of its own: a batch leaves the outbox only when acked,
+what is not acked is sent again, a nack holds the sender and halves the window, ``in_progress``
+holds only its batch, "no matching subscribers" is retried soon. The real client and broker are
+tested in tests/mqtt and tests/e2e."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+import outpost_mqtt
+import wire
+from agent import Outbox, SystemClock
+from agent._config import UplinkConfig
+from agent._uplink import Uplink
+from wire import Reading, topics
+
+GW = "gw-mem"
+
+
+class FakeClient:
+    """What the uplink uses of ``outpost_mqtt.Client``."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []  # seq of every batch publish, in order
+        self.answer = 0  # the PUBACK reason code to give
+        self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+
+    async def publish_answered(self, topic: str, payload: bytes, **kw: Any) -> int:
+        props = dict(kw["properties"].UserProperty)
+        self.sent.append(int(props[wire.PROP_SEQ]))
+        return self.answer
+
+    async def publish(self, *args: object, **kw: object) -> None:
+        pass
+
+    @property
+    def messages(self) -> AsyncIterator[aiomqtt.Message]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[aiomqtt.Message]:
+        while True:
+            yield await self._inbox.get()
+
+    def deliver(self, msg: wire.Ack | wire.Nack) -> None:
+        payload = wire.encode_message(msg)
+        self._inbox.put_nowait(aiomqtt.Message(topics.down_ack(GW), payload, 1, False, 1, None))
+
+
+class Rig:
+    def __init__(self, outbox: Outbox, uplink: Uplink, client: FakeClient) -> None:
+        self.outbox, self.uplink, self.client = outbox, uplink, client
+
+    def ack(self, seq: int, status: str = "stored", stream: str | None = None) -> None:
+        self.client.deliver(
+            wire.Ack(stream=stream or self.outbox.stream_id, seq=seq, status=status)  # type: ignore[arg-type]
+        )
+
+    def nack(self, seq: int, reason: str, retry_after_ms: int) -> None:
+        self.client.deliver(
+            wire.Nack(
+                stream=self.outbox.stream_id,
+                seq=seq,
+                reason=reason,
+                retry_after_ms=retry_after_ms,  # type: ignore[arg-type]
+            )
+        )
+
+    def stored_seqs(self) -> set[int]:
+        return {b.seq for b in self.outbox.pick(1000)}
+
+    @contextlib.asynccontextmanager
+    async def collector(self, *, holding: frozenset[int] = frozenset()) -> AsyncIterator[None]:
+        """A collector that acks every batch as it is sent, except those in ``holding``."""
+
+        async def ack_all() -> None:
+            acked: set[int] = set()
+            while True:
+                for seq in self.client.sent:
+                    if seq not in acked and seq not in holding:
+                        acked.add(seq)
+                        self.ack(seq)
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ack_all())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def until(predicate: Any, within: float = 10.0, what: str = "") -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - the state is the uplink's own
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, *, batches: int, **uplink: object) -> AsyncIterator[Rig]:
+    cfg = UplinkConfig(
+        host="x", ca_file=tmp_path / "ca", cert_file=tmp_path / "c", key_file=tmp_path / "k",
+        **{"ack_timeout": 30.0, "max_inflight": 8, **uplink},  # type: ignore[arg-type]
+    )  # fmt: skip
+    clock = SystemClock()
+    with Outbox(path=tmp_path / "buffer.db", gateway_id=GW, clock=clock, max_bytes=64 << 20) as ob:
+        for i in range(batches):
+            ob.append([Reading(measurement="m", tags={}, fields={"n": i}, ts=i + 1)])
+            ob.form_batch()
+        up = Uplink(gateway_id=GW, config=cfg, outbox=ob, clock=clock, state=lambda s: None)  # type: ignore[arg-type,return-value]
+        client = FakeClient()
+        tasks = [
+            asyncio.create_task(up._send(client)),  # type: ignore[arg-type]
+            asyncio.create_task(up._receive(client)),  # type: ignore[arg-type]
+        ]
+        try:
+            yield Rig(ob, up, client)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+
+async def test_a_batch_leaves_the_outbox_when_acked_not_when_sent(tmp_path: Path) -> None:
+    async with rig(tmp_path, batches=3) as r:
+        await until(lambda: len(r.client.sent) == 3)
+        await asyncio.sleep(0.1)  # the sender has nothing more to do
+        assert r.stored_seqs() == {1, 2, 3}, "sending deleted a batch"
+        r.ack(2)
+        await until(lambda: r.stored_seqs() == {1, 3})
+        r.ack(2)  # a second ack of the same batch (a retransmit's) changes nothing
+        r.ack(1, stream="another-stream")  # about a stream this buffer no longer holds
+        await asyncio.sleep(0.1)
+        assert r.stored_seqs() == {1, 3}
+
+
+async def test_what_is_not_acked_in_time_is_sent_again(tmp_path: Path) -> None:
+    async with rig(tmp_path, batches=2, ack_timeout=0.3) as r:
+        await until(lambda: sorted(r.client.sent) == [1, 2])
+        r.ack(1)
+        await until(lambda: r.client.sent.count(2) >= 2)
+        assert r.client.sent.count(1) == 1  # the acked one is not sent again
+        assert r.uplink.retransmits >= 1
+
+
+async def test_a_quarantined_batch_is_deleted_and_counted_as_dropped(tmp_path: Path) -> None:
+    async with rig(tmp_path, batches=1) as r:
+        await until(lambda: r.client.sent == [1])
+        r.ack(1, status="quarantined")
+        await until(lambda: r.stored_seqs() == set())
+        assert r.outbox.stats().drops == {"rejected_by_collector": 1}
+
+
+async def test_a_nack_holds_the_sender_and_halves_the_window(tmp_path: Path) -> None:
+    async with rig(tmp_path, batches=20, max_inflight=8) as r:
+        await until(lambda: len(r.client.sent) == 8)  # the window is full
+        nacked = min(r.client.sent)
+        r.nack(nacked, "rate_limited", retry_after_ms=1500)
+        await until(lambda: r.uplink.nacks == 1)
+        assert r.uplink._window == 4  # halved (it grows by one per ack again)
+        held = time.monotonic()
+        for seq in sorted(r.client.sent):
+            if seq != nacked:
+                r.ack(seq)
+        await asyncio.sleep(0.5)
+        assert len(r.client.sent) == 8, "it sent while the collector asked it to wait"
+        await until(lambda: len(r.client.sent) > 8)
+        assert time.monotonic() - held >= 1.0
+        assert nacked in r.stored_seqs()  # kept, and sent again
+
+
+async def test_in_progress_holds_only_that_batch(tmp_path: Path) -> None:
+    async with rig(tmp_path, batches=6, max_inflight=2) as r:
+        await until(lambda: len(r.client.sent) == 2)
+        busy = r.client.sent[0]
+        r.nack(busy, "in_progress", retry_after_ms=1500)
+        await until(lambda: r.uplink.nacks == 1)
+        async with r.collector(holding=frozenset({busy})):
+            # The rest of the stream goes on while that batch waits...
+            await until(lambda: r.stored_seqs() == {busy}, within=1.0)
+            assert r.client.sent.count(busy) == 1
+            assert r.uplink._window == 2  # not congestion: the window stays
+            # ... and it is asked about again after its retry_after, not after ack_timeout.
+            await until(lambda: r.client.sent.count(busy) == 2, within=5.0)
+
+
+async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, batches=5, max_inflight=8) as r:
+        r.client.answer = outpost_mqtt.NO_MATCHING_SUBSCRIBERS
+        await until(lambda: len(r.client.sent) >= 3, within=10.0)  # again and again, soon
+        assert r.uplink.unrouted >= 3
+        assert r.stored_seqs() == {1, 2, 3, 4, 5}
+        # One at a time while nobody is subscribed: the same batch, not the whole window.
+        assert len(set(r.client.sent)) == 1
+        r.client.answer = 0  # a collector subscribed
+        async with r.collector():
+            await until(lambda: r.stored_seqs() == set(), within=10.0)
+        assert r.uplink._window == 1 + 5  # back up by one per ack
+
+
+@pytest.mark.parametrize("code", [0x87, 0x97])
+async def test_a_refused_publish_is_kept_and_tried_again(tmp_path: Path, code: int) -> None:
+    async with rig(tmp_path, batches=1) as r:
+        r.client.answer = code
+        await until(lambda: len(r.client.sent) >= 2, within=10.0)
+        assert r.uplink.refused >= 2
+        assert r.stored_seqs() == {1}
