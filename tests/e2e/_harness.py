@@ -17,14 +17,77 @@ from outpost_dev._processes import Mosquitto, agent_config, collector_config, sp
 
 
 def wait_until(
-    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    seen: Callable[[], object] | None = None,
 ) -> None:
+    """Wait for ``predicate``; on timeout, say what was awaited and, with ``seen``, what the
+    test saw instead (the acks, the counts), not only that time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    saw = f"; saw {seen()}" if seen is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{saw}")
+
+
+class AckWatcher:
+    """Every ack and nack the collector sends to any gateway, seen as the collector's own
+    identity sees them (a second client of the broker): which batches were acked ``stored``,
+    which ``duplicate``."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        import ssl
+
+        import paho.mqtt.client as mqtt
+
+        import wire
+
+        self._decode = wire.decode_ack
+        self.acks: list[tuple[str, str, int, str]] = []  # (gateway, stream, seq, status)
+        f = broker.files
+        ctx = ssl.create_default_context(cafile=str(f.ca_cert))
+        ctx.load_cert_chain(str(f.collector_cert), str(f.collector_key))
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="ack-watcher", protocol=mqtt.MQTTv5
+        )
+        self._client.tls_set_context(ctx)
+        self._client.on_message = self._on_message
+        self._subscribed = False
+        self._client.on_subscribe = lambda *_: setattr(self, "_subscribed", True)
+        self._client.on_connect = lambda c, *_: c.subscribe("outpost/v1/gw/+/down/ack", qos=1)
+        self._client.connect("localhost", broker.port)
+        self._client.loop_start()
+        wait_until(lambda: self._subscribed, timeout=15, what="the ack watcher to subscribe")
+
+    def _on_message(self, client: object, userdata: object, message: object) -> None:
+        msg = self._decode(bytes(message.payload))  # type: ignore[attr-defined]
+        gw = str(message.topic).split("/")[3]  # type: ignore[attr-defined]
+        status = msg.status if msg.kind == "ack" else f"nack:{msg.reason}"  # type: ignore[union-attr]
+        self.acks.append((gw, msg.stream, msg.seq, status))
+
+    def statuses(self, gateway_id: str) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for gw, _, _, status in self.acks:
+            if gw == gateway_id:
+                out[status] += 1
+        return dict(out)
+
+    def stored_twice(self, gateway_id: str) -> list[tuple[str, int]]:
+        """Batches acked ``stored`` more than once: stored twice, whatever the rows say."""
+        seen: dict[tuple[str, int], int] = defaultdict(int)
+        for gw, stream, seq, status in self.acks:
+            if gw == gateway_id and status == "stored":
+                seen[(stream, seq)] += 1
+        return [k for k, n in seen.items() if n > 1]
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
 
 
 @dataclass
@@ -201,7 +264,15 @@ class Harness:
         self.stop_collector()
 
 
-def assert_exactly_once(h: Harness, gateway_id: str, journal: list[JournalEntry]) -> None:
+def assert_exactly_once(
+    h: Harness,
+    gateway_id: str,
+    journal: list[JournalEntry],
+    acks: AckWatcher | None = None,
+) -> None:
+    """Every journaled reading stored, none twice: by its identity (run, n) in the store's rows,
+    and, with ``acks``, no batch acked ``stored`` twice (a duplicate stored with the same
+    timestamp overwrites its row and would not show in the rows)."""
     stored = h.stored(gateway_id)
     missing = [(e.run, e.n) for e in journal if (e.run, e.n) not in stored]
     assert not missing, (
@@ -209,3 +280,6 @@ def assert_exactly_once(h: Harness, gateway_id: str, journal: list[JournalEntry]
     )
     dup = {k: v for k, v in stored.items() if len(v) > 1}
     assert not dup, f"{len(dup)} readings stored more than once, e.g. {list(dup.items())[:3]}"
+    if acks is not None:
+        twice = acks.stored_twice(gateway_id)
+        assert not twice, f"batches acked 'stored' twice (stored twice): {twice[:5]}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e._harness import Harness, assert_exactly_once, wait_until
+from tests.e2e._harness import AckWatcher, Harness, assert_exactly_once, wait_until
 
 pytestmark = [pytest.mark.broker]
 
@@ -56,6 +56,7 @@ def test_readings_arrive_with_values_tags_and_timestamps(harness: Harness, ident
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(harness: Harness, identity) -> None:
     h = harness
     h.start_collector()
+    acks = AckWatcher(h.broker)
     cfg = h.agent_config("gw-kill", identity("gw-kill"))
     rng = random.Random(7)
     kills = 22
@@ -71,10 +72,29 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(harness: Harness,
         time.sleep(rng.uniform(0.0, 1.0))
         proc.kill()  # SIGKILL: no cleanup, no flush, mid-write if it happens to be writing
         proc.wait()
+    # And once for certain, the case the dedup exists for: batches the collector stores after
+    # the agent died, so the agent never saw their acks and sends them again.
+    proc = h.start_producer(cfg, "gw-kill", run="certain", per_poll=25, interval=0.02)
+    before = len(acks.acks)
+    wait_until(lambda: len(acks.acks) > before + 3, timeout=30, what="acks flowing")
+    assert h.collector is not None
+    h.collector.send_signal(signal.SIGSTOP)  # it receives, but stores and acks nothing
+    produced = len(h.read_journal("gw-kill"))
+    wait_until(
+        lambda: len(h.read_journal("gw-kill")) > produced + 300,
+        timeout=30,
+        what="batches sent to a collector that does not answer",
+    )
+    proc.kill()
+    proc.wait()
+    h.collector.send_signal(signal.SIGCONT)  # it stores them now; the acks reach no one
     journal = h.read_journal("gw-kill")
-    assert len({e.run for e in journal}) == kills
+    assert len({e.run for e in journal}) == kills + 1
     drain(h, cfg, "gw-kill")
-    assert_exactly_once(h, "gw-kill", journal)
+    statuses = acks.statuses("gw-kill")
+    assert statuses.get("duplicate", 0) > 0, f"no batch was sent again: acks {statuses}"
+    assert_exactly_once(h, "gw-kill", journal, acks)
+    acks.close()
 
 
 def test_collector_and_broker_restarts_lose_and_duplicate_nothing(
