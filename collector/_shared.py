@@ -321,6 +321,9 @@ class LatestValues:
     def count_points(self, measurement: str | None = None) -> int:
         return self.inner.count_points(measurement)
 
+    def duplicate_points(self, measurement: str | None = None) -> int:
+        return self.inner.duplicate_points(measurement)
+
     def ping(self) -> None:
         self.inner.ping()
 

@@ -474,6 +474,13 @@ class InfluxTimeSeriesStore:
             seen.update((key, int(t)) for t in series["timestamps"])
         return len(seen)
 
+    def duplicate_points(self, measurement: str | None = None) -> int:
+        extra = 0
+        for series in self._export(self._selector(ALL_TENANTS, measurement, None)):
+            stamps = series["timestamps"]
+            extra += len(stamps) - len(set(stamps))
+        return extra
+
     # -- retention and health -----------------------------------------------------------------
 
     def refresh_rollups(self, raw_horizon_ns: int = 0) -> int:

@@ -1100,6 +1100,18 @@ class PostgresTimeSeriesStore(_PostgresBase):
             )
         return int(row[0])
 
+    def duplicate_points(self, measurement: str | None = None) -> int:
+        where, args = (
+            ("", ()) if measurement is None else (" WHERE s.measurement = %s", (measurement,))
+        )
+        row = self._one(
+            "SELECT coalesce(sum(c - 1), 0) FROM (SELECT count(*) AS c FROM ts_points p"
+            f" JOIN ts_series s ON s.id = p.series_id{where}"
+            " GROUP BY p.series_id, p.ts HAVING count(*) > 1) d",
+            args,
+        )
+        return int(row[0])
+
     def refresh_rollups(self, raw_horizon_ns: int = 0) -> int:
         """Nothing to do: aggregates are computed from the raw rows."""
         del raw_horizon_ns

@@ -699,6 +699,19 @@ class SqliteTimeSeriesStore(_SqliteBase):
             args = [measurement]
         return int(self._one(sql, args)[0])
 
+    def duplicate_points(self, measurement: str | None = None) -> int:
+        where, args = (
+            ("", []) if measurement is None else (" WHERE s.measurement = ?", [measurement])
+        )
+        return int(
+            self._one(
+                "SELECT coalesce(sum(c - 1), 0) FROM (SELECT count(*) AS c FROM points p"
+                f" JOIN series s ON s.id = p.series_id{where}"
+                " GROUP BY p.series_id, p.field, p.ts HAVING count(*) > 1)",
+                args,
+            )[0]
+        )
+
 
 def _json_path(key: str) -> str:
     """A JSON path naming one top-level member, quoted so any tag name is taken literally."""
