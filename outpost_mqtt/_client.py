@@ -25,6 +25,7 @@ which :class:`outpost_mqtt.Backoff` answers with a longer wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import ssl
@@ -130,6 +131,27 @@ class Client(aiomqtt.Client):
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         self._reading_fd = None
         super()._on_socket_close(client, userdata, sock)
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        # aiomqtt schedules add_writer(fd) from paho's thread; when the connection closes
+        # before that runs, asyncio logs an EBADF traceback (seen in bench/chaos.py). Register
+        # only if the socket is still open (and still the same one).
+        def write_ready() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken connection: as aiomqtt treats it
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        fd = sock.fileno()
+
+        def register() -> None:
+            if fd < 0 or sock.fileno() != fd:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.add_writer(fd, write_ready)
+
+        self._loop.call_soon_threadsafe(register)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         super()._on_message(client, userdata, message)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import wire
 from agent import BufferError, Outbox
@@ -268,3 +270,57 @@ def test_a_buffer_others_could_read_is_made_private(tmp_path: Path) -> None:
     with outbox(path) as ob:
         assert ob.stats().backlog_readings == 5
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def _accounted(ob: Outbox) -> tuple[int, int]:
+    """Readings and events the buffer holds or counted as dropped (by the disk bound)."""
+    s = ob.stats()
+    batched_events = ob.conn.execute("SELECT coalesce(sum(events), 0) FROM batches").fetchone()[0]
+    row = ob.conn.execute(
+        "SELECT coalesce(sum(readings), 0), coalesce(sum(events), 0) FROM drops"
+    ).fetchone()
+    return s.backlog_readings + row[0], s.pending_events + batched_events + row[1]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("readings"), st.integers(1, 900)),
+            st.tuples(st.just("events"), st.integers(1, 60)),
+            st.tuples(st.just("batch"), st.just(0)),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_every_path_into_the_disk_bound_counts_what_it_drops(
+    tmp_path: Path, ops: list[tuple[str, int]]
+) -> None:
+    """Readings pending or batched, events pending or batched: whichever the bound takes, what
+    was appended is still held or counted (the bound is small: it is reached again and again)."""
+    import uuid
+
+    path = tmp_path / f"{uuid.uuid4().hex}.db"
+    with outbox(path, max_bytes=256 * 1024, batch_max_readings=300) as ob:
+        appended_r = appended_e = 0
+        for kind, n in ops:
+            if kind == "readings":
+                ob.append(readings(n, start=appended_r, noise=True))
+                appended_r += n
+            elif kind == "events":
+                body = {"detail": "x" * 2000}
+                ob.append(
+                    [],
+                    [
+                        wire.Event(id=f"e{appended_e + i}", type="t", ts=10**18, body=body)
+                        for i in range(n)
+                    ],
+                )
+                appended_e += n
+            else:
+                ob.form_batch()
+            assert _accounted(ob) == (appended_r, appended_e), f"after {kind} {n}"
+            assert ob.used_bytes() <= 256 * 1024 or kind == "batch"
