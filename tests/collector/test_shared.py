@@ -3,6 +3,7 @@ values; and what happens when Redis goes away."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,21 @@ def test_latest_values_newest_wins_and_the_store_answers_when_redis_is_gone(
     with pytest.raises(StoreUnavailable, match=r"Redis 127\.0\.0\.1"):
         _shared.ping(client)
     inner.close()
+
+
+def test_the_shared_bucket_refills_at_its_rate(client: redis.Redis) -> None:
+    """Emptied, the bucket lets a batch through again once enough has trickled back (by the
+    Redis server's clock, whichever replica asks), not before and not never."""
+    limits = LimitsConfig(readings_per_s=100, readings_burst=100, bytes_per_s=1e9, bytes_burst=1e9)
+    a = _shared.RedisRateLimiter(client, limits)
+    b = _shared.RedisRateLimiter(client, limits)
+    assert a.consume("gw-r", 100, 10, 0.0).allowed  # the whole burst
+    refused = b.consume("gw-r", 50, 10, 0.0)
+    assert not refused.allowed
+    assert 0.3 < refused.retry_after_s <= 0.5  # 50 readings at 100/s
+    emptied = time.monotonic()
+    deadline = emptied + 10
+    while not b.consume("gw-r", 50, 10, 0.0).allowed:
+        assert time.monotonic() < deadline, "the bucket never refilled"
+        time.sleep(0.05)
+    assert time.monotonic() - emptied >= 0.3, "it let the batch through before it refilled"

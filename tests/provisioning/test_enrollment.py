@@ -492,6 +492,40 @@ def test_enrolling_into_another_tenant_gives_a_new_identity_and_leaves_the_backl
     assert detail["moved_from_another_tenant"] is True
 
 
+def test_a_decommission_made_with_the_cli_reaches_the_running_collector(pki: Harness) -> None:
+    """The CLI is another process: the running collector learns of the revocation from the
+    store within seconds, takes the gateway off the broker's roster (which disconnects it) and
+    stores nothing more from it."""
+    h = pki
+    assert enroll(h, new_token(h), "gw-cli").exit_code == 0
+    gw = gateway_id_of(h, "gw-cli")
+    config = h.root / "gw-cli" / "agent.toml"
+    tune(config)
+    proc = h.start_producer(config, gw, run="live", per_poll=5, interval=0.1)
+    try:
+        wait_until(lambda: len(h.stored(gw)) > 20, timeout=30, what="readings first")
+        collector(h, "gateway", "decommission", gw)
+        wait_until(
+            lambda: f"removed gateway(s) {gw}" in h.collector_log.read_text(),
+            timeout=15,
+            what="the running collector to act on the CLI's decommission",
+            seen=lambda: h.collector_log.read_text().splitlines()[-3:],
+        )
+        settled = len(h.stored(gw))
+        wait_until(
+            lambda: (
+                "certificate revoked" in (h.root / f"{gw}.log").read_text()
+                or "not authorized" in (h.root / f"{gw}.log").read_text()
+            ),
+            timeout=15,
+            what="the gateway to be refused",
+        )
+        assert len(h.stored(gw)) <= settled + 10  # at most a batch already on its way
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
 def test_the_broker_roster_follows_enrollment_and_decommission(pki: Harness) -> None:
     """The broker lets a gateway use its topics from its first connection (added at
     enrollment), repairs a roster that lost it (at the collector's next connect), and shuts it
