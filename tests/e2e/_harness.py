@@ -129,6 +129,7 @@ class Harness:
             ),
             timeout=20,
             what="the collector to subscribe",
+            seen=lambda: self.collector_log.read_text().splitlines()[-5:],
         )
 
     def collector_config_path(self) -> Path:

@@ -92,7 +92,7 @@ def wait_report(s: dict[str, Any], **want: Any) -> dict[str, Any]:
         r = reported(s)
         return r is not None and all(r.get(k) == v for k, v in want.items())
 
-    wait_until(ok, timeout=45, what=f"a config report {want}")
+    wait_until(ok, timeout=45, what=f"a config report {want}", seen=lambda: reported(s))
     report = reported(s)
     assert report is not None
     return report

@@ -25,6 +25,11 @@ def drain(h: Harness, config: Path, gateway_id: str, *, timeout: float = 60) -> 
         ),
         timeout=timeout,
         what="the agent's backlog to drain",
+        seen=lambda: {
+            k: v
+            for k, v in h.status(config).items()
+            if k in ("backlog_readings", "pending_events", "uplink", "drops")
+        },
     )
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)

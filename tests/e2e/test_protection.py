@@ -320,8 +320,10 @@ def test_a_batch_another_replica_is_storing_is_resent_alone_and_the_stream_flows
     replica.loop_start()
     try:
         wait_until(replica.is_connected, timeout=10, what="MQTT connect")
+        subacked = threading.Event()
+        replica.on_subscribe = lambda *_: subacked.set()
         replica.subscribe(topics.up_batch("gw-ip"), qos=1)
-        time.sleep(0.3)  # the SUBACK is in before the agent publishes
+        wait_until(subacked.is_set, timeout=10, what="the SUBACK, before the agent publishes")
         cfg = h.agent_config("gw-ip", identity("gw-ip"))  # ack_timeout = 3 s
         proc = h.start_producer(cfg, "gw-ip", run="ip", per_poll=20, interval=0.05)
         wait_until(lambda: len([s for _, s in sends if s == 2]) == 2, timeout=20, what="resend")

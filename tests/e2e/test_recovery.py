@@ -37,7 +37,10 @@ def _catch_up_then_check(h: Harness, gw: str, proc: subprocess.Popen[bytes], cfg
     then the producer stops, the agent drains, and every reading is stored exactly once."""
     back = time.monotonic()
     wait_until(
-        lambda: _all_stored(h, gw), timeout=40, what="everything journaled so far to be stored"
+        lambda: _all_stored(h, gw),
+        timeout=40,
+        what="everything journaled so far to be stored",
+        seen=lambda: f"{len(h.stored(gw))} of {len(h.read_journal(gw))} stored",
     )
     caught_up = time.monotonic() - back
     proc.send_signal(signal.SIGTERM)
