@@ -324,3 +324,139 @@ def test_every_path_into_the_disk_bound_counts_what_it_drops(
                 ob.form_batch()
             assert _accounted(ob) == (appended_r, appended_e), f"after {kind} {n}"
             assert ob.used_bytes() <= 256 * 1024 or kind == "batch"
+
+
+# -- what mutation testing showed untested (scripts/mutation) ---------------------------------
+
+
+def _batch_sizes(ob: Outbox) -> list[tuple[int, int, int, int]]:
+    return ob.conn.execute(
+        "SELECT seq, readings, events, length(payload) FROM batches ORDER BY seq"
+    ).fetchall()
+
+
+def _drops_row(ob: Outbox, reason: str) -> tuple[int, int]:
+    row = ob.conn.execute("SELECT readings, events FROM drops WHERE reason = ?", (reason,))
+    return tuple(row.fetchone() or (0, 0))  # type: ignore[return-value]
+
+
+def test_the_disk_bound_drops_just_enough_of_the_oldest_batches(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db", batch_max_readings=50) as ob:
+        for i in range(6):
+            ob.append(readings(50, start=i * 50, noise=True))
+            assert ob.form_batch() is not None
+        sizes = _batch_sizes(ob)
+        # Exactly the first batch's size: that batch alone frees enough.
+        assert ob._drop_oldest(sizes[0][3]) == 50
+        assert [s[0] for s in _batch_sizes(ob)] == [s[0] for s in sizes[1:]]
+        # A little more than two batches: three go, the oldest three.
+        over = sizes[1][3] + sizes[2][3] + 1
+        assert ob._drop_oldest(over) == 150
+        assert [s[0] for s in _batch_sizes(ob)] == [s[0] for s in sizes[4:]]
+        assert _drops_row(ob, DROP_DISK_FULL) == (200, 0)
+
+
+def test_batches_with_events_go_last_and_their_events_are_counted(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db", batch_max_readings=20) as ob:
+        for i in range(4):
+            ev = wire.Event(id=f"e{i}", type="offline", ts=5 + i, source="cam", body={})
+            ob.append(readings(20, start=i * 20), [ev, wire.Event(id=f"f{i}", type="x", ts=6)])
+            assert ob.form_batch() is not None
+        sizes = _batch_sizes(ob)
+        assert all(events == 2 for _, _, events, _ in sizes)
+        assert ob._drop_oldest(sizes[0][3] + sizes[1][3]) == 40
+        assert _drops_row(ob, DROP_DISK_FULL) == (40, 4)
+        assert ob.stats().drops == {DROP_DISK_FULL: 44}  # status adds readings and events
+
+
+def test_with_no_batches_the_oldest_pending_readings_are_dropped(tmp_path: Path) -> None:
+    with outbox(tmp_path / "b.db") as ob:
+        ob.append(readings(2500))
+        assert ob._drop_oldest(1) == 2000  # the oldest 2,000 at a time
+        left = ob.conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        assert left == 500
+        batch = ob.form_batch(max_readings=1000)
+        assert batch is not None
+        assert sorted(r.fields["n"] for r in decoded(batch).readings()) == list(range(2000, 2500))
+        assert _drops_row(ob, DROP_DISK_FULL) == (2000, 0)
+
+
+def test_status_reads_what_the_buffer_holds_without_writing(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    clock = FakeClock()
+    with outbox(path, clock=clock) as ob:
+        s = open_stats(path)
+        assert (s.stream_id, s.uplink, s.reset, s.oldest_unsent_ns) == (
+            ob.stream_id,
+            "never connected",
+            "",
+            None,
+        )
+        ob.append(readings(30, ts=10**18))
+        batch = ob.form_batch()
+        assert batch is not None
+        s = open_stats(path)
+        assert s.oldest_unsent_ns == batch.created_ns  # only a batch waits: since it was made
+        ob.append(readings(5, start=30, ts=clock.wall - 10**9))  # read a second before
+        ob.set_uplink_state("connected")
+        ob.acknowledge(999, rejected=True)  # not here: nothing counted
+        s = open_stats(path)
+        assert s == ob.stats()
+        assert (s.pending_readings, s.batches, s.batch_readings) == (5, 1, 30)
+        assert s.oldest_unsent_ns == clock.wall - 10**9 + 30  # the oldest pending reading
+        assert s.uplink.startswith("connected since ")
+        assert s.last_ack_ns == clock.wall
+        assert s.drops == {}
+        with sqlite3.connect(path) as other:
+            pages = other.execute("PRAGMA page_count").fetchone()[0]
+            page_size = other.execute("PRAGMA page_size").fetchone()[0]
+        assert s.db_bytes == pages * page_size > 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert open_stats(path).backlog_readings == 35
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created or left
+
+
+def test_status_before_the_agent_ever_ran_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(BufferError, match=r"b\.db: no buffer here yet; has the agent run"):
+        open_stats(tmp_path / "b.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_buffer_with_a_stale_journal_leaves_nothing_of_it_in_the_new_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged buffer with a -wal and -shm beside it (power lost mid-write): the new buffer
+    starts clean, the damaged file is kept, and the log says where it went."""
+    path = tmp_path / "b.db"
+    _garbage(path)
+    path.with_name("b.db-wal").write_bytes(b"old journal" * 100)
+    path.with_name("b.db-shm").write_bytes(b"old index" * 100)
+    with outbox(path) as fresh:
+        assert "unreadable" in fresh.reset
+        [aside] = [
+            p for p in tmp_path.glob("b.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))
+        ]
+        assert aside.read_bytes() == b"not a database" * 100
+        fresh.append(readings(3))
+    with outbox(path) as again:
+        assert again.stats().backlog_readings == 3
+    assert "the buffer is corrupt" in caplog.text
+    assert str(aside) in caplog.text
+
+
+def test_a_buffer_of_another_gateway_is_named_so_in_the_log_and_only_the_latest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "b.db"
+    with outbox(path) as ob:
+        ob.append(readings(40))
+    for gateway in ("gw-2", "gw-3"):  # enrolled again, twice
+        with Outbox(path=path, gateway_id=gateway, clock=FakeClock(), max_bytes=1 << 20) as ob:
+            ob.append(readings(1))
+    assert "the buffer is another gateway's" in caplog.text
+    kept = [
+        p for p in tmp_path.glob("b.db.other-gateway-*") if not p.name.endswith(("-wal", "-shm"))
+    ]
+    assert len(kept) == 1  # only the latest of each kind: it may be large
+    with sqlite3.connect(kept[0]) as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1  # gw-2's

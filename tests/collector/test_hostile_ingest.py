@@ -268,6 +268,39 @@ def test_an_error_in_our_own_code_quarantines_that_message_only(
     assert env.docs.gateway("gw-3").state == "online"  # type: ignore[union-attr]
 
 
+def test_a_bug_while_handling_a_batch_still_answers_that_batch(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway whose batch met the bug gets an answer on its own ack topic (else it would
+    send the batch again at every ack timeout, forever); nobody else is touched."""
+    original = env.ingestor._batch
+
+    def broken(m: Incoming, gateway_id: str, *rest: Any) -> int:
+        if gateway_id == "gw-1":
+            raise RuntimeError("a bug in batch handling")
+        return original(m, gateway_id, *rest)
+
+    monkeypatch.setattr(env.ingestor, "_batch", broken)
+    replies = env.ingestor.handle([msg(frame(4), 4), msg(frame(1, gw="gw-2"), 1, gw="gw-2")])
+    answers = {(r.topic, r.message.seq, r.message.status) for r in replies}  # type: ignore[union-attr]
+    assert answers == {
+        (topics.down_ack("gw-1"), 4, "quarantined"),
+        (topics.down_ack("gw-2"), 1, "stored"),
+    }
+    assert env.ingestor.metrics.contained == 1
+    [entry] = env.docs.quarantined()
+    assert (entry.reason, entry.gateway_id) == ("internal_error", "gw-1")
+    assert "RuntimeError: a bug in batch handling" in entry.detail
+    assert "a message from gateway gw-1 on" in caplog.text
+    assert "RuntimeError: a bug in batch handling" in caplog.text
+    # Only a batch is answered: a bug on another kind of message from the same gateway gets
+    # no ack (there is no batch to acknowledge), and is counted again.
+    monkeypatch.setattr(env.ingestor, "_state", lambda m, g: broken(m, "gw-1"))
+    state = wire.encode_message(wire.GatewayState(state="online", ts=NOW, boot_id="b"))
+    assert env.ingestor.handle([Incoming(topics.up_state("gw-1"), state, {}, NOW)]) == []
+    assert env.ingestor.metrics.contained == 2
+
+
 def test_quarantine_is_bounded_per_gateway_and_charged_to_its_rate_limit(tmp_path: Path) -> None:
     e = Env(
         tmp_path, quarantine_entries=5, quarantine_bytes=3000, bytes_burst=20_000, bytes_per_s=1

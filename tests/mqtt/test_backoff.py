@@ -14,7 +14,7 @@ from outpost_mqtt import Backoff
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = 0.0
+        self.now = 1000.0  # not zero: a session's length is a difference of two readings
 
     def __call__(self) -> float:
         return self.now
@@ -68,10 +68,11 @@ def test_each_busy_failure_in_a_row_doubles_the_wait_until_a_connection_succeeds
     b.connected()  # the broker took us: it is not too busy any more
     assert b.ceiling(busy=True) == 32.0
     wide = Backoff(base=0.5, cap=4.0, busy_cap=1000.0)
-    assert [wide.ceiling(busy=True), (wide.next_delay(busy=True), wide.ceiling(busy=True))[1]] == [
-        32.0,
-        64.0,
-    ]
+    ceilings = []
+    for _ in range(6):
+        ceilings.append(wide.ceiling(busy=True))
+        wide.next_delay(busy=True)
+    assert ceilings == [32.0, 64.0, 128.0, 256.0, 512.0, 1000.0]
 
 
 def test_a_busy_broker_gets_the_longer_cap() -> None:
@@ -84,16 +85,39 @@ def test_a_busy_broker_gets_the_longer_cap() -> None:
 
 
 def test_reset_starts_from_the_base_again() -> None:
-    b = Backoff(base=1.0, cap=30.0, rng=random.Random(5))
+    clock = FakeClock()
+    b = Backoff(base=1.0, cap=30.0, busy_cap=1000.0, clock=clock, rng=random.Random(5))
     for _ in range(6):
-        b.next_delay()
+        b.next_delay(busy=True)
+    b.connected()
     b.reset()
-    assert b.next_delay() <= 1.0
+    assert b.failures == 0
+    assert b.ceiling() == 1.0
+    assert b.ceiling(busy=True) == 240.0  # eight times the cap: the busy streak is gone too
+    clock.now += 3600.0  # reset also forgets the session: no healthy reset at the next failure
+    b.next_delay()
+    assert b.ceiling() == 2.0
+
+
+def test_a_session_counts_as_healthy_from_ten_seconds_by_default() -> None:
+    for lasted, healthy in [(9.9, False), (10.0, True), (10.5, True)]:
+        clock = FakeClock()
+        b = Backoff(base=0.5, cap=4.0, clock=clock, rng=random.Random(7))
+        for _ in range(5):
+            b.next_delay()
+        b.connected()
+        clock.now += lasted
+        b.next_delay()
+        assert (b.ceiling() == 1.0) is healthy, f"a session of {lasted} s"
+        assert b.failures == (1 if healthy else 6)
 
 
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError, match="base <= cap"):
         Backoff(base=5.0, cap=1.0)
+    with pytest.raises(ValueError, match="0 < base"):
+        Backoff(base=0.0, cap=1.0)  # a zero base would never wait: a reconnect storm
+    assert Backoff(base=1.0, cap=1.0).ceiling() == 1.0
 
 
 @given(
