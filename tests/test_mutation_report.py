@@ -17,7 +17,7 @@ RESULTS = """\
 some line mutmut prints that is not a mutant
 """
 
-MUTANTS = '''
+MUTANTS = """
 class Backoff:
     def xǁBackoffǁceiling__mutmut_orig(self):
         self._log.info("ceiling at %s", self._cap)
@@ -30,7 +30,7 @@ class Backoff:
     def xǁBackoffǁceiling__mutmut_4(self):
         self._log.info("ceiling at %s", self._cap)
         return min(self._cap, self._base * 3)
-'''
+"""
 
 
 def test_scores_per_module_set_text_only_survivors_apart(tmp_path: Path) -> None:

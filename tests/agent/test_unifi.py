@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,12 +133,21 @@ async def _survives_expiry(console: UnifiSimulator) -> None:
     d = device(c, interval=0.3)
     got = Collected()
 
+    async def polls(n: int) -> None:
+        deadline = time.monotonic() + 60  # generous: a busy machine polls late, never less
+        while len(got.polls) < n:
+            assert time.monotonic() < deadline, (
+                f"waited for {n} polls with readings; saw {len(got.polls)}, {d.failures} failed"
+                f" polls, {console.logins} logins, events {[e.body for e in got.events]}"
+            )
+            await asyncio.sleep(0.05)
+
     async def expire_twice() -> None:
-        await asyncio.sleep(1.0)
+        await polls(3)
         console.expire_sessions()  # e.g. the console restarted or the session lifetime ended
-        await asyncio.sleep(1.0)
+        await polls(6)
         console.expire_sessions()
-        await asyncio.sleep(1.0)
+        await polls(9)
 
     try:
         await run_while(d, got, expire_twice)
@@ -147,7 +157,7 @@ async def _survives_expiry(console: UnifiSimulator) -> None:
     assert console.logins == 3 == c.logins  # the first login and one renewal per expiry
     assert d.failures == 0  # no poll failed
     assert not [e for e in got.events if e.body.get("state") == "offline"]
-    assert len(got.polls) >= 7  # ~3 s at 0.3 s: every poll produced readings
+    assert len(got.polls) >= 9  # polls went on through both expiries
     for poll in got.polls:
         assert {r.tags["name"] for r in poll if r.measurement == "unifi_device"} == {
             "gw-main",
