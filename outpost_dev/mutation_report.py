@@ -5,8 +5,8 @@ docs/reliability.md, then the surviving mutants that change logic.
 A mutant is *killed* when a test failed with it (a timeout counts: the tests noticed), *survived*
 when every test that runs the mutated function passed, *no tests* when no selected test runs that
 function at all. A survivor that changes only the text of a string (a message's wording, the case
-of an SQL keyword, which SQLite does not care about) is counted apart as *text only*: most are
-equivalent to the original, the rest are wording no test pins. The score is
+of an SQL keyword, which SQLite does not care about) or a logging statement is counted apart as
+*text only*: most are equivalent to the original, the rest are wording no test pins. The score is
 killed / (killed + survivors that change logic): of the changes to behaviour the tests exercise,
 how many they notice.
 """
@@ -39,9 +39,24 @@ def _functions(path: Path) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
     }
 
 
+_LOG_CALLS = {"debug", "info", "warning", "error", "exception", "critical", "log", "_log_once"}
+
+
 class _BlankStrings(ast.NodeTransformer):
+    """Every string made empty, every logging statement made ``pass``."""
+
     def visit_Constant(self, node: ast.Constant) -> ast.AST:
         return ast.Constant("") if isinstance(node.value, str) else node
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST:
+        call = node.value
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in _LOG_CALLS
+        ):
+            return ast.Pass()
+        return self.generic_visit(node)
 
 
 def _without_strings(func: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
@@ -50,8 +65,8 @@ def _without_strings(func: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
 
 
 def classify(name: str, root: Path) -> str:
-    """``text`` when the mutant differs from the original only inside string literals,
-    ``logic`` otherwise (or when its source cannot be found)."""
+    """``text`` when the mutant differs from the original only inside string literals or
+    logging statements, ``logic`` otherwise (or when its source cannot be found)."""
     m = _NAME.match(name)
     if not m:
         return "logic"
@@ -81,7 +96,7 @@ def report(lines: list[str], root: Path = Path("mutants")) -> str:
                 survivors.append(m["name"])
         by_module[name["module"]][status] += 1
     out = [
-        "| Module | Mutants | Killed | Survived | Survived, text only | No test runs it | Score |",
+        "| Module | Mutants | Killed | Survived | Survived, text or log only | No test runs it | Score |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     total: collections.Counter[str] = collections.Counter()

@@ -12,6 +12,7 @@ RESULTS = """\
     outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_2: killed
     outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_3: timeout
     outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_4: survived
+    outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_5: survived
     agent._buffer.x__drop_oldest__mutmut_7: killed
     agent._buffer.x__drop_oldest__mutmut_8: no tests
 some line mutmut prints that is not a mutant
@@ -30,6 +31,10 @@ class Backoff:
     def xǁBackoffǁceiling__mutmut_4(self):
         self._log.info("ceiling at %s", self._cap)
         return min(self._cap, self._base * 3)
+
+    def xǁBackoffǁceiling__mutmut_5(self):
+        self._log.info("ceiling at %s", None)
+        return min(self._cap, self._base * 2)
 """
 
 
@@ -37,10 +42,10 @@ def test_scores_per_module_set_text_only_survivors_apart(tmp_path: Path) -> None
     (tmp_path / "outpost_mqtt").mkdir()
     (tmp_path / "outpost_mqtt" / "_backoff.py").write_text(MUTANTS, encoding="utf-8")
     lines = report(RESULTS.splitlines(), root=tmp_path).splitlines()
-    # 4 mutants: 2 killed (a timeout counts), 1 changing logic survived, 1 only a message.
-    assert "| `outpost_mqtt._backoff` | 4 | 2 | 1 | 1 | 0 | 67 % |" in lines
+    # 5 mutants: 2 killed (a timeout counts), 1 changing logic survived, 2 only what is logged.
+    assert "| `outpost_mqtt._backoff` | 5 | 2 | 1 | 2 | 0 | 67 % |" in lines
     assert "| `agent._buffer` | 2 | 1 | 0 | 0 | 1 | 100 % |" in lines
-    assert "| **all** | 6 | 3 | 1 | 1 | 1 | 75 % |" in lines
+    assert "| **all** | 7 | 3 | 1 | 2 | 1 | 75 % |" in lines
     listed = [line for line in lines if line.startswith("- ")]
     assert listed == ["- outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_4"]
 

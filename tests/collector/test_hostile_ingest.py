@@ -317,6 +317,8 @@ def test_quarantine_is_bounded_per_gateway_and_charged_to_its_rate_limit(tmp_pat
         assert m.dropped["quarantine_full"] > 0
         # 20 kB of burst at 1 byte/s: the flood runs into the gateway's own rate limit.
         assert m.dropped["rate_limited"] > 0
+        # Every message is accounted for once: kept, or dropped with one reason.
+        assert len(kept) + m.dropped["quarantine_full"] + m.dropped["rate_limited"] == 30
         statuses = {type(r.message).__name__ for r in replies}
         assert statuses == {"Ack", "Nack"}
         assert all(
