@@ -48,15 +48,21 @@ def test_refund_returns_tokens() -> None:
     assert rl.consume("g", 200, 1, now=0).allowed
 
 
-def test_refund_gives_each_bucket_back_its_own_tokens_up_to_its_capacity() -> None:
-    rl = RateLimiter(readings_per_s=1, readings_burst=50, bytes_per_s=1, bytes_burst=5000)
-    assert rl.consume("g", 40, 3000, now=0).allowed  # 10 readings and 2000 bytes left
-    rl.refund("g", 40, 3000)
-    assert rl.consume("g", 50, 5000, now=0).allowed, "both buckets full again"
+@pytest.mark.parametrize(("readings_burst", "bytes_burst"), [(50, 5000), (5000, 50)])
+def test_refund_gives_each_bucket_back_its_own_tokens(
+    readings_burst: int, bytes_burst: int
+) -> None:
+    rl = RateLimiter(
+        readings_per_s=1, readings_burst=readings_burst, bytes_per_s=1, bytes_burst=bytes_burst
+    )
+    r, b = readings_burst * 4 // 5, bytes_burst * 4 // 5
+    assert rl.consume("g", r, b, now=0).allowed  # a fifth of each bucket left
+    rl.refund("g", r, b)
+    assert rl.consume("g", readings_burst, bytes_burst, now=0).allowed, "both full again"
     assert not rl.consume("g", 1, 1, now=0).allowed
-    rl.refund("g", 50, 5000)
-    rl.refund("g", 50, 5000)  # refunded twice: still no more than a full bucket
-    assert rl.consume("g", 50, 5000, now=0).allowed
+    rl.refund("g", readings_burst, bytes_burst)
+    rl.refund("g", readings_burst, bytes_burst)  # refunded twice: no more than a full bucket
+    assert rl.consume("g", readings_burst, bytes_burst, now=0).allowed
     verdict = rl.consume("g", 1, 1, now=0)
     assert (verdict.allowed, verdict.limit) == (False, "readings_per_s")
     rl.refund("nobody", 10, 10)  # a gateway never charged: nothing to give back, no error
