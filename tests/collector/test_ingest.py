@@ -9,6 +9,7 @@ import pytest
 
 import wire
 from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable
+from collector._ingest import Reply, batch_key
 from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
 from wire import topics
 
@@ -37,10 +38,39 @@ class Env:
         self.ingestor = Ingestor(
             config=self.cfg, timeseries=self.ts, documents=self.docs, monotonic=lambda: self.t
         )
+        self.ingestor.handle = answered_to_the_sender(self.ingestor.handle)  # type: ignore[method-assign]
 
     def close(self) -> None:
         self.ts.close()
         self.docs.close()
+
+
+def answered_to_the_sender(handle: Any) -> Any:
+    """Every test of ingest also checks where each answer goes: an ack or nack to the ack
+    topic of a gateway that sent a batch of that stream and seq in this round, a renewal
+    answer to the renew topic of a gateway that asked. (An answer on another gateway's topic
+    would tell it about a batch it never sent.)"""
+
+    def checked(messages: Sequence[Incoming]) -> list[Reply]:
+        replies: list[Reply] = handle(messages)
+        senders: dict[tuple[str, int], set[str]] = {}
+        renewing = set()
+        for m in messages:
+            gw, key = topics.gateway_of(m.topic), batch_key(m.properties)
+            if gw and key and m.topic == topics.up_batch(gw):
+                senders.setdefault(key, set()).add(gw)
+            if gw and m.topic == topics.up_renew(gw):
+                renewing.add(topics.down_renew(gw))
+        for r in replies:
+            if isinstance(r.message, wire.RenewResponse):
+                assert r.topic in renewing, f"a renewal answer on {r.topic}"
+            else:
+                key = (r.message.stream, r.message.seq)
+                expected = {topics.down_ack(gw) for gw in senders.get(key, set())}
+                assert r.topic in expected, f"{r.message!r} went to {r.topic}, not {expected}"
+        return replies
+
+    return checked
 
 
 @pytest.fixture
@@ -108,6 +138,9 @@ def test_stored_then_acked_and_a_retransmit_is_acked_but_not_stored_again(env: E
     # The repeat is answered after the first copy is stored, with that outcome.
     assert [r.message.status for r in replies] == ["stored", "duplicate"]  # type: ignore[union-attr]
     assert env.ts.count_points("env") == 6
+    m = env.ingestor.metrics  # what /metrics reports, counted once per stored batch
+    assert (m.batches_stored, m.readings_stored, m.events_stored, m.duplicates) == (2, 6, 1, 3)
+    assert m.readings_corrected == 0
     assert len(env.docs.events("gw-1")) == 1
     assert env.ingestor.metrics.duplicates == 3
 
@@ -195,9 +228,12 @@ def test_clock_correction_is_applied_once_and_identically_on_retransmit(env: Env
         wire.PROP_SENT_MONO: str(mono),
         wire.PROP_SENT_WALL: str(NOW + year),
     }
-    env.ingestor.handle([msg(frame(1, offset=skewed), 1, props=props)])
+    door = wire.Event(id="e1", type="motion", ts=NOW + year + 5, body={})  # on the same clock
+    env.ingestor.handle([msg(frame(1, offset=skewed, events=[door]), 1, props=props)])
     ts1 = [p.ts for p in env.ts.query("env")]
     assert ts1 == [NOW + 1000 + i - year for i in range(3)]
+    assert [e.ts for e in env.docs.events("gw-1")] == [NOW + 5]  # events corrected too
+    assert env.ingestor.metrics.readings_corrected == 3
     gw = env.docs.gateway("gw-1")
     assert gw is not None
     assert gw.clock_flagged
@@ -211,6 +247,7 @@ def test_clock_correction_is_applied_once_and_identically_on_retransmit(env: Env
     env.ingestor.handle([msg(frame(2, offset=true_offset), 2, props=props_later)])
     assert [p.ts for p in env.ts.query("env")] == ts1 + [NOW + 2000 + i for i in range(3)]
     assert not env.docs.gateway("gw-1").clock_flagged  # type: ignore[union-attr]
+    assert env.ingestor.metrics.readings_corrected == 3  # the second needed none
     # A new collector process (fresh caches) corrects the old batch the same way.
     fresh = Ingestor(config=env.cfg, timeseries=env.ts, documents=env.docs)
     assert fresh._clock.delta_ns("gw-1", wire.decode_batch(frame(1, offset=skewed))) == -year
