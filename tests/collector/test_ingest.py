@@ -337,3 +337,80 @@ def test_an_outage_is_logged_once_then_every_10_s_not_per_batch(
     assert ing.metrics.nacks["store_unavailable"] == 6
     ts.close()
     docs.close()
+
+
+# -- the small pieces mutation testing showed untested (scripts/mutation) ---------------------
+
+
+def _stamp_props(boot: str = "b1", mono: str = "5", wall: str = "7") -> dict[str, str]:
+    return {wire.PROP_BOOT: boot, wire.PROP_SENT_MONO: mono, wire.PROP_SENT_WALL: wall}
+
+
+@pytest.mark.parametrize(
+    ("props", "usable"),
+    [
+        (_stamp_props(), True),
+        (_stamp_props(boot="b" * 64), True),
+        (_stamp_props(boot="b" * 65), False),
+        (_stamp_props(boot=""), False),
+        ({wire.PROP_BOOT: "b1", wire.PROP_SENT_WALL: "7"}, False),  # no monotonic stamp
+        ({wire.PROP_BOOT: "b1", wire.PROP_SENT_MONO: "5"}, False),  # no wall stamp
+        (_stamp_props(mono="9" * 19, wall="1"), False),  # 19 digits, past the time range
+        (_stamp_props(mono=str(wire.limits.TIME_MAX_NS)), True),
+        (_stamp_props(mono=str(wire.limits.TIME_MAX_NS + 1)), False),
+        (_stamp_props(wall=str(wire.limits.TIME_MAX_NS)), True),
+        (_stamp_props(wall=str(wire.limits.TIME_MAX_NS + 1)), False),
+        (_stamp_props(mono="1" * 20), False),
+        (_stamp_props(wall="-5"), False),
+        (_stamp_props(mono="١٢٣"), False),  # digits, but not ASCII ones
+        (_stamp_props(wall="7.5"), False),
+    ],
+)
+def test_send_stamps_are_used_only_when_sane(props: dict[str, str], usable: bool) -> None:
+    from collector._ingest import _send_stamp
+
+    stamp = _send_stamp(props)
+    assert (stamp is not None) is usable
+    if stamp is not None:
+        assert (stamp.boot_id, stamp.mono_ns, stamp.wall_ns) == (
+            props[wire.PROP_BOOT],
+            int(props[wire.PROP_SENT_MONO]),
+            int(props[wire.PROP_SENT_WALL]),
+        )
+
+
+def test_the_write_latency_histogram_is_cumulative_with_bounds_inclusive() -> None:
+    from collector._ingest import WRITE_BUCKETS_S, LatencyHistogram
+
+    h = LatencyHistogram()
+    for seconds in (0.001, 0.003, 0.003, 7.0):
+        h.observe(seconds)
+    assert h.count == 4
+    assert h.total_s == pytest.approx(7.007)
+    by_bound = dict(zip(WRITE_BUCKETS_S, h.counts, strict=True))
+    assert by_bound[0.001] == 1  # a value on a bound counts in it
+    assert by_bound[0.0025] == 1
+    assert by_bound[0.005] == 3
+    assert by_bound[5.0] == 3  # 7 s is past every bucket: only in count and total
+
+
+@pytest.mark.parametrize(("fields", "units"), [(1, 1), (8, 1), (9, 2), (16, 2), (17, 3)])
+def test_a_reading_with_many_fields_costs_more_of_the_rate_limit(fields: int, units: int) -> None:
+    from collector._ingest import batch_units
+
+    reading = wire.Reading(
+        measurement="m", tags={}, fields={f"f{i}": i for i in range(fields)}, ts=NOW
+    )
+    batch = wire.Batch.model_validate(
+        {
+            "gw": "gw-1",
+            "stream": "s1",
+            "boot": "b1",
+            "seq": 1,
+            "created": NOW,
+            "clock": {"offset_ns": 0, "synced": True},
+            "series": wire.group_readings([reading, reading.model_copy(update={"ts": NOW + 1})]),
+            "events": [wire.Event(id="e", type="t", ts=NOW, body={})],
+        }
+    )
+    assert batch_units(batch) == 2 * units + 1  # two such readings and one event
