@@ -427,7 +427,12 @@ class Agent:
             except Exception as exc:  # a failing source must not stop the others
                 self._log.warning("source %s failed: %s", source.name, exc)
             else:
+                collected = loop.time()
                 self.submit(collection.readings, collection.events, collection.drops)
+                # A collection that came late is not followed by one on time: two readings of
+                # a series a moment apart say nothing more, and a store that keeps milliseconds
+                # (VictoriaMetrics) would keep only one of them.
+                next_at = max(next_at, collected - source.interval / 2)
             next_at += source.interval
             now = loop.time()
             if next_at < now:  # overran: skip the missed ticks instead of bursting, and count

@@ -191,6 +191,7 @@ class Outbox:
         """Keep a buffer this agent cannot send from, for inspection (only the latest of each
         kind: it may be large)."""
         kind = "corrupt" if corrupt else "other-gateway"
+        what = "the buffer is corrupt" if corrupt else "the buffer is another gateway's"
         for old in self.path.parent.glob(f"{self.path.name}.{kind}-*"):
             old.unlink(missing_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -203,14 +204,13 @@ class Outbox:
                     extra.replace(aside.with_name(aside.name + suffix))
         except OSError as exc:
             raise BufferError(
-                f"{self.path}: the buffer is corrupt ({why}) and cannot be moved aside:"
-                f" {exc.strerror}"
+                f"{self.path}: {what} ({why}) and cannot be moved aside: {exc.strerror}"
             ) from exc
         self._log.error(
             "%s: %s (%s); moved to %s and started a new one. Readings in it were not sent;"
             " inspect it with sqlite3 if they matter",
             self.path,
-            "the buffer is corrupt" if corrupt else "the buffer is another gateway's",
+            what,
             why,
             aside,
         )

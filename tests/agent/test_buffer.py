@@ -460,3 +460,25 @@ def test_a_buffer_of_another_gateway_is_named_so_in_the_log_and_only_the_latest_
     assert len(kept) == 1  # only the latest of each kind: it may be large
     with sqlite3.connect(kept[0]) as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1  # gw-2's
+
+
+@pytest.mark.parametrize(
+    ("gateway", "words"), [("gw-1", "is corrupt"), ("gw-2", "is another gateway's")]
+)
+def test_a_buffer_that_cannot_be_moved_aside_says_why_and_which(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gateway: str, words: str
+) -> None:
+    path = tmp_path / "b.db"
+    with outbox(path) as ob:
+        ob.append(readings(3))
+    if gateway == "gw-1":
+        for journal in tmp_path.glob("b.db-*"):  # no journal to rebuild it from
+            journal.unlink()
+        _garbage(path)
+
+    def refuse(self: Path, target: Path) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    with pytest.raises(BufferError, match=rf"b\.db: the buffer {words}.*cannot be moved aside"):
+        Outbox(path=path, gateway_id=gateway, clock=FakeClock(), max_bytes=1 << 20).open()

@@ -49,10 +49,13 @@ class Collected:
         self.events += list(events)  # type: ignore[call-overload]
 
 
-async def wait_for(predicate, within: float = 10) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - the condition spans several objects
-            await asyncio.sleep(0.05)
+async def wait_for(predicate, within: float = 10, seen=None) -> None:  # type: ignore[no-untyped-def]
+    """Wait for ``predicate``; on timeout, fail saying what ``seen()`` shows."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s; saw {seen() if seen else '(nothing)'}")
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -334,7 +337,11 @@ async def test_a_burst_reaches_the_buffer_in_bounded_groups_and_nothing_is_lost(
             for i in range(5000)
         ]
         await asyncio.to_thread(publish, site_broker.port, burst)
-        await wait_for(lambda: len(got.readings) == 5000, within=60)
+        await wait_for(
+            lambda: len(got.readings) == 5000,
+            within=180,  # generous: 5,000 round trips and 20 slow commits on a busy machine
+            seen=lambda: f"{len(got.readings)} of 5,000 readings, drops {got.drops}",
+        )
     assert max(sizes) <= FLUSH_AT
     assert sorted(r.fields["temperature_c"] for r in got.readings) == sorted(
         i / 10 for i in range(5000)

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import random
+import time
+from pathlib import Path
 
-from agent import SystemClock
-from agent.sources import HostSource, SimulatedSource
+from agent import Agent, Outbox, SystemClock, load_config
+from agent.sources import Collection, HostSource, SimulatedSource
+from outpost_dev._processes import agent_config
+from wire import Reading
 
 
 def test_host_source_reports_the_basics() -> None:
@@ -33,3 +40,47 @@ def test_simulated_source_produces_per_device_readings_and_events() -> None:
     assert second.events[0].type == "motion"
     temps = [r.fields["temperature_c"] for r in first.readings if r.measurement == "environment"]
     assert all(15 < t < 27 for t in temps)  # type: ignore[operator]
+
+
+async def test_a_late_collection_is_not_followed_by_one_a_moment_later(tmp_path: Path) -> None:
+    """A poll that came late (a slow device, a busy machine) is followed by the next no sooner
+    than half an interval after it, not on the old schedule a moment later: two readings of a
+    series a moment apart say nothing more, and VictoriaMetrics keeps only one per millisecond."""
+    stamps: list[float] = []
+
+    class LateOnce:
+        name, interval = "late-once", 0.4
+
+        def collect(self) -> Collection:
+            if not stamps:
+                time.sleep(0.3)  # the first answer comes late
+            stamps.append(time.monotonic())
+            return Collection(
+                readings=[Reading(measurement="m", tags={}, fields={"n": len(stamps)}, ts=1)]
+            )
+
+    ca = tmp_path / "x.pem"
+    ca.write_text("")
+    cfg = load_config(
+        agent_config(
+            tmp_path / "agent.toml", gateway_id="gw-late", port=1, identity=(ca, ca, ca),
+            state_dir=tmp_path / "state",
+        )
+    )  # fmt: skip
+    with Outbox(
+        path=cfg.buffer_path, gateway_id="gw-late", clock=SystemClock(), max_bytes=1 << 20
+    ) as ob:
+        agent = Agent(config=cfg, clock=SystemClock(), outbox=ob, sources=[])
+        task = asyncio.create_task(agent._poll(LateOnce()))
+        try:
+            deadline = time.monotonic() + 60
+            while len(stamps) < 4:
+                assert time.monotonic() < deadline, f"only {len(stamps)} collections"
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert ob.stats().pending_readings >= 4
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 0.2, gaps  # sleeps only ever run late: a busy machine widens gaps
