@@ -284,3 +284,9 @@ def assert_exactly_once(
     if acks is not None:
         twice = acks.stored_twice(gateway_id)
         assert not twice, f"batches acked 'stored' twice (stored twice): {twice[:5]}"
+
+
+def readings_dropped(drops: dict[str, int]) -> dict[str, int]:
+    """The drops that lost something a source produced: all but ``poll_skipped``, which counts
+    polls a busy machine did not make (nothing was read, so nothing was lost)."""
+    return {reason: n for reason, n in drops.items() if reason != "poll_skipped"}
