@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, BufferError, Outbox, SystemClock, load_config
-from outpost_dev._processes import agent_config
+from agent import BufferError, Outbox
 from wire import Event, Reading
 
 
@@ -19,22 +18,6 @@ def readings(n: int, start: int = 0) -> list[Reading]:
         Reading(measurement="m", tags={"d": "1"}, fields={"n": i}, ts=1 + i)
         for i in range(start, start + n)
     ]
-
-
-@pytest.fixture
-def agent_and_outbox(tmp_path: Path):  # type: ignore[no-untyped-def]
-    ca = tmp_path / "x.pem"
-    ca.write_text("")
-    cfg = load_config(
-        agent_config(
-            tmp_path / "agent.toml", gateway_id="gw-full", port=1, identity=(ca, ca, ca),
-            state_dir=tmp_path / "state",
-        )
-    )  # fmt: skip
-    with Outbox(
-        path=cfg.buffer_path, gateway_id="gw-full", clock=SystemClock(), max_bytes=64 << 20
-    ) as ob:
-        yield Agent(config=cfg, clock=SystemClock(), outbox=ob, sources=[]), ob
 
 
 def fill_up(ob: Outbox) -> int:

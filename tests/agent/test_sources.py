@@ -5,11 +5,9 @@ import contextlib
 import itertools
 import random
 import time
-from pathlib import Path
 
-from agent import Agent, Outbox, SystemClock, load_config
+from agent import Agent, Outbox, SystemClock
 from agent.sources import Collection, HostSource, SimulatedSource
-from outpost_dev._processes import agent_config
 from wire import Reading
 
 
@@ -42,7 +40,9 @@ def test_simulated_source_produces_per_device_readings_and_events() -> None:
     assert all(15 < t < 27 for t in temps)  # type: ignore[operator]
 
 
-async def test_a_late_collection_is_not_followed_by_one_a_moment_later(tmp_path: Path) -> None:
+async def test_a_late_collection_is_not_followed_by_one_a_moment_later(
+    agent_and_outbox: tuple[Agent, Outbox],
+) -> None:
     """A poll that came late (a slow device, a busy machine) is followed by the next no sooner
     than half an interval after it, not on the old schedule a moment later: two readings of a
     series a moment apart say nothing more, and VictoriaMetrics keeps only one per millisecond."""
@@ -59,28 +59,17 @@ async def test_a_late_collection_is_not_followed_by_one_a_moment_later(tmp_path:
                 readings=[Reading(measurement="m", tags={}, fields={"n": len(stamps)}, ts=1)]
             )
 
-    ca = tmp_path / "x.pem"
-    ca.write_text("")
-    cfg = load_config(
-        agent_config(
-            tmp_path / "agent.toml", gateway_id="gw-late", port=1, identity=(ca, ca, ca),
-            state_dir=tmp_path / "state",
-        )
-    )  # fmt: skip
-    with Outbox(
-        path=cfg.buffer_path, gateway_id="gw-late", clock=SystemClock(), max_bytes=1 << 20
-    ) as ob:
-        agent = Agent(config=cfg, clock=SystemClock(), outbox=ob, sources=[])
-        task = asyncio.create_task(agent._poll(LateOnce()))
-        try:
-            deadline = time.monotonic() + 60
-            while len(stamps) < 4:
-                assert time.monotonic() < deadline, f"only {len(stamps)} collections"
-                await asyncio.sleep(0.02)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        assert ob.stats().pending_readings >= 4
+    agent, ob = agent_and_outbox
+    task = asyncio.create_task(agent._poll(LateOnce()))
+    try:
+        deadline = time.monotonic() + 60
+        while len(stamps) < 4:
+            assert time.monotonic() < deadline, f"only {len(stamps)} collections"
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert ob.stats().pending_readings >= 4
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert min(gaps) >= 0.2, gaps  # sleeps only ever run late: a busy machine widens gaps
