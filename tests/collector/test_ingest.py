@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import wire
-from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable
+from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable, _clockfix
 from collector._ingest import Reply, batch_key
 from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
 from wire import topics
@@ -88,6 +88,7 @@ def frame(
     offset: int = 0,
     boot: str = "b1",
     events: Sequence[wire.Event] = (),
+    synced: bool = True,
 ) -> bytes:
     readings = [
         wire.Reading(
@@ -105,7 +106,7 @@ def frame(
             "boot": boot,
             "seq": seq,
             "created": NOW,
-            "clock": {"offset_ns": offset, "synced": True},
+            "clock": {"offset_ns": offset, "synced": synced},
             "series": wire.group_readings(readings),
             "events": list(events),
         }
@@ -251,6 +252,102 @@ def test_clock_correction_is_applied_once_and_identically_on_retransmit(env: Env
     # A new collector process (fresh caches) corrects the old batch the same way.
     fresh = Ingestor(config=env.cfg, timeseries=env.ts, documents=env.docs)
     assert fresh._clock.delta_ns("gw-1", wire.decode_batch(frame(1, offset=skewed))) == -year
+
+
+SECOND = 10**9
+
+
+def stamped(seq: int, *, sent_ns: int, latency_ns: int, wall_error_ns: int = 0) -> Incoming:
+    """Batch ``seq`` of an unsynchronized gateway whose monotonic clock reads ``sent_ns - NOW``
+    less than our wall clock: sent at our time ``sent_ns``, received ``latency_ns`` later."""
+    mono = sent_ns - (NOW - 500 * SECOND)
+    offset = NOW - 500 * SECOND + wall_error_ns
+    props = {
+        wire.PROP_BOOT: "b1",
+        wire.PROP_SENT_MONO: str(mono),
+        wire.PROP_SENT_WALL: str(sent_ns + wall_error_ns),
+    }
+    payload = frame(seq, offset=offset, synced=False)
+    return Incoming(
+        topics.up_batch("gw-1"),
+        payload,
+        {**msg(payload, seq).properties, **props},
+        sent_ns + latency_ns,
+    )
+
+
+def stored_times(env: Env) -> list[int]:
+    return sorted(p.ts for p in env.ts.query("env"))
+
+
+def test_a_batch_delivered_late_is_not_taken_for_a_wrong_clock(env: Env) -> None:
+    """Delivery time is not clock error: a correct gateway's batches keep their timestamps
+    when one arrives seconds late, and the gateway is not flagged."""
+    env.ingestor.handle([stamped(1, sent_ns=NOW, latency_ns=SECOND // 20)])
+    env.ingestor.handle([stamped(2, sent_ns=NOW + SECOND, latency_ns=8 * SECOND)])  # held up
+    env.ingestor.handle([stamped(3, sent_ns=NOW + 2 * SECOND, latency_ns=SECOND // 10)])
+    expected = sorted(NOW + seq * 1000 + i for seq in (1, 2, 3) for i in range(3))
+    assert stored_times(env) == expected
+    assert env.ingestor.metrics.readings_corrected == 0
+    assert not env.docs.gateway("gw-1").clock_flagged  # type: ignore[union-attr]
+
+
+def test_a_late_first_estimate_gives_way_to_a_prompt_one(env: Env) -> None:
+    """The first publish of a boot arrived late (a collector catching up): the next prompt one
+    lowers the stored offset, and from then on nothing is corrected; a wrong clock still is."""
+    env.ingestor.handle([stamped(1, sent_ns=NOW, latency_ns=6 * SECOND)])
+    env.ingestor.handle([stamped(2, sent_ns=NOW + SECOND, latency_ns=SECOND // 20)])
+    corrected = env.ingestor.metrics.readings_corrected
+    env.ingestor.handle([stamped(3, sent_ns=NOW + 2 * SECOND, latency_ns=3 * SECOND)])
+    assert env.ingestor.metrics.readings_corrected == corrected  # batch 3 kept its times
+    assert not env.docs.gateway("gw-1").clock_flagged  # type: ignore[union-attr]
+    # Its clock then steps an hour back (a new epoch): that is corrected, to the second.
+    hour = 3600 * SECOND
+    env.ingestor.handle([stamped(4, sent_ns=NOW + 3 * SECOND, latency_ns=0, wall_error_ns=-hour)])
+    assert env.ingestor.metrics.readings_corrected == corrected + 3
+    batch4 = [t for t in stored_times(env) if t > NOW + 4000 - 1 + hour - SECOND]
+    assert batch4 == [NOW + 4000 + i + hour + SECOND // 20 for i in range(3)]
+    assert env.docs.gateway("gw-1").clock_flagged  # type: ignore[union-attr]
+
+
+def test_a_monotonic_clock_that_drifts_is_followed_after_the_window(env: Env) -> None:
+    """Estimates that stay high with no prompt publish among them are drift, not delivery
+    time, once they have lasted the window; a single prompt publish restarts the wait."""
+    drift = 3 * SECOND  # the gateway's monotonic clock fell 3 s behind ours
+    window = _clockfix.DRIFT_WINDOW_NS
+    env.ingestor.handle([stamped(1, sent_ns=NOW, latency_ns=0)])
+    seq = 2
+    for at in (SECOND, window // 2):
+        env.ingestor.handle([stamped(seq, sent_ns=NOW + at, latency_ns=drift)])
+        seq += 1
+    env.ingestor.handle([stamped(seq, sent_ns=NOW + window // 2 + SECOND, latency_ns=0)])
+    seq += 1
+    for at in (window // 2 + 2 * SECOND, window + SECOND, window + window // 2 + SECOND):
+        env.ingestor.handle([stamped(seq, sent_ns=NOW + at, latency_ns=drift + SECOND // 10)])
+        seq += 1
+    assert env.docs.boot_offset("gw-1", "b1") == NOW - 500 * SECOND  # 1 s short of the window
+    env.ingestor.handle([stamped(seq, sent_ns=NOW + 2 * window, latency_ns=drift + SECOND)])
+    # Moved up to the lowest estimate of the window, not to the latest.
+    assert env.docs.boot_offset("gw-1", "b1") == NOW - 500 * SECOND + drift + SECOND // 10
+
+
+def test_a_synchronized_clock_is_trusted_unless_it_is_ahead_of_ours(env: Env) -> None:
+    """A batch marked synced is not moved by the delivery time of the first publish; one
+    stamped ahead of the moment we received it is provably wrong and corrected."""
+    mono = 500 * SECOND
+    props = {wire.PROP_BOOT: "b1", wire.PROP_SENT_MONO: str(mono), wire.PROP_SENT_WALL: str(NOW)}
+    late = Incoming(
+        topics.up_batch("gw-1"),
+        frame(1, offset=NOW - mono),
+        {**msg(b"", 1).properties, **props},
+        NOW + 6 * SECOND,
+    )
+    env.ingestor.handle([late])
+    assert stored_times(env) == [NOW + 1000 + i for i in range(3)]
+    ahead = frame(2, offset=NOW - mono + 60 * SECOND)  # synced, yet a minute ahead
+    env.ingestor.handle([msg(ahead, 2, props=props)])
+    corrected = [NOW + 2000 + i - 60 * SECOND for i in range(3)]  # against the prompt one
+    assert stored_times(env) == sorted(corrected + [NOW + 1000 + i for i in range(3)])
 
 
 def test_state_messages_update_the_gateway(env: Env) -> None:
