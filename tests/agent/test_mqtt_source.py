@@ -20,6 +20,7 @@ from agent.cli import main as agent_cli
 from agent.profiles import find_profile
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from outpost_dev._processes import LocalBroker, find_mosquitto, free_port
+from tests._wait import until
 from tests.conftest import require_service
 from wire import Event, Reading
 
@@ -48,14 +49,13 @@ class Collected:
         self.readings += list(readings)  # type: ignore[call-overload]
         self.events += list(events)  # type: ignore[call-overload]
 
-
-async def wait_for(predicate, within: float = 10, seen=None) -> None:  # type: ignore[no-untyped-def]
-    """Wait for ``predicate``; on timeout, fail saying what ``seen()`` shows."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s; saw {seen() if seen else '(nothing)'}")
-        await asyncio.sleep(0.05)
+    def __str__(self) -> str:
+        fields = [dict(r.fields) for r in self.readings[-5:]]
+        bodies = [(e.source, e.body) for e in self.events[-5:]]
+        return (
+            f"{len(self.readings)} readings (last {fields}), {len(self.events)} events"
+            f" (last {bodies}), drops {self.drops}"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -103,7 +103,7 @@ async def test_tasmota_devices_on_the_site_broker_become_readings(site_broker: L
                 ("tele/kitchen/LWT", "Offline"),
             ],
         )
-        await wait_for(lambda: len(got.readings) == 2 and len(got.events) == 1)
+        await until(lambda: len(got.readings) == 2 and len(got.events) == 1, seen=got.__str__)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -128,15 +128,16 @@ async def test_the_source_survives_its_local_broker_restarting(site_broker: Loca
     try:
         await asyncio.wait_for(src.connected.wait(), 10)
         await asyncio.to_thread(publish, site_broker.port, [("node1/sensor/temp/state", "20.5")])
-        await wait_for(lambda: len(got.readings) == 1)
+        await until(lambda: len(got.readings) == 1, seen=got.__str__)
         site_broker.stop()
-        await wait_for(
-            lambda: any(e.body["state"] == "offline" and e.source == "site" for e in got.events)
+        await until(
+            lambda: any(e.body["state"] == "offline" and e.source == "site" for e in got.events),
+            seen=got.__str__,
         )
         site_broker.start()
-        await wait_for(lambda: src.connected.is_set(), within=30)
+        await until(lambda: src.connected.is_set(), within=30)
         await asyncio.to_thread(publish, site_broker.port, [("node1/sensor/temp/state", "21.0")])
-        await wait_for(lambda: len(got.readings) == 2)
+        await until(lambda: len(got.readings) == 2, seen=got.__str__)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -305,7 +306,7 @@ async def test_a_password_never_reaches_the_log(
     try:
         with caplog.at_level(logging.DEBUG):
             task = asyncio.create_task(src.run(got))
-            await wait_for(lambda: got.events, within=10)
+            await until(lambda: got.events, within=10, seen=got.__str__)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -337,7 +338,7 @@ async def test_a_burst_reaches_the_buffer_in_bounded_groups_and_nothing_is_lost(
             for i in range(5000)
         ]
         await asyncio.to_thread(publish, site_broker.port, burst)
-        await wait_for(
+        await until(
             lambda: len(got.readings) == 5000,
             within=180,  # generous: 5,000 round trips and 20 slow commits on a busy machine
             seen=lambda: f"{len(got.readings)} of 5,000 readings, drops {got.drops}",

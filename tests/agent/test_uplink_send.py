@@ -22,6 +22,7 @@ import wire
 from agent import Outbox, SystemClock
 from agent._config import UplinkConfig
 from agent._uplink import Uplink
+from tests._wait import until
 from wire import Reading, topics
 
 GW = "gw-mem"
@@ -78,6 +79,16 @@ class Rig:
     def stored_seqs(self) -> set[int]:
         return {b.seq for b in self.outbox.pick(1000)}
 
+    def state(self) -> str:
+        return (
+            f"sent {self.client.sent}, in the outbox {sorted(self.stored_seqs())},"
+            f" nacks {self.uplink.nacks}"
+        )
+
+    async def until(self, predicate: Any, within: float = 10.0) -> None:
+        """Wait for ``predicate``; on timeout, say what was sent and what is left."""
+        await until(predicate, within=within, what="the uplink", seen=self.state)
+
     @contextlib.asynccontextmanager
     async def collector(self, *, holding: frozenset[int] = frozenset()) -> AsyncIterator[None]:
         """A collector that acks every batch as it is sent, except those in ``holding``."""
@@ -98,12 +109,6 @@ class Rig:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def until(predicate: Any, within: float = 10.0, what: str = "") -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - the state is the uplink's own
-            await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -135,11 +140,11 @@ async def rig(tmp_path: Path, *, batches: int, **uplink: object) -> AsyncIterato
 
 async def test_a_batch_leaves_the_outbox_when_acked_not_when_sent(tmp_path: Path) -> None:
     async with rig(tmp_path, batches=3) as r:
-        await until(lambda: len(r.client.sent) == 3)
+        await r.until(lambda: len(r.client.sent) == 3)
         await asyncio.sleep(0.1)  # the sender has nothing more to do
         assert r.stored_seqs() == {1, 2, 3}, "sending deleted a batch"
         r.ack(2)
-        await until(lambda: r.stored_seqs() == {1, 3})
+        await r.until(lambda: r.stored_seqs() == {1, 3})
         r.ack(2)  # a second ack of the same batch (a retransmit's) changes nothing
         r.ack(1, stream="another-stream")  # about a stream this buffer no longer holds
         await asyncio.sleep(0.1)
@@ -148,27 +153,27 @@ async def test_a_batch_leaves_the_outbox_when_acked_not_when_sent(tmp_path: Path
 
 async def test_what_is_not_acked_in_time_is_sent_again(tmp_path: Path) -> None:
     async with rig(tmp_path, batches=2, ack_timeout=0.3) as r:
-        await until(lambda: sorted(r.client.sent) == [1, 2])
+        await r.until(lambda: sorted(r.client.sent) == [1, 2])
         r.ack(1)
-        await until(lambda: r.client.sent.count(2) >= 2)
+        await r.until(lambda: r.client.sent.count(2) >= 2)
         assert r.client.sent.count(1) == 1  # the acked one is not sent again
         assert r.uplink.retransmits >= 1
 
 
 async def test_a_quarantined_batch_is_deleted_and_counted_as_dropped(tmp_path: Path) -> None:
     async with rig(tmp_path, batches=1) as r:
-        await until(lambda: r.client.sent == [1])
+        await r.until(lambda: r.client.sent == [1])
         r.ack(1, status="quarantined")
-        await until(lambda: r.stored_seqs() == set())
+        await r.until(lambda: r.stored_seqs() == set())
         assert r.outbox.stats().drops == {"rejected_by_collector": 1}
 
 
 async def test_a_nack_holds_the_sender_and_halves_the_window(tmp_path: Path) -> None:
     async with rig(tmp_path, batches=20, max_inflight=8) as r:
-        await until(lambda: len(r.client.sent) == 8)  # the window is full
+        await r.until(lambda: len(r.client.sent) == 8)  # the window is full
         nacked = min(r.client.sent)
         r.nack(nacked, "rate_limited", retry_after_ms=1500)
-        await until(lambda: r.uplink.nacks == 1)
+        await r.until(lambda: r.uplink.nacks == 1)
         assert r.uplink._window == 4  # halved (it grows by one per ack again)
         held = time.monotonic()
         for seq in sorted(r.client.sent):
@@ -176,24 +181,25 @@ async def test_a_nack_holds_the_sender_and_halves_the_window(tmp_path: Path) -> 
                 r.ack(seq)
         await asyncio.sleep(0.5)
         assert len(r.client.sent) == 8, "it sent while the collector asked it to wait"
-        await until(lambda: len(r.client.sent) > 8)
+        await r.until(lambda: len(r.client.sent) > 8)
         assert time.monotonic() - held >= 1.0
         assert nacked in r.stored_seqs()  # kept, and sent again
 
 
 async def test_in_progress_holds_only_that_batch(tmp_path: Path) -> None:
     async with rig(tmp_path, batches=6, max_inflight=2) as r:
-        await until(lambda: len(r.client.sent) == 2)
+        await r.until(lambda: len(r.client.sent) == 2)
         busy = r.client.sent[0]
-        r.nack(busy, "in_progress", retry_after_ms=1500)
-        await until(lambda: r.uplink.nacks == 1)
+        r.nack(busy, "in_progress", retry_after_ms=4000)
+        await r.until(lambda: r.uplink.nacks == 1)
         async with r.collector(holding=frozenset({busy})):
-            # The rest of the stream goes on while that batch waits...
-            await until(lambda: r.stored_seqs() == {busy}, within=1.0)
+            # The rest of the stream goes on while that batch waits (well within its 4 s)...
+            await r.until(lambda: r.stored_seqs() == {busy}, within=3.5)
             assert r.client.sent.count(busy) == 1
             assert r.uplink._window == 2  # not congestion: the window stays
             # ... and it is asked about again after its retry_after, not after ack_timeout.
-            await until(lambda: r.client.sent.count(busy) == 2, within=5.0)
+            # (ack_timeout is 30 s; the retry_after, with its jitter, at most 4.8 s.)
+            await r.until(lambda: r.client.sent.count(busy) == 2, within=20.0)
 
 
 async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
@@ -201,7 +207,7 @@ async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
 ) -> None:
     async with rig(tmp_path, batches=5, max_inflight=8) as r:
         r.client.answer = outpost_mqtt.NO_MATCHING_SUBSCRIBERS
-        await until(lambda: len(r.client.sent) >= 3, within=10.0)  # again and again, soon
+        await r.until(lambda: len(r.client.sent) >= 3, within=10.0)  # again and again, soon
         # Counted once per answer (the last publish may still be waiting for its answer).
         assert len(r.client.sent) - 1 <= r.uplink.unrouted <= len(r.client.sent)
         assert r.uplink.unrouted >= 2
@@ -210,7 +216,7 @@ async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
         assert len(set(r.client.sent)) == 1
         r.client.answer = 0  # a collector subscribed
         async with r.collector():
-            await until(lambda: r.stored_seqs() == set(), within=10.0)
+            await r.until(lambda: r.stored_seqs() == set(), within=10.0)
         assert r.uplink._window == 1 + 5  # back up by one per ack
 
 
@@ -218,7 +224,7 @@ async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
 async def test_a_refused_publish_is_kept_and_tried_again(tmp_path: Path, code: int) -> None:
     async with rig(tmp_path, batches=1) as r:
         r.client.answer = code
-        await until(lambda: len(r.client.sent) >= 2, within=10.0)
+        await r.until(lambda: len(r.client.sent) >= 2, within=10.0)
         assert len(r.client.sent) - 1 <= r.uplink.refused <= len(r.client.sent)
         assert r.uplink.refused >= 1
         assert r.uplink.unrouted == 0

@@ -20,6 +20,7 @@ from collector.stores import (
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
+from tests._wait import until
 from wire import Event
 
 S = 10**9
@@ -218,18 +219,23 @@ async def test_the_collector_keeps_rollups_current_and_expires_old_data(tmp_path
             timeseries=ts,
             retention=RetentionConfig(rollup_interval_s=0.05),
         )
+
+        def state() -> tuple[object, ...]:
+            return (
+                ts.count_points(),
+                docs.events("gw-1"),
+                query(ts, hour - 10 * DAY, hour - 10 * DAY + HOUR, HOUR, "count", "d1"),
+                query(ts, hour, hour + HOUR, HOUR, "count", "d1"),
+            )
+
+        # The recent hour only as raw points, no event, and both hours in the rollups (the old
+        # one lives on there).
+        expected = (2 * 3600, [], [(hour - 10 * DAY, 3600.0)], [(hour, 3600.0)])
         task = asyncio.create_task(service._maintain(ts, RetentionConfig(rollup_interval_s=0.05)))
-        await asyncio.sleep(0.5)
+        await until(lambda: state() == expected, within=60, what="the maintenance", seen=state)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert ts.count_points() == 2 * 3600  # the recent hour only
-        assert docs.events("gw-1") == []
-        # the old hour lives on in the rollups; the recent one is rolled up too
-        assert query(ts, hour - 10 * DAY, hour - 10 * DAY + HOUR, HOUR, "count", "d1") == [
-            (hour - 10 * DAY, 3600.0)
-        ]
-        assert query(ts, hour, hour + HOUR, HOUR, "count", "d1") == [(hour, 3600.0)]
     finally:
         ts.close()
         docs.close()

@@ -7,32 +7,14 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from tests._wait import wait_until
 
-
-def wait_until(
-    predicate: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.1,
-    seen: Callable[[], object] | None = None,
-) -> None:
-    """Wait for ``predicate``; on timeout, say what was awaited and, with ``seen``, what the
-    test saw instead (the acks, the counts), not only that time ran out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    saw = f"; saw {seen()}" if seen is not None else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}{saw}")
+__all__ = ["wait_until"]  # the tests' wait, re-exported for the end-to-end tests
 
 
 class AckWatcher:
