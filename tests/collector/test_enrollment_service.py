@@ -6,6 +6,8 @@ tests/provisioning/test_enrollment.py; the store's side of tokens in the contrac
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +15,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from collector._config import CollectorConfig, load_config
 from collector._enrollment import TOKEN_PREFIX, EnrollmentService, parse_duration
 from collector._exceptions import EnrollmentRefused
-from collector.stores import SqliteDocumentStore
+from collector.stores import CertificateRecord, SqliteDocumentStore
 from outpost_dev._processes import Mosquitto, collector_config, free_port
 from provisioning._ca import CertificateAuthority, make_csr, new_key
 
@@ -79,8 +81,10 @@ def proof(key: ec.EllipticCurvePrivateKey, csr: str) -> bytes:
     return key.sign(tbs, ec.ECDSA(hashes.SHA256()))
 
 
-def refused(code: str) -> pytest.RaisesExc[EnrollmentRefused]:
-    return pytest.raises(EnrollmentRefused, match=r".", check=lambda e: e.code == code)
+def refused(code: str, words: str = "") -> pytest.RaisesExc[EnrollmentRefused]:
+    """The refusal ``code``, with a message that contains ``words`` (what to change)."""
+    match = re.escape(words) if words else None
+    return pytest.raises(EnrollmentRefused, match=match, check=lambda e: e.code == code)
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -154,6 +158,9 @@ def test_enrolling_issues_a_certificate_for_the_gateways_key_and_its_own_id(pki:
     assert record_ is not None
     assert record_.gateway_id == got.gateway_id
     assert record_.issued_ns == NOW
+    key_pem = pki.docs.gateway_public_key(got.gateway_id)
+    assert key_pem is not None
+    assert key_pem.encode() == spki(got.certificate_pem)  # its secrets are sealed to this key
     assert record_.not_after_ns == int(cert.not_valid_after_utc.timestamp() * 1e9)
     days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
     assert pki.cfg.pki.gateway_cert_days - 1 <= days <= pki.cfg.pki.gateway_cert_days
@@ -171,18 +178,19 @@ def test_a_refused_enrollment_uses_nothing_and_says_why(pki: Pki, problem: str) 
     svc = pki.service()
     token, _ = svc.create_token(tenant="acme", site="hq", expires_s=60, uses=1)
     csr, hardware, tenant, used = csr_pem(new_key()), {"cpu": "x"}, None, token
-    code = problem
+    code, words = problem, ""
     if problem == "bad_csr":
         csr = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+        words = "not a PEM certificate request: "
     elif problem == "hardware":
-        hardware, code = {"dmi": "x" * 5000}, "bad_request"
+        hardware, code, words = {"dmi": "x" * 5000}, "bad_request", "hardware facts are too large"
     elif problem == "wrong_tenant":
-        tenant = "globex"
+        tenant, words = "globex", "belongs to another tenant; ask for a token for yours"
     elif problem == "expired":
         pki.clock[0] += 61 * 10**9
     else:
         used = token + "x"
-    with refused(code) as caught:
+    with refused(code, words) as caught:
         svc.enroll(token=used, csr_pem=csr, hardware=hardware, tenant=tenant)
     if problem == "wrong_tenant":  # the audit log learns whose token it was
         assert caught.value.tenant == "acme"
@@ -222,7 +230,7 @@ def test_re_enrolling_with_proof_of_the_current_key_keeps_the_id(pki: Pki) -> No
     assert spki(again.certificate_pem) != spki(first.certificate_pem)
     # A proof made with another key, or over another request, or none: refused, nothing spent.
     for bad in (proof(new_key(), csr), proof(old_key, csr_pem(new_key())), None):
-        with refused("bad_proof"):
+        with refused("bad_proof", "does not verify; re-run enroll with --force"):
             svc.enroll(
                 token=token,
                 csr_pem=csr,
@@ -232,7 +240,7 @@ def test_re_enrolling_with_proof_of_the_current_key_keeps_the_id(pki: Pki) -> No
             )
     [tok] = pki.docs.enrollment_tokens("acme")
     assert tok.uses_left == 3
-    with refused("bad_request"):
+    with refused("bad_request", "current_certificate is not a PEM certificate"):
         svc.enroll(token=token, csr_pem=csr, hardware={}, current_certificate_pem="not a cert")
 
 
@@ -324,13 +332,13 @@ def test_decommissioning_revokes_every_certificate_and_publishes_the_crl(tmp_pat
         assert revoked.revocation_date_utc.timestamp() == (NOW + 10**9) / 1e9
         assert len(list(crl)) == 2
         assert marker.read_text() == "x\n"  # the broker was told to reload it
-        with refused("revoked"):
+        with refused("revoked", f"gateway {gw} is decommissioned"):
             svc.renew(gw, csr_pem(new_key()))
-        with refused("unknown_gateway"):
+        with refused("unknown_gateway", "no gateway 'nobody-000000'"):
             svc.decommission("nobody-000000")
-        with refused("unknown_gateway"):
+        with refused("unknown_gateway", "gateway nobody-000000 is not enrolled"):
             svc.renew("nobody-000000", csr_pem(new_key()))
-        with refused("bad_csr"):
+        with refused("bad_csr", "not a PEM certificate request"):
             svc.renew(keep, "not a request")
     finally:
         p.docs.close()
@@ -379,3 +387,98 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations_say_what_is_expected(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration like 30m, 24h or 7d"):
         parse_duration(text)
+
+
+def test_certificates_last_the_configured_days_and_ids_never_collide(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pki.cfg.pki is not None
+    pki.cfg = pki.cfg.model_copy(
+        update={"pki": pki.cfg.pki.model_copy(update={"gateway_cert_days": 7})}
+    )
+    svc = pki.service()
+    token, _ = svc.create_token(tenant="acme", site="x" * 45, expires_s=60, uses=3)
+    first = svc.enroll(token=token, csr_pem=csr_pem(new_key()), hardware={})
+    cert = x509.load_pem_x509_certificate(first.certificate_pem.encode())
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 7
+    assert first.gateway_id == "x" * 40 + first.gateway_id[40:]  # the site cut to 40
+    assert len(first.gateway_id) == 47
+    renewed = svc.renew(first.gateway_id, csr_pem(new_key()))
+    cert = x509.load_pem_x509_certificate(renewed.encode())
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 7
+    # The random part is drawn again while the id is taken.
+    suffix = first.gateway_id[41:]
+    draws = iter([suffix, suffix, "00beef"])
+    monkeypatch.setattr("collector._enrollment.secrets.token_hex", lambda n: next(draws))
+    second = svc.enroll(token=token, csr_pem=csr_pem(new_key()), hardware={})
+    assert second.gateway_id == "x" * 40 + "-00beef"
+
+
+def test_the_crl_dates_are_utc_whatever_the_local_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    p = make_pki(tmp_path, reload_script(tmp_path / "reload", "exit 0"))
+    try:
+        svc = p.service()
+        token, _ = svc.create_token(tenant="acme", site="hq", expires_s=60, uses=1)
+        gw = svc.enroll(token=token, csr_pem=csr_pem(new_key()), hardware={})
+        svc.decommission(gw.gateway_id)
+        assert p.cfg.pki is not None
+        [entry] = list(x509.load_pem_x509_crl(p.cfg.pki.crl_file.read_bytes()))
+        assert entry.revocation_date_utc.timestamp() == NOW / 1e9
+        assert "crl_reload_command failed" not in caplog.text  # it succeeded: nothing to say
+    finally:
+        p.docs.close()
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_re_enrolling_with_an_rsa_key_verifies_its_proof(pki: Pki) -> None:
+    svc = pki.service()
+    token, _ = svc.create_token(tenant="acme", site="hq", expires_s=60, uses=3)
+    old = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    first = svc.enroll(token=token, csr_pem=csr_pem(old), hardware={})  # type: ignore[arg-type]
+    csr = csr_pem(new_key())
+    tbs = x509.load_pem_x509_csr(csr.encode()).tbs_certrequest_bytes
+    good = old.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    again = svc.enroll(
+        token=token,
+        csr_pem=csr,
+        hardware={},
+        current_certificate_pem=first.certificate_pem,
+        proof=good,
+    )
+    assert again.gateway_id == first.gateway_id
+    with refused("bad_proof"):
+        svc.enroll(
+            token=token,
+            csr_pem=csr,
+            hardware={},
+            current_certificate_pem=first.certificate_pem,
+            proof=good[:-1] + bytes([good[-1] ^ 1]),
+        )
+
+
+def test_a_key_of_a_kind_we_do_not_verify_is_no_proof(pki: Pki) -> None:
+    """Defence in depth: a certificate of ours for an Ed25519 key (enrollment never issues one:
+    CSRs must be EC or RSA) cannot prove anything."""
+    svc = pki.service()
+    token, _ = svc.create_token(tenant="acme", site="hq", expires_s=60, uses=2)
+    first = svc.enroll(token=token, csr_pem=csr_pem(new_key()), hardware={})
+    odd = ed25519.Ed25519PrivateKey.generate()
+    cert = svc.ca.issue(first.gateway_id, odd.public_key())
+    pki.docs.record_certificate(
+        CertificateRecord(format(cert.serial_number, "x"), first.gateway_id, NOW, NOW + 10**18)
+    )
+    csr = csr_pem(new_key())
+    tbs = x509.load_pem_x509_csr(csr.encode()).tbs_certrequest_bytes
+    with refused("bad_proof"):
+        svc.enroll(
+            token=token,
+            csr_pem=csr,
+            hardware={},
+            current_certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            proof=odd.sign(tbs),
+        )

@@ -331,6 +331,61 @@ def test_a_monotonic_clock_that_drifts_is_followed_after_the_window(env: Env) ->
     assert env.docs.boot_offset("gw-1", "b1") == NOW - 500 * SECOND + drift + SECOND // 10
 
 
+def test_clock_estimates_at_the_edges_of_the_tolerance_and_the_window(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rules of the corrector at their boundaries: exactly the tolerance below or above the
+    stored offset changes nothing; drift is followed at exactly the window; the flag and its
+    log lines change only on a transition."""
+    tol = 2 * SECOND
+    clock = _clockfix.ClockCorrector(docs=env.docs, tolerance_ns=tol)
+    base = 1_000 * SECOND
+
+    def see(mono: int, estimate: int, wall_error: int = 0) -> int | None:
+        clock.observe(
+            "gw-1", _clockfix.SendStamp("b1", mono, base + mono + wall_error), estimate + mono
+        )
+        return env.docs.boot_offset("gw-1", "b1")
+
+    assert see(SECOND, base) == base
+    assert see(2 * SECOND, base - tol) == base  # exactly the tolerance lower: kept
+    assert see(3 * SECOND, base - tol - 1) == base - tol - 1  # lower than that: replaced
+    base -= tol + 1
+    # Exactly the tolerance higher is a prompt publish: it ends a window of high estimates.
+    assert see(4 * SECOND, base + tol + 1) == base
+    assert see(5 * SECOND, base + tol) == base
+    window = _clockfix.DRIFT_WINDOW_NS
+    assert see(4 * SECOND + window, base + tol + 1) == base  # the window restarted at 5 s
+    assert see(6 * SECOND, base + tol + 5) == base
+    assert see(6 * SECOND + window, base + tol + 9) == base + tol + 5  # exactly the window
+    base += tol + 5
+    # A replacement ends a window too: what came before it is no evidence.
+    assert see(7 * SECOND + window, base + tol + 1) == base
+    assert see(8 * SECOND + window, base - tol - 1) == base - tol - 1
+    base -= tol + 1
+    assert see(7 * SECOND + 2 * window, base + tol + 1) == base
+    # The flag: exactly the tolerance off is not flagged; one more is; the transitions log.
+    caplog.set_level(logging.INFO, logger="outpost.collector.clock")
+    mono = 10 * SECOND + 2 * window
+    see(mono, base, wall_error=tol)
+    gw = env.docs.gateway("gw-1")
+    assert gw is not None
+    assert not gw.clock_flagged
+    caplog.clear()
+    see(mono + SECOND, base, wall_error=-3 * SECOND // 2 - tol)
+    gw = env.docs.gateway("gw-1")
+    assert gw is not None
+    assert gw.clock_flagged
+    assert gw.clock_skew_s == -3.5  # to the nanosecond, delivery time left out
+    see(mono + 2 * SECOND, base, wall_error=0)
+    see(mono + 3 * SECOND, base, wall_error=0)
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == [
+        "gateway gw-1: wall clock is off by -3.5 s; correcting its timestamps",
+        "gateway gw-1: wall clock is in sync again",
+    ]
+
+
 def test_a_synchronized_clock_is_trusted_unless_it_is_ahead_of_ours(env: Env) -> None:
     """A batch marked synced is not moved by the delivery time of the first publish; one
     stamped ahead of the moment we received it is provably wrong and corrected."""
