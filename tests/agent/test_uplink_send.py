@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,11 +222,20 @@ async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
 
 
 @pytest.mark.parametrize("code", [0x87, 0x97])
-async def test_a_refused_publish_is_kept_and_tried_again(tmp_path: Path, code: int) -> None:
+async def test_a_refused_publish_is_kept_and_tried_again(
+    tmp_path: Path, code: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="outpost.agent.uplink")
     async with rig(tmp_path, batches=1) as r:
         r.client.answer = code
-        await r.until(lambda: len(r.client.sent) >= 2, within=10.0)
+        await r.until(lambda: len(r.client.sent) >= 3, within=20.0)
         assert len(r.client.sent) - 1 <= r.uplink.refused <= len(r.client.sent)
-        assert r.uplink.refused >= 1
+        assert r.uplink.refused >= 2
+        # Said once, not at every retry (then again every 20th).
+        said = [m for m in caplog.messages if "the broker refused it" in m]
+        assert len(said) == 1, said
+        assert said[0].startswith(
+            f"batch 1: the broker refused it (reason code 0x{code:02x}); keeping it, sending again"
+        )
         assert r.uplink.unrouted == 0
         assert r.stored_seqs() == {1}

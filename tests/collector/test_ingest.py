@@ -193,10 +193,24 @@ def test_rate_limit_nacks_with_the_limit_and_retry_after(tmp_path: Path) -> None
         assert isinstance(nack, wire.Nack)
         assert (nack.reason, nack.limit) == ("rate_limited", "readings_per_s")
         assert nack.retry_after_ms == 600  # 6 tokens missing at 10/s
+        assert env.ingestor.metrics.nacks["rate_limited"] == 1
         env.t += 0.6
         assert env.ingestor.handle([msg(frame(2, n=8), 2)])[0].message.status == "stored"  # type: ignore[union-attr]
+        # The wait asked for is at least 1 ms...
+        env.t += 0.9995  # 9.995 of 10 tokens back: 0.005 missing, half a millisecond
+        [short] = env.ingestor.handle([msg(frame(3, n=10), 3)])
+        assert short.message.retry_after_ms == 1  # type: ignore[union-attr]
+        assert env.ingestor.metrics.nacks["rate_limited"] == 2
     finally:
         env.close()
+    # ... and at most a day, however slow the rate.
+    slow = Env(tmp_path / "slow", readings_per_s=0.00001, readings_burst=1)
+    try:
+        slow.ingestor.handle([msg(frame(1, n=1), 1)])
+        [long] = slow.ingestor.handle([msg(frame(2, n=1), 2)])  # 100,000 s away
+        assert long.message.retry_after_ms == 86_400_000  # type: ignore[union-attr]
+    finally:
+        slow.close()
 
 
 class FailingTimeSeries(SqliteTimeSeriesStore):
@@ -422,6 +436,38 @@ def test_state_messages_update_the_gateway(env: Env) -> None:
     assert gw.status["drops"] == {"disk_full": 3}
     env.ingestor.handle([Incoming(topics.up_state("gw-1"), b"{}", {}, NOW)])
     assert env.docs.quarantined()[0].reason == "invalid_schema"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "level", "line"),
+    [
+        ("applied", "", logging.INFO, "gateway gw-1: config 3 applied"),
+        (
+            "rejected",
+            "invalid",
+            logging.WARNING,
+            "gateway gw-1: config 3 rejected (invalid: a; b\\nforged)",
+        ),
+    ],
+)
+def test_config_reports_are_kept_per_gateway_and_logged_by_outcome(
+    env: Env, caplog: pytest.LogCaptureFixture, status: str, reason: str, level: int, line: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="outpost.collector.ingest")
+    report = wire.ConfigReport(
+        version=3,
+        status=status,  # type: ignore[arg-type]
+        applied_version=3 if status == "applied" else 2,
+        reason=reason,
+        errors=["a", "b\nforged"] if reason else [],
+        ts=NOW,
+    )
+    message = Incoming(topics.up_config("gw-1"), wire.encode_message(report), {}, NOW)
+    assert env.ingestor.handle([message]) == []
+    assert env.docs.config_report("gw-1") == report
+    assert env.docs.config_report("gw-2") is None
+    [record] = [r for r in caplog.records if r.getMessage().startswith("gateway gw-1: config")]
+    assert (record.levelno, record.getMessage()) == (level, line)
 
 
 def test_dedup_records_older_than_the_window_are_pruned(env: Env) -> None:

@@ -126,6 +126,19 @@ def test_a_decommissioned_gateway_gets_no_certificate_and_its_batches_are_nacked
     assert "re-enroll" in nack.detail
     assert site.ingestor.metrics.nacks["revoked"] == 2
     assert site.docs.quarantined() == []  # refused, not kept
+    # Its state and config reports are refused too, and not answered (nothing to nack).
+    state = wire.GatewayState(state="online", ts=NOW, boot_id="b", agent_version="0.1.0")
+    report = wire.ConfigReport(version=2, status="applied", applied_version=2, ts=NOW)
+    others = [
+        Incoming(topics.up_state(site.gateway), wire.encode_message(state), props, NOW),
+        Incoming(topics.up_config(site.gateway), wire.encode_message(report), props, NOW),
+    ]
+    assert site.ingestor.handle(others) == []
+    assert site.ingestor.metrics.nacks["revoked"] == 4
+    gw = site.docs.gateway(site.gateway)
+    assert gw is not None
+    assert gw.state != "online"
+    assert site.docs.config_report(site.gateway) is None
 
 
 def test_a_malformed_renewal_request_is_quarantined_and_not_answered(site: Site) -> None:
