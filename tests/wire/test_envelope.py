@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -9,7 +10,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from wire import EnvelopeRefused, encode_envelope, open_config, seal_config
+from wire import (
+    EnvelopeRefused,
+    encode_envelope,
+    has_place,
+    join_secrets,
+    open_config,
+    seal_config,
+    split_secrets,
+)
+from wire._envelope import open_secret, seal_secret
 
 PEM = serialization.Encoding.PEM
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -161,3 +171,106 @@ def test_secrets_carry_over_versions_and_key_renewals(signing: tuple[bytes, byte
     assert config["devices"][1]["priv_key"] == "priv-secret-456"
     assert config["devices"][1]["interval"] == 60
     assert refused(v2, signing, [new_key], applied=1) == "bad_secret"
+
+
+@pytest.mark.parametrize(
+    ("path", "fits"),
+    [
+        ("devices[fw-1].auth_key", True),  # by name
+        ("devices[1].password", True),  # by index
+        ("devices[2].password", False),  # one past the end
+        ("devices[x9].password", False),  # neither a name nor an index
+        ("devices[0]", False),  # names a list element, not a member
+        ("sources[0].interval.password", False),  # the parent is a number
+        ("nothing.password", False),
+        ("tags.password", False),  # a list of strings is no object
+        ("", False),
+    ],
+)
+def test_a_secret_path_fits_only_a_member_of_an_object(path: str, fits: bool) -> None:
+    config = {**CONFIG, "tags": ["password", "x"]}
+    assert has_place(config, path) is fits
+    if fits:
+        joined = join_secrets(config, {path: "s3cret"})
+        assert joined != config
+        assert config == {**CONFIG, "tags": ["password", "x"]}  # a copy: the input unchanged
+    else:
+        with pytest.raises(EnvelopeRefused) as caught:
+            join_secrets(config, {path: "s3cret"})
+        assert caught.value.reason == "bad_format"
+        assert caught.value.detail == f"secret path {path!r} does not fit the config"
+        assert str(caught.value) == f"bad_format: {caught.value.detail}"
+
+
+def test_a_secret_goes_back_exactly_where_it_was() -> None:
+    plain, found = split_secrets(CONFIG)
+    assert set(found) == {
+        "devices[fw-1].auth_key",
+        "devices[fw-1].priv_key",
+        "devices[ctl].password",
+    }
+    assert join_secrets(plain, found) == CONFIG
+    unnamed = {"devices": [{"target": "a"}, {"target": "b", "password": "p"}]}
+    plain, found = split_secrets(unnamed)
+    assert found == {"devices[1].password": "p"}
+    assert join_secrets(plain, found) == unnamed
+
+
+def test_a_blob_that_is_not_a_sealed_secret_is_refused_not_opened() -> None:
+    key = gateway_key("p256")
+    pem = key.public_key().public_bytes(PEM, SPKI)
+    good = seal_secret("v", public_key_pem=pem, gateway_id="gw-1", path="p")
+    assert open_secret(good, private_keys=[key], gateway_id="gw-1", path="p") == "v"
+    blob = base64.b64decode(good)
+    for text, words in [
+        (good[:8] + "!" + good[8:], "not a sealed secret"),  # not base64 (strictly)
+        ("", "not a sealed secret"),  # empty
+        ("AAAA", "sealed to key 0000, tampered"),  # too short: no key of ours has this id
+        (base64.b64encode(bytes([3]) + blob[1:]).decode(), "cannot be opened"),  # a kind we lack
+        (base64.b64encode(bytes([2]) + blob[1:]).decode(), "cannot be opened"),  # RSA, to EC
+    ]:
+        with pytest.raises(EnvelopeRefused) as caught:
+            open_secret(text, private_keys=[key], gateway_id="gw-1", path="p")
+        assert caught.value.reason == "bad_secret"
+        assert words in caught.value.detail
+        assert caught.value.detail.startswith("p: ")
+    odd = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(PEM, SPKI)
+    with pytest.raises(ValueError, match="secrets can be sealed to EC or RSA keys only"):
+        seal_secret("v", public_key_pem=odd, gateway_id="gw-1", path="p")
+
+
+def test_the_signing_keys_must_be_ed25519(signing: tuple[bytes, bytes]) -> None:
+    key = gateway_key("p256")
+    ec_pem = key.private_bytes(PEM, PKCS8, NOENC)
+    with pytest.raises(ValueError, match="the config-signing key must be an Ed25519 key"):
+        seal_config(
+            CONFIG,
+            gateway_id="gw-1",
+            version=1,
+            issued_ns=1,
+            public_key_pem=key.public_key().public_bytes(PEM, SPKI),
+            signing_key_pem=ec_pem,
+        )
+    good = seal(signing, key)
+    with pytest.raises(EnvelopeRefused) as caught:
+        open_config(
+            good,
+            gateway_id="gw-1",
+            applied_version=0,
+            verify_key_pem=key.public_key().public_bytes(PEM, SPKI),
+            private_keys=[key],
+        )
+    assert (caught.value.reason, caught.value.detail) == (
+        "bad_signature",
+        "the pinned config-signing key is not Ed25519",
+    )
+    with pytest.raises(EnvelopeRefused) as caught:
+        open_config(
+            b"[1, 2",
+            gateway_id="gw-1",
+            applied_version=0,
+            verify_key_pem=signing[1],
+            private_keys=[key],
+        )
+    assert caught.value.reason == "bad_format"
+    assert caught.value.detail.startswith("not a config envelope: ")
