@@ -315,7 +315,19 @@ class Ingestor:
             what,
             exc_info=exc,
         )
-        outcome = self._quarantine(msg, gateway_id, "internal_error", what)
+        outcome: Quarantined
+        try:
+            outcome = self._quarantine(msg, gateway_id, "internal_error", what)
+        except Exception as again:  # the quarantine itself failed: not kept, so not acked
+            self._log_once(
+                (gateway_id, "contain"),
+                logging.ERROR,
+                "the message from gateway %s could not be quarantined either (%s: %s)",
+                gateway_id or "(unknown)",
+                type(again).__name__,
+                again,
+            )
+            outcome = "store_failed"
         key = batch_key(msg.properties)
         if gateway_id and key is not None and msg.topic == topics.up_batch(gateway_id):
             replies.append(Reply(topics.down_ack(gateway_id), self._answer(outcome, *key)))

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
-from collector import Incoming, Ingestor
+from collector import Incoming, Ingestor, StoreUnavailable
 from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
 from tests._fuzz import budget
 from tests.collector.test_ingest import NOW, Env, frame, msg
@@ -266,6 +266,43 @@ def test_an_error_in_our_own_code_quarantines_that_message_only(
     assert (entry.reason, entry.gateway_id) == ("internal_error", "gw-1")
     assert "a bug in state handling" in entry.detail
     assert env.docs.gateway("gw-3").state == "online"  # type: ignore[union-attr]
+
+
+def test_a_bug_in_a_batch_that_cannot_be_quarantined_is_nacked_to_come_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch that met the bug must not be acked ``quarantined`` (the gateway would delete
+    it) when the quarantine could not keep it: it is nacked, to be sent again. A batch with no
+    stream and seq gets no answer, and the round goes on."""
+
+    def broken(m: Incoming, gateway_id: str, *rest: Any) -> int:
+        raise RuntimeError("a bug in batch handling")
+
+    def no_room(entry: object) -> None:
+        raise StoreUnavailable("the document store is down")
+
+    monkeypatch.setattr(env.ingestor, "_batch", broken)
+    monkeypatch.setattr(env.docs, "quarantine", no_room)
+    [reply] = env.ingestor.handle([msg(frame(4), 4)])
+    assert reply.topic == topics.down_ack("gw-1")
+    assert isinstance(reply.message, wire.Nack)
+    assert (reply.message.seq, reply.message.reason) == (4, "store_unavailable")
+    nameless = Incoming(topics.up_batch("gw-1"), frame(5), {}, NOW)
+    assert env.ingestor.handle([nameless]) == []
+    assert env.ingestor.metrics.contained == 2
+    # A quarantine that fails with a bug of its own: the same answer, and the rest of the
+    # group is still stored and acked.
+    monkeypatch.setattr(env.docs, "quarantine", lambda entry: 1 / 0)
+    original = Ingestor._batch.__get__(env.ingestor)
+    monkeypatch.setattr(
+        env.ingestor,
+        "_batch",
+        lambda m, g, *rest: broken(m, g) if g == "gw-1" else original(m, g, *rest),
+    )
+    replies = env.ingestor.handle([msg(frame(6), 6), msg(frame(1, gw="gw-2"), 1, gw="gw-2")])
+    answers = {(r.topic, r.message.seq, type(r.message).__name__) for r in replies}
+    assert answers == {(topics.down_ack("gw-1"), 6, "Nack"), (topics.down_ack("gw-2"), 1, "Ack")}
+    assert env.ts.count_points("env") == 3  # gw-2's batch
 
 
 def test_a_bug_while_handling_a_batch_still_answers_that_batch(
