@@ -436,3 +436,86 @@ def test_documents_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "d" / "docs.db").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
+
+
+def test_a_group_of_two_stores_the_good_one_and_refunds_the_unstorable(tmp_path: Path) -> None:
+    """Even a group of two is retried batch by batch; the unstorable batch's readings are given
+    back to the gateway's rate limit (only its quarantine entry costs)."""
+    e = Env(tmp_path, readings_per_s=0.001, readings_burst=20)
+    e.ts.close()
+    e.ts = Unstorable(e.cfg.stores.timeseries_path)
+    e.ingestor = Ingestor(config=e.cfg, timeseries=e.ts, documents=e.docs, monotonic=lambda: 0.0)
+    try:
+        replies = e.ingestor.handle([msg(frame(5), 5), msg(frame(7, n=14), 7)])
+        assert {r.message.seq: r.message.status for r in replies} == {  # type: ignore[union-attr]
+            5: "stored",
+            7: "quarantined",
+        }
+        assert e.ingestor.metrics.contained == 1
+        # 20 − 3 stored − 1 for the quarantine entry: 16 readings may come at once (13 here,
+        # which 20 − 17 − 1 would refuse).
+        [reply] = e.ingestor.handle([msg(frame(8, n=13), 8)])
+        assert reply.message.status == "stored"  # type: ignore[union-attr]
+    finally:
+        e.close()
+
+
+def _corrected(env: Env, seq: int, delta: int) -> Incoming:
+    """Batch ``seq`` from a boot whose live stamps make the collector correct it by ``delta``."""
+    mono = 10**9
+    props = {wire.PROP_BOOT: "b1", wire.PROP_SENT_MONO: str(mono), wire.PROP_SENT_WALL: str(NOW)}
+    return msg(frame(seq, offset=NOW - mono - delta, synced=False), seq, props=props)
+
+
+def test_corrections_to_the_exact_ends_of_the_time_range(env: Env) -> None:
+    """A correction may put a reading at 0 or at the last nanosecond of the range, not past."""
+    lo = NOW + 1000  # batch 1's first reading
+    [r] = env.ingestor.handle([_corrected(env, 1, -lo)])
+    assert r.message.status == "stored"  # type: ignore[union-attr]
+    assert sorted(p.ts for p in env.ts.query("env")) == [0, 1, 2]
+    assert env.ingestor.metrics.corrections_refused == 0
+    hi = NOW + 2000 + 2  # batch 2's last reading
+    [r] = env.ingestor.handle([_corrected(env, 2, limits.TIME_MAX_NS - hi)])
+    # Corrected to the end of time: in range, so applied, and then far in the future.
+    assert r.message.status == "quarantined"  # type: ignore[union-attr]
+    assert r.message.reason == "future_timestamp"  # type: ignore[union-attr]
+    [r] = env.ingestor.handle([_corrected(env, 3, limits.TIME_MAX_NS - (NOW + 3002) + 1)])
+    assert r.message.status == "stored"  # type: ignore[union-attr]  # as sent
+    [r] = env.ingestor.handle([_corrected(env, 4, -(NOW + 4000) - 1)])
+    assert r.message.status == "stored"  # type: ignore[union-attr]  # as sent
+    assert env.ingestor.metrics.corrections_refused == 6
+    assert env.ingestor.metrics.readings_corrected == 3
+
+
+def test_the_quarantine_counts_and_cuts_what_it_keeps(tmp_path: Path) -> None:
+    raw = [frame(1)[:-3] + b"bad", frame(2)[:-4] + b"bad!"]
+    e = Env(tmp_path, quarantine_bytes=len(raw[0]) + len(raw[1]))
+    try:
+        for i, payload in enumerate(raw, 1):
+            e.ingestor.handle([msg(payload, i)])
+        e.ingestor.handle([msg(b"one byte too many", 3)])
+        e.ingestor.handle([msg(b"and another", 4)])
+        entries = e.docs.quarantined()
+        assert sorted(q.raw for q in entries) == sorted([b"", b"", *raw])  # exactly the budget
+        [cut, _] = [q for q in entries if not q.raw]
+        assert cut.detail.startswith("not an Outpost batch frame")  # what was wrong comes first
+        assert cut.detail.endswith(" bytes is used)")
+        assert e.ingestor.metrics.quarantined == 4
+        assert e.ingestor.metrics.quarantine_bytes_not_kept == len(b"one byte too many") + len(
+            b"and another"
+        )
+    finally:
+        e.close()
+
+
+def test_a_long_detail_is_cut_to_a_thousand_characters(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(m: Incoming, gateway_id: str) -> None:
+        raise RuntimeError("x" * 5000)
+
+    monkeypatch.setattr(env.ingestor, "_state", broken)
+    state = wire.encode_message(wire.GatewayState(state="online", ts=NOW, boot_id="b"))
+    env.ingestor.handle([Incoming(topics.up_state("gw-1"), state, {}, NOW)])
+    [entry] = env.docs.quarantined()
+    assert entry.detail == "RuntimeError: " + "x" * 986 + "… (4014 more characters)"

@@ -428,14 +428,42 @@ def test_state_messages_update_the_gateway(env: Env) -> None:
         backlog_readings=12,
         drops={"disk_full": 3},
     )
-    env.ingestor.handle([Incoming(topics.up_state("gw-1"), wire.encode_message(state), {}, NOW)])
+    env.ingestor.handle(
+        [Incoming(topics.up_state("gw-1"), wire.encode_message(state), {}, NOW + 7)]
+    )
     gw = env.docs.gateway("gw-1")
     assert gw is not None
     assert gw.state == "online"
+    assert gw.last_seen_ns == NOW + 7  # when the collector received it
     assert gw.status["backlog_readings"] == 12
     assert gw.status["drops"] == {"disk_full": 3}
     env.ingestor.handle([Incoming(topics.up_state("gw-1"), b"{}", {}, NOW)])
-    assert env.docs.quarantined()[0].reason == "invalid_schema"
+    [entry] = env.docs.quarantined()
+    assert entry.reason == "invalid_schema"
+    assert "state" in entry.detail  # names what is missing
+
+
+def test_a_new_buffer_is_logged_once_per_reset_and_drops_once_a_minute(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="outpost.collector.ingest")
+
+    def state(reset: str) -> Incoming:
+        s = wire.GatewayState(
+            state="online", ts=NOW, boot_id="b1", drops={"disk_full": 3}, buffer_reset=reset
+        )
+        return Incoming(topics.up_state("gw-1"), wire.encode_message(s), {}, NOW)
+
+    env.ingestor.handle([state("corrupt: moved aside"), state("corrupt: moved aside")])
+    env.t += 3600  # long after: still once for this reset
+    env.ingestor.handle([state("corrupt: moved aside"), state("another gateway's buffer")])
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "gateway gw-1 reports drops: {'disk_full': 3}",
+        "gateway gw-1 started a new buffer: corrupt: moved aside",
+        "gateway gw-1 reports drops: {'disk_full': 3}",
+        "gateway gw-1 started a new buffer: another gateway's buffer",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -167,3 +167,14 @@ def test_a_store_failure_leaves_the_gateway_to_ask_again(
     monkeypatch.undo()
     [answer] = site.renew(request(csr_pem()))
     assert answer.status == "issued"
+
+
+def test_readings_are_stored_under_the_gateways_tenant(site: Site) -> None:
+    from tests.collector.test_ingest import frame, msg
+
+    [reply] = site.ingestor.handle([msg(frame(1, gw=site.gateway), 1, gw=site.gateway)])
+    assert reply.message.status == "stored"  # type: ignore[union-attr]
+    assert len(site.ts.query("env", tenant="acme")) == 3
+    assert site.ts.query("env", tenant="globex") == []
+    assert site.ingestor.metrics.write_latency.count == 1
+    assert site.ingestor.metrics.write_latency.counts[-1] == 1  # well within 5 s
