@@ -330,6 +330,8 @@ def test_a_bug_while_handling_a_batch_still_answers_that_batch(
     assert "RuntimeError: a bug in batch handling" in entry.detail
     assert "a message from gateway gw-1 on" in caplog.text
     assert "RuntimeError: a bug in batch handling" in caplog.text
+    [logged] = [r for r in caplog.records if "could not be handled" in r.getMessage()]
+    assert logged.exc_info is not None  # the traceback, to find the bug
     # Only a batch is answered: a bug on another kind of message from the same gateway gets
     # no ack (there is no batch to acknowledge), and is counted again.
     monkeypatch.setattr(env.ingestor, "_state", lambda m, g: broken(m, "gw-1"))

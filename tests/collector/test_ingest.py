@@ -398,6 +398,11 @@ def test_clock_estimates_at_the_edges_of_the_tolerance_and_the_window(
         "gateway gw-1: wall clock is off by -3.5 s; correcting its timestamps",
         "gateway gw-1: wall clock is in sync again",
     ]
+    # A batch off by exactly the tolerance is not corrected; a nanosecond more is.
+    exact = wire.decode_batch(frame(9, offset=base - tol, synced=False))
+    assert clock.delta_ns("gw-1", exact) == 0
+    beyond = wire.decode_batch(frame(9, offset=base - tol - 1, synced=False))
+    assert clock.delta_ns("gw-1", beyond) == tol + 1
 
 
 def test_a_synchronized_clock_is_trusted_unless_it_is_ahead_of_ours(env: Env) -> None:
@@ -576,7 +581,9 @@ def _stamp_props(boot: str = "b1", mono: str = "5", wall: str = "7") -> dict[str
     ("props", "usable"),
     [
         (_stamp_props(), True),
+        (_stamp_props(boot="b"), True),
         (_stamp_props(boot="b" * 64), True),
+        (_stamp_props(mono="0" * 19 + "5"), False),  # 20 digits, whatever their value
         (_stamp_props(boot="b" * 65), False),
         (_stamp_props(boot=""), False),
         ({wire.PROP_BOOT: "b1", wire.PROP_SENT_WALL: "7"}, False),  # no monotonic stamp

@@ -125,3 +125,25 @@ def test_ack_and_nack_messages() -> None:
         wire.decode_ack(b'{"kind": "ack"}')
     with pytest.raises(wire.MessageRejected):
         wire.decode_ack(b"\xff")
+
+
+@pytest.mark.parametrize(
+    ("bad", "last"), [(3, "series.0.p.2.0: "), (4, "and 1 more"), (6, "and 3 more")]
+)
+def test_a_schema_error_names_three_places_and_counts_the_rest(bad: int, last: str) -> None:
+    body = batch().model_dump(mode="json")
+    body["series"][0]["p"] = [["not a timestamp", {"v": 1}]] * bad
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(wire.frame(orjson.dumps(body)))
+    parts = err.value.detail.split("; ")
+    assert [p.split(": ")[0] for p in parts[:3]] == [f"series.0.p.{i}.0" for i in range(3)]
+    assert len(parts) == (3 if bad == 3 else 4)
+    assert parts[-1].startswith(last)
+
+
+def test_a_batch_gives_back_its_readings_with_their_measurement() -> None:
+    readings = list(batch().readings())
+    assert [(r.measurement, r.tags, r.ts) for r in readings] == [
+        (r.measurement, r.tags, r.ts)
+        for r in [*(reading(i) for i in range(5)), reading(9, device="d2")]
+    ]
