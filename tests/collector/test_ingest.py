@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -647,3 +648,67 @@ def test_a_reading_with_many_fields_costs_more_of_the_rate_limit(fields: int, un
         }
     )
     assert batch_units(batch) == 2 * units + 1  # two such readings and one event
+
+
+def test_replaying_the_quarantine_after_a_fix(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an operator's replay answers for each kind of entry, and that a message that
+    still fails is not quarantined a second time."""
+    original = env.ingestor._batch
+
+    def broken(m: Incoming, gateway_id: str, *rest: Any) -> int:
+        raise RuntimeError("a bug, fixed since")
+
+    monkeypatch.setattr(env.ingestor, "_batch", broken)
+    env.ingestor.handle([msg(frame(1), 1)])
+    monkeypatch.setattr(env.ingestor, "_batch", original)
+    env.ingestor.handle([msg(frame(2)[:-2] + b"!!", 2)])  # malformed: stays so
+    state = wire.GatewayState(state="online", ts=NOW, boot_id="b1")
+    monkeypatch.setattr(env.ingestor, "_state", lambda m, g: broken(m, g))
+    env.ingestor.handle([Incoming(topics.up_state("gw-1"), wire.encode_message(state), {}, NOW)])
+    monkeypatch.undo()
+    entries = {(q.reason, q.topic.rsplit("/", 1)[1]): q for q in env.docs.quarantined()}
+    bug, bad = entries["internal_error", "batch"], entries["malformed", "batch"]
+    bug_state = entries["internal_error", "state"]
+    quarantined = env.ingestor.metrics.quarantined
+    assert env.ingestor.replay(bug, NOW) == ("stored", "")
+    assert sorted(p.ts for p in env.ts.query("env")) == [NOW + 1000 + i for i in range(3)]
+    assert env.ingestor.replay(bug, NOW) == ("duplicate", "")
+    result, detail = env.ingestor.replay(bad, NOW)
+    assert result == "still_invalid"
+    assert detail.startswith("malformed: ")
+    assert env.ingestor.replay(bug_state, NOW) == ("stored", "")
+    assert env.docs.gateway("gw-1").state == "online"  # type: ignore[union-attr]
+    assert env.ingestor.metrics.quarantined == quarantined  # nothing quarantined twice
+    assert len(env.docs.quarantined()) == 3
+    # An entry whose bytes were not kept, and one with nothing to ingest.
+    assert env.ingestor.replay(replace(bad, raw=b"", size=40), NOW) == (
+        "still_invalid",
+        "its raw bytes were not kept (the quarantine budget was used)",
+    )
+    assert (
+        env.ingestor.replay(replace(bug_state, topic="outpost/v1/gw/gw-1/up/nothing"), NOW)[0]
+        == "still_invalid"
+    )
+
+
+def test_a_replay_over_the_rate_limit_is_to_be_retried(tmp_path: Path) -> None:
+    env = Env(tmp_path, readings_per_s=0.001, readings_burst=5)
+    try:
+        env.ingestor.handle([msg(frame(1, n=6)[:-2] + b"!!", 1)])  # quarantined: costs 1
+        good = wire.Batch.model_validate(
+            {
+                "gw": "gw-1", "stream": "s1", "boot": "b1", "seq": 9, "created": NOW,
+                "clock": {"offset_ns": 0, "synced": True},
+                "series": [{"m": "env", "t": {}, "p": [[NOW + i, {"v": 1}] for i in range(5)]}],
+            }
+        )  # fmt: skip
+        entry = replace_raw(env.docs.quarantined()[0], wire.encode_batch(good), seq="9")
+        result, detail = env.ingestor.replay(entry, NOW)
+        assert result == "retry"
+        assert detail.startswith("rate_limited: ")
+    finally:
+        env.close()
+
+
+def replace_raw(entry: Any, raw: bytes, seq: str) -> Any:
+    return replace(entry, raw=raw, size=len(raw), properties={**entry.properties, "seq": seq})
