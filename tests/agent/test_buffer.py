@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import os
 import random
 import sqlite3
@@ -482,3 +483,68 @@ def test_a_buffer_that_cannot_be_moved_aside_says_why_and_which(
     monkeypatch.setattr(Path, "replace", refuse)
     with pytest.raises(BufferError, match=rf"b\.db: the buffer {words}.*cannot be moved aside"):
         Outbox(path=path, gateway_id=gateway, clock=FakeClock(), max_bytes=1 << 20).open()
+
+
+def _noise(n: int, seed: int) -> str:
+    """``n`` characters that do not compress (as a camera's snapshot in base64 would not)."""
+    return base64.b64encode(random.Random(seed).randbytes(n * 3 // 4)).decode()[:n]
+
+
+def test_a_batch_past_the_frame_limit_is_halved_until_it_fits(tmp_path: Path) -> None:
+    """40 events of 60 KB that do not compress are 1.8 MB: more than one frame. They go in
+    two batches of 20, each under the limit, every event once and in order."""
+    events = [
+        wire.Event(id=f"e{i}", type="snapshot", ts=10**18 + i, body={"jpeg": _noise(60_000, i)})
+        for i in range(40)
+    ]
+    with outbox(tmp_path / "b.db", batch_max_readings=1000) as ob:
+        ob.append([], events)
+        formed = [ob.form_batch(), ob.form_batch(), ob.form_batch()]
+        assert formed[2] is None
+        sizes = [len(b.payload) for b in formed[:2]]  # type: ignore[union-attr]
+        assert all(s <= wire.limits.MAX_FRAME_BYTES for s in sizes), sizes
+        got = [decoded(b).events for b in formed[:2]]
+        assert [len(g) for g in got] == [20, 20]
+        assert [e.id for g in got for e in g] == [e.id for e in events]
+        assert ob.stats().drops == {}
+
+
+def test_a_batch_past_the_body_limit_is_halved_though_its_frame_is_small(tmp_path: Path) -> None:
+    """1,000 readings of 4 KB that compress to almost nothing: a 4 MB body, past the 2 MiB
+    the collector unpacks, in a frame of a few kilobytes. Halved by the body limit alone."""
+    big = [
+        wire.Reading(measurement="m", tags={}, fields={"s": "a" * 4096}, ts=10**18 + i)
+        for i in range(1000)
+    ]
+    with outbox(tmp_path / "b.db", batch_max_readings=1000) as ob:
+        ob.append(big)
+        first, second = ob.form_batch(), ob.form_batch()
+        assert first is not None
+        assert second is not None
+        assert len(first.payload) < wire.limits.MAX_FRAME_BYTES // 10
+        assert (first.readings, second.readings) == (500, 500)
+        assert decoded(first).reading_count == 500
+        assert ob.form_batch() is None
+
+
+def test_one_reading_larger_than_a_batch_is_dropped_and_counted(tmp_path: Path) -> None:
+    """A reading of 130 fields of 16 KB that do not compress (2 MB) can never be delivered: it
+    is counted as ``too_large``; what comes after it is sent."""
+    huge = wire.Reading(
+        measurement="m",
+        tags={},
+        fields={f"f{i}": _noise(16_384, i) for i in range(130)},
+        ts=10**18,
+    )
+    with outbox(tmp_path / "b.db", batch_max_readings=1000) as ob:
+        ob.append([huge])
+        ob.append(readings(3, ts=10**18 + 1))
+        assert ob.form_batch() is None  # the huge one, dropped
+        assert ob.stats().drops == {"too_large": 1}
+        after = ob.form_batch()
+        assert after is not None
+        assert decoded(after).reading_count == 3
+        # Past the body limit alone (it compresses well): the collector would refuse it too.
+        ob.append([huge.model_copy(update={"fields": {f"f{i}": "a" * 16_384 for i in range(200)}})])
+        assert ob.form_batch() is None
+        assert ob.stats().drops == {"too_large": 2}
