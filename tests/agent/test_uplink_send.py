@@ -239,3 +239,38 @@ async def test_a_refused_publish_is_kept_and_tried_again(
         )
         assert r.uplink.unrouted == 0
         assert r.stored_seqs() == {1}
+
+
+async def test_config_renewals_and_strangers_on_the_down_topics_leave_acks_flowing(
+    tmp_path: Path,
+) -> None:
+    """Whatever arrives on the gateway's down topics (a desired config, a renewal answer, an
+    ack about another stream, garbage), the receiver hands it on or drops it and goes on
+    taking acks."""
+    async with rig(tmp_path, batches=2) as r:
+        configs: list[bytes] = []
+
+        async def on_config(payload: bytes) -> None:
+            configs.append(payload)
+
+        r.uplink._on_config = on_config
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[wire.RenewResponse] = loop.create_future()
+        r.uplink.renewer._waiting["r-1"] = answer
+        await r.until(lambda: sorted(r.client.sent) == [1, 2])
+
+        def arrive(topic: str, payload: bytes) -> None:
+            r.client._inbox.put_nowait(aiomqtt.Message(topic, payload, 1, False, 1, None))
+
+        arrive(topics.down_config(GW), b"an envelope")
+        arrive(topics.down_config(GW), b"")  # a cleared retained config: nothing to apply
+        response = wire.RenewResponse(request_id="r-1", status="refused", reason="revoked")
+        arrive(topics.down_renew(GW), wire.encode_message(response))
+        arrive(topics.down_renew(GW), b"not json")
+        r.ack(1, stream="another-stream")
+        arrive(topics.down_ack(GW), b"not json")
+        r.ack(2)
+        await r.until(lambda: r.stored_seqs() == {1})
+        assert configs == [b"an envelope"]
+        assert answer.done()
+        assert answer.result() == response
