@@ -147,3 +147,33 @@ def test_a_batch_gives_back_its_readings_with_their_measurement() -> None:
         (r.measurement, r.tags, r.ts)
         for r in [*(reading(i) for i in range(5)), reading(9, device="d2")]
     ]
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_each_limit_admits_exactly_its_value(compress: bool) -> None:
+    """The frame, body and reading limits are inclusive: a batch exactly at a limit is
+    decoded, one byte or reading more is oversized."""
+    b = batch()
+    data = wire.encode_batch(b, compress=compress)
+    body = orjson.dumps(b.model_dump(mode="json"))
+    assert wire.decode_batch(data, max_frame_bytes=len(data)) == b
+    assert wire.decode_batch(data, max_body_bytes=len(body)) == b
+    assert wire.decode_batch(data, max_readings=b.reading_count) == b
+    for limits in (
+        {"max_frame_bytes": len(data) - 1},
+        {"max_body_bytes": len(body) - 1},
+        {"max_readings": b.reading_count - 1},
+    ):
+        with pytest.raises(wire.BatchRejected) as err:
+            wire.decode_batch(data, **limits)
+        assert err.value.reason == "oversized", limits
+
+
+def test_a_frame_of_only_a_header_is_an_empty_body_not_bad_magic() -> None:
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(wire.frame(b"", compress=False))
+    assert err.value.reason == "malformed"
+    assert err.value.detail.startswith("body is not valid JSON")
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(wire.frame(b"")[:4])
+    assert err.value.detail == "not an Outpost batch frame (bad magic bytes)"
