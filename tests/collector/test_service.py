@@ -15,8 +15,8 @@ import wire
 from collector import CollectorConfig, CollectorService, Incoming, Ingestor, Reply
 from collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
 from outpost_dev._processes import Mosquitto
+from tests._wait import wait_until
 from tests.collector.test_ingest import frame
-from tests.e2e._harness import wait_until
 from tests.e2e.test_protection import Client
 from wire import topics
 

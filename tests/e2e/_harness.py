@@ -14,8 +14,6 @@ from pathlib import Path
 from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
 from tests._wait import wait_until
 
-__all__ = ["wait_until"]  # the tests' wait, re-exported for the end-to-end tests
-
 
 class AckWatcher:
     """Every ack and nack the collector sends to any gateway, seen as the collector's own

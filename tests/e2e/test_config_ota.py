@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from outpost_dev._processes import free_port, spawn, stop
-from tests.e2e._harness import Harness, readings_dropped, wait_until
+from tests._wait import wait_until
+from tests.e2e._harness import Harness, readings_dropped
 from tests.e2e.test_protection import Client
 from tests.provisioning.test_enrollment import (
     _api_up,

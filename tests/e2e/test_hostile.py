@@ -22,8 +22,9 @@ from paho.mqtt.properties import Properties
 
 import wire
 from outpost_dev._processes import free_port
+from tests._wait import wait_until
 from tests.collector.test_hostile_ingest import batch_frame
-from tests.e2e._harness import Harness, wait_until
+from tests.e2e._harness import Harness
 from tests.e2e.test_protection import Client, collector_watcher
 from wire import limits, topics
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e._harness import AckWatcher, Harness, assert_exactly_once, wait_until
+from tests._wait import wait_until
+from tests.e2e._harness import AckWatcher, Harness, assert_exactly_once
 
 pytestmark = [pytest.mark.broker]
 

@@ -16,7 +16,8 @@ from paho.mqtt.properties import Properties
 
 import wire
 from outpost_dev._processes import Mosquitto
-from tests.e2e._harness import Harness, assert_exactly_once, wait_until
+from tests._wait import wait_until
+from tests.e2e._harness import Harness, assert_exactly_once
 from tests.e2e.test_pipeline import drain
 from wire import topics
 

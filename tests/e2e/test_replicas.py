@@ -21,8 +21,9 @@ import pytest
 from collector.stores import InfluxTimeSeriesStore
 from outpost_dev._processes import collector_config, free_port, spawn, stop
 from outpost_dev._servers import Postgres, Redis, VictoriaMetrics, find_victoria_metrics
+from tests._wait import wait_until
 from tests.conftest import require_service
-from tests.e2e._harness import Harness, JournalEntry, readings_dropped, wait_until
+from tests.e2e._harness import Harness, JournalEntry, readings_dropped
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -25,7 +25,8 @@ import wire
 from collector.cli import main as collector_cli
 from outpost_dev._processes import free_port
 from provisioning.cli import main as provision_cli
-from tests.e2e._harness import Harness, assert_exactly_once, wait_until
+from tests._wait import wait_until
+from tests.e2e._harness import Harness, assert_exactly_once
 from tests.e2e.test_pipeline import drain
 from tests.e2e.test_protection import Client, connects
 

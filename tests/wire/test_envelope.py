@@ -94,7 +94,10 @@ def test_round_trip_and_no_secret_in_the_clear(signing: tuple[bytes, bytes], kin
     }
 
 
-def refused(data: bytes, signing: tuple[bytes, bytes], keys: list[Any], **kw: Any) -> str:
+def refusal(
+    data: bytes, signing: tuple[bytes, bytes], keys: list[Any], **kw: Any
+) -> EnvelopeRefused:
+    """How ``open_config`` refuses ``data`` (it must), with no secret in the message."""
     with pytest.raises(EnvelopeRefused) as caught:
         open_config(
             data,
@@ -105,7 +108,11 @@ def refused(data: bytes, signing: tuple[bytes, bytes], keys: list[Any], **kw: An
         )
     for secret in SECRETS:
         assert secret not in str(caught.value)
-    return caught.value.reason
+    return caught.value
+
+
+def refused(data: bytes, signing: tuple[bytes, bytes], keys: list[Any], **kw: Any) -> str:
+    return refusal(data, signing, keys, **kw).reason
 
 
 def test_tampered_unsigned_foreign_and_replayed_envelopes_are_refused(
@@ -176,23 +183,26 @@ def test_secrets_carry_over_versions_and_key_renewals(signing: tuple[bytes, byte
 @pytest.mark.parametrize(
     ("path", "fits"),
     [
-        ("devices[fw-1].auth_key", True),  # by name
-        ("devices[1].password", True),  # by index
-        ("devices[2].password", False),  # one past the end
-        ("devices[x9].password", False),  # neither a name nor an index
-        ("devices[0]", False),  # names a list element, not a member
-        ("sources[0].interval.password", False),  # the parent is a number
-        ("nothing.password", False),
-        ("tags.password", False),  # a list of strings is no object
-        ("", False),
+        ("devices[fw-1].auth_key", (0, "auth_key")),  # by name
+        ("devices[1].password", (1, "password")),  # by index
+        ("devices[2].password", None),  # one past the end
+        ("devices[x9].password", None),  # neither a name nor an index
+        ("devices[0]", None),  # names a list element, not a member
+        ("sources[0].interval.password", None),  # the parent is a number
+        ("nothing.password", None),
+        ("tags.password", None),  # a list of strings is no object
+        ("", None),
     ],
 )
-def test_a_secret_path_fits_only_a_member_of_an_object(path: str, fits: bool) -> None:
+def test_a_secret_path_fits_only_a_member_of_an_object(
+    path: str, fits: tuple[int, str] | None
+) -> None:
     config = {**CONFIG, "tags": ["password", "x"]}
-    assert has_place(config, path) is fits
-    if fits:
+    assert has_place(config, path) is (fits is not None)
+    if fits is not None:
         joined = join_secrets(config, {path: "s3cret"})
-        assert joined != config
+        device, member = fits
+        assert joined["devices"][device][member] == "s3cret"
         assert config == {**CONFIG, "tags": ["password", "x"]}  # a copy: the input unchanged
     else:
         with pytest.raises(EnvelopeRefused) as caught:
@@ -251,26 +261,12 @@ def test_the_signing_keys_must_be_ed25519(signing: tuple[bytes, bytes]) -> None:
             public_key_pem=key.public_key().public_bytes(PEM, SPKI),
             signing_key_pem=ec_pem,
         )
-    good = seal(signing, key)
-    with pytest.raises(EnvelopeRefused) as caught:
-        open_config(
-            good,
-            gateway_id="gw-1",
-            applied_version=0,
-            verify_key_pem=key.public_key().public_bytes(PEM, SPKI),
-            private_keys=[key],
-        )
-    assert (caught.value.reason, caught.value.detail) == (
+    verify = key.public_key().public_bytes(PEM, SPKI)
+    pinned_ec = refusal(seal(signing, key), signing, [key], verify=verify)
+    assert (pinned_ec.reason, pinned_ec.detail) == (
         "bad_signature",
         "the pinned config-signing key is not Ed25519",
     )
-    with pytest.raises(EnvelopeRefused) as caught:
-        open_config(
-            b"[1, 2",
-            gateway_id="gw-1",
-            applied_version=0,
-            verify_key_pem=signing[1],
-            private_keys=[key],
-        )
-    assert caught.value.reason == "bad_format"
-    assert caught.value.detail.startswith("not a config envelope: ")
+    not_json = refusal(b"[1, 2", signing, [key])
+    assert not_json.reason == "bad_format"
+    assert not_json.detail.startswith("not a config envelope: ")
