@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wire
 from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable, _clockfix
 from collector._ingest import Reply, batch_key
 from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from tests._fuzz import budget
 from wire import topics
 
 NOW = 1_700_000_000 * 10**9  # 2023-11-14: in the past, as received batches are
@@ -273,8 +276,9 @@ SECOND = 10**9
 
 
 def stamped(seq: int, *, sent_ns: int, latency_ns: int, wall_error_ns: int = 0) -> Incoming:
-    """Batch ``seq`` of an unsynchronized gateway whose monotonic clock reads ``sent_ns - NOW``
-    less than our wall clock: sent at our time ``sent_ns``, received ``latency_ns`` later."""
+    """Batch ``seq`` of an unsynchronized gateway that booted 500 s before ``NOW`` (its true
+    offset is ``NOW - 500 s``, its wall clock off by ``wall_error_ns``): sent at our time
+    ``sent_ns``, received ``latency_ns`` later."""
     mono = sent_ns - (NOW - 500 * SECOND)
     offset = NOW - 500 * SECOND + wall_error_ns
     props = {
@@ -663,7 +667,7 @@ def test_replaying_the_quarantine_after_a_fix(env: Env, monkeypatch: pytest.Monk
     monkeypatch.setattr(env.ingestor, "_batch", original)
     env.ingestor.handle([msg(frame(2)[:-2] + b"!!", 2)])  # malformed: stays so
     state = wire.GatewayState(state="online", ts=NOW, boot_id="b1")
-    monkeypatch.setattr(env.ingestor, "_state", lambda m, g: broken(m, g))
+    monkeypatch.setattr(env.ingestor, "_state", broken)
     env.ingestor.handle([Incoming(topics.up_state("gw-1"), wire.encode_message(state), {}, NOW)])
     monkeypatch.undo()
     entries = {(q.reason, q.topic.rsplit("/", 1)[1]): q for q in env.docs.quarantined()}
@@ -680,14 +684,15 @@ def test_replaying_the_quarantine_after_a_fix(env: Env, monkeypatch: pytest.Monk
     assert env.docs.gateway("gw-1").state == "online"  # type: ignore[union-attr]
     assert env.ingestor.metrics.quarantined == quarantined  # nothing quarantined twice
     assert len(env.docs.quarantined()) == 3
-    # An entry whose bytes were not kept, and one with nothing to ingest.
+    # An entry whose bytes were not kept, and one on a topic outside the layout.
     assert env.ingestor.replay(replace(bad, raw=b"", size=40), NOW) == (
         "still_invalid",
         "its raw bytes were not kept (the quarantine budget was used)",
     )
-    assert (
-        env.ingestor.replay(replace(bug_state, topic="outpost/v1/gw/gw-1/up/nothing"), NOW)[0]
-        == "still_invalid"
+    elsewhere = replace(bug_state, topic="outpost/v1/gw/gw-1/up/nothing")
+    assert env.ingestor.replay(elsewhere, NOW) == (
+        "still_invalid",
+        "bad_topic: no message kind 'nothing' in up/",
     )
 
 
@@ -695,14 +700,10 @@ def test_a_replay_over_the_rate_limit_is_to_be_retried(tmp_path: Path) -> None:
     env = Env(tmp_path, readings_per_s=0.001, readings_burst=5)
     try:
         env.ingestor.handle([msg(frame(1, n=6)[:-2] + b"!!", 1)])  # quarantined: costs 1
-        good = wire.Batch.model_validate(
-            {
-                "gw": "gw-1", "stream": "s1", "boot": "b1", "seq": 9, "created": NOW,
-                "clock": {"offset_ns": 0, "synced": True},
-                "series": [{"m": "env", "t": {}, "p": [[NOW + i, {"v": 1}] for i in range(5)]}],
-            }
-        )  # fmt: skip
-        entry = replace_raw(env.docs.quarantined()[0], wire.encode_batch(good), seq="9")
+        [bad] = env.docs.quarantined()
+        good = frame(9, n=5)  # the same message, fixed: 5 readings, over what is left
+        properties = {**bad.properties, wire.PROP_SEQ: "9"}
+        entry = replace(bad, raw=good, size=len(good), properties=properties)
         result, detail = env.ingestor.replay(entry, NOW)
         assert result == "retry"
         assert detail.startswith("rate_limited: ")
@@ -710,5 +711,49 @@ def test_a_replay_over_the_rate_limit_is_to_be_retried(tmp_path: Path) -> None:
         env.close()
 
 
-def replace_raw(entry: Any, raw: bytes, seq: str) -> Any:
-    return replace(entry, raw=raw, size=len(raw), properties={**entry.properties, "seq": seq})
+class _Offsets:
+    """The part of the document store the clock corrector uses, in memory (logic only)."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, str], int] = {}
+
+    def boot_offset(self, gateway_id: str, boot_id: str) -> int | None:
+        return self.offsets.get((gateway_id, boot_id))
+
+    def set_boot_offset(self, gateway_id: str, boot_id: str, offset_ns: int) -> None:
+        self.offsets[gateway_id, boot_id] = offset_ns
+
+    def set_clock(self, gateway_id: str, skew_s: float, flagged: bool) -> None:
+        pass
+
+
+@settings(max_examples=budget(200), deadline=None)
+@given(
+    # Seconds of delivery time (up to a minute), of gaps between publishes (up to ten minutes,
+    # longer than the drift window), and the delivery time of the prompt publishes.
+    latencies=st.lists(st.integers(0, 60).map(lambda s: s * SECOND), min_size=20, max_size=40),
+    gaps=st.lists(st.integers(1, 600).map(lambda s: s * SECOND), min_size=40, max_size=40),
+    prompt=st.integers(0, 2 * SECOND),
+)
+def test_delivery_time_alone_never_corrects_a_right_clock(
+    latencies: list[int], gaps: list[int], prompt: int
+) -> None:
+    """Whatever the delays and the gaps, a gateway whose clock is right is never corrected or
+    flagged while every other publish of it arrives promptly (within the tolerance)."""
+    tol = 2 * SECOND
+    docs = _Offsets()
+    clock = _clockfix.ClockCorrector(docs=docs, tolerance_ns=tol)  # type: ignore[arg-type]
+    true_offset = NOW - 500 * SECOND
+    mono = 1
+    for i, latency in enumerate([prompt, *latencies]):
+        mono += gaps[i % len(gaps)] if i else 0
+        if i % 2 == 0:
+            latency = prompt  # every other publish is prompt
+        clock.observe(
+            "gw-1",
+            _clockfix.SendStamp("b1", mono, true_offset + mono),
+            true_offset + mono + latency,
+        )
+        batch = wire.decode_batch(frame(i + 1, offset=true_offset, synced=False))
+        assert clock.delta_ns("gw-1", batch) == 0
+        assert clock._flagged.get("gw-1") is False
