@@ -178,7 +178,7 @@ def _run(*args: str) -> str:
     return result.stdout.strip()
 
 
-def _wait_for_api(url: str, ca: Path, timeout: float = 20) -> None:
+def _wait_for_api(url: str, ca: Path, timeout: float = 60) -> None:
     ctx = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
