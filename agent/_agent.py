@@ -7,7 +7,6 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 
 from pydantic import SecretStr
 
@@ -27,10 +26,7 @@ from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
 def agent_version() -> str:
-    try:
-        return metadata.version("outpost")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
+    return wire.installed_version()
 
 
 def build_push_sources(config: AgentConfig, clock: Clock) -> list[PushSource]:

@@ -39,7 +39,7 @@ from agent.sources._base import Collection
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from agent.sources._polling import DeviceError, PolledDevice
 from outpost_systemd import Notifier
-from wire import Event, Reading, configure_logging
+from wire import DISTRIBUTION, Event, Reading, configure_logging
 
 DEFAULT_CONFIG = Path("/etc/outpost/agent.toml")
 _config_option = click.option(
@@ -53,7 +53,7 @@ _config_option = click.option(
 
 
 @click.group()
-@click.version_option(package_name="outpost")
+@click.version_option(package_name=DISTRIBUTION)
 def main() -> None:
     """Outpost gateway agent: collects readings and ships them to the collector."""
 

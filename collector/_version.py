@@ -1,8 +1,5 @@
-from importlib import metadata
+from wire import installed_version
 
 
 def version() -> str:
-    try:
-        return metadata.version("outpost")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a bare checkout
-        return "0+unknown"
+    return installed_version()

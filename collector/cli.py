@@ -64,7 +64,7 @@ def _audit(docs: DocumentStore, action: str, target: str, tenant: str, **detail:
 
 
 @click.group()
-@click.version_option(package_name="outpost")
+@click.version_option(package_name=wire.DISTRIBUTION)
 def main() -> None:
     """Outpost collector: ingests gateway batches into the stores."""
 

@@ -21,11 +21,11 @@ from provisioning._enroll import (
     write_identity,
 )
 from provisioning._exceptions import ProvisioningError
-from wire import private_file
+from wire import DISTRIBUTION, private_file
 
 
 @click.group()
-@click.version_option(package_name="outpost")
+@click.version_option(package_name=DISTRIBUTION)
 def main() -> None:
     """Outpost provisioning: turn a fresh gateway into a trusted, running agent."""
 

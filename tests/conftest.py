@@ -94,3 +94,12 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The Debian packages start building as soon as a test that needs them is collected
+    (tests/test_debian.py): the build overlaps the tests that run first."""
+    if any("debs" in getattr(item, "fixturenames", ()) for item in session.items):
+        from tests import test_debian
+
+        test_debian.BUILD.start()

@@ -35,7 +35,9 @@ def test_units_pass_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     text = (UNITS / unit).read_text()
     # Point ExecStart at this checkout's virtualenv: verify checks that the program exists.
     copy = tmp_path / unit
-    copy.write_text(text.replace("/opt/outpost/venv/bin/", f"{BIN}/"))
+    for prefix in ("/opt/outpost-agent/bin/", "/opt/outpost-collector/bin/"):
+        text = text.replace(prefix, f"{BIN}/")
+    copy.write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
     )

@@ -53,6 +53,7 @@ from wire._messages import (
 )
 from wire._models import Event, FieldValue, Reading
 from wire._text import LogThrottle, SafeFormatter, configure_logging, printable
+from wire._version import DISTRIBUTION, installed_version
 
 # MQTT 5 user properties on every batch publish. They travel outside the encoded body, so a
 # batch is encoded once and still carries its send time, and a body that does not decode
@@ -64,6 +65,7 @@ PROP_SENT_MONO = "sent_mono_ns"
 PROP_SENT_WALL = "sent_wall_ns"
 
 __all__ = [
+    "DISTRIBUTION",
     "MAX_BODY_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_READINGS",
@@ -112,6 +114,7 @@ __all__ = [
     "frame",
     "group_readings",
     "has_place",
+    "installed_version",
     "join_secrets",
     "key_id",
     "limits",
