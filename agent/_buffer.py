@@ -29,8 +29,8 @@ from agent._schema import MIGRATIONS
 from wire import MAX_BODY_BYTES, MAX_FRAME_BYTES, BoundedDict, Event, Reading, frame, private_file
 
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
-_VACUUM_FRACTION = 4
-_SERIES_CACHE = 20_000  # series ids kept in memory (the table has them all)  # give free pages back to the OS when they exceed 1/4 of the bound
+_VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of the bound
+_SERIES_CACHE = 20_000  # series ids kept in memory (the table has them all)
 
 DROP_DISK_FULL = "disk_full"
 DROP_REJECTED = "rejected_by_collector"
@@ -506,13 +506,17 @@ class Outbox:
     def enforce_bound(self) -> int:
         """Drop the oldest data until the buffer fits ``max_bytes``; return readings dropped."""
         dropped = 0
-        for _ in range(10_000):
-            over = self.used_bytes() - self.max_bytes
-            if over <= 0:
+        used = self.used_bytes()
+        while (over := used - self.max_bytes) > 0:
+            readings, events = self._drop_oldest(over)
+            if not readings and not events:  # the tables' own pages are over the bound
+                self._log.error(
+                    "buffer stays above its bound of %d bytes with nothing left to drop",
+                    self.max_bytes,
+                )
                 break
-            dropped += self._drop_oldest(over)
-        else:  # pragma: no cover - only if deleting stopped freeing pages
-            self._log.error("buffer stays above its bound of %d bytes", self.max_bytes)
+            dropped += readings
+            used = self.used_bytes()
         if dropped:
             self._log.warning(
                 "buffer reached its bound of %d bytes: dropped the %d oldest readings",
@@ -521,11 +525,14 @@ class Outbox:
             )
             free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
             if free * self._page_size > self.max_bytes // _VACUUM_FRACTION:
-                self.conn.execute("PRAGMA incremental_vacuum")
+                # The pragma frees one page per step, and `execute` steps once (one page
+                # given back per call); `executescript` runs it to its end.
+                self.conn.executescript("PRAGMA incremental_vacuum;")
         return dropped
 
-    def _drop_oldest(self, over: int) -> int:
-        """Delete at least ``over`` bytes' worth of the oldest data, events last."""
+    def _drop_oldest(self, over: int) -> tuple[int, int]:
+        """Delete at least ``over`` bytes' worth of the oldest data, events last; return the
+        readings and events deleted."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -542,7 +549,7 @@ class Outbox:
                     )
                     self._count_drop(DROP_DISK_FULL, len(rows), 0)
                     conn.execute("COMMIT")
-                    return len(rows)
+                    return len(rows), 0
                 victims = conn.execute(
                     "SELECT seq, readings, events, length(payload) FROM batches"
                     " ORDER BY seq LIMIT 64"
@@ -562,12 +569,14 @@ class Outbox:
             else:
                 ev = conn.execute("SELECT id FROM events ORDER BY id LIMIT 100").fetchall()
                 conn.executemany("DELETE FROM events WHERE id = ?", ev)
-                self._count_drop(DROP_DISK_FULL, 0, len(ev))
+                if ev:
+                    self._count_drop(DROP_DISK_FULL, 0, len(ev))
+                n_events = len(ev)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             raise BufferError(f"{self.path}: cannot drop old data: {exc}") from exc
-        return n_readings
+        return n_readings, n_events
 
     # -- reporting ---------------------------------------------------------------------------
 

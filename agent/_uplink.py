@@ -82,6 +82,12 @@ class AckTracker:
         self._sent.clear()
 
 
+# Certificate renewal: how long to wait for the collector's answer before giving up on a
+# request, and how often to look whether the certificate is due (and to ask again).
+RENEWAL_ANSWER_S = 60.0
+RENEWAL_CHECK_S = 600.0
+
+
 class _Reconnect(Exception):
     """Leave the current connection and connect again at once (new certificate)."""
 
@@ -251,7 +257,7 @@ class Uplink:
             self._log.debug("cannot record the uplink state: %s", exc)
 
     async def _renew(self, client: aiomqtt.Client) -> None:
-        """Check the certificate now and every 10 minutes; renew it when it is due."""
+        """Check the certificate now and every ``RENEWAL_CHECK_S``; renew it when it is due."""
         while True:
             if self.renewer.due():
                 request = self.renewer.request()
@@ -263,7 +269,7 @@ class Uplink:
                         ),
                         qos=1,
                     )
-                    async with asyncio.timeout(60):
+                    async with asyncio.timeout(RENEWAL_ANSWER_S):
                         answer: wire.RenewResponse | None = await request.answer
                 except TimeoutError:
                     answer = None
@@ -278,7 +284,7 @@ class Uplink:
                     self._log.error(
                         "certificate renewal refused (%s): %s", answer.reason, answer.detail
                     )
-            await asyncio.sleep(600)
+            await asyncio.sleep(RENEWAL_CHECK_S)
 
     async def _publish_state(self, client: aiomqtt.Client) -> None:
         await client.publish(
@@ -347,9 +353,15 @@ class Uplink:
             self.refused += 1
             what = f"the broker refused it (reason code 0x{code:02x})"
             level = logging.WARNING
-        if self._unrouted_backoff.failures <= 1 or self._unrouted_backoff.failures % 20 == 0:
+        failures = self._unrouted_backoff.failures
+        if failures <= 1 or failures % 20 == 0:
             self._log.log(
-                level, "batch %d: %s; keeping it, sending again in %.1f s", seq, what, delay
+                level,
+                "batch %d: %s; keeping it, sending again in %.1f s (%d time(s) in a row)",
+                seq,
+                what,
+                delay,
+                failures,
             )
 
     def _properties(self, seq: int) -> Properties:

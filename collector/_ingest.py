@@ -165,6 +165,7 @@ class Ingestor:
         self._tenants: wire.BoundedDict[str, str] = wire.BoundedDict(100_000)
         self._lock = threading.RLock()
         self._replay_failure: tuple[str, str] | None = None
+        self._replay_retry = ""  # a replayed state or report the store could not save
         self._replaying = False
         self._enrollment = enrollment
         self._now = monotonic
@@ -206,16 +207,23 @@ class Ingestor:
         """
         if entry.size and not entry.raw:
             return "still_invalid", "its raw bytes were not kept (the quarantine budget was used)"
+        kind = topics.parse_up_topic(entry.topic)
+        if kind is not None and kind[1] == "renew":
+            # A certificate for a request the gateway gave up on long ago would be issued and
+            # recorded for nobody; the gateway sends a new request by itself.
+            return "still_invalid", "certificate requests are not replayed: the gateway asks again"
         msg = Incoming(entry.topic, entry.raw, dict(entry.properties), now_ns)
         with self._lock:
-            self._replaying, self._replay_failure = True, None
+            self._replaying, self._replay_failure, self._replay_retry = True, None, ""
             try:
                 replies = self._handle([msg])
-                failure = self._replay_failure
+                failure, retry = self._replay_failure, self._replay_retry
             finally:
-                self._replaying, self._replay_failure = False, None
+                self._replaying, self._replay_failure, self._replay_retry = False, None, ""
         if failure is not None:
             return "still_invalid", f"{failure[0]}: {failure[1]}"
+        if retry:
+            return "retry", retry
         for reply in replies:
             message = reply.message
             if isinstance(message, wire.Ack) and message.status in ("stored", "duplicate"):
@@ -224,9 +232,8 @@ class Ingestor:
                 return "retry", f"{message.reason}: {message.detail or 'try again later'}"
             if isinstance(message, wire.Ack):
                 return "still_invalid", f"{message.status}: {message.reason or ''}"
-        kind = topics.parse_up_topic(entry.topic)
-        if kind is not None and kind[1] == "state":
-            return "stored", ""
+        if kind is not None and kind[1] in ("state", "config"):
+            return "stored", ""  # a state or config report, saved (neither is answered)
         return "still_invalid", "nothing to ingest in this message"
 
     def _handle(self, messages: Sequence[Incoming]) -> list[Reply]:
@@ -645,6 +652,7 @@ class Ingestor:
             self._docs.save_config_report(gateway_id, report)
         except StoreError as exc:
             self._log.error("cannot store the config report of %s: %s", gateway_id, exc)
+            self._replay_retry = f"store_unavailable: {exc}"
             return
         log = self._log.info if report.status == "applied" else self._log.warning
         # The reason and errors come from the gateway: escaped and cut, so they cannot forge
@@ -669,6 +677,7 @@ class Ingestor:
             self._docs.save_state(gateway_id, state, msg.received_ns)
         except StoreError as exc:
             self._log.error("cannot save state of %s: %s", gateway_id, exc)
+            self._replay_retry = f"store_unavailable: {exc}"
             return
         if state.drops:
             self._log_once(

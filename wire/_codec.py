@@ -17,7 +17,7 @@ from typing import Annotated
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from wire._exceptions import BatchRejected
+from wire._exceptions import BatchRejected, summarize
 from wire._limits import (
     INT64_MAX,
     MAX_BODY_BYTES,
@@ -148,7 +148,7 @@ def decode_batch(
     try:
         batch = Batch.model_validate(raw, by_alias=True)
     except ValidationError as exc:
-        raise BatchRejected("invalid_schema", _summarize(exc)) from None
+        raise BatchRejected("invalid_schema", summarize(exc)) from None
     if batch.reading_count > max_readings:
         raise BatchRejected(
             "oversized", f"{batch.reading_count} readings, the limit is {max_readings}"
@@ -167,14 +167,3 @@ def _inflate(body: bytes, limit: int) -> bytes:
     if not inflater.eof:
         raise BatchRejected("malformed", "compressed body is truncated")
     return out
-
-
-def _summarize(exc: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for err in exc.errors()[:limit]:
-        loc = ".".join(str(x) for x in err["loc"]) or "(body)"
-        parts.append(f"{loc}: {err['msg']}")
-    more = exc.error_count() - limit
-    if more > 0:
-        parts.append(f"and {more} more")
-    return "; ".join(parts)

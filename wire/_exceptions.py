@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import ValidationError
+
 RejectReason = Literal[
     "malformed", "unsupported_version", "oversized", "invalid_schema", "gateway_mismatch"
 ]
@@ -35,3 +37,16 @@ class BatchRejected(WireError):
 
 class MessageRejected(WireError):
     """A control message (ack, nack, state) that does not parse."""
+
+
+def summarize(exc: ValidationError, limit: int = 3) -> str:
+    """The first ``limit`` problems of a validation error, each with the field it is about
+    (``series.0.p: …``), and how many more there are: what the sender has to change."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(body)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)

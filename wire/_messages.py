@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from wire._exceptions import MessageRejected
+from wire._exceptions import MessageRejected, summarize
 from wire._limits import (
     INT64_MAX,
     MAX_CONFIG_VERSION,
@@ -141,32 +141,32 @@ def decode_ack(data: bytes) -> Ack | Nack:
     try:
         return _ACK_ADAPTER.validate_json(data)
     except ValidationError as exc:
-        raise MessageRejected(f"not an ack or nack: {exc.errors()[0]['msg']}") from None
+        raise MessageRejected(f"not an ack or nack: {summarize(exc)}") from None
 
 
 def decode_state(data: bytes) -> GatewayState:
     try:
         return GatewayState.model_validate_json(data)
     except ValidationError as exc:
-        raise MessageRejected(f"not a gateway state message: {exc.errors()[0]['msg']}") from None
+        raise MessageRejected(f"not a gateway state message: {summarize(exc)}") from None
 
 
 def decode_config_report(data: bytes) -> ConfigReport:
     try:
         return ConfigReport.model_validate_json(data)
     except ValidationError as exc:
-        raise MessageRejected(f"not a config report: {exc.errors()[0]['msg']}") from None
+        raise MessageRejected(f"not a config report: {summarize(exc)}") from None
 
 
 def decode_renew_request(data: bytes) -> RenewRequest:
     try:
         return RenewRequest.model_validate_json(data)
     except ValidationError as exc:
-        raise MessageRejected(f"not a renew request: {exc.errors()[0]['msg']}") from None
+        raise MessageRejected(f"not a renew request: {summarize(exc)}") from None
 
 
 def decode_renew_response(data: bytes) -> RenewResponse:
     try:
         return RenewResponse.model_validate_json(data)
     except ValidationError as exc:
-        raise MessageRejected(f"not a renew response: {exc.errors()[0]['msg']}") from None
+        raise MessageRejected(f"not a renew response: {summarize(exc)}") from None

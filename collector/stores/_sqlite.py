@@ -384,8 +384,11 @@ class SqliteTimeSeriesStore(_SqliteBase):
                     dirty,
                 )
                 if new_fields:
+                    # A field's type is that of its first value, for good: what reads make of
+                    # the stored values (a boolean, an integer sum) must not change with a
+                    # restart of the collector (this cache is per process).
                     conn.executemany(
-                        "INSERT OR REPLACE INTO fields (series_id, field, type) VALUES (?, ?, ?)",
+                        "INSERT OR IGNORE INTO fields (series_id, field, type) VALUES (?, ?, ?)",
                         new_fields,
                     )
                 conn.executemany(
@@ -462,18 +465,20 @@ class SqliteTimeSeriesStore(_SqliteBase):
         # The buckets as rows; for each, one aggregate over the primary key's (series, field,
         # ts) range. Only what the aggregate needs is computed.
         parts = {
-            "mean": "count(value), total(value)",  # total(): see refresh_rollups
-            "sum": "count(value), total(value)",
+            "mean": f"count(value), {_exact('total(value)')}",  # total(): see refresh_rollups
+            "sum": f"count(value), {_exact('total(value)')}",
             "count": "count(value)",
-            "min": "count(value), min(value)",
-            "max": "count(value), max(value)",
+            "min": f"count(value), {_exact('min(value)')}",
+            "max": f"count(value), {_exact('max(value)')}",
         }
         range_sql = (
             "FROM points WHERE series_id = ? AND field = ? AND ts >= b.s AND ts < b.s + ?"
             " AND ts < ?"  # the last bucket stops at the end of the range
         )
         if query.aggregate == "last":
-            measure = f"(SELECT json_array(ts, value) {range_sql} ORDER BY ts DESC LIMIT 1)"
+            measure = (
+                f"(SELECT json_array(ts, {_exact('value')}) {range_sql} ORDER BY ts DESC LIMIT 1)"
+            )
         else:
             measure = f"(SELECT json_array({parts[query.aggregate]}) {range_sql})"
         sql = (
@@ -716,6 +721,17 @@ class SqliteTimeSeriesStore(_SqliteBase):
 def _json_path(key: str) -> str:
     """A JSON path naming one top-level member, quoted so any tag name is taken literally."""
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _exact(value_sql: str) -> str:
+    """``value_sql`` as a member of a JSON array that reads back as the same value. SQLite
+    writes a float in JSON with 15 significant digits, which is not always the same double
+    (a sum of 2^53 - 1 came back as 2^53 - 2, a reading of 0.1234567890123456 rounded); 17
+    digits always are."""
+    return (
+        f"CASE WHEN typeof({value_sql}) = 'real' THEN json(printf('%!.17g', {value_sql}))"
+        f" ELSE {value_sql} END"
+    )
 
 
 def _add(a: Any, b: Any) -> Any:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,14 @@ class FakeClient:
         self.sent: list[int] = []  # seq of every batch publish, in order
         self.answer = 0  # the PUBACK reason code to give
         self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        # Called at each publish, before the broker's answer: what happens meanwhile.
+        self.meanwhile: Callable[[int], Awaitable[None]] | None = None
 
     async def publish_answered(self, topic: str, payload: bytes, **kw: Any) -> int:
         props = dict(kw["properties"].UserProperty)
         self.sent.append(int(props[wire.PROP_SEQ]))
+        if self.meanwhile is not None:
+            await self.meanwhile(int(props[wire.PROP_SEQ]))
         return self.answer
 
     async def publish(self, *args: object, **kw: object) -> None:
@@ -113,7 +119,9 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, *, batches: int, **uplink: object) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, *, batches: int, rng: random.Random | None = None, **uplink: object
+) -> AsyncIterator[Rig]:
     cfg = UplinkConfig(
         host="x", ca_file=tmp_path / "ca", cert_file=tmp_path / "c", key_file=tmp_path / "k",
         **{"ack_timeout": 30.0, "max_inflight": 8, **uplink},  # type: ignore[arg-type]
@@ -123,7 +131,9 @@ async def rig(tmp_path: Path, *, batches: int, **uplink: object) -> AsyncIterato
         for i in range(batches):
             ob.append([Reading(measurement="m", tags={}, fields={"n": i}, ts=i + 1)])
             ob.form_batch()
-        up = Uplink(gateway_id=GW, config=cfg, outbox=ob, clock=clock, state=lambda s: None)  # type: ignore[arg-type,return-value]
+        up = Uplink(
+            gateway_id=GW, config=cfg, outbox=ob, clock=clock, state=lambda s: None, rng=rng
+        )  # type: ignore[arg-type,return-value]
         client = FakeClient()
         tasks = [
             asyncio.create_task(up._send(client)),  # type: ignore[arg-type]
@@ -156,9 +166,10 @@ async def test_what_is_not_acked_in_time_is_sent_again(tmp_path: Path) -> None:
     async with rig(tmp_path, batches=2, ack_timeout=0.3) as r:
         await r.until(lambda: sorted(r.client.sent) == [1, 2])
         r.ack(1)
-        await r.until(lambda: r.client.sent.count(2) >= 2)
+        await r.until(lambda: r.client.sent.count(2) >= 3)
         assert r.client.sent.count(1) == 1  # the acked one is not sent again
-        assert r.uplink.retransmits >= 1
+        # Every time it went again is counted (what `status` and the state message show).
+        assert r.uplink.retransmits == r.client.sent.count(2) - 1
 
 
 async def test_a_quarantined_batch_is_deleted_and_counted_as_dropped(tmp_path: Path) -> None:
@@ -274,3 +285,125 @@ async def test_config_renewals_and_strangers_on_the_down_topics_leave_acks_flowi
         assert configs == [b"an envelope"]
         assert answer.done()
         assert answer.result() == response
+
+
+class Edge(random.Random):
+    """Jitter at one end of its range."""
+
+    def __init__(self, *, upper: bool) -> None:
+        super().__init__(0)
+        self.upper = upper
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.upper else a
+
+
+@pytest.mark.parametrize("upper", [False, True], ids=["least", "most"])
+async def test_a_nack_holds_for_its_retry_after_and_at_most_a_fifth_more(
+    tmp_path: Path, upper: bool
+) -> None:
+    """The collector's retry_after is a floor; the jitter (so that gateways told the same do
+    not all come back at once) adds up to a fifth."""
+    want = 3600 * (1.2 if upper else 1.0)
+    async with rig(tmp_path, batches=2, max_inflight=1, rng=Edge(upper=upper)) as r:
+        await r.until(lambda: r.client.sent == [2])
+        r.nack(2, "rate_limited", retry_after_ms=3_600_000)
+        await r.until(lambda: r.uplink.nacks == 1)
+        held = r.uplink._hold_until - asyncio.get_running_loop().time()
+        assert want - 1 < held <= want
+        # "in_progress" holds only its batch, for as long.
+        r.uplink._hold_until = 0.0
+        await r.until(lambda: r.client.sent == [2, 2])  # sent again, newest first
+        r.nack(2, "in_progress", retry_after_ms=3_600_000)
+        await r.until(lambda: r.uplink.nacks == 2)
+        due = r.uplink._tracker.next_deadline(30.0)
+        assert due is not None
+        assert want - 1 < due - asyncio.get_running_loop().time() <= want
+
+
+async def test_each_nack_halves_the_window_down_to_one_batch(tmp_path: Path) -> None:
+    async with rig(tmp_path, batches=1, max_inflight=8) as r:
+        await r.until(lambda: r.client.sent == [1])
+        windows = []
+        for n in range(1, 5):
+            r.nack(1, "rate_limited", retry_after_ms=1)
+            await r.until(lambda n=n: r.uplink.nacks == n)  # type: ignore[misc]
+            windows.append(r.uplink._window)
+        assert windows == [4, 2, 1, 1]
+        assert all(type(w) is int for w in windows)
+
+
+async def test_a_nack_in_the_middle_of_a_burst_stops_it_and_sending_resumes_after(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, batches=6, max_inflight=8) as r:
+
+        async def nack_the_first(seq: int) -> None:
+            if len(r.client.sent) == 2:  # the second publish of the burst
+                r.nack(r.client.sent[0], "rate_limited", retry_after_ms=200)
+                await r.until(lambda: r.uplink.nacks == 1)
+
+        r.client.meanwhile = nack_the_first
+        await r.until(lambda: len(r.client.sent) == 2)
+        assert len(r.client.sent) == 2  # the rest of the burst waits for the hold
+        async with r.collector():
+            await r.until(lambda: r.stored_seqs() == set())
+        assert sorted(set(r.client.sent)) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_no_subscriber_is_logged_at_the_first_time_and_every_twentieth(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="outpost.agent.uplink")
+    fast = {"reconnect_min": 0.0005, "reconnect_max": 0.001, "reconnect_busy_max": 0.001}
+    async with rig(tmp_path, batches=1, **fast) as r:
+        r.client.answer = outpost_mqtt.NO_MATCHING_SUBSCRIBERS
+        await r.until(lambda: r.uplink.unrouted >= 41, within=30.0)
+        r.client.answer = 0
+        async with r.collector():
+            await r.until(lambda: r.stored_seqs() == set())
+    said = [m for m in caplog.messages if "no collector is subscribed" in m]
+    assert said[0].startswith(
+        "batch 1: no collector is subscribed (the broker just restarted?); keeping it,"
+        " sending again in"
+    )
+    times = [int(re.search(r"\((\d+) time\(s\) in a row\)$", m)[1]) for m in said]  # type: ignore[index]
+    n = r.uplink.unrouted
+    assert times == [1, *range(20, n + 1, 20)]
+
+
+async def test_a_config_report_the_broker_did_not_take_waits_for_the_next_session(
+    tmp_path: Path,
+) -> None:
+    class Dropping(FakeClient):
+        async def publish(self, *args: object, **kw: object) -> None:
+            raise aiomqtt.MqttError("the connection went away")
+
+    async with rig(tmp_path, batches=0) as r:
+        report = wire.ConfigReport(version=2, status="applied", applied_version=2, ts=1)
+        r.uplink.reports.put_nowait(report)
+        with pytest.raises(aiomqtt.MqttError):
+            await r.uplink._send_reports(Dropping())  # type: ignore[arg-type]
+        assert r.uplink.reports.get_nowait() == report  # kept, for the next connection
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"), [(0x00, False), (0x01, False), (0x02, False), (0x80, True), (0x87, True)]
+)
+async def test_a_subscription_the_broker_refuses_ends_the_session(code: int, refused: bool) -> None:
+    """Any reason code from 0x80 up is a refusal (MQTT 5); below it, the granted QoS."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from agent._uplink import _subscribe
+
+    class Granting:
+        async def subscribe(self, topic: str, qos: int) -> list[ReasonCode]:
+            assert qos == 1  # acks, renewals and configs at least once
+            return [ReasonCode(PacketTypes.SUBACK, identifier=code)]
+
+    if refused:
+        with pytest.raises(aiomqtt.MqttError, match="not on its roster yet"):
+            await _subscribe(Granting(), "outpost/v1/gw/g/down/ack")  # type: ignore[arg-type]
+    else:
+        await _subscribe(Granting(), "outpost/v1/gw/g/down/ack")  # type: ignore[arg-type]

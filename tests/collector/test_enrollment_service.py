@@ -6,6 +6,7 @@ tests/provisioning/test_enrollment.py; the store's side of tokens in the contrac
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -117,7 +118,9 @@ def test_a_token_needs_a_tenant_a_site_a_lifetime_and_a_use(
 def test_a_token_is_shown_once_and_stored_only_as_its_hash(pki: Pki) -> None:
     token, record = pki.service().create_token(tenant="acme", site="hq", expires_s=90, uses=3)
     assert token.startswith(TOKEN_PREFIX)
-    assert len(token) > len(TOKEN_PREFIX) + 40
+    # 256 random bits in URL-safe base64 (43 characters); an 8-digit hex id to name it by.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token[len(TOKEN_PREFIX) :])
+    assert re.fullmatch(r"[0-9a-f]{8}", record.id)
     assert record.hash == hashlib.sha256(token.encode()).hexdigest()
     assert (record.created_ns, record.expires_ns) == (NOW, NOW + 90 * 10**9)
     assert (record.uses_total, record.uses_left) == (3, 3)
@@ -127,6 +130,35 @@ def test_a_token_is_shown_once_and_stored_only_as_its_hash(pki: Pki) -> None:
     raw = b"".join(p.read_bytes() for p in pki.cfg.stores.documents_path.parent.glob("*"))
     assert token.encode() not in raw
     assert token[len(TOKEN_PREFIX) :].encode() not in raw
+
+
+def test_a_token_may_live_less_than_a_second(pki: Pki) -> None:
+    _, record = pki.service().create_token(tenant="acme", site="hq", expires_s=0.5, uses=1)
+    assert record.expires_ns == NOW + 500_000_000
+
+
+def test_enrollments_are_logged_on_the_enrollment_logger_with_how(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new gateway, a re-enrolled one and one that moved tenant each say so in one line."""
+    caplog.set_level(logging.INFO, logger="outpost.collector.enrollment")
+    svc = pki.service()
+    token, record = svc.create_token(tenant="acme", site="hq", expires_s=60, uses=5)
+    globex, _ = svc.create_token(tenant="globex", site="plant", expires_s=60, uses=1)
+    key = new_key()
+    first = svc.enroll(token=token, csr_pem=csr_pem(key), hardware={})
+    csr = csr_pem(new_key())
+    again = reenroll(svc, token, csr, first.certificate_pem, proof(key, csr))
+    csr2 = csr_pem(key)
+    moved = reenroll(svc, globex, csr2, first.certificate_pem, proof(key, csr2))
+    lines = [r.getMessage() for r in caplog.records if r.name == "outpost.collector.enrollment"]
+    assert lines[0] == f"enrollment token {record.id} created for tenant acme, site hq (5 use(s))"
+    assert lines[-3:] == [
+        f"gateway {first.gateway_id} enrolled for tenant acme, site hq",
+        f"gateway {again.gateway_id} enrolled for tenant acme, site hq (re-enrolled)",
+        f"gateway {moved.gateway_id} enrolled for tenant globex, site plant"
+        f" (was {first.gateway_id} of another tenant: a new identity)",
+    ]
 
 
 # -- enrollment --------------------------------------------------------------------------------

@@ -178,3 +178,24 @@ def test_readings_are_stored_under_the_gateways_tenant(site: Site) -> None:
     assert site.ts.query("env", tenant="globex") == []
     assert site.ingestor.metrics.write_latency.count == 1
     assert site.ingestor.metrics.write_latency.counts[-1] == 1  # well within 5 s
+
+
+def test_a_decommission_by_another_process_reaches_ingest_at_its_next_refresh(
+    site: Site,
+) -> None:
+    """The CLI or another replica decommissions the gateway: the running collector's ingest
+    refuses it once it refreshes its revocations (the collector does so on a timer)."""
+    docs = SqliteDocumentStore(site.cfg.stores.documents_path)
+    assert site.cfg.pki is not None
+    assert site.cfg.enrollment is not None
+    try:
+        EnrollmentService(docs=docs, pki=site.cfg.pki, enrollment=site.cfg.enrollment).decommission(
+            site.gateway
+        )
+    finally:
+        docs.close()
+    [answer] = site.renew(request(csr_pem()))
+    assert answer.status == "issued"  # not known here yet
+    site.ingestor.refresh_revocations()
+    assert site.renew(request(csr_pem())) == []
+    assert site.ingestor.metrics.nacks["revoked"] == 1

@@ -3,6 +3,7 @@ values; and what happens when Redis goes away."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,46 @@ def test_the_shared_bucket_refills_at_its_rate(client: redis.Redis) -> None:
         assert time.monotonic() < deadline, "the bucket never refilled"
         time.sleep(0.05)
     assert time.monotonic() - emptied >= 0.3, "it let the batch through before it refilled"
+
+
+def test_with_redis_gone_ingest_finds_duplicates_in_the_document_store_and_says_so_once(
+    client: redis.Redis, redis_server: Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shared window is a shortcut: when Redis is away a retransmit is still acked as a
+    duplicate and stored once (the document store knows every stored batch); the outage is
+    logged once, and its end."""
+    from collector import Ingestor
+    from collector.stores import SqliteDocumentStore
+    from tests.collector.test_ingest import frame, make_config, msg
+
+    cfg = make_config(tmp_path)
+    ts = SqliteTimeSeriesStore(cfg.stores.timeseries_path)
+    docs = SqliteDocumentStore(cfg.stores.documents_path)
+    window = _shared.RedisDedupWindow(client)
+    ingestor = Ingestor(config=cfg, timeseries=ts, documents=docs, dedup=window)
+    try:
+        [reply] = ingestor.handle([msg(frame(1), 1)])
+        assert reply.message.status == "stored"  # type: ignore[union-attr]
+        assert client.exists("outpost:b:gw-1:s1:1") == 1  # remembered for every replica
+        redis_server.stop()
+        caplog.set_level(logging.INFO, logger="outpost.collector.shared")
+        statuses = [
+            r.message.status  # type: ignore[union-attr]
+            for seq in (1, 2, 1)
+            for r in ingestor.handle([msg(frame(seq), seq)])
+        ]
+        assert statuses == ["duplicate", "stored", "duplicate"]
+        assert ts.count_points() == 6
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1
+        assert warned[0].startswith("Redis 127.0.0.1")
+        assert warned[0].endswith(
+            "duplicates are found in the document store alone until it is back"
+        )
+        redis_server.start()
+        [reply] = ingestor.handle([msg(frame(3), 3)])
+        assert reply.message.status == "stored"  # type: ignore[union-attr]
+        assert any(m.endswith("is back") for m in caplog.messages)
+    finally:
+        ts.close()
+        docs.close()

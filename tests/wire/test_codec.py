@@ -75,8 +75,31 @@ def test_bad_frames_are_rejected_with_a_reason(data: bytes, reason: str, words: 
 def test_zip_bomb_stops_at_the_body_limit() -> None:
     bomb = wire.frame(b" " * (20 << 20))  # 20 MiB of spaces compresses to ~20 KiB
     assert len(bomb) < 100_000
-    with pytest.raises(wire.BatchRejected, match="oversized"):
+    with pytest.raises(wire.BatchRejected) as err:
         wire.decode_batch(bomb)
+    assert (err.value.reason, err.value.detail) == (
+        "oversized",
+        f"body exceeds {wire.limits.MAX_BODY_BYTES} bytes once decompressed",
+    )
+
+
+def test_the_body_limits_and_a_cut_stream_are_named() -> None:
+    plain = wire.frame(b" " * 2048, compress=False)
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(plain, max_body_bytes=1024)
+    assert (err.value.reason, err.value.detail) == ("oversized", "body exceeds 1024 bytes")
+    whole = wire.encode_batch(batch())
+    with pytest.raises(wire.BatchRejected) as err:
+        wire.decode_batch(whole[:-4])  # the stream's last bytes missing
+    assert (err.value.reason, err.value.detail) == ("malformed", "compressed body is truncated")
+
+
+def test_a_batch_can_be_encoded_without_compression() -> None:
+    b = batch()
+    plain = wire.encode_batch(b, compress=False)
+    assert plain[4] == 0  # the header's compression code: none
+    assert orjson.loads(plain[5:])["seq"] == b.seq
+    assert wire.decode_batch(plain) == b
 
 
 def test_too_many_readings_is_oversized() -> None:

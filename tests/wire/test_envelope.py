@@ -131,6 +131,17 @@ def test_tampered_unsigned_foreign_and_replayed_envelopes_are_refused(
     assert refused(data, signing, [key], gateway_id="gw-2") == "wrong_gateway"
     assert refused(data, signing, [key], applied=3) == "replayed"
     assert refused(data, signing, [key], applied=7) == "replayed"
+    # Each refusal says what is wrong in words an operator can act on.
+    details = {
+        refusal(data, signing, [key], verify=other_signer).detail,
+        refusal(data, signing, [key], gateway_id="gw-2").detail,
+        refusal(data, signing, [key], applied=7).detail,
+    }
+    assert details == {
+        "the signature does not verify against the pinned key",
+        f"the envelope is for {doc['gateway_id']!r}, this is 'gw-2'",
+        f"version {doc['version']} is not newer than the applied 7",
+    }
     assert refused(b"{not json", signing, [key]) == "bad_format"
     assert refused(b'{"v": 2}', signing, [key]) == "bad_format"
 
