@@ -67,8 +67,8 @@ NICE = ["nice", "-n", "19"]
 
 class _Build:
     """The packages, built and then read by lintian in the background, from when
-    tests/conftest.py sees these tests collected: a build is mostly pip, xz and lintian, and
-    overlaps the tests that run before these instead of adding its minute and a half."""
+    tests/conftest.py starts it (past the agent's tests): a build is mostly pip, xz and lintian,
+    and overlaps the tests that run before these instead of adding its minute and a half."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
