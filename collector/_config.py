@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from collector._exceptions import ConfigError
+from collector.stores._registry import BACKENDS, names, sections
 from wire import MAX_FRAME_BYTES, MAX_READINGS
 
 _MODEL = ConfigDict(frozen=True, extra="forbid")
@@ -34,61 +43,53 @@ class BrokerConfig(BaseModel):
     session_expiry_s: Annotated[int, Field(ge=0, le=86400)] = 60
 
 
-class PostgresConfig(BaseModel):
-    """A PostgreSQL database for documents. The DSN may carry the password; it is never logged
-    (or keep it in PGPASSWORD or ~/.pgpass and leave it out of the DSN)."""
-
-    model_config = _MODEL
-
-    dsn: SecretStr
-    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
-    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
-
-
-class InfluxConfig(BaseModel):
-    """A time-series database spoken to with the InfluxDB line protocol: VictoriaMetrics
-    (``url`` is its base address, e.g. http://vm:8428) or InfluxDB 2/3 (with org, bucket and
-    token)."""
-
-    model_config = _MODEL
-
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    org: str = ""
-    bucket: str = "outpost"
-    token: SecretStr = SecretStr("")
-    batch_lines: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
-    timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-    retries: Annotated[int, Field(ge=0, le=10)] = 3
-    verify_tls: bool = True
-    ca_file: Path | None = None
-
-
-class StoresConfig(BaseModel):
+class _Stores(BaseModel):
     """Where readings and documents go: the embedded SQLite files (the default), or the
-    production backends."""
+    production backends. ``documents``, ``timeseries`` and one table per backend section
+    (``[stores.postgres]``, ``[stores.influx]``) come from the backends' registry
+    (:mod:`collector.stores._registry`), so that this model names none of them."""
 
     model_config = _MODEL
 
-    documents: Literal["sqlite", "postgres"] = "sqlite"
-    timeseries: Literal["sqlite", "victoriametrics", "influxdb", "postgres"] = "sqlite"
+    documents: str = "sqlite"  # narrowed to the registered names in StoresConfig
+    timeseries: str = "sqlite"
     timeseries_path: Path = Path("/var/lib/outpost-collector/timeseries.db")
     documents_path: Path = Path("/var/lib/outpost-collector/documents.db")
     dedup_window_days: Annotated[float, Field(gt=0)] = 30.0
-    postgres: PostgresConfig | None = None
-    influx: InfluxConfig | None = None
+
+    def settings(self, backend: str) -> Any:
+        """The ``[stores.<section>]`` table of ``backend``, or None if it reads none."""
+        section = BACKENDS[backend].section
+        return getattr(self, section) if section else None
 
     @model_validator(mode="after")
-    def _backends_configured(self) -> StoresConfig:
+    def _backends_configured(self) -> _Stores:
         for role in ("documents", "timeseries"):
-            if getattr(self, role) == "postgres" and self.postgres is None:
-                raise ValueError(f'{role} = "postgres" needs a [stores.postgres] section with dsn')
-        if self.timeseries in ("victoriametrics", "influxdb") and self.influx is None:
-            raise ValueError(
-                f'timeseries = "{self.timeseries}" needs a [stores.influx] section with url'
-            )
-        if self.timeseries == "influxdb" and self.influx is not None and not self.influx.org:
-            raise ValueError('timeseries = "influxdb" needs [stores.influx] org, bucket and token')
+            name = getattr(self, role)
+            backend = BACKENDS[name]
+            settings = self.settings(name)
+            if backend.section and settings is None:
+                raise ValueError(
+                    f'{role} = "{name}" needs a [stores.{backend.section}] section with '
+                    f"{backend.requires}"
+                )
+            problem = backend.check(settings) if backend.check else None
+            if problem:
+                raise ValueError(problem)
         return self
+
+
+if TYPE_CHECKING:
+    StoresConfig = _Stores
+else:
+    StoresConfig = create_model(
+        "StoresConfig",
+        __base__=_Stores,
+        __module__=__name__,
+        documents=(Literal[names("documents")], "sqlite"),
+        timeseries=(Literal[names("timeseries")], "sqlite"),
+        **{section: (model | None, None) for section, model in sections().items()},
+    )
 
 
 class RedisConfig(BaseModel):

@@ -280,8 +280,8 @@ class ConfigService:
         if self.publish is None:
             return 0
         for g in self._docs.gateways(None):
-            newest = self._docs.desired_configs(g["id"], limit=1)
-            if newest and not g["revoked_ns"]:
-                self.publish(topics.down_config(g["id"]), newest[0].envelope)
+            newest = self._docs.desired_configs(g.id, limit=1)
+            if newest and not g.revoked_ns:
+                self.publish(topics.down_config(g.id), newest[0].envelope)
                 count += 1
         return count

@@ -23,6 +23,7 @@ the work; the collector calls it every few seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -33,7 +34,14 @@ from typing import Any
 
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._exceptions import StoreError
-from collector.stores import ALL_TENANTS, AuditEntry, DesiredConfigRecord, DocumentStore
+from collector.stores import (
+    ALL_TENANTS,
+    AuditEntry,
+    DesiredConfigRecord,
+    DocumentStore,
+    RolloutMember,
+    RolloutRecord,
+)
 
 _WAVE = re.compile(r"^(\d+)(%?)$")
 
@@ -113,13 +121,13 @@ class RolloutService:
         targets = [
             g
             for g in self._docs.gateways(tenant)
-            if not g["revoked_ns"]
-            and (site is None or g["site"] == site)
-            and (tag is None or tag in g.get("tags", []))
-            and (gateway_ids is None or g["id"] in gateway_ids)
+            if not g.revoked_ns
+            and (site is None or g.site == site)
+            and (tag is None or tag in g.tags)
+            and (gateway_ids is None or g.id in gateway_ids)
         ]
         if gateway_ids is not None:
-            missing = sorted(set(gateway_ids) - {g["id"] for g in targets})
+            missing = sorted(set(gateway_ids) - {g.id for g in targets})
             if missing:
                 raise RolloutError("unknown_gateway", f"no such gateways: {', '.join(missing)}")
         if not targets:
@@ -134,25 +142,24 @@ class RolloutService:
                 actor_ = f"rollout:{rollout_id}"
                 try:
                     if config is not None:
-                        record = self._configs.prepare(g["id"], config, actor_)
+                        record = self._configs.prepare(g.id, config, actor_)
                     else:
                         assert patch is not None
-                        record = self._configs.prepare_patch(g["id"], patch, actor_)
+                        record = self._configs.prepare_patch(g.id, patch, actor_)
                 except ConfigRefused as exc:
-                    raise RolloutError(exc.reason, f"{g['id']}: {exc.detail}") from None
+                    raise RolloutError(exc.reason, f"{g.id}: {exc.detail}") from None
                 except ConfigInvalid as exc:
                     for problem in exc.problems:
-                        invalid.setdefault(problem, []).append(g["id"])
+                        invalid.setdefault(problem, []).append(g.id)
                     continue
                 members.append(
-                    {
-                        "rollout_id": rollout_id,
-                        "gateway_id": g["id"],
-                        "wave": wave,
-                        "version": record.version,
-                        "issued_ns": record.issued_ns,
-                        "envelope": record.envelope,
-                    }
+                    RolloutMember(
+                        gateway_id=g.id,
+                        wave=wave,
+                        version=record.version,
+                        issued_ns=record.issued_ns,
+                        envelope=record.envelope,
+                    )
                 )
             index += size
         if invalid:
@@ -163,17 +170,16 @@ class RolloutService:
                 ]
             )
         self._docs.create_rollout(
-            {
-                "id": rollout_id,
-                "tenant": targets[0]["tenant"],
-                "actor": actor,
-                "created_ns": self._now(),
-                "status": "running",
-                "waves": len(sizes),
-                "abort_percent": abort_percent,
-                "timeout_s": timeout_s,
-                "device_errors_fail": device_errors_fail,
-            },
+            RolloutRecord(
+                id=rollout_id,
+                tenant=targets[0].tenant,
+                actor=actor,
+                created_ns=self._now(),
+                waves=len(sizes),
+                abort_percent=abort_percent,
+                timeout_s=timeout_s,
+                device_errors_fail=device_errors_fail,
+            ),
             members,
         )
         self._log.info(
@@ -191,118 +197,109 @@ class RolloutService:
             try:
                 self._step(rollout)
             except StoreError as exc:
-                self._log.warning("rollout %s: %s", rollout["id"], exc)
+                self._log.warning("rollout %s: %s", rollout.id, exc)
 
-    def _step(self, rollout: dict[str, Any]) -> None:
+    def _step(self, rollout: RolloutRecord) -> None:
         now = self._now()
-        wave = [
-            m
-            for m in self._docs.rollout_members(rollout["id"])
-            if m["wave"] == rollout["current_wave"]
-        ]
-        unstarted = [m for m in wave if m["started_ns"] is None]
-        started = [m["gateway_id"] for m in unstarted if self._start(rollout, m, now)]
+        wave = [m for m in self._docs.rollout_members(rollout.id) if m.wave == rollout.current_wave]
+        unstarted = [m for m in wave if m.started_ns is None]
+        started = [m.gateway_id for m in unstarted if self._start(rollout, m, now)]
         if started:
             self._audit(
-                rollout, "rollout.wave_start", wave=rollout["current_wave"] + 1, gateways=started
+                rollout, "rollout.wave_start", wave=rollout.current_wave + 1, gateways=started
             )
-        for m in self._docs.rollout_members(rollout["id"]):
-            if m["wave"] != rollout["current_wave"] or m["outcome"] is not None:
+        for m in self._docs.rollout_members(rollout.id):
+            if m.wave != rollout.current_wave or m.outcome is not None:
                 continue
             outcome = self._outcome(
-                m, rollout["timeout_s"], now, device_errors_fail=rollout["device_errors_fail"]
+                m, rollout.timeout_s, now, device_errors_fail=rollout.device_errors_fail
             )
             if outcome is not None:
-                self._docs.update_rollout_member(rollout["id"], m["gateway_id"], outcome=outcome)
-        wave = [
-            m
-            for m in self._docs.rollout_members(rollout["id"])
-            if m["wave"] == rollout["current_wave"]
-        ]
-        if any(m["outcome"] is None for m in wave):
+                self._docs.update_rollout_member(rollout.id, m.gateway_id, outcome=outcome)
+        wave = [m for m in self._docs.rollout_members(rollout.id) if m.wave == rollout.current_wave]
+        if any(m.outcome is None for m in wave):
             return
-        failed = [m for m in wave if m["outcome"] in ("failed", "timed_out")]
+        failed = [m for m in wave if m.outcome in ("failed", "timed_out")]
         share = 100.0 * len(failed) / len(wave)
-        if share > rollout["abort_percent"]:
+        if share > rollout.abort_percent:
             reason = (
-                f"wave {rollout['current_wave'] + 1}: {len(failed)} of {len(wave)} gateways "
-                f"failed or timed out ({share:.0f} % > {rollout['abort_percent']:g} %)"
+                f"wave {rollout.current_wave + 1}: {len(failed)} of {len(wave)} gateways "
+                f"failed or timed out ({share:.0f} % > {rollout.abort_percent:g} %)"
             )
-            self._docs.update_rollout(rollout["id"], status="aborted", reason=reason)
+            self._docs.update_rollout(rollout.id, status="aborted", reason=reason)
             self._audit(rollout, "rollout.aborted", reason=reason)
-            self._log.warning("rollout %s aborted: %s", rollout["id"], reason)
-        elif rollout["current_wave"] + 1 >= rollout["waves"]:
-            self._docs.update_rollout(rollout["id"], status="completed")
+            self._log.warning("rollout %s aborted: %s", rollout.id, reason)
+        elif rollout.current_wave + 1 >= rollout.waves:
+            self._docs.update_rollout(rollout.id, status="completed")
             self._audit(rollout, "rollout.completed")
-            self._log.info("rollout %s completed", rollout["id"])
+            self._log.info("rollout %s completed", rollout.id)
         else:
-            self._docs.update_rollout(rollout["id"], current_wave=rollout["current_wave"] + 1)
-            self._log.info("rollout %s: wave %d starts", rollout["id"], rollout["current_wave"] + 2)
+            self._docs.update_rollout(rollout.id, current_wave=rollout.current_wave + 1)
+            self._log.info("rollout %s: wave %d starts", rollout.id, rollout.current_wave + 2)
 
-    def _audit(self, rollout: dict[str, Any], action: str, **detail: object) -> None:
+    def _audit(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
         self._docs.audit(
             AuditEntry(
                 self._now(),
-                f"rollout:{rollout['id']}",
-                rollout["tenant"],
+                f"rollout:{rollout.id}",
+                rollout.tenant,
                 action,
-                rollout["id"],
+                rollout.id,
                 "collector",
                 detail,
             )
         )
 
-    def _start(self, rollout: dict[str, Any], m: dict[str, Any], now: int) -> bool:
+    def _start(self, rollout: RolloutRecord, m: RolloutMember, now: int) -> bool:
         """Publish a member's config; False if another replica had just done it."""
         record = DesiredConfigRecord(
-            m["gateway_id"], m["version"], m["issued_ns"], f"rollout:{rollout['id']}", m["envelope"]
+            m.gateway_id, m.version, m.issued_ns, f"rollout:{rollout.id}", m.envelope
         )
         outcome = None
         try:
             self._configs.commit(record)
         except ConfigRefused:
-            newest = self._docs.desired_configs(m["gateway_id"], limit=1)
-            ours = bool(newest) and newest[0].envelope == m["envelope"]
+            newest = self._docs.desired_configs(m.gateway_id, limit=1)
+            ours = bool(newest) and newest[0].envelope == m.envelope
             # Another replica started this member a moment ago (every replica steps rollouts):
             # it is started, not skipped. Otherwise a newer config was set for it meanwhile.
             if ours:
-                self._docs.update_rollout_member(rollout["id"], m["gateway_id"], started_ns=now)
+                self._docs.update_rollout_member(rollout.id, m.gateway_id, started_ns=now)
                 return False
             outcome = "skipped"
-        self._docs.update_rollout_member(
-            rollout["id"], m["gateway_id"], started_ns=now, outcome=outcome
-        )
+        self._docs.update_rollout_member(rollout.id, m.gateway_id, started_ns=now, outcome=outcome)
         return True
 
     def _outcome(
-        self, m: dict[str, Any], timeout_s: float, now: int, *, device_errors_fail: bool
+        self, m: RolloutMember, timeout_s: float, now: int, *, device_errors_fail: bool
     ) -> str | None:
-        report = self._docs.config_report(m["gateway_id"])
-        if report is not None and report.version == m["version"]:
-            if report.status == "applied" and report.applied_version == m["version"]:
+        report = self._docs.config_report(m.gateway_id)
+        if report is not None and report.version == m.version:
+            if report.status == "applied" and report.applied_version == m.version:
                 if device_errors_fail and report.reason == "device_errors":
                     return "failed"  # it runs, but a device refuses it (credentials, say)
                 return "applied"
             if report.status in ("rejected", "rolled_back"):
                 return "failed"
-        if report is not None and report.applied_version > m["version"]:
+        if report is not None and report.applied_version > m.version:
             return "applied"  # it runs a newer version already
-        if now - m["started_ns"] > timeout_s * 1e9:
+        assert m.started_ns is not None  # _step starts every member of its wave first
+        if now - m.started_ns > timeout_s * 1e9:
             return "timed_out"
         return None
 
-    def control(self, tenant: str, rollout_id: str, action: str) -> dict[str, Any]:
+    def control(self, tenant: str, rollout_id: str, action: str) -> RolloutRecord:
         """``pause``, ``resume`` or ``abort`` a rollout of the tenant."""
         found = self._docs.rollouts(tenant, rollout_id=rollout_id)
         if not found:
             raise RolloutError("not_found", f"no rollout {rollout_id!r}")
         rollout = found[0]
         allowed = {"pause": ("running",), "resume": ("paused",), "abort": ("running", "paused")}
-        if rollout["status"] not in allowed[action]:
+        if rollout.status not in allowed[action]:
             raise RolloutError(
-                "conflict", f"rollout {rollout_id} is {rollout['status']}; cannot {action} it"
+                "conflict", f"rollout {rollout_id} is {rollout.status}; cannot {action} it"
             )
         status = {"pause": "paused", "resume": "running", "abort": "aborted"}[action]
-        reason = "aborted by an operator" if action == "abort" else rollout["reason"]
+        reason = "aborted by an operator" if action == "abort" else rollout.reason
         self._docs.update_rollout(rollout_id, status=status, reason=reason)
-        return {**rollout, "status": status, "reason": reason}
+        return dataclasses.replace(rollout, status=status, reason=reason)

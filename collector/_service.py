@@ -83,10 +83,40 @@ class _EmbeddedServer(uvicorn.Server):
 def enrolled_gateways(docs: DocumentStore) -> set[str]:
     """Gateways enrolled and not decommissioned: the broker's roster follows them."""
     return {
-        str(g["id"])
-        for g in docs.gateways()
-        if g.get("enrolled_ns") is not None and g.get("revoked_ns") is None
+        str(g.id) for g in docs.gateways() if g.enrolled_ns is not None and g.revoked_ns is None
     }
+
+
+class RetainedOutbox:
+    """Retained publishes (QoS 1) that other parts of the collector ask for from any thread —
+    desired configs — sent on the current or next broker session, again on the next session
+    when one fails."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[tuple[str, bytes]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> None:
+        """Take publishes from now on (the collector's event loop is running)."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Any thread; raises :class:`RuntimeError` before the collector runs."""
+        if self._loop is None or self._queue is None:
+            raise RuntimeError("the collector service is not running")
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (topic, payload))
+
+    async def send(self, client: aiomqtt.Client) -> None:
+        """Publish what is asked for on ``client``'s session, until it ends."""
+        assert self._queue is not None
+        while True:
+            topic, payload = await self._queue.get()
+            try:
+                await client.publish(topic, payload, qos=1, retain=True)
+            except aiomqtt.MqttError:
+                self._queue.put_nowait((topic, payload))  # again on the next session
+                raise
 
 
 class CollectorService:
@@ -108,7 +138,13 @@ class CollectorService:
         timeseries: TimeSeriesStore | None = None,
         retention: RetentionConfig | None = None,
         roster: BrokerRoster | None = None,
+        outbox: RetainedOutbox | None = None,
+        on_connect: Callable[[], object] | None = None,
+        rollout_step: Callable[[], None] | None = None,
     ) -> None:
+        """``outbox``: retained publishes other parts ask for (desired configs);
+        ``on_connect``: run in a thread after each subscription (republish desired configs);
+        ``rollout_step``: run in a thread every 2 s (advance rollouts)."""
         self._notifier = notifier or Notifier({})
         self.monitor = ProgressMonitor()
         self._cfg = broker
@@ -133,32 +169,12 @@ class CollectorService:
             revoked=documents.revoked_gateways,
             logger=self._log.getChild("roster"),
         )
-        # Retained publishes asked for from other threads (the API): desired configs.
-        self._outbox: asyncio.Queue[tuple[str, bytes]] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.on_connect: Callable[[], object] | None = None  # e.g. republish desired configs
-        self.rollout_step: Callable[[], None] | None = None  # advances rollouts every 2 s
-
-    def publish_retained(self, topic: str, payload: bytes) -> None:
-        """Publish retained (QoS 1) on the next or current broker session; any thread."""
-        if self._loop is None or self._outbox is None:
-            raise RuntimeError("the collector service is not running")
-        outbox = self._outbox
-        self._loop.call_soon_threadsafe(outbox.put_nowait, (topic, payload))
-
-    async def _publish_outbox(self, client: aiomqtt.Client) -> None:
-        assert self._outbox is not None
-        while True:
-            topic, payload = await self._outbox.get()
-            try:
-                await client.publish(topic, payload, qos=1, retain=True)
-            except aiomqtt.MqttError:
-                self._outbox.put_nowait((topic, payload))  # again on the next session
-                raise
+        self._outbox = outbox or RetainedOutbox()
+        self._on_connect = on_connect
+        self._rollout_step = rollout_step
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._outbox = asyncio.Queue()
+        self._outbox.open()
         self.monitor.register("ingest")
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
@@ -168,8 +184,10 @@ class CollectorService:
             tg.create_task(self._prune_dedup_records(), name="collector-prune")
             tg.create_task(self._log_summary(), name="collector-summary")
             tg.create_task(self._refresh_revocations(), name="collector-revocations")
-            if self.rollout_step is not None:
-                tg.create_task(self._advance_rollouts(self.rollout_step), name="collector-rollouts")
+            if self._rollout_step is not None:
+                tg.create_task(
+                    self._advance_rollouts(self._rollout_step), name="collector-rollouts"
+                )
             if self._ts is not None and self._retention is not None:
                 tg.create_task(
                     self._maintain(self._ts, self._retention), name="collector-retention"
@@ -336,13 +354,13 @@ class CollectorService:
             self.subscribed.set()
             self._notifier.ready(self._status())
             queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=self._max_queued)
-            if self.on_connect is not None:
-                await asyncio.to_thread(self.on_connect)
+            if self._on_connect is not None:
+                await asyncio.to_thread(self._on_connect)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._receive(client, queue), name="collector-receive")
                     tg.create_task(self._work(client, queue), name="collector-ingest")
-                    tg.create_task(self._publish_outbox(client), name="collector-publish")
+                    tg.create_task(self._outbox.send(client), name="collector-publish")
                     tg.create_task(self.roster.run(client), name="collector-roster")
             except asyncio.CancelledError:
                 # Stopping: end the session, so the broker hands this replica's share of the

@@ -324,6 +324,9 @@ class LatestValues:
     def duplicate_points(self, measurement: str | None = None) -> int:
         return self.inner.duplicate_points(measurement)
 
+    def not_kept(self) -> dict[str, int]:
+        return self.inner.not_kept()
+
     def ping(self) -> None:
         self.inner.ping()
 

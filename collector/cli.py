@@ -14,13 +14,14 @@ import ssl
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 import wire
+from collector._app import Collector, assemble, enrollment_service
 from collector._backends import open_documents, open_timeseries
 from collector._broker import init_broker, issue_gateway_identity, register_gateways
 from collector._config import CollectorConfig, load_config
@@ -28,18 +29,15 @@ from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector._enrollment import EnrollmentService, hash_token, parse_duration
 from collector._exceptions import CollectorError, EnrollmentRefused
 from collector._export import last_points, parse_time, stream_points, write_csv, write_jsonl
-from collector._ingest import Ingestor
 from collector._rollouts import RolloutError, RolloutService
 from collector._roster import list_roster
-from collector._service import ApiServer, CollectorService, client_tls
-from collector.api import ApiServices, create_app
+from collector._service import client_tls
 from collector.stores import (
     ApiTokenRecord,
     AuditEntry,
     DesiredConfigRecord,
     DocumentStore,
 )
-from outpost_systemd import Notifier
 from provisioning import ProvisioningError
 from wire import configure_logging, printable, topics
 
@@ -83,111 +81,20 @@ def serve(config_path: Path) -> None:
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # influxdb-client retries
     try:
-        docs = open_documents(config)
+        with assemble(config) as collector:
+            asyncio.run(_run_until_signal(collector))
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        ts = open_timeseries(config)
-    except CollectorError as exc:
-        docs.close()
-        raise click.ClickException(str(exc)) from None
-    enrollment = None
-    if config.pki and config.enrollment:
-        try:
-            enrollment = EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
-        except (ProvisioningError, OSError, ValueError) as exc:
-            raise click.ClickException(f"[pki]: cannot load the CA or signing key: {exc}") from None
-    limiter = dedup = shared_ping = None
-    if config.redis is not None:
-        from collector import _shared
-
-        redis_client = _shared.connect(config.redis)
-        prefix = config.redis.prefix
-        limiter = _shared.RedisRateLimiter(redis_client, config.limits, prefix=prefix)
-        dedup = _shared.RedisDedupWindow(
-            redis_client, prefix=prefix, window_s=config.redis.dedup_window_s
-        )
-        if config.redis.latest_values:
-            ts = _shared.LatestValues(ts, redis_client, prefix=prefix)
-
-        def shared_ping() -> None:
-            _shared.ping(redis_client)
-
-    try:
-        ingestor = Ingestor(
-            config=config,
-            timeseries=ts,
-            documents=docs,
-            enrollment=enrollment,
-            limiter=limiter,
-            dedup=dedup,
-        )
-        service = CollectorService(
-            broker=config.broker,
-            ingestor=ingestor,
-            documents=docs,
-            dedup_window_s=config.stores.dedup_window_days * 86400,
-            max_queued=config.limits.max_queued_batches,
-            max_queued_bytes=config.limits.max_queued_bytes,
-            overload_retry_after_ms=config.limits.overload_retry_after_ms,
-            notifier=Notifier(),
-            summary_interval_s=config.summary_interval_s,
-            timeseries=ts,
-            retention=config.retention,
-        )
-        configs = None
-        rollouts = None
-        if config.pki is not None:
-            configs = ConfigService(
-                docs=docs, signing_key=config.pki.signing_key, publish=service.publish_retained
-            )
-            service.on_connect = configs.republish
-            rollouts = RolloutService(docs=docs, configs=configs)
-            service.rollout_step = rollouts.step
-        api = None
-        if config.api and enrollment:
-            services = ApiServices(
-                documents=docs,
-                enrollment=enrollment,
-                timeseries=ts,
-                metrics=ingestor.metrics,
-                broker_connected=service.subscribed.is_set,
-                replay=ingestor.replay,
-                configs=configs,
-                rollouts=rollouts,
-                shared_state=shared_ping,
-                on_enrolled=lambda gateway_id: _add_to_roster(service, gateway_id),
-            )
-            api = ApiServer(config.api, create_app(services))
-        asyncio.run(_run_until_signal(service, api))
-    finally:
-        ts.close()
-        docs.close()
 
 
-def _add_to_roster(service: CollectorService, gateway_id: str) -> None:
-    """Put a gateway just enrolled on the broker's roster before its certificate is handed
-    out, so its first connection may already use its topics (waits up to 5 s; if the broker
-    does not answer, the next reconnect's reconciliation adds it)."""
-    try:
-        service.roster.add(gateway_id).result(timeout=5)
-    except TimeoutError:
-        logging.getLogger("outpost.collector.roster").warning(
-            "gateway %s: the broker has not confirmed its roster entry yet", gateway_id
-        )
-
-
-async def _run_until_signal(service: CollectorService, api: ApiServer | None) -> None:
+async def _run_until_signal(collector: Collector) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(service.run(), name="collector")
-            if api is not None:
-                tg.create_task(api.serve(), name="api")
+        await collector.run()
     logging.getLogger("outpost.collector").info("collector stopped")
 
 
@@ -342,11 +249,8 @@ def quarantine() -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 def quarantine_list(config_path: Path, limit: int) -> None:
     """The most recent quarantined messages, newest first."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         entries = docs.quarantined(limit=limit)
-    finally:
-        docs.close()
     if not entries:
         click.echo("quarantine is empty")
     for e in entries:
@@ -448,23 +352,54 @@ def readings(
         click.echo(f"wrote {written} readings to {output}", err=True)
 
 
-def _open_docs(config_path: Path) -> tuple[CollectorConfig, DocumentStore]:
+@contextlib.contextmanager
+def _opened(config_path: Path) -> Iterator[tuple[CollectorConfig, DocumentStore]]:
+    """The config and the document store of an operator's command; closed when it ends."""
     try:
         config = load_config(config_path)
-        return config, open_documents(config)
+        docs = open_documents(config)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        yield config, docs
+    finally:
+        docs.close()
+
+
+def _config_service(
+    config: CollectorConfig,
+    docs: DocumentStore,
+    publish: Callable[[str, bytes], None] | None = None,
+) -> ConfigService:
+    if config.pki is None:
+        raise click.ClickException(
+            "the collector needs [pki] to sign configs; see docs/collector.md"
+        )
+    return ConfigService(docs=docs, signing_key=config.pki.signing_key, publish=publish)
+
+
+def _rollout_service(config: CollectorConfig, docs: DocumentStore) -> RolloutService:
+    """For commands that change rollouts; the running collector steps them."""
+    return RolloutService(docs=docs, configs=_config_service(config, docs))
+
+
+def _invalid(exc: ConfigInvalid) -> click.ClickException:
+    return click.ClickException(
+        "the config does not validate; nothing was signed or sent:\n"
+        + "\n".join(f"  {f}: {p}" for f, p in exc.problems)
+    )
 
 
 def _enrollment(config: CollectorConfig, docs: DocumentStore) -> EnrollmentService:
-    if config.pki is None or config.enrollment is None:
+    try:
+        service = enrollment_service(config, docs)
+    except CollectorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if service is None:
         raise click.ClickException(
             "the config has no [pki] and [enrollment] sections; see docs/collector.md"
         )
-    try:
-        return EnrollmentService(docs=docs, pki=config.pki, enrollment=config.enrollment)
-    except (ProvisioningError, OSError, ValueError) as exc:
-        raise click.ClickException(f"[pki]: cannot load the CA or signing key: {exc}") from None
+    return service
 
 
 @main.group()
@@ -484,16 +419,14 @@ def token_create(config_path: Path, tenant: str, site: str, expires: str, uses: 
         expires_s = parse_duration(expires)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expires") from None
-    config, docs = _open_docs(config_path)
-    try:
-        secret, rec = _enrollment(config, docs).create_token(
-            tenant=tenant, site=site, expires_s=expires_s, uses=uses
-        )
+    with _opened(config_path) as (config, docs):
+        try:
+            secret, rec = _enrollment(config, docs).create_token(
+                tenant=tenant, site=site, expires_s=expires_s, uses=uses
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
         _audit(docs, "enrollment_token.create", rec.id, tenant, site=site, uses=uses)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        docs.close()
     click.echo(secret)
     click.echo(
         f"token {rec.id}: tenant {tenant}, site {site}, {uses} use(s), expires in {expires}. "
@@ -507,11 +440,8 @@ def token_create(config_path: Path, tenant: str, site: str, expires: str, uses: 
 @click.option("--tenant", default=None, help="Only this tenant's tokens.")
 def token_list(config_path: Path, tenant: str | None) -> None:
     """Tokens with their scope, expiry and uses left (never the tokens themselves)."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         tokens = docs.enrollment_tokens(tenant)
-    finally:
-        docs.close()
     now = time.time_ns()
     for t in tokens:
         state = (
@@ -531,14 +461,11 @@ def token_list(config_path: Path, tenant: str | None) -> None:
 @click.argument("token_id")
 def token_revoke(config_path: Path, token_id: str) -> None:
     """Revoke an enrollment token by its id (from 'token list')."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         owner = next((t.tenant for t in docs.enrollment_tokens() if t.id == token_id), "")
         if not docs.revoke_enrollment_token(token_id):
             raise click.ClickException(f"no enrollment token {token_id!r}; see 'token list'")
         _audit(docs, "enrollment_token.revoke", token_id, owner)
-    finally:
-        docs.close()
     click.echo(f"token {token_id} revoked")
 
 
@@ -552,21 +479,16 @@ def gateway() -> None:
 @click.option("--tenant", default=None)
 def gateway_list(config_path: Path, tenant: str | None) -> None:
     """Gateways with tenant, site, state and certificate expiry."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         rows = docs.gateways(tenant)
-    finally:
-        docs.close()
     for g in rows:
         expiry = (
-            time.strftime("%Y-%m-%d", time.gmtime(g["cert_not_after_ns"] / 1e9))
-            if g["cert_not_after_ns"]
+            time.strftime("%Y-%m-%d", time.gmtime(g.cert_not_after_ns / 1e9))
+            if g.cert_not_after_ns
             else "-"
         )
-        state = "decommissioned" if g["revoked_ns"] else g["state"]
-        click.echo(
-            f"{g['id']}  {g['tenant'] or '-'}/{g['site'] or '-'}  {state}  cert until {expiry}"
-        )
+        state = "decommissioned" if g.revoked_ns else g.state
+        click.echo(f"{g.id}  {g.tenant or '-'}/{g.site or '-'}  {state}  cert until {expiry}")
 
 
 @gateway.command("decommission")
@@ -574,15 +496,13 @@ def gateway_list(config_path: Path, tenant: str | None) -> None:
 @click.argument("gateway_id")
 def gateway_decommission(config_path: Path, gateway_id: str) -> None:
     """Revoke a gateway's certificates and publish the CRL; the collector refuses it at once."""
-    config, docs = _open_docs(config_path)
-    try:
-        count = _enrollment(config, docs).decommission(gateway_id)
+    with _opened(config_path) as (config, docs):
+        try:
+            count = _enrollment(config, docs).decommission(gateway_id)
+        except EnrollmentRefused as exc:
+            raise click.ClickException(exc.message) from None
         tenant = docs.gateway_tenant(gateway_id) or ""
         _audit(docs, "gateway.decommission", gateway_id, tenant, certificates=count)
-    except EnrollmentRefused as exc:
-        raise click.ClickException(exc.message) from None
-    finally:
-        docs.close()
     assert config.pki is not None
     click.echo(
         f"gateway {gateway_id} decommissioned: {count} certificate(s) revoked; "
@@ -644,24 +564,16 @@ def _change_config(
     change: Callable[[ConfigService, str], DesiredConfigRecord],
     action: str,
 ) -> None:
-    config, docs = _open_docs(config_path)
-    try:
-        if config.pki is None:
-            raise click.ClickException(f"{config_path}: the collector needs [pki] to sign configs")
+    with _opened(config_path) as (config, docs):
+        service = _config_service(
+            config, docs, lambda topic, payload: _publish_retained(config, topic, payload)
+        )
         if not docs.gateway_exists(gateway_id):
             raise click.ClickException(f"no gateway {gateway_id!r}; see 'gateway list'")
-        service = ConfigService(
-            docs=docs,
-            signing_key=config.pki.signing_key,
-            publish=lambda topic, payload: _publish_retained(config, topic, payload),
-        )
         try:
             record = change(service, f"cli:{getpass.getuser()}")
         except ConfigInvalid as exc:
-            raise click.ClickException(
-                "the config does not validate; nothing was signed or sent:\n"
-                + "\n".join(f"  {f}: {p}" for f, p in exc.problems)
-            ) from None
+            raise _invalid(exc) from None
         except ConfigRefused as exc:
             raise click.ClickException(exc.detail) from None
         _audit(
@@ -671,8 +583,6 @@ def _change_config(
             docs.gateway_tenant(gateway_id) or "",
             version=record.version,
         )
-    finally:
-        docs.close()
     click.echo(f"desired config {record.version} for {gateway_id} signed and published")
 
 
@@ -681,12 +591,9 @@ def _change_config(
 @click.argument("gateway_id")
 def config_show(config_path: Path, gateway_id: str) -> None:
     """Desired versus reported for GATEWAY_ID (secrets shown as (sealed))."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         records = docs.desired_configs(gateway_id, limit=1)
         report = docs.config_report(gateway_id)
-    finally:
-        docs.close()
     if not records:
         click.echo(f"{gateway_id}: no desired config set")
     else:
@@ -806,13 +713,8 @@ def rollout_create(
         timeout_s = parse_duration(timeout)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--timeout") from None
-    config, docs = _open_docs(config_path)
-    try:
-        if config.pki is None:
-            raise click.ClickException(f"{config_path}: the collector needs [pki] to sign configs")
-        service = RolloutService(
-            docs=docs, configs=ConfigService(docs=docs, signing_key=config.pki.signing_key)
-        )
+    with _opened(config_path) as (config, docs):
+        service = _rollout_service(config, docs)
         try:
             rollout_id = service.create(
                 tenant=tenant,
@@ -828,19 +730,13 @@ def rollout_create(
                 device_errors_fail=device_errors_fail,
             )
         except ConfigInvalid as exc:
-            raise click.ClickException(
-                "the config does not validate; nothing was signed or sent:\n"
-                + "\n".join(f"  {f}: {p}" for f, p in exc.problems)
-            ) from None
+            raise _invalid(exc) from None
         except RolloutError as exc:
             raise click.ClickException(exc.detail) from None
         _audit(docs, "rollout.create", rollout_id, tenant, waves=waves)
         members = docs.rollout_members(rollout_id)
-    finally:
-        docs.close()
     sizes = [
-        sum(1 for m in members if m["wave"] == w)
-        for w in range(max(m["wave"] for m in members) + 1)
+        sum(1 for m in members if m.wave == w) for w in range(max(m.wave for m in members) + 1)
     ]
     click.echo(rollout_id)
     click.echo(
@@ -856,8 +752,7 @@ def rollout_create(
 @click.option("--interval", type=click.FloatRange(0.2, 60), default=2.0, show_default=True)
 def rollout_watch(config_path: Path, rollout_id: str, interval: float) -> None:
     """Follow a rollout wave by wave until it completes (exit 0) or is aborted (exit 1)."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         found = docs.rollouts("*", rollout_id=rollout_id)
         if not found:
             raise click.ClickException(f"no rollout {rollout_id!r}")
@@ -867,59 +762,50 @@ def rollout_watch(config_path: Path, rollout_id: str, interval: float) -> None:
             while True:
                 rollout_ = docs.rollouts("*", rollout_id=rollout_id)[0]
                 members = docs.rollout_members(rollout_id)
-                finished = sum(1 for m in members if m["outcome"] is not None)
+                finished = sum(1 for m in members if m.outcome is not None)
                 bar.update(finished - done)
                 done = finished
-                if rollout_["status"] in ("completed", "aborted"):
+                if rollout_.status in ("completed", "aborted"):
                     break
                 time.sleep(interval)
         reports = {
-            m["gateway_id"]: docs.config_report(m["gateway_id"])
+            m.gateway_id: docs.config_report(m.gateway_id)
             for m in members
-            if m["outcome"] in ("failed", "timed_out")
+            if m.outcome in ("failed", "timed_out")
         }
-    finally:
-        docs.close()
-    for w in range(rollout_["waves"]):
-        ms = [m for m in members if m["wave"] == w]
+    for w in range(rollout_.waves):
+        ms = [m for m in members if m.wave == w]
         counts = ", ".join(
-            f"{sum(1 for m in ms if m['outcome'] == o)} {o.replace('_', ' ')}"
+            f"{sum(1 for m in ms if m.outcome == o)} {o.replace('_', ' ')}"
             for o in ("applied", "failed", "timed_out", "skipped")
         )
-        started = "started" if any(m["started_ns"] for m in ms) else "not started"
+        started = "started" if any(m.started_ns for m in ms) else "not started"
         click.echo(f"wave {w + 1}: {len(ms)} gateways, {started}: {counts}")
     for m in members:
-        if m["outcome"] in ("failed", "timed_out"):
-            said = reports.get(m["gateway_id"])
-            if said is not None and said.version == m["version"]:
+        if m.outcome in ("failed", "timed_out"):
+            said = reports.get(m.gateway_id)
+            if said is not None and said.version == m.version:
                 why = said.reason + (f": {'; '.join(said.errors)}" if said.errors else "")
             else:
-                why = f"no report within {rollout_['timeout_s']:g} s"
-            click.echo(f"  {m['gateway_id']} (wave {m['wave'] + 1}) {m['outcome']}: {why}")
+                why = f"no report within {rollout_.timeout_s:g} s"
+            click.echo(f"  {m.gateway_id} (wave {m.wave + 1}) {m.outcome}: {why}")
     click.echo(
-        f"rollout {rollout_id} {rollout_['status']}"
-        + (f": {rollout_['reason']}" if rollout_["reason"] else "")
+        f"rollout {rollout_id} {rollout_.status}"
+        + (f": {rollout_.reason}" if rollout_.reason else "")
     )
-    if rollout_["status"] == "aborted":
+    if rollout_.status == "aborted":
         sys.exit(1)
 
 
 def _rollout_control(config_path: Path, rollout_id: str, action: str) -> None:
-    config, docs = _open_docs(config_path)
-    try:
-        if config.pki is None:
-            raise click.ClickException(f"{config_path}: the collector needs [pki]")
-        service = RolloutService(
-            docs=docs, configs=ConfigService(docs=docs, signing_key=config.pki.signing_key)
-        )
+    with _opened(config_path) as (config, docs):
+        service = _rollout_service(config, docs)
         try:
             rollout_ = service.control("*", rollout_id, action)
         except RolloutError as exc:
             raise click.ClickException(exc.detail) from None
-        _audit(docs, f"rollout.{action}", rollout_id, rollout_["tenant"])
-    finally:
-        docs.close()
-    click.echo(f"rollout {rollout_id} {rollout_['status']}")
+        _audit(docs, f"rollout.{action}", rollout_id, rollout_.tenant)
+    click.echo(f"rollout {rollout_id} {rollout_.status}")
 
 
 @rollout.command("pause")
@@ -962,7 +848,6 @@ def api_token_create(config_path: Path, tenant: str, role: str, name: str) -> No
         raise click.BadParameter(
             "only an admin token may act for all tenants ('*')", param_hint="--tenant"
         )
-    _, docs = _open_docs(config_path)
     secret = "opa_" + secrets.token_urlsafe(32)
     record = ApiTokenRecord(
         id=secrets.token_hex(4),
@@ -972,11 +857,9 @@ def api_token_create(config_path: Path, tenant: str, role: str, name: str) -> No
         name=name,
         created_ns=time.time_ns(),
     )
-    try:
+    with _opened(config_path) as (_, docs):
         docs.create_api_token(record)
         _audit(docs, "api_token.create", record.id, tenant, role=role, name=name)
-    finally:
-        docs.close()
     click.echo(secret)
     click.echo(f"API token {record.id}: {role} of tenant {tenant}. It is shown only now.", err=True)
 
@@ -986,13 +869,10 @@ def api_token_create(config_path: Path, tenant: str, role: str, name: str) -> No
 @click.argument("token_id")
 def api_token_revoke(config_path: Path, token_id: str) -> None:
     """Revoke an API token by its id."""
-    _, docs = _open_docs(config_path)
-    try:
+    with _opened(config_path) as (_, docs):
         if not docs.revoke_api_token(token_id, time.time_ns()):
             raise click.ClickException(f"no active API token {token_id!r}")
         _audit(docs, "api_token.revoke", token_id, "")
-    finally:
-        docs.close()
     click.echo(f"API token {token_id} revoked")
 
 

@@ -14,11 +14,16 @@ from collector._configs import ConfigService
 from collector._enrollment import EnrollmentService, hash_token
 from collector._ingest import IngestMetrics
 from collector._rollouts import RolloutService
-from collector.stores import AuditEntry, DocumentStore, QuarantineEntry, TimeSeriesStore
+from collector.stores import (
+    ALL_TENANTS,
+    AuditEntry,
+    DocumentStore,
+    QuarantineEntry,
+    TimeSeriesStore,
+)
 
 Role = Literal["viewer", "operator", "admin"]
 _RANK = {"viewer": 0, "operator": 1, "admin": 2}
-ALL_TENANTS = "*"
 
 
 @dataclass(frozen=True)

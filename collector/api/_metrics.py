@@ -10,10 +10,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from collector._ingest import IngestMetrics
+from collector.stores import TimeSeriesStore
+
+_NOT_KEPT = {
+    "text_fields_skipped": "Text field values the time-series backend does not store",
+    "unwritable_readings": "Readings line protocol cannot carry (measurement starts with #)",
+}
 
 
 class _IngestCollector(Collector):
-    def __init__(self, metrics: IngestMetrics, timeseries: object = None) -> None:
+    def __init__(self, metrics: IngestMetrics, timeseries: TimeSeriesStore | None = None) -> None:
         self._m = metrics
         self._ts = timeseries
 
@@ -21,21 +27,9 @@ class _IngestCollector(Collector):
         m = self._m
         # What a time-series backend could not keep (VictoriaMetrics: text fields; line
         # protocol: a measurement starting with #): counted, never silent.
-        inner = getattr(self._ts, "inner", self._ts)
-        for name, doc, attr in (
-            (
-                "outpost_timeseries_text_fields_skipped",
-                "Text field values the time-series backend does not store",
-                "text_fields_skipped",
-            ),
-            (
-                "outpost_timeseries_unwritable_readings",
-                "Readings line protocol cannot carry (measurement starts with #)",
-                "unwritable",
-            ),
-        ):
-            if hasattr(inner, attr):
-                yield CounterMetricFamily(name, doc, value=getattr(inner, attr))
+        for reason, count in self._ts.not_kept().items() if self._ts is not None else ():
+            help_ = _NOT_KEPT.get(reason, f"Values the time-series backend did not keep: {reason}")
+            yield CounterMetricFamily(f"outpost_timeseries_{reason}", help_, value=count)
         for name, doc, value in (
             ("outpost_batches_stored", "Batches stored and acked", m.batches_stored),
             ("outpost_readings_stored", "Readings stored", m.readings_stored),
@@ -96,7 +90,9 @@ class _IngestCollector(Collector):
         )
 
 
-def metrics_text(metrics: IngestMetrics | None, timeseries: object = None) -> tuple[bytes, str]:
+def metrics_text(
+    metrics: IngestMetrics | None, timeseries: TimeSeriesStore | None = None
+) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     if metrics is not None:
         registry.register(_IngestCollector(metrics, timeseries))

@@ -177,6 +177,57 @@ class ApiTokenRecord:
     revoked_ns: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetGateway:
+    """A gateway as the fleet sees it: identity, state, certificate and config versions."""
+
+    id: str
+    tenant: str
+    site: str
+    state: str
+    last_seen_ns: int | None
+    enrolled_ns: int | None
+    cert_not_after_ns: int | None
+    revoked_ns: int | None  # decommissioned then
+    hardware: dict[str, Any]
+    status: dict[str, Any]  # the gateway's last state report, less its state
+    clock_skew_s: float | None
+    clock_flagged: bool
+    config_applied: int | None  # the version the gateway last reported applied
+    tags: list[str]
+    config_desired: int | None  # the newest desired version
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutRecord:
+    """A rollout: a config change to a tenant's gateways in waves."""
+
+    id: str
+    tenant: str
+    actor: str
+    created_ns: int
+    waves: int
+    abort_percent: float  # abort when more of a wave failed or timed out than this
+    timeout_s: float  # a gateway's time to report on its config
+    device_errors_fail: bool = False  # "applied, but a device refuses it" counts as failed
+    status: str = "running"  # running, paused, aborted, completed
+    current_wave: int = 0
+    reason: str = ""  # why it was aborted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutMember:
+    """One gateway of a rollout: its wave and its envelope, sealed when the rollout was made."""
+
+    gateway_id: str
+    wave: int
+    version: int
+    issued_ns: int
+    envelope: bytes
+    started_ns: int | None = None
+    outcome: str | None = None  # applied, failed, timed_out, skipped
+
+
 class TimeSeriesStore(Protocol):
     """Readings. Writes are idempotent: the same series, field and timestamp overwrite.
 
@@ -224,19 +275,54 @@ class TimeSeriesStore(Protocol):
         show: they merge by timestamp). For tests and benchmarks: it reads every point."""
         ...
 
+    def not_kept(self) -> dict[str, int]:
+        """What this backend could not keep since it was opened, by reason (counted, never
+        silent; the collector's metrics show it): empty for a backend that keeps everything."""
+        ...
+
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
 
 
-class DocumentStore(Protocol):
-    """Gateways, events, dedup records, quarantine, clock facts."""
+class IngestRecords(Protocol):
+    """What the ingest keeps besides readings: stored batches (for deduplication), events,
+    gateway state and clock facts, quarantined messages."""
 
     def seen(self, gateway_id: str, stream_id: str, seq: int) -> bool: ...
 
     def record(self, batches: Sequence[BatchRecord], events: Sequence[tuple[str, Event]]) -> None:
         """Store events and mark batches as stored, in one transaction."""
         ...
+
+    def prune_seen(self, older_than_ns: int) -> int: ...
+
+    def events(self, gateway_id: str) -> list[Event]: ...
+
+    def find_events(
+        self,
+        tenant: str,
+        *,
+        gateway_id: str | None = None,
+        source: str | None = None,
+        type: str | None = None,
+        start_ns: int = 0,
+        end_ns: int = 2**63 - 1,
+        after: tuple[int, str, str] | None = None,
+        limit: int = 100,
+    ) -> list[tuple[str, Event]]: ...
+
+    def availability(self, tenant: str, gateway_id: str) -> dict[str, tuple[str, int]]: ...
+
+    def save_state(self, gateway_id: str, state: GatewayState, seen_ns: int) -> None: ...
+
+    def set_clock(self, gateway_id: str, skew_s: float, flagged: bool) -> None: ...
+
+    def boot_offset(self, gateway_id: str, boot_id: str) -> int | None: ...
+
+    def set_boot_offset(self, gateway_id: str, boot_id: str, offset_ns: int) -> None: ...
+
+    def gateway(self, gateway_id: str) -> GatewayRecord | None: ...
 
     def quarantine(self, entry: QuarantineEntry) -> int: ...
 
@@ -261,25 +347,17 @@ class DocumentStore(Protocol):
         self, *, events_before_ns: int, quarantine_before_ns: int, audit_before_ns: int
     ) -> dict[str, int]: ...
 
-    def audit(self, entry: AuditEntry) -> None: ...
 
-    def audit_log(
-        self, tenant: str, *, limit: int = 100, before_id: int | None = None
-    ) -> list[AuditEntry]: ...
+class Identities(Protocol):
+    """Who may speak: gateways and their tenants, enrollment tokens, certificates, API tokens."""
 
-    def events(self, gateway_id: str) -> list[Event]: ...
+    def gateway_exists(self, gateway_id: str) -> bool: ...
 
-    def save_state(self, gateway_id: str, state: GatewayState, seen_ns: int) -> None: ...
+    def gateway_tenant(self, gateway_id: str) -> str | None: ...
 
-    def set_clock(self, gateway_id: str, skew_s: float, flagged: bool) -> None: ...
+    def gateways(self, tenant: str | None = None) -> list[FleetGateway]: ...
 
-    def boot_offset(self, gateway_id: str, boot_id: str) -> int | None: ...
-
-    def set_boot_offset(self, gateway_id: str, boot_id: str, offset_ns: int) -> None: ...
-
-    def gateway(self, gateway_id: str) -> GatewayRecord | None: ...
-
-    def prune_seen(self, older_than_ns: int) -> int: ...
+    def set_gateway_tags(self, gateway_id: str, tags: list[str]) -> None: ...
 
     def create_enrollment_token(self, token: EnrollmentTokenRecord) -> None: ...
 
@@ -298,32 +376,13 @@ class DocumentStore(Protocol):
 
     def certificate(self, serial: str) -> CertificateRecord | None: ...
 
-    def gateway_exists(self, gateway_id: str) -> bool: ...
-
-    def gateway_tenant(self, gateway_id: str) -> str | None: ...
-
-    def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]: ...
-
-    def find_events(
-        self,
-        tenant: str,
-        *,
-        gateway_id: str | None = None,
-        source: str | None = None,
-        type: str | None = None,
-        start_ns: int = 0,
-        end_ns: int = 2**63 - 1,
-        after: tuple[int, str, str] | None = None,
-        limit: int = 100,
-    ) -> list[tuple[str, Event]]: ...
-
-    def availability(self, tenant: str, gateway_id: str) -> dict[str, tuple[str, int]]: ...
-
     def revoke_gateway(self, gateway_id: str, now_ns: int) -> int: ...
 
     def revoked_certificates(self) -> list[tuple[str, int]]: ...
 
     def revoked_gateways(self) -> set[str]: ...
+
+    def gateway_public_key(self, gateway_id: str) -> str | None: ...
 
     def create_api_token(self, token: ApiTokenRecord) -> None: ...
 
@@ -331,9 +390,9 @@ class DocumentStore(Protocol):
 
     def revoke_api_token(self, token_id: str, now_ns: int) -> bool: ...
 
-    def gateway_public_key(self, gateway_id: str) -> str | None: ...
 
-    def set_gateway_tags(self, gateway_id: str, tags: list[str]) -> None: ...
+class ConfigsAndRollouts(Protocol):
+    """Desired configs (signed and sealed, with their history), reports, rollouts."""
 
     def add_desired_config(self, record: DesiredConfigRecord) -> None:
         """Raises :class:`~collector._exceptions.StoreError` if that version exists already."""
@@ -347,15 +406,24 @@ class DocumentStore(Protocol):
 
     def config_report(self, gateway_id: str) -> ConfigReport | None: ...
 
-    def create_rollout(self, rollout: dict[str, Any], members: list[dict[str, Any]]) -> None: ...
+    def create_rollout(self, rollout: RolloutRecord, members: Sequence[RolloutMember]) -> None: ...
 
     def rollouts(
         self, tenant: str, *, rollout_id: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[RolloutRecord]:
+        """Newest first."""
+        ...
 
-    def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]: ...
+    def rollout_members(self, rollout_id: str) -> list[RolloutMember]: ...
 
-    def update_rollout(self, rollout_id: str, **changes: Any) -> None: ...
+    def update_rollout(
+        self,
+        rollout_id: str,
+        *,
+        status: str | None = None,
+        current_wave: int | None = None,
+        reason: str | None = None,
+    ) -> None: ...
 
     def update_rollout_member(
         self,
@@ -365,6 +433,20 @@ class DocumentStore(Protocol):
         started_ns: int | None = None,
         outcome: str | None = None,
     ) -> None: ...
+
+
+class AuditLog(Protocol):
+    """Operator actions: who, what, on what, when, from where."""
+
+    def audit(self, entry: AuditEntry) -> None: ...
+
+    def audit_log(
+        self, tenant: str, *, limit: int = 100, before_id: int | None = None
+    ) -> list[AuditEntry]: ...
+
+
+class DocumentStore(IngestRecords, Identities, ConfigsAndRollouts, AuditLog, Protocol):
+    """Everything but readings, by role; one backend serves every role."""
 
     def ping(self) -> None: ...
 

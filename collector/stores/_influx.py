@@ -50,7 +50,7 @@ from collector.stores._base import (
 from wire import FieldValue
 
 if TYPE_CHECKING:
-    from collector._config import InfluxConfig
+    from collector.stores._registry import InfluxConfig
 
 _CONTROL = {"\n": r"\n", "\t": r"\t", "\r": r"\r"}
 _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", **_CONTROL})
@@ -494,6 +494,12 @@ class InfluxTimeSeriesStore:
         """Nothing to do: the server's ``-retentionPeriod`` deletes old data."""
         del raw_before_ns, rollup_5m_before_ns, rollup_1h_before_ns
         return {"raw_points": 0, "rollups_5m": 0, "rollups_1h": 0}
+
+    def not_kept(self) -> dict[str, int]:
+        return {
+            "text_fields_skipped": self.text_fields_skipped,
+            "unwritable_readings": self.unwritable,
+        }
 
     def ping(self) -> None:
         path = "/health"

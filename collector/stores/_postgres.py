@@ -1,10 +1,12 @@
-"""Documents in PostgreSQL (psycopg 3, a connection pool, JSONB): the production document store.
+"""PostgreSQL (psycopg 3, a connection pool, JSONB): the production document store, and a
+time-series store for sites without VictoriaMetrics.
 
-The same interface and behaviour as :class:`~collector.stores.SqliteDocumentStore`, checked by
-one contract suite (``tests/collector/contract/``). Several collector replicas share one
-database: every write is one transaction, conflicts are settled by the database (``ON CONFLICT``,
-``SELECT … FOR UPDATE``), and migrations run under an advisory lock so replicas starting
-together migrate once.
+The document store's queries are :mod:`collector.stores._documents`, shared with SQLite; this
+module gives it its plumbing (the pool, migrations, error translation), its column types and
+its :data:`POSTGRES` dialect. One contract suite (``tests/collector/contract/``) checks both.
+Several collector replicas share one database: every write is one transaction, conflicts are
+settled by the database (``ON CONFLICT``, ``SELECT … FOR UPDATE``), and migrations run under an
+advisory lock so replicas starting together migrate once.
 
 Errors are translated at this boundary: a lost connection, a pool with no free connection or a
 server shutting down is :class:`StoreUnavailable` (the ingest nacks ``store_unavailable``, the
@@ -14,13 +16,15 @@ server's host and database, never the password in the DSN.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import orjson
 import psycopg
+from psycopg.abc import Params
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -28,28 +32,18 @@ from collector._exceptions import (
     QueryTimeout,
     StoreError,
     StoreUnavailable,
-    TokenRefused,
     TooManyPoints,
 )
-from collector.stores import _rows
 from collector.stores._base import (
     ALL_TENANTS,
-    ApiTokenRecord,
-    AuditEntry,
-    BatchRecord,
-    CertificateRecord,
-    DesiredConfigRecord,
-    EnrollmentTokenRecord,
-    GatewayRecord,
-    GatewayRegistration,
     LatestValue,
-    QuarantineEntry,
     SeriesGroup,
     SeriesQuery,
     SeriesWrite,
     StoredPoint,
 )
-from wire import ConfigReport, Event, FieldValue, GatewayState
+from collector.stores._documents import Dialect, SqlDocumentStore
+from wire import FieldValue
 
 # Ordered, each run once in its own transaction and recorded in outpost_migrations.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -124,11 +118,6 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ),
 ]
 _LOCK_ID = 0x6F7574706F7374  # "outpost": one migrator at a time across replicas
-
-
-def _decoded(value: Any) -> Any:
-    """JSONB columns arrive decoded."""
-    return value
 
 
 def _where(dsn: str) -> str:
@@ -274,602 +263,56 @@ class _PostgresBase:
         self._pool.close()
 
 
-class PostgresDocumentStore(_PostgresBase):
-    """Gateways, events, stored-batch records, quarantine, enrollment, configs, rollouts and
-    the audit log in PostgreSQL."""
+@functools.lru_cache(maxsize=512)
+def _format_style(sql: str) -> str:
+    """The shared SQL's ``?`` placeholders as psycopg's ``%s`` (the SQL holds no other ``?``)."""
+    return sql.replace("?", "%s")
+
+
+class _QmarkCursor(psycopg.Cursor[Any]):
+    """A cursor that takes the ``?`` placeholders of :mod:`collector.stores._documents`."""
+
+    def execute(
+        self,
+        query: Any,  # psycopg's Query
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        if isinstance(query, str):
+            query = _format_style(query)
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+    def executemany(
+        self, query: Any, params_seq: Iterable[Params], *, returning: bool = False
+    ) -> None:
+        if isinstance(query, str):
+            query = _format_style(query)
+        super().executemany(query, params_seq, returning=returning)
+
+
+POSTGRES = Dialect(
+    name="postgres",
+    json_value=Jsonb,
+    json_loads=lambda value: value,  # JSONB columns arrive decoded
+    json_text=lambda column, key: f"{column}->>'{key}'",
+    greatest="GREATEST",
+    byte_length="octet_length",
+    binary_order=' COLLATE "C"',  # the database's collation may follow a locale
+    lock_row=" FOR UPDATE",  # two replicas cannot both spend a token's last use
+)
+
+
+class PostgresDocumentStore(_PostgresBase, SqlDocumentStore):
+    """The document store in PostgreSQL: several collector replicas share it."""
 
     _migrations: ClassVar[list[tuple[str, list[str]]]] = MIGRATIONS
     _pool_name: ClassVar[str] = "outpost-documents"
+    dialect = POSTGRES
 
-    # -- batches, events, quarantine ----------------------------------------------------------
-
-    def seen(self, gateway_id: str, stream_id: str, seq: int) -> bool:
-        row = self._one(
-            "SELECT 1 FROM stored_batches WHERE gateway_id = %s AND stream_id = %s AND seq = %s",
-            (gateway_id, stream_id, seq),
-            "check for a duplicate batch",
-        )
-        return row is not None
-
-    def record(self, batches: Sequence[BatchRecord], events: Sequence[tuple[str, Event]]) -> None:
-        with self._tx("record batches") as cur:
-            if events:
-                cur.executemany(
-                    "INSERT INTO events (gateway_id, id, type, ts, source, body)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(gw, e.id, e.type, e.ts, e.source, Jsonb(e.body)) for gw, e in events],
-                )
-            if batches:
-                cur.executemany(
-                    "INSERT INTO stored_batches (gateway_id, stream_id, seq, readings,"
-                    " received_ns) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    [
-                        (b.gateway_id, b.stream_id, b.seq, b.readings, b.received_ns)
-                        for b in batches
-                    ],
-                )
-            last: dict[str, int] = {}
-            for b in batches:
-                last[b.gateway_id] = max(last.get(b.gateway_id, 0), b.received_ns)
-            for gw, seen_ns in sorted(last.items()):  # one order: no deadlock between replicas
-                cur.execute(
-                    "INSERT INTO gateways (id, last_seen_ns) VALUES (%s, %s) ON CONFLICT (id) DO"
-                    " UPDATE SET last_seen_ns = GREATEST(coalesce(gateways.last_seen_ns, 0),"
-                    " excluded.last_seen_ns)",
-                    (gw, seen_ns),
-                )
-
-    def quarantine(self, entry: QuarantineEntry) -> int:
-        row = self._one(
-            "INSERT INTO quarantine (received_ns, gateway_id, topic, reason, detail, properties,"
-            " raw, size) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (
-                entry.received_ns,
-                entry.gateway_id,
-                entry.topic,
-                entry.reason,
-                entry.detail,
-                Jsonb(entry.properties),
-                entry.raw,
-                entry.size or len(entry.raw),
-            ),
-            "quarantine a message",
-        )
-        return int(row[0])
-
-    def quarantine_usage(self, gateway_id: str) -> tuple[int, int]:
-        """``(entries, raw bytes kept)`` of one gateway's quarantine."""
-        row = self._one(
-            "SELECT count(*), coalesce(sum(octet_length(raw)), 0) FROM quarantine"
-            " WHERE gateway_id = %s",
-            (gateway_id,),
-            "measure a gateway's quarantine",
-        )
-        return int(row[0]), int(row[1])
-
-    def quarantined(
-        self,
-        *,
-        limit: int = 100,
-        tenant: str = ALL_TENANTS,
-        gateway_id: str | None = None,
-        reason: str | None = None,
-        before_id: int | None = None,
-        entry_id: int | None = None,
-    ) -> list[QuarantineEntry]:
-        """Newest first. Entries with no known gateway (a bad topic) are an admin's only."""
-        sql = (
-            f"SELECT {_rows.QUARANTINE_COLUMNS} FROM quarantine q"
-            " LEFT JOIN gateways g ON g.id = q.gateway_id WHERE true"
-        )
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND g.tenant = %s"
-            args.append(tenant)
-        for column, value in (
-            ("q.gateway_id", gateway_id),
-            ("q.reason", reason),
-            ("q.id", entry_id),
-        ):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                args.append(value)
-        if before_id is not None:
-            sql += " AND q.id < %s"
-            args.append(before_id)
-        rows = self._all(sql + " ORDER BY q.id DESC LIMIT %s", [*args, limit])
-        return [_rows.quarantine_entry(r, _decoded) for r in rows]
-
-    def mark_replayed(self, entry_id: int, now_ns: int, result: str) -> None:
-        with self._tx("mark a quarantined message replayed") as cur:
-            cur.execute(
-                "UPDATE quarantine SET replayed_ns = %s, replay_result = %s WHERE id = %s",
-                (now_ns, result, entry_id),
-            )
-
-    def expire(
-        self, *, events_before_ns: int, quarantine_before_ns: int, audit_before_ns: int
-    ) -> dict[str, int]:
-        """Delete events, quarantine entries and audit records older than their horizons."""
-        out = {}
-        with self._tx("expire old documents") as cur:
-            for key, sql, horizon in (
-                ("events", "DELETE FROM events WHERE ts < %s", events_before_ns),
-                ("quarantined", "DELETE FROM quarantine WHERE received_ns < %s", quarantine_before_ns),
-                ("audit_records", "DELETE FROM audit WHERE ts < %s", audit_before_ns),
-            ):  # fmt: skip
-                cur.execute(sql, (horizon,))
-                out[key] = cur.rowcount
-        return out
-
-    def prune_seen(self, older_than_ns: int) -> int:
-        with self._tx("prune dedup records") as cur:
-            cur.execute("DELETE FROM stored_batches WHERE received_ns < %s", (older_than_ns,))
-            return cur.rowcount
-
-    # -- audit log ----------------------------------------------------------------------------
-
-    def audit(self, entry: AuditEntry) -> None:
-        with self._tx("write the audit log") as cur:
-            cur.execute(
-                "INSERT INTO audit (ts, actor, tenant, action, target, source, detail)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    entry.ts,
-                    entry.actor,
-                    entry.tenant,
-                    entry.action,
-                    entry.target,
-                    entry.source,
-                    Jsonb(entry.detail),
-                ),
-            )
-
-    def audit_log(
-        self, tenant: str, *, limit: int = 100, before_id: int | None = None
-    ) -> list[AuditEntry]:
-        sql = "SELECT id, ts, actor, tenant, action, target, source, detail FROM audit WHERE true"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = %s"
-            args.append(tenant)
-        if before_id is not None:
-            sql += " AND id < %s"
-            args.append(before_id)
-        rows = self._all(sql + " ORDER BY id DESC LIMIT %s", [*args, limit])
-        return [_rows.audit_entry(r, _decoded) for r in rows]
-
-    # -- gateways -----------------------------------------------------------------------------
-
-    def events(self, gateway_id: str) -> list[Event]:
-        return [
-            Event(id=r[0], type=r[1], ts=r[2], source=r[3], body=r[4])
-            for r in self._all(
-                "SELECT id, type, ts, source, body FROM events WHERE gateway_id = %s"
-                " ORDER BY ts, id",
-                (gateway_id,),
-            )
-        ]
-
-    def save_state(self, gateway_id: str, state: GatewayState, seen_ns: int) -> None:
-        status = state.model_dump(mode="json", exclude={"v", "state"})
-        with self._tx("save gateway state") as cur:
-            cur.execute(
-                "INSERT INTO gateways (id, state, last_seen_ns, status) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
-                " last_seen_ns = GREATEST(coalesce(gateways.last_seen_ns, 0),"
-                " excluded.last_seen_ns), status = excluded.status",
-                (gateway_id, state.state, seen_ns, Jsonb(status)),
-            )
-
-    def set_clock(self, gateway_id: str, skew_s: float, flagged: bool) -> None:
-        with self._tx("record gateway clock") as cur:
-            cur.execute(
-                "INSERT INTO gateways (id, clock_skew_s, clock_flagged) VALUES (%s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET clock_skew_s = excluded.clock_skew_s,"
-                " clock_flagged = excluded.clock_flagged",
-                (gateway_id, skew_s, flagged),
-            )
-
-    def boot_offset(self, gateway_id: str, boot_id: str) -> int | None:
-        row = self._one(
-            "SELECT offset_ns FROM clock_boots WHERE gateway_id = %s AND boot_id = %s",
-            (gateway_id, boot_id),
-        )
-        return None if row is None else int(row[0])
-
-    def set_boot_offset(self, gateway_id: str, boot_id: str, offset_ns: int) -> None:
-        with self._tx("record boot clock offset") as cur:
-            cur.execute(
-                "INSERT INTO clock_boots (gateway_id, boot_id, offset_ns) VALUES (%s, %s, %s)"
-                " ON CONFLICT (gateway_id, boot_id) DO UPDATE SET offset_ns = excluded.offset_ns",
-                (gateway_id, boot_id, offset_ns),
-            )
-
-    def gateway(self, gateway_id: str) -> GatewayRecord | None:
-        row = self._one(
-            "SELECT id, state, last_seen_ns, status, clock_skew_s, clock_flagged"
-            " FROM gateways WHERE id = %s",
-            (gateway_id,),
-        )
-        if row is None:
-            return None
-        return GatewayRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
-
-    def gateway_exists(self, gateway_id: str) -> bool:
-        return self._one("SELECT 1 FROM gateways WHERE id = %s", (gateway_id,)) is not None
-
-    def gateway_tenant(self, gateway_id: str) -> str | None:
-        row = self._one("SELECT tenant FROM gateways WHERE id = %s", (gateway_id,))
-        return None if row is None else str(row[0])
-
-    def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT g.id, g.tenant, g.site, g.state, g.last_seen_ns, g.enrolled_ns,"
-            " g.cert_not_after_ns, g.revoked_ns, g.hardware, g.status, g.clock_skew_s,"
-            " g.clock_flagged, r.applied_version, g.tags,"
-            " (SELECT max(version) FROM desired_configs d WHERE d.gateway_id = g.id)"
-            " FROM gateways g LEFT JOIN config_reports r ON r.gateway_id = g.id"
-        )
-        args: list[Any] = []
-        if tenant is not None and tenant != ALL_TENANTS:
-            sql += " WHERE g.tenant = %s"
-            args.append(tenant)
-        return [
-            _rows.gateway_item(row, _decoded)
-            for row in self._all(sql + ' ORDER BY g.id COLLATE "C"', args)
-        ]
-
-    def set_gateway_tags(self, gateway_id: str, tags: list[str]) -> None:
-        with self._tx("tag a gateway") as cur:
-            cur.execute(
-                "UPDATE gateways SET tags = %s WHERE id = %s",
-                (Jsonb(sorted(set(tags))), gateway_id),
-            )
-
-    def find_events(
-        self,
-        tenant: str,
-        *,
-        gateway_id: str | None = None,
-        source: str | None = None,
-        type: str | None = None,
-        start_ns: int = 0,
-        end_ns: int = 2**63 - 1,
-        after: tuple[int, str, str] | None = None,
-        limit: int = 100,
-    ) -> list[tuple[str, Event]]:
-        """Events of the tenant's gateways, oldest first; ``after`` is the last (ts, gateway, id)
-        of the previous page."""
-        sql = (
-            "SELECT e.gateway_id, e.id, e.type, e.ts, e.source, e.body FROM events e"
-            " JOIN gateways g ON g.id = e.gateway_id WHERE e.ts >= %s AND e.ts < %s"
-        )
-        args: list[Any] = [start_ns, end_ns]
-        if tenant != ALL_TENANTS:
-            sql += " AND g.tenant = %s"
-            args.append(tenant)
-        for column, value in (("e.gateway_id", gateway_id), ("e.source", source), ("e.type", type)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                args.append(value)
-        if after is not None:
-            # COLLATE "C": the same byte order as SQLite, so cursors page the same everywhere.
-            sql += ' AND (e.ts, e.gateway_id COLLATE "C", e.id COLLATE "C") > (%s, %s, %s)'
-            args += list(after)
-        sql += ' ORDER BY e.ts, e.gateway_id COLLATE "C", e.id COLLATE "C" LIMIT %s'
-        args.append(limit)
-        return [
-            (r[0], Event(id=r[1], type=r[2], ts=r[3], source=r[4], body=r[5]))
-            for r in self._all(sql, args)
-        ]
-
-    def availability(self, tenant: str, gateway_id: str) -> dict[str, tuple[str, int]]:
-        """The last reported availability of each device behind a gateway: source → (state, ts)."""
-        sql = (
-            "SELECT DISTINCT ON (e.source) e.source, e.body->>'state', e.ts FROM events e"
-            " JOIN gateways g ON g.id = e.gateway_id"
-            " WHERE e.gateway_id = %s AND e.type = 'availability'"
-        )
-        args: list[Any] = [gateway_id]
-        if tenant != ALL_TENANTS:
-            sql += " AND g.tenant = %s"
-            args.append(tenant)
-        rows = self._all(sql + " ORDER BY e.source, e.ts DESC", args)
-        return {r[0]: (str(r[1]), int(r[2])) for r in rows}
-
-    # -- enrollment and certificates ----------------------------------------------------------
-
-    def create_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
-        with self._tx("create an enrollment token") as cur:
-            cur.execute(
-                "INSERT INTO enrollment_tokens (id, hash, tenant, site, created_ns, expires_ns,"
-                " uses_total, uses_left) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    token.id,
-                    token.hash,
-                    token.tenant,
-                    token.site,
-                    token.created_ns,
-                    token.expires_ns,
-                    token.uses_total,
-                    token.uses_left,
-                ),
-            )
-
-    def enrollment_tokens(self, tenant: str | None = None) -> list[EnrollmentTokenRecord]:
-        sql = (
-            "SELECT id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left, revoked"
-            " FROM enrollment_tokens"
-        )
-        args: list[Any] = []
-        if tenant is not None:
-            sql += " WHERE tenant = %s"
-            args.append(tenant)
-        return [_rows.token(r) for r in self._all(sql + " ORDER BY created_ns, id", args)]
-
-    def revoke_enrollment_token(self, token_id: str, tenant: str | None = None) -> bool:
-        with self._tx("revoke an enrollment token") as cur:
-            cur.execute(
-                "UPDATE enrollment_tokens SET revoked = true WHERE id = %s"
-                + (" AND tenant = %s" if tenant is not None else ""),
-                (token_id, tenant) if tenant is not None else (token_id,),
-            )
-            return cur.rowcount == 1
-
-    def redeem_enrollment_token(
-        self,
-        token_hash: str,
-        now_ns: int,
-        register: Callable[[EnrollmentTokenRecord], GatewayRegistration],
-    ) -> GatewayRegistration:
-        """Check and use one use of a token, and register what ``register`` returns, atomically
-        (the token's row is locked: two replicas cannot both spend its last use).
-
-        Raises :class:`TokenRefused` (unknown, expired, used_up, revoked) and uses nothing then.
-        """
-        with self._tx("enroll a gateway") as cur:
-            cur.execute(
-                "SELECT id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left,"
-                " revoked FROM enrollment_tokens WHERE hash = %s FOR UPDATE",
-                (token_hash,),
-            )
-            row = cur.fetchone()
-            if row is None:
-                raise TokenRefused("unknown", "this enrollment token does not exist")
-            token = _rows.usable_token(row, now_ns)
-            reg = register(token)
-            cur.execute(
-                "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = %s",
-                (token.id,),
-            )
-            cur.execute(
-                "INSERT INTO gateways (id, tenant, site, hardware, enrolled_ns, cert_serial,"
-                " cert_not_after_ns) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO"
-                " UPDATE SET tenant = excluded.tenant, site = excluded.site, hardware ="
-                " excluded.hardware, enrolled_ns = excluded.enrolled_ns, cert_serial ="
-                " excluded.cert_serial, cert_not_after_ns = excluded.cert_not_after_ns",
-                (
-                    reg.gateway_id,
-                    token.tenant,
-                    token.site,
-                    Jsonb(reg.hardware),
-                    now_ns,
-                    reg.certificate.serial,
-                    reg.certificate.not_after_ns,
-                ),
-            )
-            _insert_certificate(cur, reg.certificate)
-        return reg
-
-    def record_certificate(self, cert: CertificateRecord) -> None:
-        """A renewed certificate for an enrolled gateway."""
-        with self._tx("record a certificate") as cur:
-            _insert_certificate(cur, cert)
-            cur.execute(
-                "UPDATE gateways SET cert_serial = %s, cert_not_after_ns = %s WHERE id = %s",
-                (cert.serial, cert.not_after_ns, cert.gateway_id),
-            )
-
-    def certificate(self, serial: str) -> CertificateRecord | None:
-        row = self._one(
-            "SELECT serial, gateway_id, issued_ns, not_after_ns, revoked_ns FROM certificates"
-            " WHERE serial = %s",
-            (serial,),
-        )
-        return None if row is None else CertificateRecord(*row)
-
-    def revoke_gateway(self, gateway_id: str, now_ns: int) -> int:
-        """Decommission: mark the gateway and all its certificates revoked; count certificates."""
-        with self._tx("revoke a gateway") as cur:
-            cur.execute(
-                "UPDATE gateways SET revoked_ns = coalesce(revoked_ns, %s) WHERE id = %s",
-                (now_ns, gateway_id),
-            )
-            cur.execute(
-                "UPDATE certificates SET revoked_ns = %s WHERE gateway_id = %s"
-                " AND revoked_ns IS NULL",
-                (now_ns, gateway_id),
-            )
-            return cur.rowcount
-
-    def revoked_certificates(self) -> list[tuple[str, int]]:
-        return [
-            (r[0], r[1])
-            for r in self._all(
-                "SELECT serial, revoked_ns FROM certificates WHERE revoked_ns IS NOT NULL"
-                " ORDER BY revoked_ns, serial"
-            )
-        ]
-
-    def revoked_gateways(self) -> set[str]:
-        return {r[0] for r in self._all("SELECT id FROM gateways WHERE revoked_ns IS NOT NULL")}
-
-    def gateway_public_key(self, gateway_id: str) -> str | None:
-        row = self._one(
-            "SELECT public_key_pem FROM certificates WHERE gateway_id = %s AND revoked_ns IS NULL"
-            " AND public_key_pem != '' ORDER BY issued_ns DESC LIMIT 1",
-            (gateway_id,),
-        )
-        return None if row is None else str(row[0])
-
-    # -- desired configs ----------------------------------------------------------------------
-
-    def add_desired_config(self, record: DesiredConfigRecord) -> None:
-        with self._tx("store a desired config") as cur:
-            cur.execute(
-                "INSERT INTO desired_configs (gateway_id, version, issued_ns, actor, envelope)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (
-                    record.gateway_id,
-                    record.version,
-                    record.issued_ns,
-                    record.actor,
-                    record.envelope,
-                ),
-            )
-
-    def desired_configs(self, gateway_id: str, *, limit: int = 20) -> list[DesiredConfigRecord]:
-        rows = self._all(
-            "SELECT gateway_id, version, issued_ns, actor, envelope FROM desired_configs"
-            " WHERE gateway_id = %s ORDER BY version DESC LIMIT %s",
-            (gateway_id, limit),
-        )
-        return [DesiredConfigRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-
-    def save_config_report(self, gateway_id: str, report: ConfigReport) -> None:
-        with self._tx("store a config report") as cur:
-            cur.execute(
-                "INSERT INTO config_reports (gateway_id, version, status, applied_version,"
-                " reason, errors, ts, received_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (gateway_id) DO UPDATE SET version = excluded.version,"
-                " status = excluded.status, applied_version = excluded.applied_version,"
-                " reason = excluded.reason, errors = excluded.errors, ts = excluded.ts,"
-                " received_ns = excluded.received_ns",
-                (
-                    gateway_id,
-                    report.version,
-                    report.status,
-                    report.applied_version,
-                    report.reason,
-                    Jsonb(report.errors),
-                    report.ts,
-                    self._clock(),
-                ),
-            )
-
-    def config_report(self, gateway_id: str) -> ConfigReport | None:
-        row = self._one(
-            f"SELECT {_rows.CONFIG_REPORT_COLUMNS} FROM config_reports WHERE gateway_id = %s",
-            (gateway_id,),
-        )
-        return None if row is None else _rows.config_report(row, _decoded)
-
-    # -- rollouts -----------------------------------------------------------------------------
-
-    def create_rollout(self, rollout: dict[str, Any], members: list[dict[str, Any]]) -> None:
-        with self._tx("create a rollout") as cur:
-            cur.execute(
-                "INSERT INTO rollouts (id, tenant, actor, created_ns, status, current_wave,"
-                " waves, abort_percent, timeout_s, device_errors_fail) VALUES (%(id)s,"
-                " %(tenant)s, %(actor)s, %(created_ns)s, %(status)s, 0, %(waves)s,"
-                " %(abort_percent)s, %(timeout_s)s, %(device_errors_fail)s)",
-                {"device_errors_fail": False, **rollout},
-            )
-            cur.executemany(
-                "INSERT INTO rollout_gateways (rollout_id, gateway_id, wave, version, issued_ns,"
-                " envelope) VALUES (%(rollout_id)s, %(gateway_id)s, %(wave)s, %(version)s,"
-                " %(issued_ns)s, %(envelope)s)",
-                members,
-            )
-
-    def rollouts(
-        self, tenant: str, *, rollout_id: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT id, tenant, actor, created_ns, status, current_wave, waves, abort_percent,"
-            " timeout_s, reason, device_errors_fail FROM rollouts WHERE true"
-        )
-        args: list[Any] = []
-        for column, value in (
-            ("tenant", None if tenant == ALL_TENANTS else tenant),
-            ("id", rollout_id),
-            ("status", status),
-        ):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                args.append(value)
-        return [
-            _rows.rollout_item(r) for r in self._all(sql + " ORDER BY created_ns DESC, id", args)
-        ]
-
-    def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
-        rows = self._all(
-            "SELECT gateway_id, wave, version, issued_ns, envelope, started_ns, outcome"
-            ' FROM rollout_gateways WHERE rollout_id = %s ORDER BY wave, gateway_id COLLATE "C"',
-            (rollout_id,),
-        )
-        return [_rows.member_item(r) for r in rows]
-
-    def update_rollout(self, rollout_id: str, **changes: Any) -> None:
-        allowed = ("status", "current_wave", "reason")
-        assignments = ", ".join(f"{k} = %({k})s" for k in allowed if k in changes)
-        if not assignments:
-            return
-        with self._tx("update a rollout") as cur:
-            cur.execute(
-                f"UPDATE rollouts SET {assignments} WHERE id = %(id)s",
-                {**changes, "id": rollout_id},
-            )
-
-    def update_rollout_member(
-        self,
-        rollout_id: str,
-        gateway_id: str,
-        *,
-        started_ns: int | None = None,
-        outcome: str | None = None,
-    ) -> None:
-        with self._tx("update a rollout member") as cur:
-            cur.execute(
-                "UPDATE rollout_gateways SET started_ns = coalesce(%s, started_ns),"
-                " outcome = coalesce(%s, outcome) WHERE rollout_id = %s AND gateway_id = %s",
-                (started_ns, outcome, rollout_id, gateway_id),
-            )
-
-    # -- API tokens ---------------------------------------------------------------------------
-
-    def create_api_token(self, token: ApiTokenRecord) -> None:
-        with self._tx("create an API token") as cur:
-            cur.execute(
-                "INSERT INTO api_tokens (id, hash, tenant, role, name, created_ns)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (token.id, token.hash, token.tenant, token.role, token.name, token.created_ns),
-            )
-
-    def api_token(self, token_hash: str) -> ApiTokenRecord | None:
-        row = self._one(
-            "SELECT id, hash, tenant, role, name, created_ns, revoked_ns FROM api_tokens"
-            " WHERE hash = %s",
-            (token_hash,),
-        )
-        return None if row is None else ApiTokenRecord(*row)
-
-    def revoke_api_token(self, token_id: str, now_ns: int) -> bool:
-        with self._tx("revoke an API token") as cur:
-            cur.execute(
-                "UPDATE api_tokens SET revoked_ns = %s WHERE id = %s AND revoked_ns IS NULL",
-                (now_ns, token_id),
-            )
-            return cur.rowcount == 1
-
-
-def _insert_certificate(cur: psycopg.Cursor[Any], cert: CertificateRecord) -> None:
-    cur.execute(
-        "INSERT INTO certificates (serial, gateway_id, issued_ns, not_after_ns, public_key_pem)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (cert.serial, cert.gateway_id, cert.issued_ns, cert.not_after_ns, cert.public_key_pem),
-    )
+    def _configure_connection(self, conn: psycopg.Connection[Any]) -> None:
+        conn.cursor_factory = _QmarkCursor
 
 
 TS_MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -1099,6 +542,9 @@ class PostgresTimeSeriesStore(_PostgresBase):
                 (measurement,),
             )
         return int(row[0])
+
+    def not_kept(self) -> dict[str, int]:
+        return {}  # every field type is kept
 
     def duplicate_points(self, measurement: str | None = None) -> int:
         where, args = (

@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from collector._exceptions import TokenRefused
-from collector.stores._base import AuditEntry, EnrollmentTokenRecord, QuarantineEntry
+from collector.stores._base import (
+    AuditEntry,
+    EnrollmentTokenRecord,
+    FleetGateway,
+    QuarantineEntry,
+    RolloutMember,
+    RolloutRecord,
+)
 from wire import ConfigReport
 
 Json = Callable[[Any], Any]
@@ -115,13 +122,13 @@ def audit_entry(r: Sequence[Any], json: Json) -> AuditEntry:
     )
 
 
-def gateway_item(row: Sequence[Any], json: Json) -> dict[str, Any]:
-    """A row of :data:`GATEWAY_COLUMNS` as the fleet API's dict."""
+def fleet_gateway(row: Sequence[Any], json: Json) -> FleetGateway:
+    """A row of :data:`GATEWAY_COLUMNS`."""
     item = dict(zip(GATEWAY_COLUMNS, row, strict=True))
     for key in ("hardware", "status", "tags"):
         item[key] = json(item[key])
     item["clock_flagged"] = bool(item["clock_flagged"])
-    return item
+    return FleetGateway(**item)
 
 
 def config_report(row: Sequence[Any], json: Json) -> ConfigReport:
@@ -136,13 +143,25 @@ def config_report(row: Sequence[Any], json: Json) -> ConfigReport:
     )
 
 
-def rollout_item(row: Sequence[Any]) -> dict[str, Any]:
+def rollout(row: Sequence[Any]) -> RolloutRecord:
+    """A row of :data:`ROLLOUT_COLUMNS`."""
     item = dict(zip(ROLLOUT_COLUMNS, row, strict=True))
     item["device_errors_fail"] = bool(item["device_errors_fail"])
-    return item
+    return RolloutRecord(**item)
 
 
-def member_item(row: Sequence[Any]) -> dict[str, Any]:
+def rollout_values(r: RolloutRecord) -> tuple[Any, ...]:
+    """The values of :data:`ROLLOUT_COLUMNS`, in order."""
+    return tuple(getattr(r, column) for column in ROLLOUT_COLUMNS)
+
+
+def member(row: Sequence[Any]) -> RolloutMember:
+    """A row of :data:`MEMBER_COLUMNS`."""
     item = dict(zip(MEMBER_COLUMNS, row, strict=True))
     item["envelope"] = bytes(item["envelope"])
-    return item
+    return RolloutMember(**item)
+
+
+def member_values(m: RolloutMember) -> tuple[Any, ...]:
+    """The values of :data:`MEMBER_COLUMNS`, in order."""
+    return tuple(getattr(m, column) for column in MEMBER_COLUMNS)

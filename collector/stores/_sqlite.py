@@ -19,28 +19,18 @@ from collector._exceptions import (
     QueryTooCostly,
     StoreError,
     StoreUnavailable,
-    TokenRefused,
     TooManyPoints,
 )
-from collector.stores import _rows
 from collector.stores._base import (
     ALL_TENANTS,
-    ApiTokenRecord,
-    AuditEntry,
-    BatchRecord,
-    CertificateRecord,
-    DesiredConfigRecord,
-    EnrollmentTokenRecord,
-    GatewayRecord,
-    GatewayRegistration,
     LatestValue,
-    QuarantineEntry,
     SeriesGroup,
     SeriesQuery,
     SeriesWrite,
     StoredPoint,
 )
-from wire import ConfigReport, Event, FieldValue, GatewayState, private_file
+from collector.stores._documents import Dialect, SqlDocumentStore
+from wire import FieldValue, private_file
 
 TS_MIGRATIONS = Migrations("outpost-collector-timeseries")
 ROLLUP_5M = 300 * 10**9
@@ -290,15 +280,15 @@ class _SqliteBase:
             return self._conn.execute(sql, args).fetchone()
 
     @contextmanager
-    def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _tx(self, what: str) -> Iterator[sqlite3.Cursor]:
         with self._lock:
             yield from self._tx_locked(what)
 
-    def _tx_locked(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _tx_locked(self, what: str) -> Iterator[sqlite3.Cursor]:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            yield conn
+            yield conn.cursor()
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if conn.in_transaction:
@@ -345,9 +335,7 @@ class SqliteTimeSeriesStore(_SqliteBase):
         """Raw points before this are expired (or about to be)."""
         return self._clock() - int(self.raw_retention_s * 1e9)
 
-    def _series_id(
-        self, conn: sqlite3.Connection, tenant: str, measurement: str, tags: bytes
-    ) -> int:
+    def _series_id(self, conn: sqlite3.Cursor, tenant: str, measurement: str, tags: bytes) -> int:
         key = (tenant, measurement, tags)
         sid = self._series.get(key)
         if sid is None:
@@ -704,6 +692,9 @@ class SqliteTimeSeriesStore(_SqliteBase):
             args = [measurement]
         return int(self._one(sql, args)[0])
 
+    def not_kept(self) -> dict[str, int]:
+        return {}  # every field type is kept
+
     def duplicate_points(self, measurement: str | None = None) -> int:
         where, args = (
             ("", []) if measurement is None else (" WHERE s.measurement = ?", [measurement])
@@ -810,578 +801,23 @@ def _type_code(value: FieldValue) -> str:
     return _T_STR
 
 
-class SqliteDocumentStore(_SqliteBase):
-    """Gateways, events, stored-batch records, quarantine and clock facts in SQLite."""
+SQLITE = Dialect(
+    name="sqlite",
+    json_value=lambda value: orjson.dumps(value).decode(),
+    json_loads=orjson.loads,
+    json_text=lambda column, key: f"json_extract({column}, '$.{key}')",
+    greatest="max",
+    byte_length="length",
+    binary_order="",  # SQLite's default collation (BINARY) orders by bytes
+    lock_row="",  # BEGIN IMMEDIATE has locked the database for writing
+)
 
-    def __init__(self, path: Path) -> None:
+
+class SqliteDocumentStore(_SqliteBase, SqlDocumentStore):
+    """The document store in one SQLite file (the embedded default)."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: Path, *, clock: Callable[[], int] = time.time_ns) -> None:
         super().__init__(path, DOC_MIGRATIONS)
-
-    def seen(self, gateway_id: str, stream_id: str, seq: int) -> bool:
-        row = self._one(
-            "SELECT 1 FROM stored_batches WHERE gateway_id = ? AND stream_id = ? AND seq = ?",
-            (gateway_id, stream_id, seq),
-        )
-        return row is not None
-
-    def record(self, batches: Sequence[BatchRecord], events: Sequence[tuple[str, Event]]) -> None:
-        with self._tx("record batches") as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (gateway_id, id, type, ts, source, body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (gw, e.id, e.type, e.ts, e.source, orjson.dumps(e.body).decode())
-                    for gw, e in events
-                ],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO stored_batches"
-                " (gateway_id, stream_id, seq, readings, received_ns) VALUES (?, ?, ?, ?, ?)",
-                [(b.gateway_id, b.stream_id, b.seq, b.readings, b.received_ns) for b in batches],
-            )
-            for gw in {b.gateway_id for b in batches}:
-                last = max(b.received_ns for b in batches if b.gateway_id == gw)
-                self._touch(conn, gw, last)
-
-    def quarantine(self, entry: QuarantineEntry) -> int:
-        with self._tx("quarantine a message") as conn:
-            cur = conn.execute(
-                "INSERT INTO quarantine (received_ns, gateway_id, topic, reason, detail,"
-                " properties, raw, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.received_ns,
-                    entry.gateway_id,
-                    entry.topic,
-                    entry.reason,
-                    entry.detail,
-                    orjson.dumps(entry.properties).decode(),
-                    entry.raw,
-                    entry.size or len(entry.raw),
-                ),
-            )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
-
-    def quarantine_usage(self, gateway_id: str) -> tuple[int, int]:
-        """``(entries, raw bytes kept)`` of one gateway's quarantine."""
-        row = self._one(
-            "SELECT count(*), coalesce(sum(length(raw)), 0) FROM quarantine WHERE gateway_id = ?",
-            (gateway_id,),
-        )
-        return int(row[0]), int(row[1])
-
-    def quarantined(
-        self,
-        *,
-        limit: int = 100,
-        tenant: str = ALL_TENANTS,
-        gateway_id: str | None = None,
-        reason: str | None = None,
-        before_id: int | None = None,
-        entry_id: int | None = None,
-    ) -> list[QuarantineEntry]:
-        """Newest first. Entries with no known gateway (a bad topic) are an admin's only."""
-        sql = (
-            f"SELECT {_rows.QUARANTINE_COLUMNS} FROM quarantine q"
-            " LEFT JOIN gateways g ON g.id = q.gateway_id WHERE 1 = 1"
-        )
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND g.tenant = ?"
-            args.append(tenant)
-        for column, value in (
-            ("q.gateway_id", gateway_id),
-            ("q.reason", reason),
-            ("q.id", entry_id),
-        ):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
-        if before_id is not None:
-            sql += " AND q.id < ?"
-            args.append(before_id)
-        rows = self._all(sql + " ORDER BY q.id DESC LIMIT ?", [*args, limit])
-        return [_rows.quarantine_entry(r, orjson.loads) for r in rows]
-
-    def expire(
-        self, *, events_before_ns: int, quarantine_before_ns: int, audit_before_ns: int
-    ) -> dict[str, int]:
-        """Delete events, quarantine entries and audit records older than their horizons."""
-        with self._tx("expire old documents") as conn:
-            return {
-                "events": conn.execute(
-                    "DELETE FROM events WHERE ts < ?", (events_before_ns,)
-                ).rowcount,
-                "quarantined": conn.execute(
-                    "DELETE FROM quarantine WHERE received_ns < ?", (quarantine_before_ns,)
-                ).rowcount,
-                "audit_records": conn.execute(
-                    "DELETE FROM audit WHERE ts < ?", (audit_before_ns,)
-                ).rowcount,
-            }
-
-    def mark_replayed(self, entry_id: int, now_ns: int, result: str) -> None:
-        with self._tx("mark a quarantined message replayed") as conn:
-            conn.execute(
-                "UPDATE quarantine SET replayed_ns = ?, replay_result = ? WHERE id = ?",
-                (now_ns, result, entry_id),
-            )
-
-    # -- audit log ----------------------------------------------------------------------------
-
-    def audit(self, entry: AuditEntry) -> None:
-        with self._tx("write the audit log") as conn:
-            conn.execute(
-                "INSERT INTO audit (ts, actor, tenant, action, target, source, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    entry.ts,
-                    entry.actor,
-                    entry.tenant,
-                    entry.action,
-                    entry.target,
-                    entry.source,
-                    orjson.dumps(entry.detail).decode(),
-                ),
-            )
-
-    def audit_log(
-        self, tenant: str, *, limit: int = 100, before_id: int | None = None
-    ) -> list[AuditEntry]:
-        sql = "SELECT id, ts, actor, tenant, action, target, source, detail FROM audit WHERE 1 = 1"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = ?"
-            args.append(tenant)
-        if before_id is not None:
-            sql += " AND id < ?"
-            args.append(before_id)
-        rows = self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [_rows.audit_entry(r, orjson.loads) for r in rows]
-
-    def events(self, gateway_id: str) -> list[Event]:
-        return [
-            Event(id=r[0], type=r[1], ts=r[2], source=r[3], body=orjson.loads(r[4]))
-            for r in self._all(
-                "SELECT id, type, ts, source, body FROM events WHERE gateway_id = ? ORDER BY ts",
-                (gateway_id,),
-            )
-        ]
-
-    def save_state(self, gateway_id: str, state: GatewayState, seen_ns: int) -> None:
-        status = state.model_dump(mode="json", exclude={"v", "state"})
-        with self._tx("save gateway state") as conn:
-            conn.execute(
-                "INSERT INTO gateways (id, state, last_seen_ns, status) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET state = excluded.state,"
-                " last_seen_ns = max(coalesce(last_seen_ns, 0), excluded.last_seen_ns),"
-                " status = excluded.status",
-                (gateway_id, state.state, seen_ns, orjson.dumps(status).decode()),
-            )
-
-    @staticmethod
-    def _touch(conn: sqlite3.Connection, gateway_id: str, seen_ns: int) -> None:
-        conn.execute(
-            "INSERT INTO gateways (id, last_seen_ns) VALUES (?, ?) ON CONFLICT(id) DO UPDATE"
-            " SET last_seen_ns = max(coalesce(last_seen_ns, 0), excluded.last_seen_ns)",
-            (gateway_id, seen_ns),
-        )
-
-    def set_clock(self, gateway_id: str, skew_s: float, flagged: bool) -> None:
-        with self._tx("record gateway clock") as conn:
-            conn.execute(
-                "INSERT INTO gateways (id, clock_skew_s, clock_flagged) VALUES (?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET clock_skew_s = excluded.clock_skew_s,"
-                " clock_flagged = excluded.clock_flagged",
-                (gateway_id, skew_s, int(flagged)),
-            )
-
-    def boot_offset(self, gateway_id: str, boot_id: str) -> int | None:
-        row = self._one(
-            "SELECT offset_ns FROM clock_boots WHERE gateway_id = ? AND boot_id = ?",
-            (gateway_id, boot_id),
-        )
-        return None if row is None else int(row[0])
-
-    def set_boot_offset(self, gateway_id: str, boot_id: str, offset_ns: int) -> None:
-        with self._tx("record boot clock offset") as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO clock_boots (gateway_id, boot_id, offset_ns)"
-                " VALUES (?, ?, ?)",
-                (gateway_id, boot_id, offset_ns),
-            )
-
-    def gateway(self, gateway_id: str) -> GatewayRecord | None:
-        row = self._one(
-            "SELECT id, state, last_seen_ns, status, clock_skew_s, clock_flagged"
-            " FROM gateways WHERE id = ?",
-            (gateway_id,),
-        )
-        if row is None:
-            return None
-        return GatewayRecord(row[0], row[1], row[2], orjson.loads(row[3]), row[4], bool(row[5]))
-
-    def prune_seen(self, older_than_ns: int) -> int:
-        with self._tx("prune dedup records") as conn:
-            cur = conn.execute("DELETE FROM stored_batches WHERE received_ns < ?", (older_than_ns,))
-        return cur.rowcount
-
-    # -- enrollment ---------------------------------------------------------------------------
-
-    def create_enrollment_token(self, token: EnrollmentTokenRecord) -> None:
-        with self._tx("create an enrollment token") as conn:
-            conn.execute(
-                "INSERT INTO enrollment_tokens (id, hash, tenant, site, created_ns, expires_ns,"
-                " uses_total, uses_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    token.id,
-                    token.hash,
-                    token.tenant,
-                    token.site,
-                    token.created_ns,
-                    token.expires_ns,
-                    token.uses_total,
-                    token.uses_left,
-                ),
-            )
-
-    def enrollment_tokens(self, tenant: str | None = None) -> list[EnrollmentTokenRecord]:
-        sql = (
-            "SELECT id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left, revoked"
-            " FROM enrollment_tokens"
-        )
-        args: list[Any] = []
-        if tenant is not None:
-            sql += " WHERE tenant = ?"
-            args.append(tenant)
-        return [_rows.token(r) for r in self._all(sql + " ORDER BY created_ns", args)]
-
-    def revoke_enrollment_token(self, token_id: str, tenant: str | None = None) -> bool:
-        with self._tx("revoke an enrollment token") as conn:
-            cur = conn.execute(
-                "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?"
-                + (" AND tenant = ?" if tenant is not None else ""),
-                (token_id, tenant) if tenant is not None else (token_id,),
-            )
-        return cur.rowcount == 1
-
-    def redeem_enrollment_token(
-        self,
-        token_hash: str,
-        now_ns: int,
-        register: Callable[[EnrollmentTokenRecord], GatewayRegistration],
-    ) -> GatewayRegistration:
-        """Check and use one use of a token, and register what ``register`` returns, atomically.
-
-        Raises :class:`TokenRefused` (unknown, expired, used_up, revoked) and uses nothing then.
-        """
-        with self._tx("enroll a gateway") as conn:
-            row = conn.execute(
-                "SELECT id, hash, tenant, site, created_ns, expires_ns, uses_total, uses_left,"
-                " revoked FROM enrollment_tokens WHERE hash = ?",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                raise TokenRefused("unknown", "this enrollment token does not exist")
-            token = _rows.usable_token(row, now_ns)
-            reg = register(token)
-            conn.execute(
-                "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE id = ?", (token.id,)
-            )
-            conn.execute(
-                "INSERT INTO gateways (id, tenant, site, hardware, enrolled_ns, cert_serial,"
-                " cert_not_after_ns) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-                " tenant = excluded.tenant, site = excluded.site, hardware = excluded.hardware,"
-                " enrolled_ns = excluded.enrolled_ns, cert_serial = excluded.cert_serial,"
-                " cert_not_after_ns = excluded.cert_not_after_ns",
-                (
-                    reg.gateway_id,
-                    token.tenant,
-                    token.site,
-                    orjson.dumps(reg.hardware).decode(),
-                    now_ns,
-                    reg.certificate.serial,
-                    reg.certificate.not_after_ns,
-                ),
-            )
-            self._insert_certificate(conn, reg.certificate)
-        return reg
-
-    @staticmethod
-    def _insert_certificate(conn: sqlite3.Connection, cert: CertificateRecord) -> None:
-        conn.execute(
-            "INSERT INTO certificates (serial, gateway_id, issued_ns, not_after_ns, public_key_pem)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (cert.serial, cert.gateway_id, cert.issued_ns, cert.not_after_ns, cert.public_key_pem),
-        )
-
-    def record_certificate(self, cert: CertificateRecord) -> None:
-        """A renewed certificate for an enrolled gateway."""
-        with self._tx("record a certificate") as conn:
-            self._insert_certificate(conn, cert)
-            conn.execute(
-                "UPDATE gateways SET cert_serial = ?, cert_not_after_ns = ? WHERE id = ?",
-                (cert.serial, cert.not_after_ns, cert.gateway_id),
-            )
-
-    def gateway_exists(self, gateway_id: str) -> bool:
-        return self._one("SELECT 1 FROM gateways WHERE id = ?", (gateway_id,)) is not None
-
-    def gateway_tenant(self, gateway_id: str) -> str | None:
-        row = self._one("SELECT tenant FROM gateways WHERE id = ?", (gateway_id,))
-        return None if row is None else str(row[0])
-
-    def revoke_gateway(self, gateway_id: str, now_ns: int) -> int:
-        """Decommission: mark the gateway and all its certificates revoked; count certificates."""
-        with self._tx("revoke a gateway") as conn:
-            conn.execute(
-                "UPDATE gateways SET revoked_ns = coalesce(revoked_ns, ?) WHERE id = ?",
-                (now_ns, gateway_id),
-            )
-            cur = conn.execute(
-                "UPDATE certificates SET revoked_ns = ? WHERE gateway_id = ? AND revoked_ns IS NULL",
-                (now_ns, gateway_id),
-            )
-        return cur.rowcount
-
-    def revoked_certificates(self) -> list[tuple[str, int]]:
-        return [
-            (r[0], r[1])
-            for r in self._all(
-                "SELECT serial, revoked_ns FROM certificates WHERE revoked_ns IS NOT NULL"
-                " ORDER BY revoked_ns"
-            )
-        ]
-
-    def revoked_gateways(self) -> set[str]:
-        return {r[0] for r in self._all("SELECT id FROM gateways WHERE revoked_ns IS NOT NULL")}
-
-    def certificate(self, serial: str) -> CertificateRecord | None:
-        row = self._one(
-            "SELECT serial, gateway_id, issued_ns, not_after_ns, revoked_ns FROM certificates"
-            " WHERE serial = ?",
-            (serial,),
-        )
-        return None if row is None else CertificateRecord(*row)
-
-    def gateways(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT g.id, g.tenant, g.site, g.state, g.last_seen_ns, g.enrolled_ns,"
-            " g.cert_not_after_ns, g.revoked_ns, g.hardware, g.status, g.clock_skew_s,"
-            " g.clock_flagged, r.applied_version, g.tags,"
-            " (SELECT max(version) FROM desired_configs d WHERE d.gateway_id = g.id)"
-            " FROM gateways g LEFT JOIN config_reports r ON r.gateway_id = g.id"
-        )
-        args: list[Any] = []
-        if tenant is not None and tenant != ALL_TENANTS:
-            sql += " WHERE g.tenant = ?"
-            args.append(tenant)
-        return [
-            _rows.gateway_item(row, orjson.loads) for row in self._all(sql + " ORDER BY g.id", args)
-        ]
-
-    def find_events(
-        self,
-        tenant: str,
-        *,
-        gateway_id: str | None = None,
-        source: str | None = None,
-        type: str | None = None,
-        start_ns: int = 0,
-        end_ns: int = 2**63 - 1,
-        after: tuple[int, str, str] | None = None,
-        limit: int = 100,
-    ) -> list[tuple[str, Event]]:
-        """Events of the tenant's gateways, oldest first; ``after`` is the last (ts, gateway, id)
-        of the previous page."""
-        sql = (
-            "SELECT e.gateway_id, e.id, e.type, e.ts, e.source, e.body FROM events e"
-            " JOIN gateways g ON g.id = e.gateway_id WHERE e.ts >= ? AND e.ts < ?"
-        )
-        args: list[Any] = [start_ns, end_ns]
-        if tenant != ALL_TENANTS:
-            sql += " AND g.tenant = ?"
-            args.append(tenant)
-        for column, value in (("e.gateway_id", gateway_id), ("e.source", source), ("e.type", type)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
-        if after is not None:
-            sql += " AND (e.ts, e.gateway_id, e.id) > (?, ?, ?)"
-            args += list(after)
-        sql += " ORDER BY e.ts, e.gateway_id, e.id LIMIT ?"
-        args.append(limit)
-        return [
-            (r[0], Event(id=r[1], type=r[2], ts=r[3], source=r[4], body=orjson.loads(r[5])))
-            for r in self._all(sql, args)
-        ]
-
-    def availability(self, tenant: str, gateway_id: str) -> dict[str, tuple[str, int]]:
-        """The last reported availability of each device behind a gateway: source → (state, ts)."""
-        sql = (
-            "SELECT e.source, json_extract(e.body, '$.state'), max(e.ts) FROM events e"
-            " JOIN gateways g ON g.id = e.gateway_id"
-            " WHERE e.gateway_id = ? AND e.type = 'availability'"
-        )
-        args: list[Any] = [gateway_id]
-        if tenant != ALL_TENANTS:
-            sql += " AND g.tenant = ?"
-            args.append(tenant)
-        rows = self._all(sql + " GROUP BY e.source", args)
-        return {r[0]: (str(r[1]), int(r[2])) for r in rows}
-
-    # -- desired configs (over the air) -------------------------------------------------------
-
-    def set_gateway_tags(self, gateway_id: str, tags: list[str]) -> None:
-        with self._tx("tag a gateway") as conn:
-            conn.execute(
-                "UPDATE gateways SET tags = ? WHERE id = ?",
-                (orjson.dumps(sorted(set(tags))).decode(), gateway_id),
-            )
-
-    def gateway_public_key(self, gateway_id: str) -> str | None:
-        row = self._one(
-            "SELECT public_key_pem FROM certificates WHERE gateway_id = ? AND revoked_ns IS NULL"
-            " AND public_key_pem != '' ORDER BY issued_ns DESC LIMIT 1",
-            (gateway_id,),
-        )
-        return None if row is None else str(row[0])
-
-    def add_desired_config(self, record: DesiredConfigRecord) -> None:
-        with self._tx("store a desired config") as conn:
-            conn.execute(
-                "INSERT INTO desired_configs (gateway_id, version, issued_ns, actor, envelope)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    record.gateway_id,
-                    record.version,
-                    record.issued_ns,
-                    record.actor,
-                    record.envelope,
-                ),
-            )
-
-    def desired_configs(self, gateway_id: str, *, limit: int = 20) -> list[DesiredConfigRecord]:
-        rows = self._all(
-            "SELECT gateway_id, version, issued_ns, actor, envelope FROM desired_configs"
-            " WHERE gateway_id = ? ORDER BY version DESC LIMIT ?",
-            (gateway_id, limit),
-        )
-        return [DesiredConfigRecord(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-
-    def save_config_report(self, gateway_id: str, report: ConfigReport) -> None:
-        with self._tx("store a config report") as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO config_reports (gateway_id, version, status,"
-                " applied_version, reason, errors, ts, received_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    gateway_id,
-                    report.version,
-                    report.status,
-                    report.applied_version,
-                    report.reason,
-                    orjson.dumps(report.errors).decode(),
-                    report.ts,
-                    time.time_ns(),
-                ),
-            )
-
-    def config_report(self, gateway_id: str) -> ConfigReport | None:
-        row = self._one(
-            f"SELECT {_rows.CONFIG_REPORT_COLUMNS} FROM config_reports WHERE gateway_id = ?",
-            (gateway_id,),
-        )
-        return None if row is None else _rows.config_report(row, orjson.loads)
-
-    # -- rollouts -------------------------------------------------------------------------------
-
-    def create_rollout(self, rollout: dict[str, Any], members: list[dict[str, Any]]) -> None:
-        with self._tx("create a rollout") as conn:
-            conn.execute(
-                "INSERT INTO rollouts (id, tenant, actor, created_ns, status, current_wave,"
-                " waves, abort_percent, timeout_s, device_errors_fail) VALUES (:id, :tenant,"
-                " :actor, :created_ns, :status, 0, :waves, :abort_percent, :timeout_s,"
-                " :device_errors_fail)",
-                {"device_errors_fail": False, **rollout},
-            )
-            conn.executemany(
-                "INSERT INTO rollout_gateways (rollout_id, gateway_id, wave, version, issued_ns,"
-                " envelope) VALUES (:rollout_id, :gateway_id, :wave, :version, :issued_ns,"
-                " :envelope)",
-                members,
-            )
-
-    def rollouts(
-        self, tenant: str, *, rollout_id: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT id, tenant, actor, created_ns, status, current_wave, waves, abort_percent,"
-            " timeout_s, reason, device_errors_fail FROM rollouts WHERE 1 = 1"
-        )
-        args: list[Any] = []
-        for column, value in (
-            ("tenant", None if tenant == ALL_TENANTS else tenant),
-            ("id", rollout_id),
-            ("status", status),
-        ):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
-        return [_rows.rollout_item(r) for r in self._all(sql + " ORDER BY created_ns DESC", args)]
-
-    def rollout_members(self, rollout_id: str) -> list[dict[str, Any]]:
-        rows = self._all(
-            "SELECT gateway_id, wave, version, issued_ns, envelope, started_ns, outcome"
-            " FROM rollout_gateways WHERE rollout_id = ? ORDER BY wave, gateway_id",
-            (rollout_id,),
-        )
-        return [_rows.member_item(r) for r in rows]
-
-    def update_rollout(self, rollout_id: str, **changes: Any) -> None:
-        allowed = {"status", "current_wave", "reason"}
-        assignments = ", ".join(f"{k} = :{k}" for k in changes if k in allowed)
-        with self._tx("update a rollout") as conn:
-            conn.execute(
-                f"UPDATE rollouts SET {assignments} WHERE id = :id", {**changes, "id": rollout_id}
-            )
-
-    def update_rollout_member(
-        self,
-        rollout_id: str,
-        gateway_id: str,
-        *,
-        started_ns: int | None = None,
-        outcome: str | None = None,
-    ) -> None:
-        with self._tx("update a rollout member") as conn:
-            conn.execute(
-                "UPDATE rollout_gateways SET started_ns = coalesce(?, started_ns),"
-                " outcome = coalesce(?, outcome) WHERE rollout_id = ? AND gateway_id = ?",
-                (started_ns, outcome, rollout_id, gateway_id),
-            )
-
-    # -- API tokens ---------------------------------------------------------------------------
-
-    def create_api_token(self, token: ApiTokenRecord) -> None:
-        with self._tx("create an API token") as conn:
-            conn.execute(
-                "INSERT INTO api_tokens (id, hash, tenant, role, name, created_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token.id, token.hash, token.tenant, token.role, token.name, token.created_ns),
-            )
-
-    def api_token(self, token_hash: str) -> ApiTokenRecord | None:
-        row = self._one(
-            "SELECT id, hash, tenant, role, name, created_ns, revoked_ns FROM api_tokens"
-            " WHERE hash = ?",
-            (token_hash,),
-        )
-        return None if row is None else ApiTokenRecord(*row)
-
-    def revoke_api_token(self, token_id: str, now_ns: int) -> bool:
-        with self._tx("revoke an API token") as conn:
-            cur = conn.execute(
-                "UPDATE api_tokens SET revoked_ns = ? WHERE id = ? AND revoked_ns IS NULL",
-                (now_ns, token_id),
-            )
-        return cur.rowcount == 1
+        self._clock = clock

@@ -192,7 +192,7 @@ def test_enrolling_issues_a_certificate_for_the_gateways_key_and_its_own_id(pki:
         signing.public_key().public_bytes(serialization.Encoding.PEM, SPKI).decode()
     )
     [gw] = pki.docs.gateways("acme")
-    assert (gw["id"], gw["site"], gw["hardware"]) == (
+    assert (gw.id, gw.site, gw.hardware) == (
         got.gateway_id,
         "Main Street #2",
         {"model": "rpi4"},
@@ -253,7 +253,7 @@ def test_hardware_facts_at_the_limit_are_kept(pki: Pki) -> None:
     assert len(repr(facts)) == 4096
     got = svc.enroll(token=token, csr_pem=csr_pem(new_key()), hardware=facts)
     [gw] = pki.docs.gateways("acme")
-    assert (gw["id"], gw["hardware"]) == (got.gateway_id, facts)
+    assert (gw.id, gw.hardware) == (got.gateway_id, facts)
 
 
 def test_re_enrolling_with_proof_of_the_current_key_keeps_the_id(pki: Pki) -> None:

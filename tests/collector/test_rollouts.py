@@ -125,7 +125,7 @@ def test_a_failing_second_wave_stops_the_rollout_before_the_third(fleet: Fleet) 
         tenant="acme", config=CONFIG, actor="ops", waves=["1", "30%", "100%"], abort_percent=20
     )
     members = fleet.docs.rollout_members(rid)
-    waves = [[m["gateway_id"] for m in members if m["wave"] == w] for w in range(3)]
+    waves = [[m.gateway_id for m in members if m.wave == w] for w in range(3)]
     assert [len(w) for w in waves] == [1, 3, 6]
     assert fleet.published == []  # nothing is sent before the first step
 
@@ -134,7 +134,7 @@ def test_a_failing_second_wave_stops_the_rollout_before_the_third(fleet: Fleet) 
     assert all(fleet.desired(g) == 0 for g in waves[1] + waves[2])
     assert fleet.published == [topics.down_config(waves[0][0])]
     fleet.rollouts.step()  # no report yet: it waits
-    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["current_wave"] == 0
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0].current_wave == 0
 
     fleet.report(waves[0][0], 1, "applied")
     fleet.rollouts.step()  # wave 1 went well: wave 2 is next
@@ -145,8 +145,8 @@ def test_a_failing_second_wave_stops_the_rollout_before_the_third(fleet: Fleet) 
     fleet.report(waves[1][2], 1, "rolled_back")
     fleet.rollouts.step()
     rollout = fleet.docs.rollouts("acme", rollout_id=rid)[0]
-    assert rollout["status"] == "aborted"
-    assert "wave 2: 2 of 3 gateways failed" in rollout["reason"]
+    assert rollout.status == "aborted"
+    assert "wave 2: 2 of 3 gateways failed" in rollout.reason
     for _ in range(3):
         fleet.rollouts.step()
     assert all(fleet.desired(g) == 0 for g in waves[2])  # wave 3 never started
@@ -167,29 +167,29 @@ def test_silent_gateways_time_out_and_count_as_failures(fleet: Fleet) -> None:
     for g in fleet.gateways[:3]:
         fleet.report(g, 1, "applied")
     fleet.rollouts.step()
-    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["status"] == "running"
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0].status == "running"
     fleet.clock[0] += 2 * MINUTE
     fleet.rollouts.step()
-    outcomes = sorted(m["outcome"] for m in fleet.docs.rollout_members(rid))
+    outcomes = sorted(m.outcome for m in fleet.docs.rollout_members(rid))
     assert outcomes == ["applied", "applied", "applied", "timed_out"]
-    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["status"] == "completed"  # 25 % ≤ 30 %
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0].status == "completed"  # 25 % ≤ 30 %
 
 
 def test_two_replicas_stepping_one_rollout_start_each_gateway_once(fleet: Fleet) -> None:
     rid = fleet.rollouts.create(tenant="acme", config=CONFIG, actor="ops", waves=["2", "100%"])
     other = RolloutService(docs=fleet.docs, configs=fleet.configs, now_ns=lambda: fleet.clock[0])
-    wave1 = [m for m in fleet.docs.rollout_members(rid) if m["wave"] == 0]
+    wave1 = [m for m in fleet.docs.rollout_members(rid) if m.wave == 0]
     # Replica one publishes the first member; replica two steps before one recorded it started.
     rollout = fleet.docs.rollouts("acme", rollout_id=rid)[0]
     fleet.configs.commit(
-        DesiredConfigRecord(wave1[0]["gateway_id"], 1, wave1[0]["issued_ns"], f"rollout:{rid}", wave1[0]["envelope"])
+        DesiredConfigRecord(wave1[0].gateway_id, 1, wave1[0].issued_ns, f"rollout:{rid}", wave1[0].envelope)
     )  # fmt: skip
     other._step(rollout)
-    outcomes = {m["gateway_id"]: m["outcome"] for m in fleet.docs.rollout_members(rid)}
-    assert outcomes[wave1[0]["gateway_id"]] is None  # started by the other, not "skipped"
-    assert all(fleet.desired(m["gateway_id"]) == 1 for m in wave1)
+    outcomes = {m.gateway_id: m.outcome for m in fleet.docs.rollout_members(rid)}
+    assert outcomes[wave1[0].gateway_id] is None  # started by the other, not "skipped"
+    assert all(fleet.desired(m.gateway_id) == 1 for m in wave1)
     starts = [e for e in fleet.docs.audit_log("acme") if e.action == "rollout.wave_start"]
-    assert [e.detail["gateways"] for e in starts] == [[wave1[1]["gateway_id"]]]
+    assert [e.detail["gateways"] for e in starts] == [[wave1[1].gateway_id]]
 
 
 def test_pause_resume_abort_and_bad_input(fleet: Fleet) -> None:
@@ -203,7 +203,7 @@ def test_pause_resume_abort_and_bad_input(fleet: Fleet) -> None:
     fleet.rollouts.step()
     assert len(fleet.published) == 1
     fleet.rollouts.control("acme", rid, "abort")
-    assert fleet.docs.rollouts("acme", rollout_id=rid)[0]["reason"] == "aborted by an operator"
+    assert fleet.docs.rollouts("acme", rollout_id=rid)[0].reason == "aborted by an operator"
     with pytest.raises(RolloutError, match="no rollout"):
         fleet.rollouts.control("globex", rid, "abort")  # another tenant's
     with pytest.raises(ConfigInvalid):
@@ -240,7 +240,7 @@ def test_a_patch_rollout_changes_one_thing_on_gateways_whose_devices_differ(flee
         waves=["100%"],
     )
     fleet.rollouts.step()
-    assert [m["version"] for m in fleet.docs.rollout_members(rid)] == [2, 2, 2]
+    assert [m.version for m in fleet.docs.rollout_members(rid)] == [2, 2, 2]
     for i, gw in enumerate(fleet.gateways[:3]):
         config = fleet.opened(gw)
         assert config["log_level"] == "debug"

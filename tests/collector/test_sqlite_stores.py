@@ -26,6 +26,7 @@ from collector.stores import (
     DesiredConfigRecord,
     EnrollmentTokenRecord,
     QuarantineEntry,
+    RolloutRecord,
     SeriesQuery,
     SeriesWrite,
     SqliteDocumentStore,
@@ -188,8 +189,8 @@ def _docs_writes(docs: SqliteDocumentStore) -> dict[str, Callable[[], object]]:
     cert = CertificateRecord("01", "gw-1", T, T + HOUR)
     report = ConfigReport(version=1, status="applied", applied_version=1, ts=T)
     state = GatewayState(state="online", ts=T, boot_id="b")
-    rollout = {"id": "r", "tenant": "acme", "actor": "ops", "created_ns": T, "status": "running",
-               "waves": 1, "abort_percent": 1.0, "timeout_s": 1.0, "device_errors_fail": False}  # fmt: skip
+    rollout = RolloutRecord(id="r", tenant="acme", actor="ops", created_ns=T, status="running",
+                            waves=1, abort_percent=1.0, timeout_s=1.0, device_errors_fail=False)  # fmt: skip
     return {
         "record batches": lambda: docs.record([BatchRecord("gw-1", "s", 1, 1, T)], []),
         "quarantine a message": lambda: docs.quarantine(QuarantineEntry(T, "t", "r", "d", b"")),

@@ -12,7 +12,7 @@ import wire
 from collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from collector.api._deps import Operator, Principal, Services, Viewer, audit
 from collector.api._limits import OffLoopJsonRoute
-from collector.stores import DesiredConfigRecord
+from collector.stores import DesiredConfigRecord, FleetGateway
 
 # A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
 ConfigDocument = Annotated[dict[str, Any], AfterValidator(wire.limits.bounded_config)]
@@ -65,9 +65,9 @@ class ConfigState(BaseModel):
     history: list[DesiredConfigOut]
 
 
-def _gateway(svc: Services, who: Principal, gateway_id: str) -> dict[str, Any]:
+def _gateway(svc: Services, who: Principal, gateway_id: str) -> FleetGateway:
     for g in svc.documents.gateways(who.scope(None)):
-        if g["id"] == gateway_id:
+        if g.id == gateway_id:
             return g
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
 
@@ -108,7 +108,7 @@ def _change(
     g = _gateway(svc, who, gateway_id)
     if svc.configs is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this collector has no [pki]")
-    if g["revoked_ns"]:
+    if g.revoked_ns:
         raise HTTPException(status.HTTP_409_CONFLICT, f"gateway {gateway_id} is decommissioned")
     try:
         record = change(svc.configs, f"token:{who.token_id}")
@@ -118,7 +118,7 @@ def _change(
         raise HTTPException(
             status.HTTP_409_CONFLICT, {"error": exc.reason, "detail": exc.detail}
         ) from None
-    audit(svc, who, request, action, gateway_id, g["tenant"], version=record.version)
+    audit(svc, who, request, action, gateway_id, g.tenant, version=record.version)
     return _shown(record)
 
 

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from collector._enrollment import parse_duration
 from collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
-from collector.api._deps import ALL_TENANTS, ApiServices, Operator, Services, audit
+from collector.api._deps import ApiServices, Operator, Services, audit
 from collector.api._limits import AttemptLimiter, OffLoopJsonRoute
-from collector.stores import AuditEntry
+from collector.stores import ALL_TENANTS, AuditEntry
 
 router = APIRouter(prefix="/api/v1", tags=["enrollment"], route_class=OffLoopJsonRoute)
 _log = logging.getLogger("outpost.collector.enrollment")

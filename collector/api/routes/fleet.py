@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
+from collector import stores
 from collector.api._deps import Operator, Principal, Services, Viewer, audit
 from collector.api._limits import OffLoopJsonRoute
 
@@ -58,30 +59,30 @@ def _s(ns: int | None) -> float | None:
     return None if ns is None else round(ns / 1e9, 3)
 
 
-def _summary(g: dict[str, Any]) -> dict[str, Any]:
-    status_ = g["status"]
+def _summary(g: stores.FleetGateway) -> dict[str, Any]:
+    status_ = g.status
     drops = {str(k): int(v) for k, v in (status_.get("drops") or {}).items()}
-    state = "decommissioned" if g["revoked_ns"] else g["state"]
+    state = "decommissioned" if g.revoked_ns else g.state
     return {
-        "id": g["id"],
-        "tenant": g["tenant"],
-        "site": g["site"],
+        "id": g.id,
+        "tenant": g.tenant,
+        "site": g.site,
         "state": state if state in ("online", "offline", "decommissioned") else "unknown",
-        "last_seen": _s(g["last_seen_ns"]),
+        "last_seen": _s(g.last_seen_ns),
         "agent_version": status_.get("agent_version"),
         "backlog_readings": status_.get("backlog_readings"),
         "oldest_unsent_s": status_.get("oldest_unsent_s"),
         "drops": drops,
-        "config_version": g.get("config_applied"),
-        "config_desired_version": g.get("config_desired"),
-        "tags": g.get("tags", []),
-        "clock_flagged": g["clock_flagged"],
+        "config_version": g.config_applied,
+        "config_desired_version": g.config_desired,
+        "tags": g.tags,
+        "clock_flagged": g.clock_flagged,
     }
 
 
-def _find(svc: Services, who: Principal, gateway_id: str) -> dict[str, Any]:
+def _find(svc: Services, who: Principal, gateway_id: str) -> stores.FleetGateway:
     for g in svc.documents.gateways(who.scope(None)):
-        if g["id"] == gateway_id:
+        if g.id == gateway_id:
             return g
     # Another tenant's gateway is indistinguishable from one that does not exist.
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
@@ -122,7 +123,7 @@ def set_tags(
     """Replace the gateway's tags (operator); rollouts can target a tag."""
     g = _find(svc, who, gateway_id)
     svc.documents.set_gateway_tags(gateway_id, body.tags)
-    audit(svc, who, request, "gateway.tags", gateway_id, g["tenant"], tags=sorted(set(body.tags)))
+    audit(svc, who, request, "gateway.tags", gateway_id, g.tenant, tags=sorted(set(body.tags)))
     return GatewaySummary(**_summary(_find(svc, who, gateway_id)))
 
 
@@ -130,16 +131,16 @@ def set_tags(
 def gateway_detail(gateway_id: str, svc: Services, who: Viewer) -> GatewayDetail:
     """One gateway (viewer); another tenant's gateway is a 404."""
     g = _find(svc, who, gateway_id)
-    status_ = g["status"]
+    status_ = g.status
     return GatewayDetail(
         **_summary(g),
-        enrolled=_s(g["enrolled_ns"]),
-        certificate_expires=_s(g["cert_not_after_ns"]),
-        hardware=g["hardware"],
+        enrolled=_s(g.enrolled_ns),
+        certificate_expires=_s(g.cert_not_after_ns),
+        hardware=g.hardware,
         backlog_batches=status_.get("backlog_batches"),
         last_ack=_s(status_.get("last_ack_ts")),
         boot_id=status_.get("boot_id"),
-        clock_skew_s=g["clock_skew_s"],
+        clock_skew_s=g.clock_skew_s,
     )
 
 
@@ -147,8 +148,8 @@ def gateway_detail(gateway_id: str, svc: Services, who: Viewer) -> GatewayDetail
 def gateway_devices(gateway_id: str, svc: Services, who: Viewer) -> Devices:
     """Devices behind the gateway, from what its sources reported, with availability."""
     g = _find(svc, who, gateway_id)
-    seen = svc.timeseries.devices(g["tenant"], gateway_id) if svc.timeseries else {}
-    availability = svc.documents.availability(g["tenant"], gateway_id)
+    seen = svc.timeseries.devices(g.tenant, gateway_id) if svc.timeseries else {}
+    availability = svc.documents.availability(g.tenant, gateway_id)
     names = sorted(set(seen) | set(availability))
     devices = []
     for name in names:

@@ -12,6 +12,7 @@ from collector._configs import ConfigInvalid
 from collector._rollouts import RolloutError, RolloutService
 from collector.api._deps import Operator, Services, audit
 from collector.api._limits import OffLoopJsonRoute
+from collector.stores import RolloutRecord
 from wire import limits
 
 # A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
@@ -94,53 +95,53 @@ def _service(svc: Services) -> RolloutService:
     return svc.rollouts
 
 
-def _out(svc: Services, rollout: dict[str, Any]) -> RolloutOut:
-    members = svc.documents.rollout_members(rollout["id"])
+def _out(svc: Services, rollout: RolloutRecord) -> RolloutOut:
+    members = svc.documents.rollout_members(rollout.id)
     waves = []
-    for index in range(rollout["waves"]):
-        ms = [m for m in members if m["wave"] == index]
+    for index in range(rollout.waves):
+        ms = [m for m in members if m.wave == index]
         count = {
-            o: sum(1 for m in ms if m["outcome"] == o)
+            o: sum(1 for m in ms if m.outcome == o)
             for o in ("applied", "failed", "timed_out", "skipped")
         }
         waves.append(
             Wave(
                 index=index,
                 gateways=len(ms),
-                started=any(m["started_ns"] is not None for m in ms),
-                pending=sum(1 for m in ms if m["outcome"] is None),
+                started=any(m.started_ns is not None for m in ms),
+                pending=sum(1 for m in ms if m.outcome is None),
                 **count,
             )
         )
     failures = []
     for m in members:
-        if m["outcome"] not in ("failed", "timed_out"):
+        if m.outcome not in ("failed", "timed_out"):
             continue
-        report = svc.documents.config_report(m["gateway_id"])
-        said = report is not None and report.version == m["version"]
+        report = svc.documents.config_report(m.gateway_id)
+        said = report is not None and report.version == m.version
         failures.append(
             Failure(
-                gateway_id=m["gateway_id"],
-                wave=m["wave"],
-                version=m["version"],
-                outcome=m["outcome"],
+                gateway_id=m.gateway_id,
+                wave=m.wave,
+                version=m.version,
+                outcome=m.outcome,
                 reason=report.reason
                 if said and report is not None
-                else f"no report within {rollout['timeout_s']:g} s",
+                else f"no report within {rollout.timeout_s:g} s",
                 errors=report.errors if said and report is not None else [],
             )
         )
     return RolloutOut(
-        id=rollout["id"],
-        tenant=rollout["tenant"],
-        actor=rollout["actor"],
-        created=rollout["created_ns"] / 1e9,
-        status=rollout["status"],
-        reason=rollout["reason"],
-        current_wave=rollout["current_wave"],
-        abort_above_percent=rollout["abort_percent"],
-        gateway_timeout_s=rollout["timeout_s"],
-        device_errors_fail=rollout["device_errors_fail"],
+        id=rollout.id,
+        tenant=rollout.tenant,
+        actor=rollout.actor,
+        created=rollout.created_ns / 1e9,
+        status=rollout.status,
+        reason=rollout.reason,
+        current_wave=rollout.current_wave,
+        abort_above_percent=rollout.abort_percent,
+        gateway_timeout_s=rollout.timeout_s,
+        device_errors_fail=rollout.device_errors_fail,
         waves=waves,
         failures=failures,
     )
@@ -185,7 +186,7 @@ def create_rollout(body: RolloutIn, svc: Services, who: Operator, request: Reque
     except RolloutError as exc:
         raise _problem(exc) from None
     rollout = svc.documents.rollouts(tenant, rollout_id=rollout_id)[0]
-    audit(svc, who, request, "rollout.create", rollout_id, rollout["tenant"], waves=body.waves)
+    audit(svc, who, request, "rollout.create", rollout_id, rollout.tenant, waves=body.waves)
     return _out(svc, rollout)
 
 
@@ -221,5 +222,5 @@ def control(
         rollout = _service(svc).control(who.scope(None), rollout_id, action)
     except RolloutError as exc:
         raise _problem(exc) from None
-    audit(svc, who, request, f"rollout.{action}", rollout_id, rollout["tenant"])
+    audit(svc, who, request, f"rollout.{action}", rollout_id, rollout.tenant)
     return _out(svc, rollout)

@@ -18,6 +18,8 @@ from collector.stores import (
     EnrollmentTokenRecord,
     GatewayRegistration,
     QuarantineEntry,
+    RolloutMember,
+    RolloutRecord,
 )
 from wire import ConfigReport, Event, GatewayState
 
@@ -224,7 +226,7 @@ def test_enrollment_tokens_are_spent_atomically_and_refused_with_reasons(
     assert docs.gateway_tenant("gw-a") == "acme"
     assert docs.gateway_exists("gw-a")
     (g,) = docs.gateways("acme")
-    assert (g["site"], g["hardware"], g["tags"]) == ("hq", {"board": "rpi4", "cores": 4}, [])
+    assert (g.site, g.hardware, g.tags) == ("hq", {"board": "rpi4", "cores": 4}, [])
 
     def boom(_t: EnrollmentTokenRecord) -> GatewayRegistration:
         raise RuntimeError("the CA is unavailable")
@@ -294,7 +296,7 @@ def test_certificates_renewal_and_decommissioning(docs: DocumentStore) -> None:
         None,
     )
     (g,) = docs.gateways()
-    assert g["cert_not_after_ns"] == renewed.not_after_ns
+    assert g.cert_not_after_ns == renewed.not_after_ns
     assert docs.revoke_gateway("gw-a", T + 100 * S) == 2
     assert docs.revoke_gateway("gw-a", T + 200 * S) == 0  # already
     assert sorted(docs.revoked_certificates()) == [
@@ -302,7 +304,7 @@ def test_certificates_renewal_and_decommissioning(docs: DocumentStore) -> None:
         ("gw-a-02", T + 100 * S),
     ]
     assert docs.revoked_gateways() == {"gw-a"}
-    assert docs.gateways()[0]["revoked_ns"] == T + 100 * S
+    assert docs.gateways()[0].revoked_ns == T + 100 * S
     assert docs.gateway_public_key("gw-a") is None  # no key to seal to any more
     assert docs.certificate("none") is None
 
@@ -311,9 +313,9 @@ def test_tags_desired_configs_and_reports(docs: DocumentStore) -> None:
     enroll(docs, "gw-a")
     enroll(docs, "gw-b", tenant="globex")
     docs.set_gateway_tags("gw-a", ["lobby", "canary", "lobby"])
-    assert docs.gateways("acme")[0]["tags"] == ["canary", "lobby"]
-    assert [g["id"] for g in docs.gateways("globex")] == ["gw-b"]
-    assert [g["id"] for g in docs.gateways("*")] == ["gw-a", "gw-b"]
+    assert docs.gateways("acme")[0].tags == ["canary", "lobby"]
+    assert [g.id for g in docs.gateways("globex")] == ["gw-b"]
+    assert [g.id for g in docs.gateways("*")] == ["gw-a", "gw-b"]
     for v in (1, 2, 3):
         docs.add_desired_config(DesiredConfigRecord("gw-a", v, T + v, "ops", b"\x00env%d" % v))
     with pytest.raises(StoreError):
@@ -330,30 +332,30 @@ def test_tags_desired_configs_and_reports(docs: DocumentStore) -> None:
     assert got is not None
     assert (got.status, got.applied_version, got.errors) == ("applied", 3, [])
     (g,) = docs.gateways("acme")
-    assert (g["config_applied"], g["config_desired"]) == (3, 3)
+    assert (g.config_applied, g.config_desired) == (3, 3)
 
 
 def test_rollouts_and_their_members(docs: DocumentStore) -> None:
     docs.create_rollout(
-        {
-            "id": "r1",
-            "tenant": "acme",
-            "actor": "ops",
-            "created_ns": T,
-            "status": "running",
-            "waves": 2,
-            "abort_percent": 20.0,
-            "timeout_s": 600.0,
-            "device_errors_fail": True,
-        },
+        RolloutRecord(
+            id="r1",
+            tenant="acme",
+            actor="ops",
+            created_ns=T,
+            status="running",
+            waves=2,
+            abort_percent=20.0,
+            timeout_s=600.0,
+            device_errors_fail=True,
+        ),
         [
-            {"rollout_id": "r1", "gateway_id": gw, "wave": w, "version": 4, "issued_ns": T,
-             "envelope": b"env-" + gw.encode()}
+            RolloutMember(gateway_id=gw, wave=w, version=4, issued_ns=T,
+                          envelope=b"env-" + gw.encode())
             for gw, w in (("gw-b", 0), ("gw-a", 1), ("gw-c", 1))
         ],
     )  # fmt: skip
     (r,) = docs.rollouts("acme")
-    assert (r["status"], r["current_wave"], r["waves"], r["device_errors_fail"]) == (
+    assert (r.status, r.current_wave, r.waves, r.device_errors_fail) == (
         "running",
         0,
         2,
@@ -362,21 +364,21 @@ def test_rollouts_and_their_members(docs: DocumentStore) -> None:
     assert docs.rollouts("globex") == []
     assert docs.rollouts("*", status="paused") == []
     members = docs.rollout_members("r1")
-    assert [(m["gateway_id"], m["wave"]) for m in members] == [
+    assert [(m.gateway_id, m.wave) for m in members] == [
         ("gw-b", 0),
         ("gw-a", 1),
         ("gw-c", 1),
     ]
-    assert members[0]["envelope"] == b"env-gw-b"
-    assert members[0]["started_ns"] is None
+    assert members[0].envelope == b"env-gw-b"
+    assert members[0].started_ns is None
     docs.update_rollout_member("r1", "gw-b", started_ns=T + S)
     docs.update_rollout_member("r1", "gw-b", outcome="applied")  # started_ns kept
     m = docs.rollout_members("r1")[0]
-    assert (m["started_ns"], m["outcome"]) == (T + S, "applied")
+    assert (m.started_ns, m.outcome) == (T + S, "applied")
     docs.update_rollout("r1", current_wave=1)
     docs.update_rollout("r1", status="aborted", reason="wave 2: 2 of 2 failed")
     (r,) = docs.rollouts("acme", rollout_id="r1")
-    assert (r["status"], r["current_wave"], r["reason"]) == ("aborted", 1, "wave 2: 2 of 2 failed")
+    assert (r.status, r.current_wave, r.reason) == ("aborted", 1, "wave 2: 2 of 2 failed")
 
 
 def test_api_tokens(docs: DocumentStore) -> None:

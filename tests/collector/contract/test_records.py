@@ -17,6 +17,7 @@ from collector.stores import (
     DocumentStore,
     EnrollmentTokenRecord,
     QuarantineEntry,
+    RolloutRecord,
     SeriesWrite,
     TimeSeriesStore,
 )
@@ -120,25 +121,25 @@ def test_gateways_as_the_fleet_view_reads_them(docs: DocumentStore) -> None:
     assert not {"v", "state"} & record.status.keys()
     assert record.status["stream"] == "s1"
     [item] = docs.gateways("acme")
-    assert item["clock_flagged"] is False
-    assert not {"v", "state"} & item["status"].keys()
+    assert item.clock_flagged is False
+    assert not {"v", "state"} & item.status.keys()
     docs.set_clock("gw-g", -42.5, True)
     [item] = docs.gateways("acme")
-    assert (item["clock_flagged"], item["clock_skew_s"]) == (True, -42.5)
+    assert (item.clock_flagged, item.clock_skew_s) == (True, -42.5)
 
 
 def test_an_admin_sees_every_tenants_rollouts(docs: DocumentStore) -> None:
     for rollout_id, tenant in (("r1", "acme"), ("r2", "globex")):
         docs.create_rollout(
-            {"id": rollout_id, "tenant": tenant, "actor": "ops", "created_ns": T,
-             "status": "running", "waves": 1, "abort_percent": 10.0, "timeout_s": 60.0,
-             "device_errors_fail": False},
+            RolloutRecord(id=rollout_id, tenant=tenant, actor="ops", created_ns=T,
+                          status="running", waves=1, abort_percent=10.0, timeout_s=60.0,
+                          device_errors_fail=False),
             [],
         )  # fmt: skip
-    assert sorted(r["id"] for r in docs.rollouts("*")) == ["r1", "r2"]
-    assert [r["id"] for r in docs.rollouts("globex")] == ["r2"]
+    assert sorted(r.id for r in docs.rollouts("*")) == ["r1", "r2"]
+    assert [r.id for r in docs.rollouts("globex")] == ["r2"]
     [r1] = docs.rollouts("acme")
-    assert (r1["actor"], r1["abort_percent"], r1["timeout_s"], r1["device_errors_fail"]) == (
+    assert (r1.actor, r1.abort_percent, r1.timeout_s, r1.device_errors_fail) == (
         "ops",
         10.0,
         60.0,

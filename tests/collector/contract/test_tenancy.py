@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 import pytest
 
-from collector.stores import AuditEntry, DocumentStore, EnrollmentTokenRecord, QuarantineEntry
+from collector.stores import (
+    AuditEntry,
+    DocumentStore,
+    EnrollmentTokenRecord,
+    QuarantineEntry,
+    RolloutMember,
+    RolloutRecord,
+)
 from tests.collector.contract.test_documents import S, T, enroll
 from wire import Event, GatewayState
 
@@ -51,17 +58,16 @@ def populate(docs: DocumentStore) -> None:
         docs.quarantine(QuarantineEntry(T, f"t/{tenant}", "malformed", tenant, b"x", gw))
         docs.audit(AuditEntry(T, f"token:{tenant}", tenant, "config.set", gw, "cli"))
         docs.create_rollout(
-            {"id": f"r-{tenant}", "tenant": tenant, "actor": "ops", "created_ns": T,
-             "status": "running", "waves": 1, "abort_percent": 20.0, "timeout_s": 60.0,
-             "device_errors_fail": False},
-            [{"rollout_id": f"r-{tenant}", "gateway_id": gw, "wave": 0, "version": 1,
-              "issued_ns": T, "envelope": b"e"}],
+            RolloutRecord(id=f"r-{tenant}", tenant=tenant, actor="ops", created_ns=T,
+                          status="running", waves=1, abort_percent=20.0, timeout_s=60.0,
+                          device_errors_fail=False),
+            [RolloutMember(gateway_id=gw, wave=0, version=1, issued_ns=T, envelope=b"e")],
         )  # fmt: skip
 
 
 # (read, what it answers as a tenant: the names of the tenants its records belong to)
 READS: dict[str, Callable[[DocumentStore, str], set[str]]] = {
-    "gateways": lambda d, t: {g["id"].removeprefix("gw-") for g in d.gateways(t)},
+    "gateways": lambda d, t: {g.id.removeprefix("gw-") for g in d.gateways(t)},
     "enrollment_tokens": lambda d, t: {r.tenant for r in d.enrollment_tokens(t)},
     "find_events": lambda d, t: {e.id.split("-")[1] for _, e in d.find_events(t)},
     "find_events of a gateway": lambda d, t: {
@@ -72,9 +78,9 @@ READS: dict[str, Callable[[DocumentStore, str], set[str]]] = {
     },
     "quarantined": lambda d, t: {q.detail for q in d.quarantined(tenant=t)},
     "audit_log": lambda d, t: {e.tenant for e in d.audit_log(t)},
-    "rollouts": lambda d, t: {r["tenant"] for r in d.rollouts(t)},
+    "rollouts": lambda d, t: {r.tenant for r in d.rollouts(t)},
     "rollouts by id": lambda d, t: {
-        r["tenant"] for rid in ("r-acme", "r-globex") for r in d.rollouts(t, rollout_id=rid)
+        r.tenant for rid in ("r-acme", "r-globex") for r in d.rollouts(t, rollout_id=rid)
     },
 }
 
