@@ -3,8 +3,9 @@
 from agent._agent import Agent, agent_version, build_sources
 from agent._buffer import BufferStats, Outbox, PendingBatch, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
-from agent._config import AgentConfig, load_config, parse_config
+from agent._config import AgentConfig, parse_config
 from agent._exceptions import AgentError, BufferError, ConfigError, UplinkError
+from agent._managed import load_config
 from agent._uplink import AckTracker, Uplink, tls_context
 
 __all__ = [

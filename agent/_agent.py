@@ -8,8 +8,6 @@ import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from pydantic import SecretStr
-
 import wire
 from agent._buffer import DROP_UNWRITABLE, DROP_UNWRITABLE_EVENT, Outbox
 from agent._clock import Clock
@@ -20,8 +18,8 @@ from agent._uplink import Uplink
 from agent.profiles import Mapper, Profile, find_profile
 from agent.sources import HostSource, SimulatedSource, Source
 from agent.sources._base import PushSource
-from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from agent.sources._polling import DROP_POLL_SKIPPED, DeviceClient, PolledDevice
+from agent.sources._transports import transport_of
 from outpost_systemd import Notifier, ProgressMonitor, feed_watchdog
 
 
@@ -33,83 +31,25 @@ def build_push_sources(config: AgentConfig, clock: Clock) -> list[PushSource]:
     """Sources that receive data as it comes (MQTT devices)."""
     out: list[PushSource] = []
     for device in config.devices:
-        profile = find_profile(device.profile)
-        if device.target.startswith("mqtt://"):
-            out.append(
-                MqttDeviceSource(
-                    name=device.name,
-                    profile=profile,
-                    target=MqttTarget.parse(device.target),
-                    clock=clock,
-                    username=device.username,
-                    password=device.password.get_secret_value() if device.password else None,
-                    variables=device.variables,
-                )
-            )
+        push = transport_of(device).push
+        if push is not None:
+            out.append(push(device, find_profile(device.profile), clock))
     return out
 
 
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
 def make_device_client(device: DeviceConfig, profile: Profile) -> DeviceClient:
-    """The client that asks ``device`` (HTTP, UniFi or SNMP), with its credentials.
-
-    httpx and pysnmp are imported only when a device needs them: the agent stays small.
-    """
-    timeout = device.timeout or 10.0
-    if device.target.startswith("snmp://"):
-        from agent.sources._snmp import SnmpCredentials, SnmpDeviceClient, parse_snmp_target
-
-        host, port = parse_snmp_target(device.target)
-        return SnmpDeviceClient(
-            profile=profile,
-            host=host,
-            port=port,
-            credentials=SnmpCredentials(
-                community=_secret(device.community),
-                user=device.snmp_user,
-                auth_protocol=device.auth_protocol,
-                auth_key=_secret(device.auth_key),
-                priv_protocol=device.priv_protocol,
-                priv_key=_secret(device.priv_key),
-            ),
-            # SNMP is UDP: a short wait and one retry beat one long wait.
-            timeout=min(timeout, 5.0) / 2,
-            retries=1,
-        )
-    if profile.http.auth == "unifi":
-        from agent.sources._unifi import UnifiClient
-
-        return UnifiClient(
-            profile=profile,
-            base_url=device.target,
-            username=device.username,
-            password=_secret(device.password),
-            api_key=_secret(device.api_key),
-            site=device.site,
-            insecure=device.insecure,
-            timeout=timeout,
-        )
-    from agent.sources._http import HttpDeviceClient
-
-    return HttpDeviceClient(
-        profile=profile,
-        base_url=device.target,
-        api_key=_secret(device.api_key),
-        username=device.username,
-        password=_secret(device.password),
-        insecure=device.insecure,
-        timeout=timeout,
-    )
+    """The client that asks ``device`` (HTTP, UniFi or SNMP), with its credentials."""
+    client = transport_of(device).client
+    if client is None:
+        raise ValueError(f"device {device.name}: {device.target!r} is not asked, it publishes")
+    return client(device, profile)
 
 
 def build_polled_devices(config: AgentConfig, clock: Clock) -> list[PolledDevice]:
     """Devices that are asked on an interval (HTTP, UniFi, SNMP)."""
     out: list[PolledDevice] = []
     for device in config.devices:
-        if device.target.startswith("mqtt://"):
+        if transport_of(device).client is None:
             continue
         profile = find_profile(device.profile)
         out.append(

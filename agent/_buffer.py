@@ -26,7 +26,18 @@ from sqlite_utils import Database
 from agent._clock import EPOCH_JUMP_NS, Clock, ClockEpoch
 from agent._exceptions import BufferError
 from agent._schema import MIGRATIONS
-from wire import MAX_BODY_BYTES, MAX_FRAME_BYTES, BoundedDict, Event, Reading, frame, private_file
+from wire import (
+    MAX_BODY_BYTES,
+    MAX_FRAME_BYTES,
+    BatchHeader,
+    BoundedDict,
+    Event,
+    Reading,
+    batch_body,
+    frame,
+    private_file,
+    series_key,
+)
 
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
 _VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of the bound
@@ -296,9 +307,7 @@ class Outbox:
             self._log.warning("%s: cannot enforce the disk bound now: %s", self.path, exc)
 
     def _series_id(self, reading: Reading) -> int:
-        key = orjson.dumps(
-            {"m": reading.measurement, "t": reading.tags}, option=orjson.OPT_SORT_KEYS
-        )
+        key = series_key(reading.measurement, reading.tags)
         self.conn.execute("INSERT OR IGNORE INTO series (key) VALUES (?)", (key,))
         sid = int(self.conn.execute("SELECT id FROM series WHERE key = ?", (key,)).fetchone()[0])
         self._series_keys[sid] = key
@@ -369,14 +378,15 @@ class Outbox:
         ).fetchone()
         seq = int(self._meta("next_seq"))
         created = self._clock.wall_ns()
-        header = {
-            "gw": self.gateway_id,
-            "stream": self._stream_id,
-            "boot": boot_id,
-            "seq": seq,
-            "created": created,
-            "clock": {"offset_ns": offset_ns, "synced": bool(synced)},
-        }
+        header = BatchHeader(
+            gateway_id=self.gateway_id,
+            stream_id=self._stream_id,
+            boot_id=boot_id,
+            seq=seq,
+            created_ns=created,
+            offset_ns=offset_ns,
+            synced=bool(synced),
+        )
         keys = {sid: self._series_key(sid) for sid in {r[1] for r in rows}}
         first_rows, first_events = rows, ev_rows
         body_len, payload = _assemble(header, rows, ev_rows, keys)
@@ -614,26 +624,14 @@ class Outbox:
 
 
 def _assemble(
-    header: dict[str, object], rows: list[Any], ev_rows: list[Any], keys: dict[int, bytes]
+    header: BatchHeader, rows: list[Any], ev_rows: list[Any], keys: dict[int, bytes]
 ) -> tuple[int, bytes]:
     """Build the batch frame from stored JSON fragments, grouping readings by series:
     ``(length of the JSON body, frame)``."""
-    groups: dict[bytes, list[bytes]] = {}
+    groups: dict[bytes, list[tuple[int, bytes]]] = {}
     for _id, sid, ts, fields in rows:
-        groups.setdefault(keys[sid], []).append(b"[%d,%s]" % (ts, fields))
-    # A series key is {"m":…,"t":…}; its inside becomes the start of the series object.
-    series_part = b",".join(
-        b"{" + key[1:-1] + b',"p":[' + b",".join(points) + b"]}" for key, points in groups.items()
-    )
-    events_part = b",".join(doc for _id, doc in ev_rows)
-    body = (
-        orjson.dumps(header)[:-1]
-        + b',"series":['
-        + series_part
-        + b'],"events":['
-        + events_part
-        + b"]}"
-    )
+        groups.setdefault(keys[sid], []).append((ts, fields))
+    body = batch_body(header, groups, [doc for _id, doc in ev_rows])
     return len(body), frame(body)
 
 

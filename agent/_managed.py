@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 import wire
-from agent._config import AgentConfig, ManagedConfig, parse_config
+from agent._config import UNKNOWN_KEY, AgentConfig, ManagedConfig, load_raw, parse_config
 
 _APPLIED, _LAST_GOOD, _PENDING, _OUTCOME, _REFUSED = (
     "applied.json",
@@ -281,13 +281,18 @@ def _problems(managed: dict[str, Any], base: dict[str, Any], source: str) -> lis
     try:
         ManagedConfig.model_validate(managed)
     except ValidationError as exc:
-        return [
-            f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors()
-        ]
+        return [f"{where}: {problem}" for where, problem in wire.problems(exc, unknown=UNKNOWN_KEY)]
     try:
         config: AgentConfig = parse_config(merge(base, managed), source=source)
     except ConfigError as exc:
         return [str(exc)]
     del config
     return []
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate ``path`` with the config applied over the air laid over it; raise
+    :class:`~agent._exceptions.ConfigError` saying what to change."""
+    raw = load_raw(path)
+    state_dir = Path(str(raw.get("state_dir", "/var/lib/outpost")))
+    return parse_config(ManagedState(state_dir).effective(raw), source=str(path))

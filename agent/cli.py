@@ -29,17 +29,17 @@ from agent._agent import (
 )
 from agent._buffer import Outbox, open_stats
 from agent._clock import Clock, SkewedClock, SystemClock
-from agent._config import DeviceConfig, load_config, load_raw
+from agent._collection import Collection
+from agent._config import DeviceConfig, load_raw
 from agent._exceptions import AgentError
-from agent._managed import ConfigReceiver, ManagedState
+from agent._managed import ConfigReceiver, ManagedState, load_config
 from agent._renewal import previous_keys
-from agent.profiles import Mapper, Profile, explain, find_profile, unmapped
+from agent.profiles import Mapper, Profile, explain, facts, find_profile, unmapped
 from agent.profiles._model import FieldSpec
-from agent.sources._base import Collection
 from agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from agent.sources._polling import DeviceError, PolledDevice
 from outpost_systemd import Notifier
-from wire import DISTRIBUTION, Event, Reading, configure_logging
+from wire import DISTRIBUTION, Event, Reading, configure_logging, problems, profile_problems
 
 DEFAULT_CONFIG = Path("/etc/outpost/agent.toml")
 _config_option = click.option(
@@ -338,11 +338,14 @@ def probe(
     try:
         device = DeviceConfig.model_validate({k: v for k, v in raw.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            _probe_words(str(e["msg"]).removeprefix("Value error, ")) for e in exc.errors()
-        )
-        hint = "--target" if "target" in problems else None
-        raise click.BadParameter(problems, param_hint=hint) from None
+        messages = [problem for _, problem in problems(exc)]
+    else:
+        checked = profile_problems(sources=None, devices=[device], lookup=facts)
+        messages = [problem for _, problem in checked]
+    if messages:
+        said = "; ".join(_probe_words(m) for m in messages)
+        hint = "--target" if "target" in said else None
+        raise click.BadParameter(said, param_hint=hint) from None
     started = time.monotonic()
     try:
         collected = asyncio.run(_collect_once(device, profile, seen))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -18,7 +17,7 @@ from pydantic import (
 
 from collector._exceptions import ConfigError
 from collector.stores._registry import BACKENDS, names, sections
-from wire import MAX_FRAME_BYTES, MAX_READINGS
+from wire import MAX_FRAME_BYTES, MAX_READINGS, describe, problems, read_toml
 
 _MODEL = ConfigDict(frozen=True, extra="forbid")
 
@@ -220,29 +219,15 @@ class CollectorConfig(BaseModel):
 
 
 def load_config(path: Path) -> CollectorConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such file; pass --config with the collector's TOML file"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(
+        path,
+        missing="no such file; pass --config with the collector's TOML file",
+        error=ConfigError,
+    )
     try:
         config = CollectorConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{path}: {exc.error_count()} problem(s):"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = (
-                "unknown key; check the spelling"
-                if err["type"] == "extra_forbidden"
-                else err["msg"]
-            )
-            lines.append(f"  {loc}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(describe(str(path), problems(exc))) from None
     files = [("broker", k, getattr(config.broker, k)) for k in ("ca_file", "cert_file", "key_file")]
     if config.pki:
         files += [("pki", k, getattr(config.pki, k)) for k in ("ca_cert", "ca_key", "signing_key")]

@@ -33,27 +33,24 @@ class ConfigRefused(CollectorError):
         self.detail = detail
 
 
-def validate_managed(config: dict[str, Any]) -> None:
-    """Check a desired config with the agent's own models; raise :class:`ConfigInvalid`."""
-    from agent._config import ManagedConfig  # the agent's schema is the contract
-
+def validate_managed(
+    config: dict[str, Any], profiles: wire.ProfileLookup = wire.profile_facts
+) -> None:
+    """Check a desired config with the managed-config schema the agent uses, then its devices
+    and sources against their firmware profiles; raise :class:`ConfigInvalid`."""
     try:
         wire.limits.bounded_config(config)
     except wire.TooComplex as exc:
         raise ConfigInvalid([("(config)", str(exc))]) from None
     try:
-        ManagedConfig.model_validate(config)
+        managed = wire.ManagedConfig.model_validate(config)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            elif err["type"] == "missing":
-                message = "required key is missing"
-            problems.append((field, message))
-        raise ConfigInvalid(problems) from None
+        raise ConfigInvalid(wire.problems(exc, unknown="unknown key")) from None
+    checked = wire.profile_problems(
+        sources=managed.sources, devices=managed.devices, lookup=profiles
+    )
+    if checked:
+        raise ConfigInvalid([(".".join(str(p) for p in loc), why) for loc, why in checked])
 
 
 _DELETE = "$patch"  # {"name": "fw-1", "$patch": "delete"} removes that item (as Kubernetes does)

@@ -1,7 +1,7 @@
 """MQTT plumbing shared by the agent and the collector: sessions that stop when asked, publish
 answers read, and one reconnect policy (:class:`Backoff`)."""
 
-from outpost_mqtt._backoff import Backoff
+from outpost_mqtt._backoff import Backoff, doubling
 from outpost_mqtt._client import (
     BUSY_CONNACK_CODES,
     NO_MATCHING_SUBSCRIBERS,
@@ -15,6 +15,7 @@ __all__ = [
     "NO_MATCHING_SUBSCRIBERS",
     "Backoff",
     "Client",
+    "doubling",
     "run_session",
     "session_properties",
 ]

@@ -1,5 +1,5 @@
-"""When to try a connection again: one policy for every reconnect loop (uplink, collector,
-site brokers).
+"""When to try again: one policy for every reconnect loop (uplink, collector, site brokers),
+and the doubling schedule that polling a device that stopped answering follows too.
 
 Full jitter (``uniform(0, ceiling)``) over a ceiling that doubles with each consecutive failure,
 from ``base`` up to a low ``cap``, so a gateway is back within seconds of its path returning and a
@@ -24,6 +24,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+
+
+def doubling(base: float, cap: float, failures: int) -> float:
+    """``base`` doubled for each failure in a row, up to ``cap``: the ceiling of every retry
+    schedule (reconnects here, polls of a device that stopped answering in the agent)."""
+    return min(cap, base * 2.0 ** min(failures, 40))
 
 
 class Backoff:
@@ -69,7 +75,7 @@ class Backoff:
 
     def ceiling(self, *, busy: bool = False) -> float:
         """The most the next delay can be (after one more busy failure, with ``busy``)."""
-        low = min(self._cap, self._base * 2.0 ** min(self._failures, 40))
+        low = doubling(self._base, self._cap, self._failures)
         if not busy:
             return low
         return min(self._busy_cap, max(low, self._cap * 2.0 ** min(self._busy + 3, 40)))

@@ -1,7 +1,8 @@
 """The wire contract shared by the agent and the collector.
 
-Readings and events, the batch codec, the MQTT topic layout, the control messages and the
-signed config envelope. The
+Readings and events, the batch codec, the MQTT topic layout, the control messages, the
+signed config envelope and the managed config it carries (with where the firmware profiles it
+is checked against are). The
 agent imports this package and never the collector; the collector imports this package and
 never the agent.
 """
@@ -12,12 +13,15 @@ from wire._bounded import BoundedDict
 from wire._codec import (
     VERSION,
     Batch,
+    BatchHeader,
     ClockInfo,
     SeriesPoints,
+    batch_body,
     decode_batch,
     encode_batch,
     frame,
     group_readings,
+    series_key,
 )
 from wire._envelope import (
     SECRET_KEYS,
@@ -34,6 +38,20 @@ from wire._envelope import (
 from wire._exceptions import BatchRejected, MessageRejected, RejectReason, WireError
 from wire._files import private_file
 from wire._limits import MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_READINGS, TooComplex
+from wire._managed import (
+    SCHEMES,
+    BufferConfig,
+    DeviceConfig,
+    HostSourceConfig,
+    ManagedConfig,
+    ProfileFacts,
+    ProfileLookup,
+    SimulatedSourceConfig,
+    SourceConfig,
+    UplinkTarget,
+    profile_problems,
+    unique_device_names,
+)
 from wire._messages import (
     Ack,
     AckStatus,
@@ -52,7 +70,9 @@ from wire._messages import (
     encode_message,
 )
 from wire._models import Event, FieldValue, Reading
+from wire._profiles import profile_facts, profile_folder, profiles_dir
 from wire._text import LogThrottle, SafeFormatter, configure_logging, printable
+from wire._toml import describe, problems, read_toml
 from wire._version import DISTRIBUTION, installed_version
 
 # MQTT 5 user properties on every batch publish. They travel outside the encoded body, so a
@@ -74,33 +94,45 @@ __all__ = [
     "PROP_SENT_WALL",
     "PROP_SEQ",
     "PROP_STREAM",
+    "SCHEMES",
     "SECRET_KEYS",
     "VERSION",
     "Ack",
     "AckStatus",
     "Batch",
+    "BatchHeader",
     "BatchRejected",
     "BoundedDict",
+    "BufferConfig",
     "ClockInfo",
     "ConfigEnvelope",
     "ConfigReport",
+    "DeviceConfig",
     "EnvelopeRefused",
     "Event",
     "FieldValue",
     "GatewayState",
+    "HostSourceConfig",
     "LimitName",
     "LogThrottle",
+    "ManagedConfig",
     "MessageRejected",
     "Nack",
     "NackReason",
+    "ProfileFacts",
+    "ProfileLookup",
     "Reading",
     "RejectReason",
     "RenewRequest",
     "RenewResponse",
     "SafeFormatter",
     "SeriesPoints",
+    "SimulatedSourceConfig",
+    "SourceConfig",
     "TooComplex",
+    "UplinkTarget",
     "WireError",
+    "batch_body",
     "configure_logging",
     "decode_ack",
     "decode_batch",
@@ -108,6 +140,7 @@ __all__ = [
     "decode_renew_request",
     "decode_renew_response",
     "decode_state",
+    "describe",
     "encode_batch",
     "encode_envelope",
     "encode_message",
@@ -121,7 +154,15 @@ __all__ = [
     "open_config",
     "printable",
     "private_file",
+    "problems",
+    "profile_facts",
+    "profile_folder",
+    "profile_problems",
+    "profiles_dir",
+    "read_toml",
     "seal_config",
+    "series_key",
     "split_secrets",
     "topics",
+    "unique_device_names",
 ]

@@ -11,7 +11,8 @@ written once per batch, not once per reading. See docs/protocol.md for an exampl
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 import orjson
@@ -100,6 +101,57 @@ def group_readings(readings: Iterable[Reading]) -> list[SeriesPoints]:
         key = (r.measurement, tuple(sorted(r.tags.items())))
         groups.setdefault(key, []).append((r.ts, dict(r.fields)))
     return [SeriesPoints(m=m, t=dict(t), p=p) for (m, t), p in groups.items()]
+
+
+def series_key(measurement: str, tags: Mapping[str, str]) -> bytes:
+    """A series' identity as JSON, ``{"m":…,"t":…}`` with sorted tags: what
+    :func:`batch_body` takes (the agent's buffer stores it once per series)."""
+    return orjson.dumps({"m": measurement, "t": tags}, option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchHeader:
+    """What a batch says besides its readings and events (see :class:`Batch`)."""
+
+    gateway_id: str
+    stream_id: str
+    boot_id: str
+    seq: int
+    created_ns: int
+    offset_ns: int
+    synced: bool
+
+
+def batch_body(
+    header: BatchHeader,
+    series: Mapping[bytes, Sequence[tuple[int, bytes]]],
+    events: Sequence[bytes],
+) -> bytes:
+    """A :class:`Batch`'s JSON body assembled from fragments already in JSON: ``series`` maps
+    a :func:`series_key` to its points ``(ts, fields as a JSON object)``, ``events`` are events
+    as JSON objects. It decodes to the batch :func:`encode_batch` would write for the same
+    content; the agent's buffer keeps readings and events as JSON and so never decodes them."""
+    head = {
+        "gw": header.gateway_id,
+        "stream": header.stream_id,
+        "boot": header.boot_id,
+        "seq": header.seq,
+        "created": header.created_ns,
+        "clock": {"offset_ns": header.offset_ns, "synced": header.synced},
+    }
+    # A series key is {"m":…,"t":…}; its inside becomes the start of the series object.
+    series_part = b",".join(
+        b"{" + key[1:-1] + b',"p":[' + b",".join(b"[%d,%s]" % p for p in points) + b"]}"
+        for key, points in series.items()
+    )
+    return (
+        orjson.dumps(head)[:-1]
+        + b',"series":['
+        + series_part
+        + b'],"events":['
+        + b",".join(events)
+        + b"]}"
+    )
 
 
 def frame(body: bytes, *, compress: bool = True, version: int = VERSION) -> bytes:

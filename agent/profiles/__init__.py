@@ -5,11 +5,12 @@ from agent.profiles._engine import Mapper, RateTracker, decode_mqtt_payload, get
 from agent.profiles._loader import (
     ProfileError,
     all_profiles,
+    facts,
     find_profile,
     load_profile,
-    profiles_dir,
 )
 from agent.profiles._model import Profile
+from wire import profiles_dir
 
 __all__ = [
     "Mapper",
@@ -19,6 +20,7 @@ __all__ = [
     "all_profiles",
     "decode_mqtt_payload",
     "explain",
+    "facts",
     "find_profile",
     "get_path",
     "load_profile",

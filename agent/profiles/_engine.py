@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from agent._collection import Collection
 from agent.profiles._model import (
     Condition,
     EventRule,
@@ -35,7 +36,6 @@ from agent.profiles._model import (
     ReadingRule,
     TagSpec,
 )
-from agent.sources._base import Collection
 from wire import BoundedDict, Event, FieldValue, LogThrottle, Reading, limits, printable
 
 # Series, counters and devices one mapper remembers (previous counter values, availability).

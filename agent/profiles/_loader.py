@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -12,40 +9,22 @@ from pydantic import ValidationError
 
 from agent._exceptions import ConfigError
 from agent.profiles._model import Profile
-
-ENV_DIR = "OUTPOST_PROFILES_DIR"
+from wire import ProfileFacts, describe, problems, profile_folder, profiles_dir, read_toml
 
 
 class ProfileError(ConfigError):
     """A profile that does not load."""
 
 
-def profiles_dir() -> Path:
-    """``$OUTPOST_PROFILES_DIR``, the checkout's ``firmware-profiles/``, or the installed copy."""
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR])
-    checkout = Path(__file__).resolve().parents[2] / "firmware-profiles"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "outpost" / "firmware-profiles"
-
-
 def load_profile(folder: Path) -> Profile:
     path = folder / "profile.toml"
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: missing; every profile folder needs a profile.toml") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(
+        path, missing="missing; every profile folder needs a profile.toml", error=ProfileError
+    )
     try:
         profile = Profile.model_validate(raw)
     except ValidationError as exc:
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise ProfileError(f"{path}: {exc.error_count()} problem(s):\n{problems}") from None
+        raise ProfileError(describe(str(path), problems(exc))) from None
     if profile.name != folder.name:
         raise ProfileError(
             f"{path}: profile.name: {profile.name!r} must equal the folder name {folder.name!r}"
@@ -59,16 +38,21 @@ def _load_cached(folder: str) -> Profile:
 
 
 def find_profile(name: str, root: Path | None = None) -> Profile:
-    base = root or profiles_dir()
-    folder = base / name
-    if not (folder / "profile.toml").is_file():
-        known = (
-            ", ".join(sorted(p.name for p in base.iterdir() if (p / "profile.toml").is_file()))
-            if base.is_dir()
-            else "none"
-        )
-        raise ProfileError(f"unknown profile {name!r}; known profiles: {known} (in {base})")
+    try:
+        folder = profile_folder(name, root)
+    except ValueError as exc:
+        raise ProfileError(str(exc)) from None
     return _load_cached(str(folder))
+
+
+def facts(name: str) -> ProfileFacts:
+    """What a config is checked against (:func:`wire.profile_problems`); :class:`ValueError`
+    if the profile is unknown or does not load."""
+    try:
+        profile = find_profile(name)
+    except ProfileError as exc:
+        raise ValueError(str(exc)) from None
+    return ProfileFacts(transports=tuple(profile.profile.transports), http_auth=profile.http.auth)
 
 
 def all_profiles(root: Path | None = None) -> list[Profile]:

@@ -12,13 +12,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from wire import SCHEMES
+
 _MODEL = ConfigDict(frozen=True, extra="forbid")
 # "{device}" captures one topic level (or part of one); "{device*}" one or more whole levels.
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
 # A path into a decoded payload: "$" the whole item, ".a.b" members, "[0]" list elements.
 _PATH = re.compile(r"^(\$|(\.[^.\[\]]+|\[\d+\])+)$")
 
-Transport = Literal["mqtt", "http", "snmp", "host"]
+Transport = str  # a transport of wire.SCHEMES (mqtt, http, snmp, host), checked on load
 
 
 def _check_path(value: str) -> str:
@@ -350,6 +352,14 @@ class ProfileInfo(BaseModel):
     @property
     def transports(self) -> list[Transport]:
         return self.transport if isinstance(self.transport, list) else [self.transport]
+
+    @field_validator("transport")
+    @classmethod
+    def _known_transport(cls, value: Transport | list[Transport]) -> Transport | list[Transport]:
+        for name in value if isinstance(value, list) else [value]:
+            if name not in SCHEMES:
+                raise ValueError(f"{name!r} is not a transport; use {', '.join(SCHEMES)}")
+        return value
 
     interval: Annotated[float, Field(gt=0)] = 30.0  # default poll interval, seconds
     firmware: list[str] = Field(default_factory=list)  # versions verified

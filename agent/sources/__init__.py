@@ -1,6 +1,7 @@
 """Sources: what the agent collects. Each one yields readings and events on an interval."""
 
-from agent.sources._base import Collection, Source
+from agent._collection import Collection
+from agent.sources._base import Source
 from agent.sources._host import HostSource
 from agent.sources._simulated import SimulatedSource
 

@@ -13,7 +13,8 @@ from typing import Any
 import psutil
 
 from agent._clock import Clock
-from agent.sources._base import Collection
+from agent._collection import Collection
+from agent.profiles import Mapper, find_profile
 
 # Pseudo and transient file systems say nothing about the gateway's storage.
 _SKIP_FSTYPES = {"squashfs", "tmpfs", "devtmpfs", "overlay", "proc", "sysfs", "ramfs"}
@@ -106,8 +107,6 @@ class HostSource:
         self.name = name
         self.interval = interval
         self._clock = clock
-        from agent.profiles import Mapper, find_profile  # agent.profiles imports agent.sources
-
         self.mapper = Mapper(
             find_profile(profile), variables={"source": name, "host": socket.gethostname()}
         )

@@ -87,17 +87,18 @@ class MqttDeviceSource:
         self._observe = observe  # sees every message as the rules do (the probe's diagnosis)
         self._was_unavailable = False
         self._too_large_logged = LogThrottle(60.0)
+        # A site broker is on the local network: tried again within a second at first, and
+        # never more than half a minute apart.
+        self._backoff = outpost_mqtt.Backoff(base=1.0, cap=30.0)
 
     async def run(self, submit: Submit) -> None:
         """Run until cancelled, reconnecting to the local broker when it goes away."""
-        attempt = 0
         while True:
             try:
                 await outpost_mqtt.run_session(self.session(submit), name=f"session:{self.name}")
             except aiomqtt.MqttError as exc:
                 self._unavailable(submit, str(exc))
-            attempt = min(attempt + 1, 6)
-            await asyncio.sleep(random.uniform(0.5, 0.5 * 2**attempt))
+            await asyncio.sleep(self._backoff.next_delay())
 
     def _unavailable(self, submit: Submit, why: str) -> None:
         self.connected.clear()
@@ -135,6 +136,7 @@ class MqttDeviceSource:
             for topic in self.mapper.mqtt_filters():
                 await client.subscribe(topic, qos=1)
             self.connected.set()
+            self._backoff.connected()
             back = self.mapper.availability_event(self.name, "online", self._clock.wall_ns())
             if back is not None and self._was_unavailable:  # back after an outage
                 self._log.info("%s: local broker %s is back", self.name, self.target)

@@ -16,9 +16,11 @@ from typing import Any, Protocol
 
 import httpx
 
+import outpost_mqtt
 from agent._clock import Clock
+from agent._collection import Collection
 from agent.profiles import Mapper
-from agent.sources._base import Collection, Submit
+from agent.sources._base import Submit
 from wire import LogThrottle, printable
 
 
@@ -230,7 +232,7 @@ class PolledDevice:
                             "%s is not answering (%s): %s", self.name, exc.kind, exc.message
                         )
                         submit([], [event], {})
-                    wait = min(self.interval * 2 ** min(failures, 10), self._max_backoff)
+                    wait = outpost_mqtt.doubling(self.interval, self._max_backoff, failures)
                 else:
                     self.polls += 1
                     self.last_error = None

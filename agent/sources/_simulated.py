@@ -7,7 +7,7 @@ import random
 import uuid
 
 from agent._clock import Clock
-from agent.sources._base import Collection
+from agent._collection import Collection
 from wire import Event, Reading
 
 

@@ -72,7 +72,7 @@ def test_errors_name_the_file_and_the_key(files: Path, body: str, words: str | N
 
 
 def test_gateway_id_must_fit_a_topic_level(files: Path) -> None:
-    with pytest.raises(ConfigError, match="gateway_id: Value error, must be 1-64"):
+    with pytest.raises(ConfigError, match="gateway_id: must be 1-64"):
         load_config(write(files, base(files, gateway="gw/1")))
 
 

@@ -319,11 +319,11 @@ def settled_rss(pid: int, seconds: float = 13.0) -> float:
 def test_floods_of_garbage_and_of_tiny_objects_leave_the_collectors_memory_flat(
     harness: Harness, identity
 ) -> None:
-    """Small frames that unpack into 72,000 objects each, and a flood of garbage, twice: the
-    collector's memory is bounded by the first burst and does not grow by as much again with the
-    second (measured: +41 to +54 MiB after the first, +1 to +15 after the second, on the 2-core
-    machine), the good gateway is answered
-    promptly throughout."""
+    """Small frames that unpack into 72,000 objects each, and a flood of garbage, three times:
+    the collector's memory is bounded by the bursts and stops growing (measured on the 2-core
+    machine, after each flood: +54, +1, +0 MiB most often; +40, +14, +0; once +25, +25, +0,
+    where the allocator kept less after the first), and the good gateway is answered promptly
+    throughout."""
     h = harness
     h.start_collector()
     assert h.collector is not None
@@ -347,7 +347,7 @@ def test_floods_of_garbage_and_of_tiny_objects_leave_the_collectors_memory_flat(
     before = rss_mib(pid)
     seq = 0
     settled = []
-    for flood in range(2):
+    for flood in range(3):
         for _ in range(30):
             seq += 1
             body = header.replace(b'"seq":0', b'"seq":%d' % seq)
@@ -358,13 +358,12 @@ def test_floods_of_garbage_and_of_tiny_objects_leave_the_collectors_memory_flat(
         wait_until(lambda s=seq: len(bad.acks()) >= s - 20, timeout=60, what="answers to the flood")
         assert good.acked_within(1000 + flood, 5) < 1.0
         settled.append(settled_rss(pid))
-    first, second = settled[0] - before, settled[1] - settled[0]
-    assert first < 80, f"the first flood cost {first:.0f} MiB"
+    costs = [settled[0] - before, settled[1] - settled[0], settled[2] - settled[1]]
+    assert settled[2] - before < 80, f"three floods cost {costs} MiB"
     # Memory follows the largest burst, not the sum of them: a leak costs each flood the same.
-    # (The second flood's cost varies with where the allocator finds room: +1 to +15 MiB seen.)
-    assert second < first / 2, (
-        f"the second flood cost {second:.0f} MiB again, after {first:.0f} MiB for the first"
-    )
+    # By the third flood the allocator has the room it needs (how the first two share the cost
+    # varies with where it found room).
+    assert costs[2] < max(costs[:2]) / 2, f"the third flood cost as much again: {costs} MiB"
     statuses = {(type(a).__name__, getattr(a, "reason", "")) for a in bad.acks().values()}
     assert ("Ack", "invalid_schema") in statuses  # the frames of tiny objects
     alive(h)

@@ -4,6 +4,8 @@ import zlib
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import wire
 from wire import topics
@@ -200,3 +202,54 @@ def test_a_frame_of_only_a_header_is_an_empty_body_not_bad_magic() -> None:
     with pytest.raises(wire.BatchRejected) as err:
         wire.decode_batch(wire.frame(b"")[:4])
     assert err.value.detail == "not an Outpost batch frame (bad magic bytes)"
+
+
+readings_st = st.lists(
+    st.builds(
+        wire.Reading,
+        measurement=st.sampled_from(["temp", "power", "disk"]),
+        tags=st.dictionaries(st.sampled_from(["device", "site", "mount"]), st.text(max_size=8)),
+        ts=st.integers(0, 2**62 - 1),
+        fields=st.dictionaries(
+            st.text(min_size=1, max_size=6),
+            st.one_of(
+                st.booleans(),
+                st.integers(-(2**63), 2**63 - 1),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.text(max_size=10),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(readings=readings_st, events=st.integers(0, 3), synced=st.booleans())
+def test_a_body_from_json_fragments_is_the_batch_encode_batch_writes(
+    readings: list[wire.Reading], events: int, synced: bool
+) -> None:
+    """The agent's buffer builds bodies from stored JSON (wire.batch_body); the collector must
+    read the same batch as one encode_batch wrote from the same content."""
+    evs = [
+        wire.Event(id=f"e{i}", type="availability", ts=i, source="dev", body={"state": "online"})
+        for i in range(events)
+    ]
+    header = wire.BatchHeader(
+        gateway_id="gw-1", stream_id="s", boot_id="b", seq=7, created_ns=5, offset_ns=-3,
+        synced=synced,
+    )  # fmt: skip
+    series: dict[bytes, list[tuple[int, bytes]]] = {}
+    for r in readings:
+        series.setdefault(wire.series_key(r.measurement, r.tags), []).append(
+            (r.ts, orjson.dumps(r.fields))
+        )
+    body = wire.batch_body(header, series, [orjson.dumps(e.model_dump(mode="json")) for e in evs])
+    expected = wire.Batch(
+        gateway_id="gw-1", stream_id="s", boot_id="b", seq=7, created_ns=5,
+        clock=wire.ClockInfo(offset_ns=-3, synced=synced),
+        series=wire.group_readings(readings), events=evs,
+    )  # fmt: skip
+    assert wire.decode_batch(wire.frame(body)) == wire.decode_batch(wire.encode_batch(expected))
