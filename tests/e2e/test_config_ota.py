@@ -224,34 +224,67 @@ def test_a_config_change_is_applied_and_bad_envelopes_are_refused(site: dict[str
 
 def every_batch_stored(h: Harness, gw: str, config: Path) -> None:
     """Every batch the gateway ever formed is stored at the collector, once: the sequence
-    numbers the buffer handed out (1 .. next_seq-1) are exactly the ones the collector holds,
-    and the readings stored match what the batches carried."""
+    numbers the buffer handed out (1 .. next_seq-1) are all stored (the last ones may still be
+    on their way: they are waited for), the collector holds no other, and the readings stored
+    match what the batches carried. The agent goes on forming batches meanwhile."""
     state = tomllib.loads(config.read_text()).get("state_dir")
     assert state, config
-    with contextlib.closing(
-        sqlite3.connect(f"file:{Path(state) / 'buffer.db'}?mode=ro", uri=True)
-    ) as b:
-        meta = dict(b.execute("SELECT key, value FROM meta").fetchall())
-    with contextlib.closing(
-        sqlite3.connect(f"file:{h.data / 'documents.db'}?mode=ro", uri=True)
-    ) as d:
-        rows = d.execute(
-            "SELECT seq, readings FROM stored_batches WHERE gateway_id = ? AND stream_id = ?",
-            (gw, meta["stream_id"]),
-        ).fetchall()
-    formed = set(range(1, int(meta["next_seq"])))
-    stored = {seq for seq, _ in rows}
-    assert formed - stored == set(), f"batches formed but never stored: {sorted(formed - stored)}"
-    assert stored <= formed
-    with contextlib.closing(
-        sqlite3.connect(f"file:{h.data / 'timeseries.db'}?mode=ro", uri=True)
-    ) as t:
-        (points,) = t.execute(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT p.series_id, p.ts FROM series s JOIN points p"
-            " ON p.series_id = s.id WHERE json_extract(s.tags, '$.gateway') = ?)",
-            (gw,),
-        ).fetchone()
-    assert points == sum(n for _, n in rows)  # each reading stored, none twice
+
+    def meta() -> dict[str, str]:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{Path(state) / 'buffer.db'}?mode=ro", uri=True)
+        ) as b:
+            return dict(b.execute("SELECT key, value FROM meta").fetchall())
+
+    def stored_rows(stream: str) -> list[tuple[int, int]]:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{h.data / 'documents.db'}?mode=ro", uri=True)
+        ) as d:
+            return d.execute(
+                "SELECT seq, readings FROM stored_batches WHERE gateway_id = ? AND stream_id = ?",
+                (gw, stream),
+            ).fetchall()
+
+    def points() -> int:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{h.data / 'timeseries.db'}?mode=ro", uri=True)
+        ) as t:
+            (n,) = t.execute(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT p.series_id, p.ts FROM series s JOIN points"
+                " p ON p.series_id = s.id WHERE json_extract(s.tags, '$.gateway') = ?)",
+                (gw,),
+            ).fetchone()
+        return int(n)
+
+    first = meta()
+    stream = first["stream_id"]
+    formed = set(range(1, int(first["next_seq"])))
+
+    def missing() -> list[int]:
+        return sorted(formed - {seq for seq, _ in stored_rows(stream)})
+
+    wait_until(
+        lambda: not missing(),
+        timeout=30,
+        what="every batch formed stored at the collector",
+        seen=lambda: f"batches formed but not stored: {missing()}",
+    )
+    rows = stored_rows(stream)
+    assert {seq for seq, _ in rows} <= set(range(1, int(meta()["next_seq"])))
+    # Each reading stored, none twice: the points against the batches' counts, read when no
+    # batch was stored between two counts of the points (the readings go in before the batch's
+    # record, so a count taken while one is being stored is off by that batch).
+    counts: list[tuple[int, int]] = []
+
+    def balanced() -> bool:
+        before, carried, after = points(), sum(n for _, n in stored_rows(stream)), points()
+        counts.append((before, carried))
+        return before == after == carried
+
+    wait_until(
+        balanced, timeout=30, what="stored points equal to the readings the batches carried",
+        seen=lambda: f"(points, readings carried), last reads: {counts[-3:]}",
+    )  # fmt: skip
 
 
 def test_a_config_pointing_at_a_dead_broker_is_rolled_back(site: dict[str, Any]) -> None:
