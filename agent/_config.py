@@ -148,8 +148,7 @@ def parse_config(raw: dict[str, object], *, source: str = "<config>") -> AgentCo
         raise ConfigError(describe(source, problems(exc, unknown=UNKNOWN_KEY))) from None
     checked = profile_problems(sources=config.sources, devices=config.devices, lookup=facts)
     if checked:
-        found = [(".".join(str(p) for p in loc), problem) for loc, problem in checked]
-        raise ConfigError(describe(source, found))
+        raise ConfigError(describe(source, checked))
     for key in ("ca_file", "cert_file", "key_file"):
         file = getattr(config.uplink, key)
         if not file.is_file():

@@ -33,9 +33,7 @@ class ConfigRefused(CollectorError):
         self.detail = detail
 
 
-def validate_managed(
-    config: dict[str, Any], profiles: wire.ProfileLookup = wire.profile_facts
-) -> None:
+def validate_managed(config: dict[str, Any]) -> None:
     """Check a desired config with the managed-config schema the agent uses, then its devices
     and sources against their firmware profiles; raise :class:`ConfigInvalid`."""
     try:
@@ -47,10 +45,10 @@ def validate_managed(
     except ValidationError as exc:
         raise ConfigInvalid(wire.problems(exc, unknown="unknown key")) from None
     checked = wire.profile_problems(
-        sources=managed.sources, devices=managed.devices, lookup=profiles
+        sources=managed.sources, devices=managed.devices, lookup=wire.profile_facts
     )
     if checked:
-        raise ConfigInvalid([(".".join(str(p) for p in loc), why) for loc, why in checked])
+        raise ConfigInvalid(checked)
 
 
 _DELETE = "$patch"  # {"name": "fw-1", "$patch": "delete"} removes that item (as Kubernetes does)

@@ -367,20 +367,21 @@ def _opened(config_path: Path) -> Iterator[tuple[CollectorConfig, DocumentStore]
 
 
 def _config_service(
+    config_path: Path,
     config: CollectorConfig,
     docs: DocumentStore,
     publish: Callable[[str, bytes], None] | None = None,
 ) -> ConfigService:
     if config.pki is None:
-        raise click.ClickException(
-            "the collector needs [pki] to sign configs; see docs/collector.md"
-        )
+        raise click.ClickException(f"{config_path}: the collector needs [pki] to sign configs")
     return ConfigService(docs=docs, signing_key=config.pki.signing_key, publish=publish)
 
 
-def _rollout_service(config: CollectorConfig, docs: DocumentStore) -> RolloutService:
+def _rollout_service(
+    config_path: Path, config: CollectorConfig, docs: DocumentStore
+) -> RolloutService:
     """For commands that change rollouts; the running collector steps them."""
-    return RolloutService(docs=docs, configs=_config_service(config, docs))
+    return RolloutService(docs=docs, configs=_config_service(config_path, config, docs))
 
 
 def _invalid(exc: ConfigInvalid) -> click.ClickException:
@@ -566,7 +567,10 @@ def _change_config(
 ) -> None:
     with _opened(config_path) as (config, docs):
         service = _config_service(
-            config, docs, lambda topic, payload: _publish_retained(config, topic, payload)
+            config_path,
+            config,
+            docs,
+            lambda topic, payload: _publish_retained(config, topic, payload),
         )
         if not docs.gateway_exists(gateway_id):
             raise click.ClickException(f"no gateway {gateway_id!r}; see 'gateway list'")
@@ -714,7 +718,7 @@ def rollout_create(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--timeout") from None
     with _opened(config_path) as (config, docs):
-        service = _rollout_service(config, docs)
+        service = _rollout_service(config_path, config, docs)
         try:
             rollout_id = service.create(
                 tenant=tenant,
@@ -799,7 +803,7 @@ def rollout_watch(config_path: Path, rollout_id: str, interval: float) -> None:
 
 def _rollout_control(config_path: Path, rollout_id: str, action: str) -> None:
     with _opened(config_path) as (config, docs):
-        service = _rollout_service(config, docs)
+        service = _rollout_service(config_path, config, docs)
         try:
             rollout_ = service.control("*", rollout_id, action)
         except RolloutError as exc:

@@ -199,7 +199,6 @@ class ProfileFacts:
 
 # A profile's facts by name; raises ValueError saying the profile is unknown (and which exist).
 ProfileLookup = Callable[[str], ProfileFacts]
-Location = tuple[str | int, ...]
 
 
 def profile_problems(
@@ -207,13 +206,14 @@ def profile_problems(
     sources: Sequence[HostSourceConfig | SimulatedSourceConfig] | None,
     devices: Sequence[DeviceConfig] | None,
     lookup: ProfileLookup,
-) -> list[tuple[Location, str]]:
-    """What is wrong with these sources and devices given their profiles, as ``(location,
-    problem)`` pairs located as a validation error would be (``devices.0``)."""
-    out: list[tuple[Location, str]] = []
+) -> list[tuple[str, str]]:
+    """What is wrong with these sources and devices given their profiles, as ``(key path,
+    problem)`` pairs located as a validation error would be (``devices.0``), like
+    :func:`wire.problems`."""
+    out: list[tuple[str, str]] = []
     for i, source in enumerate(sources or []):
         if isinstance(source, HostSourceConfig):
-            where: Location = ("sources", i, "host", "profile")
+            where = f"sources.{i}.host.profile"
             try:
                 facts = lookup(source.profile)
             except ValueError as exc:
@@ -226,7 +226,7 @@ def profile_problems(
     for i, device in enumerate(devices or []):
         problem = _device_problem(device, lookup)
         if problem:
-            out.append((("devices", i), problem))
+            out.append((f"devices.{i}", problem))
     return out
 
 

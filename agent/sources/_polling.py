@@ -232,7 +232,9 @@ class PolledDevice:
                             "%s is not answering (%s): %s", self.name, exc.kind, exc.message
                         )
                         submit([], [event], {})
-                    wait = outpost_mqtt.doubling(self.interval, self._max_backoff, failures)
+                    wait = outpost_mqtt.doubling(
+                        self.interval, self._max_backoff, min(failures, 10)
+                    )
                 else:
                     self.polls += 1
                     self.last_error = None

@@ -154,3 +154,19 @@ def test_latest_values_and_devices(ts: TimeSeriesStore) -> None:
 
 def test_ping(ts: TimeSeriesStore) -> None:
     ts.ping()
+
+
+def test_a_value_a_backend_cannot_keep_is_counted_not_lost_silently(ts: TimeSeriesStore) -> None:
+    """Text fields: a backend keeps them (they read back) or counts each one in ``not_kept()``
+    (VictoriaMetrics has no text values), and never both or neither."""
+    assert all(count == 0 for count in ts.not_kept().values())
+    ts.write(
+        [
+            SeriesWrite("notes", {"device": "d"}, [(T, {"text": "door open", "n": 1.0})], "acme"),
+            SeriesWrite("notes", {"device": "d"}, [(T + S, {"text": "door shut"})], "acme"),
+        ]
+    )
+    visible(ts)
+    kept = [p.fields.get("text") for p in ts.query("notes", tenant="acme")]
+    skipped = ts.not_kept().get("text_fields_skipped", 0)
+    assert (kept, skipped) in ((["door open", "door shut"], 0), ([None], 2)), (kept, skipped)
