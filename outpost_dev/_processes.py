@@ -109,8 +109,15 @@ class LocalBroker:
     """A site's own Mosquitto, as devices use it: plain MQTT, optionally with passwords."""
 
     def __init__(
-        self, directory: Path, *, port: int | None = None, users: dict[str, str] | None = None
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        max_queued_messages: int | None = None,
     ) -> None:
+        """``max_queued_messages``: what the broker holds for a subscriber that reads slowly
+        (Mosquitto's default is 1,000; a busy site raises it, docs/agent.md "Bursts")."""
         binary = find_mosquitto()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -123,6 +130,8 @@ class LocalBroker:
             "persistence false",
             f"user {getpass.getuser()}",
         ]
+        if max_queued_messages is not None:
+            lines.append(f"max_queued_messages {max_queued_messages}")
         if users:
             pwfile = directory / "passwords"
             pwfile.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
