@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, agent_config, collector_config
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.dev._processes import Mosquitto, agent_config, collector_config
 
 
 @dataclass(frozen=True)

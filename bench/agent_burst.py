@@ -28,7 +28,7 @@ import orjson
 from bench._common import report
 from bench._site import site
 from bench.end_to_end import LIMITS
-from outpost_dev._processes import LocalBroker, spawn, stop
+from outpost_iot.dev._processes import LocalBroker, spawn, stop
 
 
 def rss_mib(pid: int) -> float:
@@ -86,11 +86,12 @@ def run_once(messages: int, qos: int) -> tuple[float, float, float]:
         try:
             with site("gw-burst", sources=device, collector_extra=LIMITS) as st:
                 collector = spawn(
-                    ["collector.cli", "serve", "--config", str(st.collector_config)],
+                    ["outpost_iot.collector.cli", "serve", "--config", str(st.collector_config)],
                     log=st.root / "c.log",
                 )
                 agent = spawn(
-                    ["agent.cli", "run", "--config", str(st.agent_config)], log=st.root / "a.log"
+                    ["outpost_iot.agent.cli", "run", "--config", str(st.agent_config)],
+                    log=st.root / "a.log",
                 )
                 db = st.root / "data" / "timeseries.db"
                 try:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench._common import report
 from bench._site import site
-from outpost_dev._processes import spawn, stop
-from outpost_dev.site import SimulatedSite
+from outpost_iot.dev._processes import spawn, stop
+from outpost_iot.dev.site import SimulatedSite
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,11 +50,12 @@ def run_once(
             sources += sim.devices_toml(count=devices, interval=interval)
             with site("gw-devices", sources=sources) as st:
                 collector = spawn(
-                    ["collector.cli", "serve", "--config", str(st.collector_config)],
+                    ["outpost_iot.collector.cli", "serve", "--config", str(st.collector_config)],
                     log=st.root / "c.log",
                 )
                 agent = spawn(
-                    ["agent.cli", "run", "--config", str(st.agent_config)], log=st.root / "a.log"
+                    ["outpost_iot.agent.cli", "run", "--config", str(st.agent_config)],
+                    log=st.root / "a.log",
                 )
                 try:
                     time.sleep(warmup)

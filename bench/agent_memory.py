@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench._common import report
 from bench._site import site
-from outpost_dev._processes import spawn, stop
+from outpost_iot.dev._processes import spawn, stop
 
 
 def rss_kib(pid: int) -> int:
@@ -24,9 +24,13 @@ def rss_kib(pid: int) -> int:
 def run_once(seconds: float) -> float:
     with site("gw-mem", sources='[[sources]]\ntype = "host"\ninterval = 1\n') as st:
         collector = spawn(
-            ["collector.cli", "serve", "--config", str(st.collector_config)], log=st.root / "c.log"
+            ["outpost_iot.collector.cli", "serve", "--config", str(st.collector_config)],
+            log=st.root / "c.log",
         )
-        agent = spawn(["agent.cli", "run", "--config", str(st.agent_config)], log=st.root / "a.log")
+        agent = spawn(
+            ["outpost_iot.agent.cli", "run", "--config", str(st.agent_config)],
+            log=st.root / "a.log",
+        )
         peak = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:

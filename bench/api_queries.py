@@ -21,13 +21,18 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 
 from bench._common import report
-from collector._config import load_config
-from collector._enrollment import EnrollmentService, hash_token
-from collector._ingest import IngestMetrics
-from collector.api import ApiServices, create_app
-from collector.stores import ApiTokenRecord, SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
-from outpost_dev._processes import Mosquitto, collector_config, free_port
-from provisioning._ca import make_csr, new_key
+from outpost_iot.collector._config import load_config
+from outpost_iot.collector._enrollment import EnrollmentService, hash_token
+from outpost_iot.collector._ingest import IngestMetrics
+from outpost_iot.collector.api import ApiServices, create_app
+from outpost_iot.collector.stores import (
+    ApiTokenRecord,
+    SeriesWrite,
+    SqliteDocumentStore,
+    SqliteTimeSeriesStore,
+)
+from outpost_iot.dev._processes import Mosquitto, collector_config, free_port
+from outpost_iot.provisioning._ca import make_csr, new_key
 
 TOKEN = "opa_" + secrets.token_urlsafe(24)  # a throwaway viewer token
 DAY_NS = 86_400 * 10**9

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from bench._common import report
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.dev._processes import Mosquitto
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

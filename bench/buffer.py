@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import wire
-from agent import Outbox, SystemClock
 from bench._common import report
+from outpost_iot import wire
+from outpost_iot.agent import Outbox, SystemClock
 
 
 def make_readings(n: int) -> list[wire.Reading]:

@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 
 from bench._common import machine
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
 
 FAULTS = (
     "kill_agent",
@@ -98,14 +98,15 @@ class Campaign:
 
     def start_collector(self) -> None:
         self.collector = spawn(
-            ["collector.cli", "serve", "--config", str(self.ccfg)], log=self.root / "collector.log"
+            ["outpost_iot.collector.cli", "serve", "--config", str(self.ccfg)],
+            log=self.root / "collector.log",
         )
 
     def start_agent(self, *, per_poll: int = 20) -> None:
         self.runs += 1
         self.agent = spawn(
             [
-                "outpost_dev.producer",
+                "outpost_iot.dev.producer",
                 "--config",
                 str(self.acfg),
                 "--journal",
@@ -245,7 +246,15 @@ class Campaign:
 
     def status(self) -> dict[str, object]:
         r = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(self.acfg), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "outpost_iot.agent.cli",
+                "status",
+                "--config",
+                str(self.acfg),
+                "--json",
+            ],
             capture_output=True,
             text=True,
             check=False,

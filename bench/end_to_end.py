@@ -19,14 +19,14 @@ from pathlib import Path
 
 from bench._common import report
 from bench._site import site
-from outpost_dev._processes import spawn, stop
+from outpost_iot.dev._processes import spawn, stop
 
 LIMITS = "[limits]\nreadings_per_s = 10000000\nreadings_burst = 10000000\nbytes_per_s = 1e9\nbytes_burst = 1e9\n"
 
 
 def status(cfg: Path) -> dict[str, int]:
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "status", "--config", str(cfg), "--json"],
+        [sys.executable, "-m", "outpost_iot.agent.cli", "status", "--config", str(cfg), "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -35,7 +35,7 @@ def status(cfg: Path) -> dict[str, int]:
 
 
 def producer(cfg: Path, journal: Path, log: Path, **kw: object) -> subprocess.Popen[bytes]:
-    args = ["outpost_dev.producer", "--config", str(cfg), "--journal", str(journal)]
+    args = ["outpost_iot.dev.producer", "--config", str(cfg), "--journal", str(journal)]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     return spawn(args, log=log)
@@ -55,7 +55,8 @@ def run_once(n: int, batch: int, inflight: int) -> float:
         fill.send_signal(signal.SIGTERM)
         fill.wait(30)
         collector = spawn(
-            ["collector.cli", "serve", "--config", str(st.collector_config)], log=st.root / "c.log"
+            ["outpost_iot.collector.cli", "serve", "--config", str(st.collector_config)],
+            log=st.root / "c.log",
         )
         time.sleep(1.5)  # let it subscribe
         t0 = time.perf_counter()

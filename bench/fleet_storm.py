@@ -3,7 +3,7 @@
 .venv/bin/python -m bench.fleet_storm [--gateways 10000] [--outage 300] [--connect-ms 2.4] [--cores 1]
 
 Not a measurement: a discrete-event model of N gateways that lost the broker at the same
-moment, using :class:`outpost_mqtt.Backoff` exactly as the uplink does, against a broker that
+moment, using :class:`mqtt.Backoff` exactly as the uplink does, against a broker that
 takes one mTLS connection at a time per core at the CPU cost ``bench.broker_connects``
 measured (2.8 ms per connect on one core of the 2-core machine). While the outage lasts, every
 attempt is refused at once (free for the broker). Afterwards every attempt joins the broker's
@@ -22,7 +22,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from outpost_mqtt import Backoff
+from outpost_iot.mqtt import Backoff
 
 
 class FormerBackoff:

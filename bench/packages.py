@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from outpost_dev import debian
+from outpost_iot.dev import debian
 
 
 def _du(path: Path, *flags: str) -> int:

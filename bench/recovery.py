@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench._common import report
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
-from outpost_dev.netpath import Blackhole, Relay
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from outpost_iot.dev.netpath import Blackhole, Relay
 
 
 def stored(db: Path) -> int:
@@ -73,7 +73,7 @@ def run_once(scenario: str, rng: random.Random) -> float:
         ccfg = collector_config(root / "collector.toml", broker, root / "data")
         db = root / "data" / "timeseries.db"
         clog = root / "collector.log"
-        collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=clog)
+        collector = spawn(["outpost_iot.collector.cli", "serve", "--config", str(ccfg)], log=clog)
         wait(lambda: "collector subscribed" in clog.read_text(), 20, "the collector")
         with contextlib.ExitStack() as stack:
             relay = stack.enter_context(Relay(broker.port))
@@ -88,7 +88,7 @@ def run_once(scenario: str, rng: random.Random) -> float:
             )
             agent = spawn(
                 [
-                    "outpost_dev.producer",
+                    "outpost_iot.dev.producer",
                     "--config",
                     str(acfg),
                     "--journal",
@@ -124,7 +124,9 @@ def run_once(scenario: str, rng: random.Random) -> float:
                     wait(lambda: alog.read_text().count("uplink connected") > seen, 60, "agent")
                     time.sleep(1.0)  # it publishes to a broker with no collector subscribed
                     subscribed = clog.read_text().count("collector subscribed")
-                    collector = spawn(["collector.cli", "serve", "--config", str(ccfg)], log=clog)
+                    collector = spawn(
+                        ["outpost_iot.collector.cli", "serve", "--config", str(ccfg)], log=clog
+                    )
                     back = subscribed_again(clog, subscribed)
                     before = stored(db)
                 else:

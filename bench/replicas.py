@@ -33,10 +33,10 @@ import httpx
 import psycopg
 
 from bench._common import machine, report
-from collector import issue_gateway_identity
-from collector.stores import SeriesWrite, TimeSeriesStore
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
-from outpost_dev._servers import Postgres, Redis, VictoriaMetrics
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.collector.stores import SeriesWrite, TimeSeriesStore
+from outpost_iot.dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from outpost_iot.dev._servers import Postgres, Redis, VictoriaMetrics
 
 LIMITS = (
     "[limits]\nreadings_per_s = 10000000\nreadings_burst = 10000000\n"
@@ -78,7 +78,15 @@ def fresh_database(b: Backends, name: str) -> str:
 def status(cfg: Path) -> int:
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(cfg), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "outpost_iot.agent.cli",
+                "status",
+                "--config",
+                str(cfg),
+                "--json",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -89,7 +97,7 @@ def status(cfg: Path) -> int:
 
 
 def producer(cfg: Path, root: Path, name: str, **kw: object) -> subprocess.Popen[bytes]:
-    args = ["outpost_dev.producer", "--config", str(cfg), "--journal", str(root / f"{name}.j")]
+    args = ["outpost_iot.dev.producer", "--config", str(cfg), "--journal", str(root / f"{name}.j")]
     for k, v in kw.items():
         flag = f"--{k.replace('_', '-')}"
         if v is True:
@@ -150,7 +158,9 @@ def run_once(b: Backends, backend: str, replicas: int, n: int, gateways: int, ru
                 f'[stores.influx]\nurl = "{b.vm.url}"\n[redis]\nurl = "{b.redis.url}"\n',
             )
             log = root / f"c{r}.log"
-            collectors.append(spawn(["collector.cli", "serve", "--config", str(cfg)], log=log))
+            collectors.append(
+                spawn(["outpost_iot.collector.cli", "serve", "--config", str(cfg)], log=log)
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(
             (root / f"c{r}.log").exists() and "collector subscribed" in (root / f"c{r}.log").read_text()
@@ -215,7 +225,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def latency(b: Backends, writes: int) -> None:
-    from collector.stores import InfluxTimeSeriesStore, PostgresTimeSeriesStore
+    from outpost_iot.collector.stores import InfluxTimeSeriesStore, PostgresTimeSeriesStore
 
     stores: dict[str, TimeSeriesStore] = {
         "victoriametrics": InfluxTimeSeriesStore(b.vm.url),
@@ -243,7 +253,7 @@ def latency(b: Backends, writes: int) -> None:
 
 def disk(b: Backends, readings: int) -> None:
     """Bytes on disk per reading (3 fields, 20 series, 1 s apart) after compaction."""
-    from collector.stores import InfluxTimeSeriesStore, PostgresTimeSeriesStore
+    from outpost_iot.collector.stores import InfluxTimeSeriesStore, PostgresTimeSeriesStore
 
     groups = readings // 8000
     vm = InfluxTimeSeriesStore(b.vm.url)

@@ -6,13 +6,13 @@ import asyncio
 import math
 import os
 
-from agent import SystemClock
-from agent._agent import make_device_client
-from agent._config import DeviceConfig
-from agent.profiles import Mapper, find_profile
-from agent.sources._base import Collection
-from agent.sources._polling import PolledDevice
-from wire import Reading
+from outpost_iot.agent import SystemClock
+from outpost_iot.agent._agent import make_device_client
+from outpost_iot.agent._config import DeviceConfig
+from outpost_iot.agent.profiles import Mapper, find_profile
+from outpost_iot.agent.sources._base import Collection
+from outpost_iot.agent.sources._polling import PolledDevice
+from outpost_iot.wire import Reading
 
 
 def device(**config: object) -> tuple[PolledDevice, DeviceConfig]:

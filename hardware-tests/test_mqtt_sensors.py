@@ -7,9 +7,9 @@ import contextlib
 
 from conftest import optional, rig
 
-from agent import SystemClock
-from agent.profiles import find_profile
-from agent.sources._mqtt import MqttDeviceSource, MqttTarget
+from outpost_iot.agent import SystemClock
+from outpost_iot.agent.profiles import find_profile
+from outpost_iot.agent.sources._mqtt import MqttDeviceSource, MqttTarget
 
 
 async def test_sensor_family_publishes_readings() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from _checks import check_sane, device, two_polls
 from conftest import flag, optional, rig
 
-from agent.sources._unifi import UnifiClient
+from outpost_iot.agent.sources._unifi import UnifiClient
 
 
 def _console() -> dict[str, object]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from collector import issue_gateway_identity
-from outpost_dev._processes import LocalBroker, Mosquitto, find_mosquitto
-from outpost_dev._servers import Postgres, Redis, find_postgres_bin, find_redis
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.dev._processes import LocalBroker, Mosquitto, find_mosquitto
+from outpost_iot.dev._servers import Postgres, Redis, find_postgres_bin, find_redis
 
 
 def require_service(name: str, available: bool, how: str) -> None:

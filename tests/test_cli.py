@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import wire
-from agent import Outbox, SystemClock
-from agent.cli import main as agent_cli
-from collector.cli import main as collector_cli
+from outpost_iot import wire
+from outpost_iot.agent import Outbox, SystemClock
+from outpost_iot.agent.cli import main as agent_cli
+from outpost_iot.collector.cli import main as collector_cli
 
 
 def test_broker_init_and_dev_issue_cert(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_broker_init_says_what_to_do_without_the_dynamic_security_plugin(tmp_pat
         ["broker", "init", "--dir", str(tmp_path / "b"), "--dynsec-plugin", str(tmp_path)],
     )
     assert r.exit_code != 0  # a directory is not the plugin
-    from collector._broker import init_broker
+    from outpost_iot.collector._broker import init_broker
 
     with pytest.raises(ValueError, match=r"install mosquitto 2\.0 or newer"):
         init_broker(tmp_path / "c", dynsec_plugin=tmp_path / "nowhere.so")

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from outpost_dev import debian
-from outpost_dev._processes import Mosquitto, free_port
-from outpost_dev.debian import PACKAGES
+from outpost_iot.dev import debian
+from outpost_iot.dev._processes import Mosquitto, free_port
+from outpost_iot.dev.debian import PACKAGES
 from tests._wait import wait_until
 from tests.conftest import require_service
 from tests.e2e._harness import Harness

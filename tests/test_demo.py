@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from outpost_dev._processes import find_mosquitto
+from outpost_iot.dev._processes import find_mosquitto
 from tests.conftest import require_service
 
 
@@ -25,7 +25,7 @@ def test_demo_stores_readings_from_every_simulated_device_family(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "outpost_dev.cli",
+            "outpost_iot.dev.cli",
             "demo",
             "--dir",
             str(workdir),
@@ -69,7 +69,7 @@ def test_the_demo_stops_everything_it_started(tmp_path: Path, sig: signal.Signal
     out = tmp_path / "demo.out"
     with out.open("wb") as f:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "outpost_dev.cli", "demo", "--dir", str(tmp_path / "demo")],
+            [sys.executable, "-m", "outpost_iot.dev.cli", "demo", "--dir", str(tmp_path / "demo")],
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -82,8 +82,8 @@ def test_the_demo_stops_everything_it_started(tmp_path: Path, sig: signal.Signal
             time.sleep(0.2)
         children = psutil.Process(demo.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "agent.cli" in names
-        assert "collector.cli" in names
+        assert "outpost_iot.agent.cli" in names
+        assert "outpost_iot.collector.cli" in names
         assert "mosquitto" in names
         demo.send_signal(sig)
         demo.wait(60)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost_dev._processes import find_mosquitto
+from outpost_iot.dev._processes import find_mosquitto
 from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import pytest
 
-from agent.cli import main as agent_cli
-from collector.cli import main as collector_cli
-from provisioning.cli import main as provision_cli
+from outpost_iot.agent.cli import main as agent_cli
+from outpost_iot.collector.cli import main as collector_cli
+from outpost_iot.provisioning.cli import main as provision_cli
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -38,7 +38,7 @@ def test_every_command_is_documented(group: click.Group, prefix: str, doc: str) 
 
 
 def test_every_agent_config_key_is_documented() -> None:
-    from agent._config import (
+    from outpost_iot.agent._config import (
         AgentConfig,
         BufferConfig,
         DeviceConfig,
@@ -87,7 +87,7 @@ def test_the_operators_examples_validate() -> None:
     import json
     import re
 
-    from collector._configs import apply_patch, validate_managed
+    from outpost_iot.collector._configs import apply_patch, validate_managed
 
     blocks = re.findall(r"```json\n(.*?)```", (DOCS / "operator.md").read_text(), re.S)
     assert len(blocks) == 3, "a whole config and two patches"

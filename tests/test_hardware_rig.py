@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from outpost_dev.simulators import DeviceSimulator, UnifiSimulator, pfsense_routes
-from outpost_dev.snmp_peers import Snmpd, find_snmpd
+from outpost_iot.dev.simulators import DeviceSimulator, UnifiSimulator, pfsense_routes
+from outpost_iot.dev.snmp_peers import Snmpd, find_snmpd
 from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost_dev.mutation_report import (
+from outpost_iot.dev.mutation_report import (
     EQUIVALENTS,
     Equivalent,
     analyse,
@@ -18,13 +18,13 @@ from outpost_dev.mutation_report import (
 )
 
 RESULTS = """\
-    outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_1: survived
-    outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_2: killed
-    outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_3: timeout
-    outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_4: survived
-    outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_5: survived
-    agent._buffer.x__drop_oldest__mutmut_7: killed
-    agent._buffer.x__drop_oldest__mutmut_8: no tests
+    outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_1: survived
+    outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_2: killed
+    outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_3: timeout
+    outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_4: survived
+    outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_5: survived
+    outpost_iot.agent._buffer.x__drop_oldest__mutmut_7: killed
+    outpost_iot.agent._buffer.x__drop_oldest__mutmut_8: no tests
 some line mutmut prints that is not a mutant
 """
 
@@ -49,15 +49,17 @@ class Backoff:
 
 
 def test_scores_per_module_set_text_only_survivors_apart(tmp_path: Path) -> None:
-    (tmp_path / "outpost_mqtt").mkdir()
-    (tmp_path / "outpost_mqtt" / "_backoff.py").write_text(MUTANTS, encoding="utf-8")
+    (tmp_path / "outpost_iot" / "mqtt").mkdir(parents=True)
+    (tmp_path / "outpost_iot" / "mqtt" / "_backoff.py").write_text(MUTANTS, encoding="utf-8")
     lines = report(RESULTS.splitlines(), root=tmp_path).splitlines()
     # 5 mutants: 2 killed (a timeout counts), 1 changing logic survived, 2 only what is logged.
-    assert "| `outpost_mqtt._backoff` | 5 | 2 | 1 | 0 | 0 | 2 | 0 | 66 % |" in lines  # rounded down
-    assert "| `agent._buffer` | 2 | 1 | 0 | 0 | 0 | 0 | 1 | 100 % |" in lines
+    assert (
+        "| `outpost_iot.mqtt._backoff` | 5 | 2 | 1 | 0 | 0 | 2 | 0 | 66 % |" in lines
+    )  # rounded down
+    assert "| `outpost_iot.agent._buffer` | 2 | 1 | 0 | 0 | 0 | 0 | 1 | 100 % |" in lines
     assert "| **all** | 7 | 3 | 1 | 0 | 0 | 2 | 1 | 75 % |" in lines
     listed = [line for line in lines if line.startswith("- ")]
-    assert listed == ["- outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_4"]
+    assert listed == ["- outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_4"]
 
 
 def test_a_survivor_whose_source_is_missing_counts_as_logic(tmp_path: Path) -> None:
@@ -66,23 +68,26 @@ def test_a_survivor_whose_source_is_missing_counts_as_logic(tmp_path: Path) -> N
 
 
 def _mutants(tmp_path: Path) -> Path:
-    (tmp_path / "outpost_mqtt").mkdir()
-    (tmp_path / "outpost_mqtt" / "_backoff.py").write_text(MUTANTS, encoding="utf-8")
+    (tmp_path / "outpost_iot" / "mqtt").mkdir(parents=True)
+    (tmp_path / "outpost_iot" / "mqtt" / "_backoff.py").write_text(MUTANTS, encoding="utf-8")
     return tmp_path
 
 
 def test_a_change_is_the_lines_it_removes_and_adds(tmp_path: Path) -> None:
     root = _mutants(tmp_path)
-    name = "outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_4"
+    name = "outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_4"
     assert change(name, root) == (
         "- return min(self._cap, self._base * 2)\n+ return min(self._cap, self._base * 3)"
     )
-    assert change("outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_99", root) == ""
+    assert change("outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_99", root) == ""
     assert (
-        readable("outpost_mqtt._backoff.xǁBackoffǁceiling")
-        == "outpost_mqtt._backoff.Backoff.ceiling"
+        readable("outpost_iot.mqtt._backoff.xǁBackoffǁceiling")
+        == "outpost_iot.mqtt._backoff.Backoff.ceiling"
     )
-    assert readable("agent._buffer.x__drop_oldest") == "agent._buffer._drop_oldest"
+    assert (
+        readable("outpost_iot.agent._buffer.x__drop_oldest")
+        == "outpost_iot.agent._buffer._drop_oldest"
+    )
 
 
 def test_a_survivor_listed_as_equivalent_is_counted_apart_and_a_stale_entry_is_named(
@@ -90,7 +95,7 @@ def test_a_survivor_listed_as_equivalent_is_counted_apart_and_a_stale_entry_is_n
 ) -> None:
     root = _mutants(tmp_path)
     listed = Equivalent(
-        "outpost_mqtt._backoff.Backoff.ceiling",
+        "outpost_iot.mqtt._backoff.Backoff.ceiling",
         # Written as a person would (indented, with blank lines): matched all the same.
         """
           - return min(self._cap, self._base * 2)
@@ -99,22 +104,22 @@ def test_a_survivor_listed_as_equivalent_is_counted_apart_and_a_stale_entry_is_n
         """,
         "the cap is reached either way",
     )
-    stale = Equivalent("outpost_mqtt._backoff.Backoff.ceiling", "- gone\n+ away", "old")
+    stale = Equivalent("outpost_iot.mqtt._backoff.Backoff.ceiling", "- gone\n+ away", "old")
     result = analyse(RESULTS.splitlines(), root, [listed, stale])
     lines = result.table.splitlines()
     # The one logic survivor is now equivalent: nothing the tests miss, so 100 %.
-    assert "| `outpost_mqtt._backoff` | 5 | 2 | 0 | 0 | 1 | 2 | 0 | 100 % |" in lines
+    assert "| `outpost_iot.mqtt._backoff` | 5 | 2 | 0 | 0 | 1 | 2 | 0 | 100 % |" in lines
     assert result.unexplained == []
     assert result.stale == [stale]
-    assert "- outpost_mqtt._backoff.Backoff.ceiling: - gone" in str(result).splitlines()
+    assert "- outpost_iot.mqtt._backoff.Backoff.ceiling: - gone" in str(result).splitlines()
     # Accepted (a real change left alone on purpose) still counts against the score.
     accepted = Equivalent(listed.function, listed.change, "a wait's length", "accepted")
     lines = analyse(RESULTS.splitlines(), root, [accepted]).table.splitlines()
-    assert "| `outpost_mqtt._backoff` | 5 | 2 | 0 | 1 | 0 | 2 | 0 | 66 % |" in lines
+    assert "| `outpost_iot.mqtt._backoff` | 5 | 2 | 0 | 1 | 0 | 2 | 0 | 66 % |" in lines
     # Another change in the same function is not covered by the entry.
-    other = Equivalent("outpost_mqtt._backoff.Backoff.ceiling", "- return x\n+ return y", "no")
+    other = Equivalent("outpost_iot.mqtt._backoff.Backoff.ceiling", "- return x\n+ return y", "no")
     assert analyse(RESULTS.splitlines(), root, [other]).unexplained == [
-        "outpost_mqtt._backoff.xǁBackoffǁceiling__mutmut_4"
+        "outpost_iot.mqtt._backoff.xǁBackoffǁceiling__mutmut_4"
     ]
 
 
@@ -138,7 +143,7 @@ def test_the_equivalents_file_loads_and_every_entry_says_why(tmp_path: Path) -> 
 
 def test_the_stamp_changes_with_the_modules_the_tests_and_the_settings(tmp_path: Path) -> None:
     """scripts/mutation starts clean when any of them changed (mutmut would keep old results)."""
-    from outpost_dev.mutation_report import stamp
+    from outpost_iot.dev.mutation_report import stamp
 
     (tmp_path / "m").mkdir()
     (tmp_path / "tests" / "sub").mkdir(parents=True)

@@ -18,16 +18,16 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-import outpost_mqtt
-from agent import Outbox, SystemClock, load_config
-from agent._uplink import Uplink
-from agent.profiles import find_profile
-from agent.sources._mqtt import MqttDeviceSource, MqttTarget
-from collector import CollectorService
-from outpost_dev._processes import Mosquitto, agent_config
-from outpost_mqtt import run_session
+from outpost_iot import mqtt
+from outpost_iot.agent import Outbox, SystemClock, load_config
+from outpost_iot.agent._uplink import Uplink
+from outpost_iot.agent.profiles import find_profile
+from outpost_iot.agent.sources._mqtt import MqttDeviceSource, MqttTarget
+from outpost_iot.collector import CollectorService
+from outpost_iot.dev._processes import Mosquitto, agent_config
+from outpost_iot.mqtt import run_session
+from outpost_iot.wire import GatewayState
 from tests.collector.test_ingest import Env
-from wire import GatewayState
 
 
 class _Abandoned(BaseException):
@@ -163,7 +163,7 @@ async def test_a_site_broker_source_stops(monkeypatch: pytest.MonkeyPatch) -> No
     await stops_when_cancelled(lambda: src.run(lambda readings, events, drops: None), started)
 
 
-@pytest.mark.parametrize("client_class", [outpost_mqtt.Client, aiomqtt.Client])
+@pytest.mark.parametrize("client_class", [mqtt.Client, aiomqtt.Client])
 async def test_a_reply_arriving_with_a_stop_request_does_not_swallow_it(
     client_class: type[aiomqtt.Client],
 ) -> None:
@@ -188,7 +188,7 @@ async def test_a_reply_arriving_with_a_stop_request_does_not_swallow_it(
     task.cancel()
     await asyncio.wait({task}, timeout=5)
     if client_class is aiomqtt.Client and sys.version_info < (3, 12):
-        assert went_on, "aiomqtt's wait no longer drops the stop: outpost_mqtt.Client may go"
+        assert went_on, "aiomqtt's wait no longer drops the stop: mqtt.Client may go"
     else:
         assert task.cancelled()
         assert not went_on

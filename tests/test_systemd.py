@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, Outbox, SystemClock, load_config
-from agent._uplink import Uplink
-from outpost_dev._processes import Mosquitto, agent_config
-from outpost_systemd import Notifier, ProgressMonitor
+from outpost_iot.agent import Agent, Outbox, SystemClock, load_config
+from outpost_iot.agent._uplink import Uplink
+from outpost_iot.dev._processes import Mosquitto, agent_config
+from outpost_iot.systemd import Notifier, ProgressMonitor
 from tests.conftest import require_service
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import Agent, Outbox, SystemClock, load_config
-from outpost_dev._processes import agent_config
+from outpost_iot.agent import Agent, Outbox, SystemClock, load_config
+from outpost_iot.dev._processes import agent_config
 
 
 @pytest.fixture

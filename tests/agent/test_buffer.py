@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import wire
-from agent import BufferError, Outbox
-from agent._buffer import DROP_DISK_FULL, DROP_REJECTED, open_stats
+from outpost_iot import wire
+from outpost_iot.agent import BufferError, Outbox
+from outpost_iot.agent._buffer import DROP_DISK_FULL, DROP_REJECTED, open_stats
 from tests._fuzz import budget
 
 
@@ -695,7 +695,7 @@ def _formed_twice(
         first = ob.form_batch()
         assert first is not None
     name, value = limit(first.payload)
-    monkeypatch.setattr(f"agent._buffer.{name}", value)
+    monkeypatch.setattr(f"outpost_iot.agent._buffer.{name}", value)
     with outbox(tmp_path / "b.db") as ob:
         formed: list[object] = []
         while (batch := ob.form_batch()) is not None:
@@ -827,7 +827,7 @@ def test_one_clock_epoch_is_one_batch_across_appends_and_restarts(tmp_path: Path
 def test_each_clock_change_alone_starts_a_new_epoch(
     tmp_path: Path, change: str, split: bool
 ) -> None:
-    from agent._clock import EPOCH_JUMP_NS
+    from outpost_iot.agent._clock import EPOCH_JUMP_NS
 
     clock = FakeClock()
     with outbox(tmp_path / "b.db", clock) as ob:
@@ -855,7 +855,7 @@ def test_a_closed_buffer_says_so(tmp_path: Path) -> None:
 def test_a_new_buffer_that_is_corrupt_too_is_an_error_not_a_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent import _buffer
+    from outpost_iot.agent import _buffer
 
     path = tmp_path / "b.db"
     _garbage(path)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import ConfigError, load_config
+from outpost_iot.agent import ConfigError, load_config
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import BufferError, Outbox
-from wire import Event, Reading
+from outpost_iot.agent import BufferError, Outbox
+from outpost_iot.wire import Event, Reading
 
 
 def readings(n: int, start: int = 0) -> list[Reading]:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from agent.profiles import Mapper, Profile, RateTracker, snake
+from outpost_iot.agent.profiles import Mapper, Profile, RateTracker, snake
 
 S = 1_000_000_000
 
@@ -86,7 +86,7 @@ def test_snake_case() -> None:
 
 
 def test_mqtt_filters_come_from_the_templates() -> None:
-    from agent.profiles import find_profile
+    from outpost_iot.agent.profiles import find_profile
 
     # Topics of several levels under a fixed prefix: one subscription covers every depth.
     assert Mapper(find_profile("tasmota")).mqtt_filters() == ["tele/#"]
@@ -199,7 +199,7 @@ def test_path_fallbacks_durations_and_numbers_with_units() -> None:
     ],
 )
 def test_durations_as_devices_write_them(text: str, seconds: float | None) -> None:
-    from agent.profiles._engine import parse_duration
+    from outpost_iot.agent.profiles._engine import parse_duration
 
     assert parse_duration(text) == seconds
 
@@ -224,8 +224,8 @@ def test_where_keeps_only_items_that_pass_every_test() -> None:
 
 
 def test_conditions_compare_numbers_as_numbers_and_present() -> None:
-    from agent.profiles._engine import _holds
-    from agent.profiles._model import Condition
+    from outpost_iot.agent.profiles._engine import _holds
+    from outpost_iot.agent.profiles._model import Condition
 
     assert not _holds(Condition.model_validate({"ne": 0}), 0.0)
     assert _holds(Condition.model_validate({"eq": "1"}), 1)
@@ -316,13 +316,13 @@ def test_a_broken_where_or_members_pattern_names_the_problem() -> None:
 
 
 def _real(name: str) -> Mapper:
-    from agent.profiles import find_profile
+    from outpost_iot.agent.profiles import find_profile
 
     return Mapper(find_profile(name), device="d")
 
 
 def test_explain_says_why_a_message_gives_nothing() -> None:
-    from agent.profiles import explain
+    from outpost_iot.agent.profiles import explain
 
     z2m = _real("zigbee2mqtt")
     # A message that maps has nothing to explain.
@@ -353,7 +353,7 @@ def test_explain_says_why_a_message_gives_nothing() -> None:
 
 
 def test_explain_never_changes_what_the_agent_sends() -> None:
-    from agent.profiles import explain
+    from outpost_iot.agent.profiles import explain
 
     z2m = _real("zigbee2mqtt")
     z2m.apply("zigbee2mqtt/bridge/state", "online", 1)
@@ -364,7 +364,7 @@ def test_explain_never_changes_what_the_agent_sends() -> None:
 
 
 def test_unmapped_lists_what_no_rule_read() -> None:
-    from agent.profiles import unmapped
+    from outpost_iot.agent.profiles import unmapped
 
     z2m = _real("zigbee2mqtt")
     payload = {

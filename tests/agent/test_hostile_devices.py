@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import wire
-from agent import Outbox
-from agent.profiles import Mapper, decode_mqtt_payload, load_profile, profiles_dir
-from agent.sources._mqtt import MAX_PAYLOAD_BYTES, MqttDeviceSource, MqttTarget
-from agent.sources._polling import MAX_RESPONSE_BYTES, DeviceError
-from outpost_dev._processes import LocalBroker
+from outpost_iot import wire
+from outpost_iot.agent import Outbox
+from outpost_iot.agent.profiles import Mapper, decode_mqtt_payload, load_profile, profiles_dir
+from outpost_iot.agent.sources._mqtt import MAX_PAYLOAD_BYTES, MqttDeviceSource, MqttTarget
+from outpost_iot.agent.sources._polling import MAX_RESPONSE_BYTES, DeviceError
+from outpost_iot.dev._processes import LocalBroker
 from tests._fuzz import budget
 from tests.agent.test_buffer import FakeClock
 
@@ -254,7 +254,7 @@ async def test_a_device_answer_past_the_limit_is_refused_not_read(tmp_path: Path
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    from agent.sources._http import HttpDeviceClient
+    from outpost_iot.agent.sources._http import HttpDeviceClient
 
     client = HttpDeviceClient(
         profile=load_profile(profiles_dir() / "frigate"),

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import SystemClock
-from agent.profiles import Mapper, find_profile
-from agent.sources._http import HttpDeviceClient
-from agent.sources._polling import PolledDevice
-from outpost_dev.simulators import DeviceSimulator, pfsense_routes
-from wire import Event, Reading
+from outpost_iot.agent import SystemClock
+from outpost_iot.agent.profiles import Mapper, find_profile
+from outpost_iot.agent.sources._http import HttpDeviceClient
+from outpost_iot.agent.sources._polling import PolledDevice
+from outpost_iot.dev.simulators import DeviceSimulator, pfsense_routes
+from outpost_iot.wire import Event, Reading
 
 KEY = "sim-api-key-0123456789"
 
@@ -175,7 +175,7 @@ async def test_a_dead_device_does_not_stall_the_others(pfsense: DeviceSimulator)
 def _probe(url: str, *extra: str) -> tuple[int, str, str]:
     from click.testing import CliRunner
 
-    from agent.cli import main as agent_cli
+    from outpost_iot.agent.cli import main as agent_cli
 
     args = ["probe", "--profile", "pfsense-rest", "--target", url, "--api-key", KEY, *extra]
     r = CliRunner().invoke(agent_cli, args)

@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from agent._managed import ConfigReceiver, ManagedState, merge
-from wire import encode_envelope, seal_config
+from outpost_iot.agent._managed import ConfigReceiver, ManagedState, merge
+from outpost_iot.wire import encode_envelope, seal_config
 
 PEM = serialization.Encoding.PEM
 
@@ -174,8 +174,8 @@ def test_the_buffer_path_cannot_be_moved_over_the_air(tmp_path: Path) -> None:
     """Moving the buffer would leave the backlog behind: refused by name, and never merged."""
     from pydantic import ValidationError
 
-    from agent._config import ManagedConfig
-    from collector._configs import ConfigInvalid, validate_managed
+    from outpost_iot.agent._config import ManagedConfig
+    from outpost_iot.collector._configs import ConfigInvalid, validate_managed
 
     for buffer in ({"path": str(tmp_path / "elsewhere.db")}, {"path": None}):
         with pytest.raises(ValidationError, match="path cannot be set over the air"):

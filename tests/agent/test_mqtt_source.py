@@ -15,14 +15,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
 
-from agent import SystemClock
-from agent.cli import main as agent_cli
-from agent.profiles import find_profile
-from agent.sources._mqtt import MqttDeviceSource, MqttTarget
-from outpost_dev._processes import LocalBroker, find_mosquitto, free_port
+from outpost_iot.agent import SystemClock
+from outpost_iot.agent.cli import main as agent_cli
+from outpost_iot.agent.profiles import find_profile
+from outpost_iot.agent.sources._mqtt import MqttDeviceSource, MqttTarget
+from outpost_iot.dev._processes import LocalBroker, find_mosquitto, free_port
+from outpost_iot.wire import Event, Reading
 from tests._wait import until
 from tests.conftest import require_service
-from wire import Event, Reading
 
 pytestmark = [pytest.mark.broker]
 
@@ -324,7 +324,7 @@ async def test_a_burst_reaches_the_buffer_in_bounded_groups_and_nothing_is_lost(
     every message becomes a reading. The site broker holds the whole burst for the agent, as
     docs/agent.md ("Bursts") tells a busy site to set it: with Mosquitto's default of 1,000 a
     busy machine's broker drops what the agent has not yet read, which is the broker's limit."""
-    from agent.sources._mqtt import FLUSH_AT
+    from outpost_iot.agent.sources._mqtt import FLUSH_AT
 
     require_service("mosquitto", find_mosquitto() is not None, "apt-get install mosquitto")
     site_broker = LocalBroker(tmp_path / "site-broker", max_queued_messages=10_000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiles import (
+from outpost_iot.agent.profiles import (
     Mapper,
     ProfileError,
     decode_mqtt_payload,

@@ -8,8 +8,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from agent._renewal import CertificateRenewer, certificate_validity
-from provisioning import CertificateAuthority, new_key
+from outpost_iot.agent._renewal import CertificateRenewer, certificate_validity
+from outpost_iot.provisioning import CertificateAuthority, new_key
 
 
 def _cert(not_before: dt.datetime, not_after: dt.datetime) -> bytes:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent import SystemClock
-from agent.cli import main as agent_cli
-from agent.profiles import Mapper, find_profile, load_profile
-from agent.sources._polling import DeviceError, PolledDevice
-from agent.sources._snmp import SnmpCredentials, SnmpDeviceClient, parse_snmp_target
-from outpost_dev.snmp_peers import TEST_COUNTER, Snmpd, Snmpsim, find_snmpd, pfsense_snmprec
+from outpost_iot.agent import SystemClock
+from outpost_iot.agent.cli import main as agent_cli
+from outpost_iot.agent.profiles import Mapper, find_profile, load_profile
+from outpost_iot.agent.sources._polling import DeviceError, PolledDevice
+from outpost_iot.agent.sources._snmp import SnmpCredentials, SnmpDeviceClient, parse_snmp_target
+from outpost_iot.dev.snmp_peers import TEST_COUNTER, Snmpd, Snmpsim, find_snmpd, pfsense_snmprec
+from outpost_iot.wire import Reading
 from tests.conftest import require_service
-from wire import Reading
 
 
 @pytest.fixture
@@ -320,7 +320,7 @@ async def test_a_table_with_row_tests_reads_other_columns_only_for_rows_that_pas
 
 
 def test_row_tests_name_a_column_of_the_table(tmp_path: Path) -> None:
-    from agent.profiles import ProfileError
+    from outpost_iot.agent.profiles import ProfileError
 
     folder = tmp_path / "rows"
     folder.mkdir()

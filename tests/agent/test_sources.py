@@ -6,9 +6,9 @@ import itertools
 import random
 import time
 
-from agent import Agent, Outbox, SystemClock
-from agent.sources import Collection, HostSource, SimulatedSource
-from wire import Reading
+from outpost_iot.agent import Agent, Outbox, SystemClock
+from outpost_iot.agent.sources import Collection, HostSource, SimulatedSource
+from outpost_iot.wire import Reading
 
 
 def test_host_source_reports_the_basics() -> None:

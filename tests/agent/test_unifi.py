@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent import SystemClock
-from agent.cli import main as agent_cli
-from agent.profiles import Mapper, find_profile
-from agent.sources._polling import DeviceError, PolledDevice
-from agent.sources._unifi import UnifiClient
-from outpost_dev.simulators import UnifiSimulator
-from wire import Event, Reading
+from outpost_iot.agent import SystemClock
+from outpost_iot.agent.cli import main as agent_cli
+from outpost_iot.agent.profiles import Mapper, find_profile
+from outpost_iot.agent.sources._polling import DeviceError, PolledDevice
+from outpost_iot.agent.sources._unifi import UnifiClient
+from outpost_iot.dev.simulators import UnifiSimulator
+from outpost_iot.wire import Event, Reading
 
 PROFILE = find_profile("unifi-network")
 API_KEY = "unifi-integration-key-0123"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import AckTracker, UplinkError, tls_context
-from provisioning import CertificateAuthority
+from outpost_iot.agent import AckTracker, UplinkError, tls_context
+from outpost_iot.provisioning import CertificateAuthority
 
 
 def test_ack_tracker_expires_unacked_batches() -> None:

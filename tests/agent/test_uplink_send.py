@@ -20,19 +20,18 @@ from typing import Any
 import aiomqtt
 import pytest
 
-import outpost_mqtt
-import wire
-from agent import Outbox, SystemClock
-from agent._config import UplinkConfig
-from agent._uplink import Uplink
+from outpost_iot import mqtt, wire
+from outpost_iot.agent import Outbox, SystemClock
+from outpost_iot.agent._config import UplinkConfig
+from outpost_iot.agent._uplink import Uplink
+from outpost_iot.wire import Reading, topics
 from tests._wait import until
-from wire import Reading, topics
 
 GW = "gw-mem"
 
 
 class FakeClient:
-    """What the uplink uses of ``outpost_mqtt.Client``."""
+    """What the uplink uses of ``mqtt.Client``."""
 
     def __init__(self) -> None:
         self.sent: list[int] = []  # seq of every batch publish, in order
@@ -218,7 +217,7 @@ async def test_no_matching_subscribers_is_retried_soon_with_one_batch_in_flight(
     tmp_path: Path,
 ) -> None:
     async with rig(tmp_path, batches=5, max_inflight=8) as r:
-        r.client.answer = outpost_mqtt.NO_MATCHING_SUBSCRIBERS
+        r.client.answer = mqtt.NO_MATCHING_SUBSCRIBERS
         await r.until(lambda: len(r.client.sent) >= 3, within=10.0)  # again and again, soon
         # Counted once per answer (the last publish may still be waiting for its answer).
         assert len(r.client.sent) - 1 <= r.uplink.unrouted <= len(r.client.sent)
@@ -357,7 +356,7 @@ async def test_no_subscriber_is_logged_at_the_first_time_and_every_twentieth(
     caplog.set_level(logging.INFO, logger="outpost.agent.uplink")
     fast = {"reconnect_min": 0.0005, "reconnect_max": 0.001, "reconnect_busy_max": 0.001}
     async with rig(tmp_path, batches=1, **fast) as r:
-        r.client.answer = outpost_mqtt.NO_MATCHING_SUBSCRIBERS
+        r.client.answer = mqtt.NO_MATCHING_SUBSCRIBERS
         await r.until(lambda: r.uplink.unrouted >= 41, within=30.0)
         r.client.answer = 0
         async with r.collector():
@@ -395,7 +394,7 @@ async def test_a_subscription_the_broker_refuses_ends_the_session(code: int, ref
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from agent._uplink import _subscribe
+    from outpost_iot.agent._uplink import _subscribe
 
     class Granting:
         async def subscribe(self, topic: str, qos: int) -> list[ReasonCode]:

@@ -27,15 +27,15 @@ import aiomqtt
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-import wire
-from agent import Outbox, SystemClock
-from agent._config import UplinkConfig
-from agent._uplink import Uplink
-from collector import issue_gateway_identity
-from outpost_dev._processes import Mosquitto
-from provisioning import CertificateAuthority, cert_pem, load_csr
+from outpost_iot import wire
+from outpost_iot.agent import Outbox, SystemClock
+from outpost_iot.agent._config import UplinkConfig
+from outpost_iot.agent._uplink import Uplink
+from outpost_iot.collector import issue_gateway_identity
+from outpost_iot.dev._processes import Mosquitto
+from outpost_iot.provisioning import CertificateAuthority, cert_pem, load_csr
+from outpost_iot.wire import Reading, topics
 from tests._wait import until
-from wire import Reading, topics
 
 pytestmark = [pytest.mark.broker]
 
@@ -467,7 +467,7 @@ async def test_a_renewal_nobody_answers_is_given_up_and_asked_again(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agent import _uplink
+    from outpost_iot.agent import _uplink
 
     monkeypatch.setattr(_uplink, "RENEWAL_ANSWER_S", 0.3)
     monkeypatch.setattr(_uplink, "RENEWAL_CHECK_S", 0.2)

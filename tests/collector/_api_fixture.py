@@ -13,20 +13,20 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from collector._config import load_config
-from collector._configs import ConfigService
-from collector._enrollment import EnrollmentService, hash_token
-from collector._ingest import IngestMetrics, Ingestor
-from collector._rollouts import RolloutService
-from collector.api import ApiServices, create_app
-from collector.stores import (
+from outpost_iot.collector._config import load_config
+from outpost_iot.collector._configs import ConfigService
+from outpost_iot.collector._enrollment import EnrollmentService, hash_token
+from outpost_iot.collector._ingest import IngestMetrics, Ingestor
+from outpost_iot.collector._rollouts import RolloutService
+from outpost_iot.collector.api import ApiServices, create_app
+from outpost_iot.collector.stores import (
     ApiTokenRecord,
     DocumentStore,
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
-from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
-from provisioning._ca import make_csr, new_key
+from outpost_iot.dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
+from outpost_iot.provisioning._ca import make_csr, new_key
 from tests.conftest import require_service
 
 T0 = 1_795_300_000 * 10**9  # 2026-11-21T20:26:40Z
@@ -71,7 +71,7 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
     ts = SqliteTimeSeriesStore(config.stores.timeseries_path)
     docs: DocumentStore
     if request.param == "postgres":
-        from collector.stores import PostgresDocumentStore
+        from outpost_iot.collector.stores import PostgresDocumentStore
 
         dsn = request.getfixturevalue("postgres_dsn")
         docs = PostgresDocumentStore(dsn, pool_size=4)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.stores import SeriesQuery, SeriesWrite, SqliteTimeSeriesStore
+from outpost_iot.collector.stores import SeriesQuery, SeriesWrite, SqliteTimeSeriesStore
 from tests._fuzz import budget
 
 S = 10**9

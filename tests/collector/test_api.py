@@ -6,14 +6,14 @@ import statistics
 
 import pytest
 
-import wire
-from collector._ingest import Incoming
-from collector.stores import (
+from outpost_iot import wire
+from outpost_iot.collector._ingest import Incoming
+from outpost_iot.collector.stores import (
     BatchRecord,
     SeriesWrite,
 )
+from outpost_iot.wire import Event, GatewayState, topics
 from tests.collector._api_fixture import MINUTE, T0, Api, iso
-from wire import Event, GatewayState, topics
 
 
 def write_temperatures(api: Api, name: str, tenant: str, offset: float = 0.0) -> list[float]:

@@ -12,23 +12,23 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from collector._config import load_config
-from collector._configs import ConfigService
-from collector._enrollment import EnrollmentService, hash_token
-from collector._ingest import IngestMetrics, Ingestor
-from collector._rollouts import RolloutService
-from collector.api import ApiServices, create_app
-from collector.stores import (
+from outpost_iot.collector._config import load_config
+from outpost_iot.collector._configs import ConfigService
+from outpost_iot.collector._enrollment import EnrollmentService, hash_token
+from outpost_iot.collector._ingest import IngestMetrics, Ingestor
+from outpost_iot.collector._rollouts import RolloutService
+from outpost_iot.collector.api import ApiServices, create_app
+from outpost_iot.collector.stores import (
     ApiTokenRecord,
     QuarantineEntry,
     SeriesWrite,
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
-from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
-from provisioning._ca import make_csr, new_key
+from outpost_iot.dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
+from outpost_iot.provisioning._ca import make_csr, new_key
+from outpost_iot.wire import Event
 from tests.conftest import require_service
-from wire import Event
 
 ADMIN = "opa_schema_admin_0123456789abcdef"
 VIEWER = "opa_schema_viewer_0123456789abcdef"

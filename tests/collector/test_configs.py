@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-import wire
+from outpost_iot import wire
+from outpost_iot.wire import topics
 from tests.collector._api_fixture import T0, Api
-from wire import topics
 
 CONFIG: dict[str, Any] = {
     "devices": [
@@ -248,6 +248,6 @@ async def test_who_may_set_and_read_configs(api: Api) -> None:
 
 
 def wire_message(topic: str, payload: bytes):  # type: ignore[no-untyped-def]
-    from collector._ingest import Incoming
+    from outpost_iot.collector._ingest import Incoming
 
     return Incoming(topic, payload, {}, T0)

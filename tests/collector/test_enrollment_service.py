@@ -19,12 +19,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from collector._config import CollectorConfig, load_config
-from collector._enrollment import TOKEN_PREFIX, Enrolled, EnrollmentService, parse_duration
-from collector._exceptions import EnrollmentRefused
-from collector.stores import CertificateRecord, SqliteDocumentStore
-from outpost_dev._processes import Mosquitto, collector_config, free_port
-from provisioning._ca import CertificateAuthority, make_csr, new_key
+from outpost_iot.collector._config import CollectorConfig, load_config
+from outpost_iot.collector._enrollment import (
+    TOKEN_PREFIX,
+    Enrolled,
+    EnrollmentService,
+    parse_duration,
+)
+from outpost_iot.collector._exceptions import EnrollmentRefused
+from outpost_iot.collector.stores import CertificateRecord, SqliteDocumentStore
+from outpost_iot.dev._processes import Mosquitto, collector_config, free_port
+from outpost_iot.provisioning._ca import CertificateAuthority, make_csr, new_key
 
 NOW = 1_795_300_000 * 10**9
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -423,7 +428,9 @@ def test_certificates_last_the_configured_days_and_ids_never_collide(
     # The random part is drawn again while the id is taken.
     suffix = first.gateway_id[41:]
     draws = iter([suffix, suffix, "00beef"])
-    monkeypatch.setattr("collector._enrollment.secrets.token_hex", lambda n: next(draws))
+    monkeypatch.setattr(
+        "outpost_iot.collector._enrollment.secrets.token_hex", lambda n: next(draws)
+    )
     second = svc.enroll(token=token, csr_pem=csr_pem(new_key()), hardware={})
     assert second.gateway_id == "x" * 40 + "-00beef"
 

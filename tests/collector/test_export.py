@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector._export import parse_time
-from collector.cli import main as collector_cli
-from collector.stores import SeriesWrite, SqliteTimeSeriesStore
+from outpost_iot.collector._export import parse_time
+from outpost_iot.collector.cli import main as collector_cli
+from outpost_iot.collector.stores import SeriesWrite, SqliteTimeSeriesStore
 
 S = 10**9
 DAY = 86400 * S

@@ -19,9 +19,9 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector._exceptions import QueryTimeout, QueryTooCostly
-from collector.api._limits import ENROLL_BODY_BYTES, AttemptLimiter
-from collector.stores import SeriesQuery, SeriesWrite, SqliteTimeSeriesStore
+from outpost_iot.collector._exceptions import QueryTimeout, QueryTooCostly
+from outpost_iot.collector.api._limits import ENROLL_BODY_BYTES, AttemptLimiter
+from outpost_iot.collector.stores import SeriesQuery, SeriesWrite, SqliteTimeSeriesStore
 from tests._fuzz import budget
 from tests.collector.test_api_schema import ADMIN, VIEWER, app  # noqa: F401 (the fixture)
 
@@ -245,7 +245,7 @@ def test_a_large_body_is_parsed_off_the_event_loop(client: Client) -> None:
     would otherwise hold the event loop (and with it every gateway's acks)."""
     import threading
 
-    import collector.api._limits as api_limits
+    import outpost_iot.collector.api._limits as api_limits
 
     threads: list[str] = []
     original = api_limits.json.loads

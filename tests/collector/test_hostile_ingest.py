@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import wire
-from collector import Incoming, Ingestor, StoreUnavailable
-from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_iot import wire
+from outpost_iot.collector import Incoming, Ingestor, StoreUnavailable
+from outpost_iot.collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_iot.wire import limits, topics
 from tests._fuzz import budget
 from tests.collector.test_ingest import NOW, Env, frame, msg
 from tests.wire.test_hostile_input import batch_like, body, control, json_values
-from wire import limits, topics
 
 _seq = itertools.count(1000)
 
@@ -370,7 +370,7 @@ def test_quarantine_is_bounded_per_gateway_and_charged_to_its_rate_limit(tmp_pat
 def test_a_group_of_large_batches_is_stored_in_parts(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import collector._ingest as ingest_module
+    import outpost_iot.collector._ingest as ingest_module
 
     writes: list[int] = []
     original = env.ts.write
@@ -405,7 +405,7 @@ def test_rollups_and_expiry_survive_values_at_every_limit(tmp_path: Path) -> Non
         )
         assert ts.refresh_rollups(end) >= 2
         ts.expire(raw_before_ns=1, rollup_5m_before_ns=1, rollup_1h_before_ns=1)
-        from collector.stores import SeriesQuery
+        from outpost_iot.collector.stores import SeriesQuery
 
         [group] = ts.aggregate(
             SeriesQuery(

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import wire
-from collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable, _clockfix
-from collector._ingest import Reply, batch_key
-from collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_iot import wire
+from outpost_iot.collector import CollectorConfig, Incoming, Ingestor, StoreUnavailable, _clockfix
+from outpost_iot.collector._ingest import Reply, batch_key
+from outpost_iot.collector.stores import SeriesWrite, SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_iot.wire import topics
 from tests._fuzz import budget
-from wire import topics
 
 NOW = 1_700_000_000 * 10**9  # 2023-11-14: in the past, as received batches are
 
@@ -605,7 +605,7 @@ def _stamp_props(boot: str = "b1", mono: str = "5", wall: str = "7") -> dict[str
     ],
 )
 def test_send_stamps_are_used_only_when_sane(props: dict[str, str], usable: bool) -> None:
-    from collector._ingest import _send_stamp
+    from outpost_iot.collector._ingest import _send_stamp
 
     stamp = _send_stamp(props)
     assert (stamp is not None) is usable
@@ -618,7 +618,7 @@ def test_send_stamps_are_used_only_when_sane(props: dict[str, str], usable: bool
 
 
 def test_the_write_latency_histogram_is_cumulative_with_bounds_inclusive() -> None:
-    from collector._ingest import WRITE_BUCKETS_S, LatencyHistogram
+    from outpost_iot.collector._ingest import WRITE_BUCKETS_S, LatencyHistogram
 
     h = LatencyHistogram()
     for seconds in (0.001, 0.003, 0.003, 7.0):
@@ -634,7 +634,7 @@ def test_the_write_latency_histogram_is_cumulative_with_bounds_inclusive() -> No
 
 @pytest.mark.parametrize(("fields", "units"), [(1, 1), (8, 1), (9, 2), (16, 2), (17, 3)])
 def test_a_reading_with_many_fields_costs_more_of_the_rate_limit(fields: int, units: int) -> None:
-    from collector._ingest import batch_units
+    from outpost_iot.collector._ingest import batch_units
 
     reading = wire.Reading(
         measurement="m", tags={}, fields={f"f{i}": i for i in range(fields)}, ts=NOW

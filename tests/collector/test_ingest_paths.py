@@ -18,19 +18,19 @@ from typing import Any, Literal
 
 import pytest
 
-import wire
-from collector import Incoming, Ingestor, StoreUnavailable
-from collector import _ingest as ingest_module
-from collector._exceptions import StoreError
-from collector._limits import Verdict
-from collector.stores import (
+from outpost_iot import wire
+from outpost_iot.collector import Incoming, Ingestor, StoreUnavailable
+from outpost_iot.collector import _ingest as ingest_module
+from outpost_iot.collector._exceptions import StoreError
+from outpost_iot.collector._limits import Verdict
+from outpost_iot.collector.stores import (
     QuarantineEntry,
     SeriesWrite,
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
+from outpost_iot.wire import topics
 from tests.collector.test_ingest import NOW, answered_to_the_sender, frame, make_config, msg
-from wire import topics
 
 Key = tuple[str, str, int]
 

@@ -13,15 +13,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-import wire
-from collector import Incoming, Ingestor
-from collector._config import CollectorConfig, load_config
-from collector._enrollment import EnrollmentService
-from collector._exceptions import StoreError
-from collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
-from outpost_dev._processes import Mosquitto, collector_config, free_port
-from provisioning._ca import make_csr, new_key
-from wire import topics
+from outpost_iot import wire
+from outpost_iot.collector import Incoming, Ingestor
+from outpost_iot.collector._config import CollectorConfig, load_config
+from outpost_iot.collector._enrollment import EnrollmentService
+from outpost_iot.collector._exceptions import StoreError
+from outpost_iot.collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_iot.dev._processes import Mosquitto, collector_config, free_port
+from outpost_iot.provisioning._ca import make_csr, new_key
+from outpost_iot.wire import topics
 
 NOW = 1_700_000_000 * 10**9
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector import RateLimiter
+from outpost_iot.collector import RateLimiter
 
 
 def limiter() -> RateLimiter:

@@ -8,9 +8,9 @@ import string
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
-from collector.stores import InfluxTimeSeriesStore, SeriesWrite
-from collector.stores._influx import MEASUREMENT_LABEL, TENANT_LABEL
-from wire import FieldValue
+from outpost_iot.collector.stores import InfluxTimeSeriesStore, SeriesWrite
+from outpost_iot.collector.stores._influx import MEASUREMENT_LABEL, TENANT_LABEL
+from outpost_iot.wire import FieldValue
 
 TRICKY = ["plain", "with space", "com,ma", "eq=uals", 'quo"te', "back\\slash", "ends\\", "tab\there", "new\nline", "ünïcode", "#hash"]  # fmt: skip
 

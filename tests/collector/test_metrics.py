@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collector._ingest import IngestMetrics
-from collector._shared import LatestValues
-from collector.api._metrics import metrics_text
+from outpost_iot.collector._ingest import IngestMetrics
+from outpost_iot.collector._shared import LatestValues
+from outpost_iot.collector.api._metrics import metrics_text
 
 
 class _Dropping:

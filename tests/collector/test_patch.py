@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from collector._configs import ConfigInvalid, apply_patch, deleted_secrets
+from outpost_iot.collector._configs import ConfigInvalid, apply_patch, deleted_secrets
 
 BASE: dict[str, Any] = {
     "devices": [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.stores import (
+from outpost_iot.collector.stores import (
     AuditEntry,
     QuarantineEntry,
     SeriesQuery,
@@ -20,8 +20,8 @@ from collector.stores import (
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
+from outpost_iot.wire import Event
 from tests._wait import until
-from wire import Event
 
 S = 10**9
 HOUR = 3600 * S
@@ -195,10 +195,10 @@ def test_retention_deletes_what_it_should_and_nothing_else(
 
 async def test_the_collector_keeps_rollups_current_and_expires_old_data(tmp_path: Path) -> None:
     """The service's maintenance task, as `serve` runs it, on real stores."""
-    from collector._config import RetentionConfig, StoresConfig
-    from collector._ingest import Ingestor
-    from collector._service import CollectorService
-    from collector.stores import SqliteDocumentStore as Docs
+    from outpost_iot.collector._config import RetentionConfig, StoresConfig
+    from outpost_iot.collector._ingest import Ingestor
+    from outpost_iot.collector._service import CollectorService
+    from outpost_iot.collector.stores import SqliteDocumentStore as Docs
     from tests.collector.test_ingest import make_config
 
     config = make_config(tmp_path)

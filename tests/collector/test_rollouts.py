@@ -12,17 +12,17 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
-from collector._config import load_config
-from collector._configs import ConfigInvalid, ConfigService
-from collector._enrollment import EnrollmentService
-from collector._rollouts import RolloutError, RolloutService, wave_sizes
-from collector.cli import main as collector_cli
-from collector.stores import DesiredConfigRecord, SqliteDocumentStore
-from outpost_dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
-from provisioning._ca import make_csr, new_key
+from outpost_iot.collector._config import load_config
+from outpost_iot.collector._configs import ConfigInvalid, ConfigService
+from outpost_iot.collector._enrollment import EnrollmentService
+from outpost_iot.collector._rollouts import RolloutError, RolloutService, wave_sizes
+from outpost_iot.collector.cli import main as collector_cli
+from outpost_iot.collector.stores import DesiredConfigRecord, SqliteDocumentStore
+from outpost_iot.dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
+from outpost_iot.provisioning._ca import make_csr, new_key
+from outpost_iot.wire import ConfigReport, open_config, topics
 from tests.collector._api_fixture import Api
 from tests.conftest import require_service
-from wire import ConfigReport, open_config, topics
 
 CONFIG: dict[str, Any] = {"sources": [{"type": "simulated", "interval": 5, "devices": 2}]}
 MINUTE = 60 * 10**9

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-import wire
-from collector import CollectorConfig, CollectorService, Incoming, Ingestor, Reply
-from collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
-from outpost_dev._processes import Mosquitto
+from outpost_iot import wire
+from outpost_iot.collector import CollectorConfig, CollectorService, Incoming, Ingestor, Reply
+from outpost_iot.collector.stores import SqliteDocumentStore, SqliteTimeSeriesStore
+from outpost_iot.dev._processes import Mosquitto
+from outpost_iot.wire import topics
 from tests._wait import wait_until
 from tests.collector.test_ingest import frame
 from tests.e2e.test_protection import Client
-from wire import topics
 
 pytestmark = [pytest.mark.broker]
 

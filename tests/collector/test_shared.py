@@ -12,12 +12,12 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from collector import _shared
-from collector._config import LimitsConfig, RedisConfig
-from collector._exceptions import StoreUnavailable
-from collector._limits import RateLimiter
-from collector.stores import SeriesWrite, SqliteTimeSeriesStore
-from outpost_dev._servers import Redis
+from outpost_iot.collector import _shared
+from outpost_iot.collector._config import LimitsConfig, RedisConfig
+from outpost_iot.collector._exceptions import StoreUnavailable
+from outpost_iot.collector._limits import RateLimiter
+from outpost_iot.collector.stores import SeriesWrite, SqliteTimeSeriesStore
+from outpost_iot.dev._servers import Redis
 
 LIMITS = LimitsConfig(readings_per_s=10, readings_burst=100, bytes_per_s=1e6, bytes_burst=1e7)
 
@@ -61,8 +61,8 @@ def test_a_claimed_batch_is_not_taken_twice_and_a_stored_one_is_known(client: re
 def test_two_replicas_ingesting_one_batch_store_it_once_and_never_ack_it_early(
     client: redis.Redis, tmp_path: Path
 ) -> None:
-    from collector import Ingestor
-    from collector.stores import SqliteDocumentStore
+    from outpost_iot.collector import Ingestor
+    from outpost_iot.collector.stores import SqliteDocumentStore
     from tests.collector.test_ingest import frame, make_config, msg
 
     cfg = make_config(tmp_path)
@@ -138,8 +138,8 @@ def test_with_redis_gone_ingest_finds_duplicates_in_the_document_store_and_says_
     """The shared window is a shortcut: when Redis is away a retransmit is still acked as a
     duplicate and stored once (the document store knows every stored batch); the outage is
     logged once, and its end."""
-    from collector import Ingestor
-    from collector.stores import SqliteDocumentStore
+    from outpost_iot.collector import Ingestor
+    from outpost_iot.collector.stores import SqliteDocumentStore
     from tests.collector.test_ingest import frame, make_config, msg
 
     cfg = make_config(tmp_path)

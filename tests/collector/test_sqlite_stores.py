@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from collector._exceptions import (
+from outpost_iot.collector._exceptions import (
     QueryTimeout,
     QueryTooCostly,
     StoreError,
     StoreUnavailable,
     TooManyPoints,
 )
-from collector.stores import (
+from outpost_iot.collector.stores import (
     ApiTokenRecord,
     AuditEntry,
     BatchRecord,
@@ -32,7 +32,7 @@ from collector.stores import (
     SqliteDocumentStore,
     SqliteTimeSeriesStore,
 )
-from wire import ConfigReport, GatewayState
+from outpost_iot.wire import ConfigReport, GatewayState
 
 S = 10**9
 HOUR = 3600 * S

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from outpost_dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
+from outpost_iot.dev._processes import Mosquitto, agent_config, collector_config, spawn, stop
 from tests._wait import wait_until
 
 
@@ -25,7 +25,7 @@ class AckWatcher:
 
         import paho.mqtt.client as mqtt
 
-        import wire
+        from outpost_iot import wire
 
         self._decode = wire.decode_ack
         self.acks: list[tuple[str, str, int, str]] = []  # (gateway, stream, seq, status)
@@ -100,7 +100,7 @@ class Harness:
         cfg = self.collector_config_path()
         before = self.collector_log.read_text() if self.collector_log.exists() else ""
         self.collector = spawn(
-            ["collector.cli", "serve", "--config", str(cfg)], log=self.collector_log
+            ["outpost_iot.collector.cli", "serve", "--config", str(cfg)], log=self.collector_log
         )
         wait_until(
             lambda: (
@@ -164,7 +164,7 @@ class Harness:
         slots: bool = False,
     ) -> subprocess.Popen[bytes]:
         args = [
-            "outpost_dev.producer",
+            "outpost_iot.dev.producer",
             "--config",
             str(config),
             "--journal",
@@ -222,7 +222,15 @@ class Harness:
 
     def status(self, config: Path) -> dict[str, object]:
         out = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(config), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "outpost_iot.agent.cli",
+                "status",
+                "--config",
+                str(config),
+                "--json",
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost_dev._processes import Mosquitto
+from outpost_iot.dev._processes import Mosquitto
 from tests.e2e._harness import Harness
 
 

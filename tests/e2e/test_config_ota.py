@@ -18,7 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from outpost_dev._processes import free_port, spawn, stop
+from outpost_iot.dev._processes import free_port, spawn, stop
+from outpost_iot.wire import topics
 from tests._wait import wait_until
 from tests.e2e._harness import Harness, readings_dropped
 from tests.e2e.test_protection import Client
@@ -32,7 +33,6 @@ from tests.provisioning.test_enrollment import (
     tune,
     url,
 )
-from wire import topics
 
 pytestmark = [pytest.mark.broker]
 SECRET = "pf-api-key-never-in-clear-123"
@@ -56,7 +56,7 @@ def site(harness: Harness) -> Iterator[dict[str, Any]]:
         harness, "api-token", "create", "--tenant", "acme", "--role", "operator", "--name", "t"
     ).split()[0]
     log = harness.root / "ota-agent.log"
-    agent = spawn(["agent.cli", "run", "--config", str(config)], log=log)
+    agent = spawn(["outpost_iot.agent.cli", "run", "--config", str(config)], log=log)
     try:
         yield {"h": harness, "gw": gw, "config": config, "token": token, "log": log}
     finally:
@@ -133,7 +133,15 @@ def publish_retained(s: dict[str, Any], payload: bytes) -> None:
 
 def status(s: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "status", "--config", str(s["config"]), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "outpost_iot.agent.cli",
+            "status",
+            "--config",
+            str(s["config"]),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -299,7 +307,8 @@ def test_a_config_pointing_at_a_dead_broker_is_rolled_back(site: dict[str, Any])
     with other_config.open("a") as f:
         f.write('\n[[sources]]\ntype = "simulated"\nname = "by"\ninterval = 0.5\ndevices = 1\n')
     bystander = spawn(
-        ["agent.cli", "run", "--config", str(other_config)], log=h.root / "bystander.log"
+        ["outpost_iot.agent.cli", "run", "--config", str(other_config)],
+        log=h.root / "bystander.log",
     )
     try:
         wait_until(lambda: "base-1" in devices_seen(s, 0), timeout=30, what="readings before")
@@ -369,7 +378,7 @@ def test_a_rollout_over_ten_gateways_stops_when_wave_two_fails(
             env = {"OUTPOST_PROFILES_DIR": str(old_profiles)} if gw in wave2 else {}
             agents.append(
                 spawn(
-                    ["agent.cli", "run", "--config", str(config)],
+                    ["outpost_iot.agent.cli", "run", "--config", str(config)],
                     log=h.root / f"{name}.log",
                     env=env,
                 )

@@ -20,13 +20,13 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import wire
-from outpost_dev._processes import free_port
+from outpost_iot import wire
+from outpost_iot.dev._processes import free_port
+from outpost_iot.wire import limits, topics
 from tests._wait import wait_until
 from tests.collector.test_hostile_ingest import batch_frame
 from tests.e2e._harness import Harness
 from tests.e2e.test_protection import Client, collector_watcher
-from wire import limits, topics
 
 pytestmark = [pytest.mark.broker]
 NOW = time.time_ns()

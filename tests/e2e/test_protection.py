@@ -14,12 +14,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import wire
-from outpost_dev._processes import Mosquitto
+from outpost_iot import wire
+from outpost_iot.dev._processes import Mosquitto
+from outpost_iot.wire import topics
 from tests._wait import wait_until
 from tests.e2e._harness import Harness, assert_exactly_once
 from tests.e2e.test_pipeline import drain
-from wire import topics
 
 pytestmark = [pytest.mark.broker]
 
@@ -235,7 +235,7 @@ def test_clients_without_a_valid_certificate_cannot_connect(
 ) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from provisioning import CertificateAuthority
+    from outpost_iot.provisioning import CertificateAuthority
 
     assert connects(
         Client(broker, cert=broker.files.collector_cert, key=broker.files.collector_key)

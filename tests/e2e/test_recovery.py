@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from outpost_dev.netpath import Relay
+from outpost_iot.dev.netpath import Relay
 from tests._wait import wait_until
 from tests.e2e._harness import Harness, assert_exactly_once
 from tests.e2e.test_pipeline import drain

@@ -18,9 +18,9 @@ import httpx
 import psycopg
 import pytest
 
-from collector.stores import InfluxTimeSeriesStore
-from outpost_dev._processes import collector_config, free_port, spawn, stop
-from outpost_dev._servers import Postgres, Redis, VictoriaMetrics, find_victoria_metrics
+from outpost_iot.collector.stores import InfluxTimeSeriesStore
+from outpost_iot.dev._processes import collector_config, free_port, spawn, stop
+from outpost_iot.dev._servers import Postgres, Redis, VictoriaMetrics, find_victoria_metrics
 from tests._wait import wait_until
 from tests.conftest import require_service
 from tests.e2e._harness import Harness, JournalEntry, readings_dropped
@@ -74,7 +74,8 @@ store_retry_after_ms = 500
         log = self.log(name)
         before = log.read_text().count("collector subscribed") if log.exists() else 0
         self.replicas[name] = spawn(
-            ["collector.cli", "serve", "--config", str(self.config(name, api_port))], log=log
+            ["outpost_iot.collector.cli", "serve", "--config", str(self.config(name, api_port))],
+            log=log,
         )
         wait_until(
             lambda: log.read_text().count("collector subscribed") > before,

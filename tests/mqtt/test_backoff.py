@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outpost_mqtt import Backoff
+from outpost_iot.mqtt import Backoff
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""outpost_mqtt.Client against a real Mosquitto: the answers aiomqtt drops, and sessions."""
+"""mqtt.Client against a real Mosquitto: the answers aiomqtt drops, and sessions."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ from collections.abc import Iterator
 import aiomqtt
 import pytest
 
-import outpost_mqtt
-from outpost_dev._processes import LocalBroker, Mosquitto
+from outpost_iot import mqtt
+from outpost_iot.dev._processes import LocalBroker, Mosquitto
 
 pytestmark = [pytest.mark.broker]
 V5 = aiomqtt.ProtocolVersion.V5
 
 
-def client(port: int, name: str, **kwargs: object) -> outpost_mqtt.Client:
-    return outpost_mqtt.Client("127.0.0.1", port, identifier=name, protocol=V5, **kwargs)  # type: ignore[arg-type]
+def client(port: int, name: str, **kwargs: object) -> mqtt.Client:
+    return mqtt.Client("127.0.0.1", port, identifier=name, protocol=V5, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_publish_answered_tells_no_matching_subscribers(site_broker: LocalBroker) -> None:
     async with client(site_broker.port, "pub") as pub, client(site_broker.port, "sub") as sub:
-        assert await pub.publish_answered("t/a", b"1") == outpost_mqtt.NO_MATCHING_SUBSCRIBERS
+        assert await pub.publish_answered("t/a", b"1") == mqtt.NO_MATCHING_SUBSCRIBERS
         await sub.subscribe("t/#", qos=1)
         assert await pub.publish_answered("t/a", b"2") == 0
         with pytest.raises(ValueError, match="QoS 1"):
@@ -34,9 +34,9 @@ async def test_publish_answered_tells_no_matching_subscribers(site_broker: Local
 async def test_a_persistent_session_keeps_what_arrives_while_away(site_broker: LocalBroker) -> None:
     """A collector replica that reconnects gets what was published meanwhile; one that ends its
     session (stopping) leaves nothing behind for the broker to hold."""
-    props = outpost_mqtt.session_properties(60)
+    props = mqtt.session_properties(60)
 
-    def replica() -> outpost_mqtt.Client:
+    def replica() -> mqtt.Client:
         return client(site_broker.port, "replica-1", clean_start=False, properties=props)
 
     async with client(site_broker.port, "pub") as pub:
@@ -53,10 +53,10 @@ async def test_a_persistent_session_keeps_what_arrives_while_away(site_broker: L
         # DISCONNECT, which a busy machine may delay; before that the session still answers).
         answers = []
         async with asyncio.timeout(30):
-            while outpost_mqtt.NO_MATCHING_SUBSCRIBERS not in answers:
+            while mqtt.NO_MATCHING_SUBSCRIBERS not in answers:
                 answers.append(await pub.publish_answered("t/a", b"after"))
                 await asyncio.sleep(0.05)
-        assert set(answers) <= {0, outpost_mqtt.NO_MATCHING_SUBSCRIBERS}
+        assert set(answers) <= {0, mqtt.NO_MATCHING_SUBSCRIBERS}
 
 
 @contextlib.contextmanager
@@ -92,7 +92,7 @@ async def test_a_connect_the_broker_took_but_did_not_answer_is_costly(broker: Mo
     ctx = ssl.create_default_context(cafile=str(broker.files.ca_cert))
     ctx.load_cert_chain(str(broker.files.collector_cert), str(broker.files.collector_key))
     with silent_server() as port:
-        c = outpost_mqtt.Client(
+        c = mqtt.Client(
             "localhost", port, protocol=V5, tls_context=ctx, connect_timeout=0.5, timeout=1
         )
         with pytest.raises(aiomqtt.MqttError):
@@ -102,12 +102,12 @@ async def test_a_connect_the_broker_took_but_did_not_answer_is_costly(broker: Mo
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    c = outpost_mqtt.Client("localhost", closed, protocol=V5, tls_context=ctx, connect_timeout=0.5)
+    c = mqtt.Client("localhost", closed, protocol=V5, tls_context=ctx, connect_timeout=0.5)
     with pytest.raises(aiomqtt.MqttError):
         await c.__aenter__()
     assert not c.costly_failure
     # A real broker answering: connected, and a later failure is not a busy signal.
-    c = outpost_mqtt.Client("localhost", broker.port, protocol=V5, tls_context=ctx)
+    c = mqtt.Client("localhost", broker.port, protocol=V5, tls_context=ctx)
     async with c:
         pass
     assert not c.costly_failure
@@ -137,4 +137,4 @@ async def test_flow_control_stops_reading_instead_of_queueing_or_dropping(
 
 async def test_aiomqtts_dropping_queue_limit_is_refused() -> None:
     with pytest.raises(TypeError, match="max_buffered_messages"):
-        outpost_mqtt.Client("127.0.0.1", 1, max_queued_incoming_messages=10)
+        mqtt.Client("127.0.0.1", 1, max_queued_incoming_messages=10)

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-import wire
-from collector.cli import main as collector_cli
-from outpost_dev._processes import free_port
-from provisioning.cli import main as provision_cli
+from outpost_iot import wire
+from outpost_iot.collector.cli import main as collector_cli
+from outpost_iot.dev._processes import free_port
+from outpost_iot.provisioning.cli import main as provision_cli
 from tests._wait import wait_until
 from tests.e2e._harness import Harness, assert_exactly_once
 from tests.e2e.test_pipeline import drain
@@ -434,7 +434,7 @@ def test_no_write_permission_on_the_identity_directory(pki: Harness, tmp_path: P
             "--clear-groups",
             sys.executable,
             "-m",
-            "provisioning.cli",
+            "outpost_iot.provisioning.cli",
             "enroll",
             "--collector",
             url(pki),
@@ -541,7 +541,7 @@ def test_the_broker_roster_follows_enrollment_and_decommission(pki: Harness) -> 
     assert gw in roster()
     assert "outpost-collector" in roster()
     files = h.broker.files
-    from collector._roster import ask_broker, remove_commands
+    from outpost_iot.collector._roster import ask_broker, remove_commands
 
     ask_broker(
         host="localhost",

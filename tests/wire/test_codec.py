@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import wire
-from wire import topics
+from outpost_iot import wire
+from outpost_iot.wire import topics
 
 
 def reading(i: int, **tags: str) -> wire.Reading:

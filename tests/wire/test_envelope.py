@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from wire import (
+from outpost_iot.wire import (
     EnvelopeRefused,
     encode_envelope,
     has_place,
@@ -19,7 +19,7 @@ from wire import (
     seal_config,
     split_secrets,
 )
-from wire._envelope import open_secret, seal_secret
+from outpost_iot.wire._envelope import open_secret, seal_secret
 
 PEM = serialization.Encoding.PEM
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import wire
+from outpost_iot import wire
+from outpost_iot.wire import limits
 from tests._fuzz import budget
-from wire import limits
 
 FUZZ = settings(
     max_examples=budget(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import wire
-from agent.profiles import all_profiles, facts
+from outpost_iot import wire
+from outpost_iot.agent.profiles import all_profiles, facts
 
 
 def test_the_collector_and_the_agent_read_the_same_facts_of_every_profile() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-import wire
+from outpost_iot import wire
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BLOCKS = re.findall(r"```json (\S+)\n(.*?)```", DOC.read_text(), re.S)

@@ -15,8 +15,14 @@ from typing import Any
 
 import pytest
 
-from collector.stores import DocumentStore, TimeSeriesStore
-from collector.stores._registry import BACKENDS, InfluxConfig, Opening, PostgresConfig, names
+from outpost_iot.collector.stores import DocumentStore, TimeSeriesStore
+from outpost_iot.collector.stores._registry import (
+    BACKENDS,
+    InfluxConfig,
+    Opening,
+    PostgresConfig,
+    names,
+)
 from tests.conftest import require_service
 
 
@@ -31,7 +37,7 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[object, N
 def _victoriametrics(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> tuple[object, Callable[[], None]]:
-    from outpost_dev._servers import VictoriaMetrics, find_victoria_metrics
+    from outpost_iot.dev._servers import VictoriaMetrics, find_victoria_metrics
 
     require_service(
         "victoria-metrics", find_victoria_metrics() is not None, "apt-get install victoria-metrics"

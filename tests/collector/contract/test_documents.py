@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from collector._exceptions import StoreError, TokenRefused
-from collector.stores import (
+from outpost_iot.collector._exceptions import StoreError, TokenRefused
+from outpost_iot.collector.stores import (
     ApiTokenRecord,
     AuditEntry,
     BatchRecord,
@@ -21,7 +21,7 @@ from collector.stores import (
     RolloutMember,
     RolloutRecord,
 )
-from wire import ConfigReport, Event, GatewayState
+from outpost_iot.wire import ConfigReport, Event, GatewayState
 
 S = 10**9
 T = 1_800_000_000 * S

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from collector._export import last_points, stream_points
-from collector.stores import SeriesWrite, TimeSeriesStore
+from outpost_iot.collector._export import last_points, stream_points
+from outpost_iot.collector.stores import SeriesWrite, TimeSeriesStore
 from tests.collector.contract.conftest import visible
 
 S = 10**9

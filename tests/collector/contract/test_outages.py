@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from collector._exceptions import StoreUnavailable
-from collector.stores import BatchRecord, SeriesWrite
-from outpost_dev._servers import Postgres, VictoriaMetrics, find_postgres_bin, find_victoria_metrics
+from outpost_iot.collector._exceptions import StoreUnavailable
+from outpost_iot.collector.stores import BatchRecord, SeriesWrite
+from outpost_iot.dev._servers import (
+    Postgres,
+    VictoriaMetrics,
+    find_postgres_bin,
+    find_victoria_metrics,
+)
 from tests.conftest import require_service
 
 S = 10**9
@@ -33,7 +38,7 @@ def eventually(action: Callable[[], object], timeout: float = 20) -> None:
 
 def test_postgres_lost_and_back() -> None:
     require_service("postgresql", find_postgres_bin() is not None, "apt-get install postgresql")
-    from collector.stores import PostgresDocumentStore
+    from outpost_iot.collector.stores import PostgresDocumentStore
 
     server = Postgres()
     server.start()
@@ -63,8 +68,8 @@ def test_postgres_lost_and_back() -> None:
 
 
 def test_an_unreachable_postgres_at_start_says_what_to_check() -> None:
-    from collector.stores import PostgresDocumentStore
-    from outpost_dev._processes import free_port
+    from outpost_iot.collector.stores import PostgresDocumentStore
+    from outpost_iot.dev._processes import free_port
 
     with pytest.raises(StoreUnavailable) as caught:
         PostgresDocumentStore(
@@ -80,7 +85,7 @@ def test_victoria_metrics_lost_and_back(tmp_path: Path) -> None:
     require_service(
         "victoria-metrics", find_victoria_metrics() is not None, "apt-get install victoria-metrics"
     )
-    from collector.stores import InfluxTimeSeriesStore
+    from outpost_iot.collector.stores import InfluxTimeSeriesStore
 
     server = VictoriaMetrics(tmp_path / "vm")
     server.start()

@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from collector._exceptions import TokenRefused
-from collector.stores import (
+from outpost_iot.collector._exceptions import TokenRefused
+from outpost_iot.collector.stores import (
     AuditEntry,
     DesiredConfigRecord,
     DocumentStore,
@@ -21,10 +21,10 @@ from collector.stores import (
     SeriesWrite,
     TimeSeriesStore,
 )
+from outpost_iot.wire import Event, GatewayState
 from tests.collector.contract.conftest import visible
 from tests.collector.contract.test_documents import S, T, enroll
 from tests.collector.contract.test_timeseries import T as RECENT
-from wire import Event, GatewayState
 
 
 def test_audit_entries_come_back_field_by_field(docs: DocumentStore) -> None:

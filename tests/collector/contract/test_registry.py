@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from collector._config import StoresConfig
-from collector.stores._registry import BACKENDS, names, sections
+from outpost_iot.collector._config import StoresConfig
+from outpost_iot.collector.stores._registry import BACKENDS, names, sections
 from tests.collector.contract.conftest import NOT_IN_CONTRACT, SERVERS
 
 

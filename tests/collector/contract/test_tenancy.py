@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from collector.stores import (
+from outpost_iot.collector.stores import (
     AuditEntry,
     DocumentStore,
     EnrollmentTokenRecord,
@@ -16,8 +16,8 @@ from collector.stores import (
     RolloutMember,
     RolloutRecord,
 )
+from outpost_iot.wire import Event, GatewayState
 from tests.collector.contract.test_documents import S, T, enroll
-from wire import Event, GatewayState
 
 TENANTS = ("acme", "globex")
 GW = {"acme": "gw-acme", "globex": "gw-globex"}
@@ -104,7 +104,7 @@ def test_every_tenant_scoped_read_of_the_store_is_in_this_test() -> None:
     """A new read that takes a tenant must be added to READS (or here, with the reason)."""
     import inspect
 
-    from collector.stores import _base
+    from outpost_iot.collector.stores import _base
 
     takes_tenant = {
         name

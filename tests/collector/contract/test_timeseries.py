@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from collector._exceptions import TooManyPoints
-from collector.stores import SeriesQuery, SeriesWrite, TimeSeriesStore
+from outpost_iot.collector._exceptions import TooManyPoints
+from outpost_iot.collector.stores import SeriesQuery, SeriesWrite, TimeSeriesStore
 from tests.collector.contract.conftest import visible
 from tests.collector.test_retention import expected
 

@@ -1,5 +1,0 @@
-from wire import installed_version
-
-
-def version() -> str:
-    return installed_version()

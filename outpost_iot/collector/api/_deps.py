@@ -1,0 +1,123 @@
+"""Dependencies of the API routes: the services, and who is calling."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from outpost_iot.collector._configs import ConfigService
+from outpost_iot.collector._enrollment import EnrollmentService, hash_token
+from outpost_iot.collector._ingest import IngestMetrics
+from outpost_iot.collector._rollouts import RolloutService
+from outpost_iot.collector.stores import (
+    ALL_TENANTS,
+    AuditEntry,
+    DocumentStore,
+    QuarantineEntry,
+    TimeSeriesStore,
+)
+
+Role = Literal["viewer", "operator", "admin"]
+_RANK = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+@dataclass(frozen=True)
+class ApiServices:
+    documents: DocumentStore
+    enrollment: EnrollmentService
+    timeseries: TimeSeriesStore | None = None
+    metrics: IngestMetrics | None = None
+    broker_connected: Callable[[], bool] | None = None  # the collector's MQTT session is up
+    # Validate and ingest a quarantined message again: (result, detail); see Ingestor.replay.
+    replay: Callable[[QuarantineEntry, int], tuple[str, str]] | None = None
+    configs: ConfigService | None = None  # desired configs (needs [pki])
+    rollouts: RolloutService | None = None
+    shared_state: Callable[[], None] | None = None  # pings Redis; raises when it is down
+    # Called with a newly enrolled gateway's id (the broker's roster registers it).
+    on_enrolled: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: str
+    tenant: str
+    role: Role
+
+    def can_see(self, tenant: str) -> bool:
+        return self.tenant in (ALL_TENANTS, tenant)
+
+    def scope(self, requested: str | None) -> str:
+        """The tenant a read is filtered on: the token's own; an admin (``*``) may narrow it."""
+        if self.tenant == ALL_TENANTS:
+            return requested or ALL_TENANTS
+        if requested not in (None, self.tenant):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "this token reads its own tenant only; leave out the tenant parameter",
+            )
+        return self.tenant
+
+
+def services(request: Request) -> ApiServices:
+    svc: ApiServices = request.app.state.services
+    return svc
+
+
+Services = Annotated[ApiServices, Depends(services)]
+_bearer = HTTPBearer(auto_error=False)
+
+
+def principal(
+    svc: Services,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    record = svc.documents.api_token(hash_token(credentials.credentials))
+    if record is None or record.revoked_ns is not None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "unknown or revoked API token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Principal(record.id, record.tenant, record.role)  # type: ignore[arg-type]
+
+
+def requires(role: Role):  # type: ignore[no-untyped-def]
+    """A dependency: the caller's token has at least ``role``."""
+
+    def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if _RANK[who.role] < _RANK[role]:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {role} role")
+        return who
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(requires("viewer"))]
+Operator = Annotated[Principal, Depends(requires("operator"))]
+
+
+def audit(
+    svc: ApiServices,
+    who: Principal,
+    request: Request,
+    action: str,
+    target: str,
+    tenant: str,
+    **detail: object,
+) -> None:
+    """Record an operator action in the audit log: who, what, on what, when, from where."""
+    source = request.client.host if request.client else "unknown"
+    svc.documents.audit(
+        AuditEntry(time.time_ns(), f"token:{who.token_id}", tenant, action, target, source, detail)
+    )

@@ -1,0 +1,96 @@
+"""Stores behind small interfaces; the embedded default is SQLite.
+
+The production backends (:class:`PostgresDocumentStore`, …) import their client libraries when
+they are first used, so an embedded collector never loads them.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from outpost_iot.collector.stores._base import (
+    AGGREGATES,
+    ALL_TENANTS,
+    ApiTokenRecord,
+    AuditEntry,
+    AuditLog,
+    BatchRecord,
+    CertificateRecord,
+    ConfigsAndRollouts,
+    DesiredConfigRecord,
+    DocumentStore,
+    EnrollmentTokenRecord,
+    FleetGateway,
+    GatewayRecord,
+    GatewayRegistration,
+    Identities,
+    IngestRecords,
+    LatestValue,
+    QuarantineEntry,
+    RolloutMember,
+    RolloutRecord,
+    SeriesGroup,
+    SeriesQuery,
+    SeriesWrite,
+    StoredPoint,
+    TimeSeriesStore,
+)
+from outpost_iot.collector.stores._sqlite import SqliteDocumentStore, SqliteTimeSeriesStore
+
+if TYPE_CHECKING:
+    from outpost_iot.collector.stores._influx import InfluxTimeSeriesStore
+    from outpost_iot.collector.stores._postgres import (
+        PostgresDocumentStore,
+        PostgresTimeSeriesStore,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresDocumentStore":
+        from outpost_iot.collector.stores._postgres import (
+            PostgresDocumentStore,
+            PostgresTimeSeriesStore,
+        )
+
+        return PostgresDocumentStore
+    if name == "PostgresTimeSeriesStore":
+        from outpost_iot.collector.stores._postgres import PostgresTimeSeriesStore
+
+        return PostgresTimeSeriesStore
+    if name == "InfluxTimeSeriesStore":
+        from outpost_iot.collector.stores._influx import InfluxTimeSeriesStore
+
+        return InfluxTimeSeriesStore
+    raise AttributeError(name)
+
+
+__all__ = [
+    "AGGREGATES",
+    "ALL_TENANTS",
+    "ApiTokenRecord",
+    "AuditEntry",
+    "AuditLog",
+    "BatchRecord",
+    "CertificateRecord",
+    "ConfigsAndRollouts",
+    "DesiredConfigRecord",
+    "DocumentStore",
+    "EnrollmentTokenRecord",
+    "FleetGateway",
+    "GatewayRecord",
+    "GatewayRegistration",
+    "Identities",
+    "InfluxTimeSeriesStore",
+    "IngestRecords",
+    "LatestValue",
+    "PostgresDocumentStore",
+    "PostgresTimeSeriesStore",
+    "QuarantineEntry",
+    "RolloutMember",
+    "RolloutRecord",
+    "SeriesGroup",
+    "SeriesQuery",
+    "SeriesWrite",
+    "SqliteDocumentStore",
+    "SqliteTimeSeriesStore",
+    "StoredPoint",
+    "TimeSeriesStore",
+]
