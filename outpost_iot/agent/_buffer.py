@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 from sqlite_utils import Database
@@ -38,6 +38,9 @@ from outpost_iot.wire import (
     private_file,
     series_key,
 )
+
+if TYPE_CHECKING:
+    from outpost_iot.agent._config import AgentConfig
 
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the WAL file is truncated to after a checkpoint
 _VACUUM_FRACTION = 4  # give free pages back to the OS when they exceed 1/4 of the bound
@@ -118,6 +121,18 @@ class Outbox:
         self.reset = ""  # why the buffer was started anew at open, if it was
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def for_agent(cls, config: AgentConfig, clock: Clock) -> Self:
+        """The buffer an agent's config describes: its state directory and ``[buffer]``."""
+        return cls(
+            path=config.buffer_path,
+            gateway_id=config.gateway_id,
+            clock=clock,
+            max_bytes=int(config.buffer.max_bytes),
+            batch_max_readings=config.buffer.batch_max_readings,
+            durability=config.buffer.durability,
+        )
 
     def open(self) -> Self:
         """Open (or create) the buffer. A buffer SQLite finds corrupt or truncated is moved

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import time
 from collections import Counter
@@ -38,25 +37,19 @@ from outpost_iot.agent.profiles import Mapper, Profile, explain, facts, find_pro
 from outpost_iot.agent.profiles._model import FieldSpec
 from outpost_iot.agent.sources._mqtt import MqttDeviceSource, MqttTarget
 from outpost_iot.agent.sources._polling import DeviceError, PolledDevice
-from outpost_iot.systemd import Notifier
+from outpost_iot.systemd import Notifier, run_until_signal
 from outpost_iot.wire import (
     DISTRIBUTION,
     Event,
     Reading,
+    config_option,
     configure_logging,
     problems,
     profile_problems,
 )
 
 DEFAULT_CONFIG = Path("/etc/outpost/agent.toml")
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG,
-    show_default=True,
-    help="The agent's TOML config file.",
-)
+_config_option = config_option(DEFAULT_CONFIG, "The agent's TOML config file")
 
 
 @click.group()
@@ -95,14 +88,7 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
         else SystemClock()
     )
     try:
-        with Outbox(
-            path=config.buffer_path,
-            gateway_id=config.gateway_id,
-            clock=clock,
-            max_bytes=int(config.buffer.max_bytes),
-            batch_max_readings=config.buffer.batch_max_readings,
-            durability=config.buffer.durability,
-        ) as outbox:
+        with Outbox.for_agent(config, clock) as outbox:
             agent = Agent(
                 config=config,
                 clock=clock,
@@ -115,24 +101,13 @@ def run(config_path: Path, simulate_clock_skew: float) -> None:
                 notifier=Notifier(),
                 receiver=receiver,
             )
-            asyncio.run(_run_until_signal(agent))
+            asyncio.run(run_until_signal(agent.run, "agent"))
     except* AgentError as group:
         raise click.ClickException("; ".join(str(e) for e in group.exceptions)) from None
     if agent.restart_requested:
         # The buffer is closed and durable; the same command starts with the new config.
         logging.shutdown()
         os.execv(sys.executable, [sys.executable, "-m", "outpost_iot.agent.cli", *sys.argv[1:]])  # noqa: S606
-
-
-async def _run_until_signal(agent: Agent) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await agent.run()
-    logging.getLogger("outpost.agent").info("agent stopped")
 
 
 @main.command()

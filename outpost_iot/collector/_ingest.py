@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from outpost_iot import wire
 from outpost_iot.collector._clockfix import ClockCorrector, SendStamp
@@ -68,6 +68,8 @@ class Reply:
     topic: str
     message: wire.Ack | wire.Nack | wire.RenewResponse
 
+
+_M = TypeVar("_M")  # a decoded message
 
 WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -642,17 +644,30 @@ class Ingestor:
         if self._dedup is not None:
             self._dedup.done(keys, stored=False)
 
-    def _config_report(self, msg: Incoming, gateway_id: str) -> None:
+    def _decoded(self, msg: Incoming, gateway_id: str, decode: Callable[[bytes], _M]) -> _M | None:
+        """The message decoded, or None when it is invalid: then it is quarantined."""
         try:
-            report = wire.decode_config_report(msg.payload)
+            return decode(msg.payload)
         except wire.MessageRejected as exc:
             self._quarantine(msg, gateway_id, "invalid_schema", str(exc))
-            return
+            return None
+
+    def _saved(self, what: str, gateway_id: str, save: Callable[..., object], *args: Any) -> bool:
+        """Save what a gateway reported; when the store fails, log it and, if this is a replay
+        from quarantine, leave the message there to be retried."""
         try:
-            self._docs.save_config_report(gateway_id, report)
+            save(gateway_id, *args)
         except StoreError as exc:
-            self._log.error("cannot store the config report of %s: %s", gateway_id, exc)
+            self._log.error("cannot store %s of %s: %s", what, gateway_id, exc)
             self._replay_retry = f"store_unavailable: {exc}"
+            return False
+        return True
+
+    def _config_report(self, msg: Incoming, gateway_id: str) -> None:
+        report = self._decoded(msg, gateway_id, wire.decode_config_report)
+        if report is None:
+            return
+        if not self._saved("the config report", gateway_id, self._docs.save_config_report, report):
             return
         log = self._log.info if report.status == "applied" else self._log.warning
         # The reason and errors come from the gateway: escaped and cut, so they cannot forge
@@ -668,16 +683,10 @@ class Ingestor:
         )
 
     def _state(self, msg: Incoming, gateway_id: str) -> None:
-        try:
-            state = wire.decode_state(msg.payload)
-        except wire.MessageRejected as exc:
-            self._quarantine(msg, gateway_id, "invalid_schema", str(exc))
+        state = self._decoded(msg, gateway_id, wire.decode_state)
+        if state is None:
             return
-        try:
-            self._docs.save_state(gateway_id, state, msg.received_ns)
-        except StoreError as exc:
-            self._log.error("cannot save state of %s: %s", gateway_id, exc)
-            self._replay_retry = f"store_unavailable: {exc}"
+        if not self._saved("the state", gateway_id, self._docs.save_state, state, msg.received_ns):
             return
         if state.drops:
             self._log_once(
@@ -726,10 +735,8 @@ class Ingestor:
 
     def _renew(self, msg: Incoming, gateway_id: str) -> list[Reply]:
         topic = topics.down_renew(gateway_id)
-        try:
-            request = wire.decode_renew_request(msg.payload)
-        except wire.MessageRejected as exc:
-            self._quarantine(msg, gateway_id, "invalid_schema", str(exc))
+        request = self._decoded(msg, gateway_id, wire.decode_renew_request)
+        if request is None:
             return []
         if self._enrollment is None:
             return [

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import ssl
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import click
 
 from outpost_iot import wire
-from outpost_iot.collector._app import Collector, assemble, enrollment_service
+from outpost_iot.collector._app import assemble, enrollment_service
 from outpost_iot.collector._backends import open_documents, open_timeseries
 from outpost_iot.collector._broker import init_broker, issue_gateway_identity, register_gateways
 from outpost_iot.collector._config import CollectorConfig, load_config
@@ -45,17 +44,11 @@ from outpost_iot.collector.stores import (
     DocumentStore,
 )
 from outpost_iot.provisioning import ProvisioningError
-from outpost_iot.wire import configure_logging, printable, topics
+from outpost_iot.systemd import run_until_signal
+from outpost_iot.wire import config_option, configure_logging, printable, topics
 
 DEFAULT_CONFIG = Path("/etc/outpost/collector.toml")
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG,
-    show_default=True,
-    help="The collector's TOML config file.",
-)
+_config_option = config_option(DEFAULT_CONFIG, "The collector's TOML config file")
 
 
 def _audit(docs: DocumentStore, action: str, target: str, tenant: str, **detail: object) -> None:
@@ -88,20 +81,9 @@ def serve(config_path: Path) -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # influxdb-client retries
     try:
         with assemble(config) as collector:
-            asyncio.run(_run_until_signal(collector))
+            asyncio.run(run_until_signal(collector.run, "collector"))
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-async def _run_until_signal(collector: Collector) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await collector.run()
-    logging.getLogger("outpost.collector").info("collector stopped")
 
 
 @main.group()

@@ -110,14 +110,7 @@ async def main() -> None:
             )
         )
     with (
-        Outbox(
-            path=config.buffer_path,
-            gateway_id=config.gateway_id,
-            clock=clock,
-            max_bytes=int(config.buffer.max_bytes),
-            batch_max_readings=config.buffer.batch_max_readings,
-            durability=config.buffer.durability,
-        ) as outbox,
+        Outbox.for_agent(config, clock) as outbox,
         args.journal.open("a") as journal,
     ):
         agent = JournalingAgent(config=config, clock=clock, outbox=outbox, sources=sources)

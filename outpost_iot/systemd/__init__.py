@@ -9,11 +9,13 @@ stable interface meant to be reimplemented; it is a few lines, so no dependency 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 
 class Notifier:
@@ -98,4 +100,18 @@ async def feed_watchdog(
         notifier.notify("WATCHDOG=1", *([f"STATUS={text}"] if text else []))
 
 
-__all__ = ["Notifier", "ProgressMonitor", "feed_watchdog"]
+async def run_until_signal(run: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run the service ``name`` (``agent``, ``collector``) until SIGTERM, what systemd sends to
+    stop it, or SIGINT: either cancels ``run()``, whose own cleanup then runs; the stop is
+    logged as ``<name> stopped``."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run()
+    logging.getLogger(f"outpost.{name}").info("%s stopped", name)
+
+
+__all__ = ["Notifier", "ProgressMonitor", "feed_watchdog", "run_until_signal"]

@@ -72,7 +72,7 @@ from outpost_iot.wire._messages import (
 from outpost_iot.wire._models import Event, FieldValue, Reading
 from outpost_iot.wire._profiles import profile_facts, profile_folder, profiles_dir
 from outpost_iot.wire._text import LogThrottle, SafeFormatter, configure_logging, printable
-from outpost_iot.wire._toml import describe, problems, read_toml
+from outpost_iot.wire._toml import config_option, describe, problems, read_toml
 from outpost_iot.wire._version import DISTRIBUTION, installed_version
 
 # MQTT 5 user properties on every batch publish. They travel outside the encoded body, so a
@@ -133,6 +133,7 @@ __all__ = [
     "UplinkTarget",
     "WireError",
     "batch_body",
+    "config_option",
     "configure_logging",
     "decode_ack",
     "decode_batch",

@@ -9,10 +9,27 @@ unknown key and a missing one said as such, pydantic's ``Value error,`` left out
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 from pydantic import ValidationError
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def config_option(default: Path, what: str) -> Callable[[_F], _F]:
+    """The ``--config`` option of a command that reads a config file (passed as
+    ``config_path``); ``what`` names the file in the help, e.g. "The agent's TOML config file"."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=default,
+        show_default=True,
+        help=f"{what}.",
+    )
 
 
 def read_toml(path: Path, *, missing: str, error: type[Exception]) -> dict[str, Any]:

@@ -49,6 +49,15 @@ def _check_select(value: str) -> str:
     return value
 
 
+def _check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+    return value
+
+
 Scalar = str | float | int | bool
 
 
@@ -81,15 +90,7 @@ class Condition(BaseModel):
             return {"eq": value}
         return value
 
-    @field_validator("matches", "not_matches")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
-        return value
+    _regex = field_validator("matches", "not_matches")(_check_regex)
 
     @model_validator(mode="after")
     def _one_test_at_least(self) -> Condition:
@@ -142,15 +143,7 @@ class TagSpec(BaseModel):
     pattern: str | None = None  # a regular expression; its first group (or whole match) is kept
     map: dict[str, str] = Field(default_factory=dict)  # value → value; others stay as they are
 
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
-        return value
+    _pattern = field_validator("pattern")(_check_regex)
 
 
 class ReadingRule(BaseModel):
@@ -180,15 +173,7 @@ class ReadingRule(BaseModel):
     _select = field_validator("select")(_check_select)
     _where = field_validator("where")(_check_conditions)
 
-    @field_validator("members")
-    @classmethod
-    def _members(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
-        return value
+    _members = field_validator("members")(_check_regex)
 
     @model_validator(mode="after")
     def _has_fields(self) -> ReadingRule:
