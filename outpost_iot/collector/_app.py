@@ -31,6 +31,7 @@ from outpost_iot.collector._exceptions import ConfigError
 from outpost_iot.collector._ingest import DedupWindow, Ingestor, Limiter
 from outpost_iot.collector._rollouts import RolloutService
 from outpost_iot.collector._service import ApiServer, CollectorService, RetainedOutbox
+from outpost_iot.collector._stream import Hub, LocalHub, RedisHub
 from outpost_iot.collector.api import ApiServices, create_app
 from outpost_iot.collector.stores import DocumentStore, TimeSeriesStore
 from outpost_iot.provisioning import ProvisioningError
@@ -43,13 +44,19 @@ class Collector:
 
     service: CollectorService
     api: ApiServer | None
+    stream: Hub
 
     async def run(self) -> None:
         """Until cancelled (or one part fails: then the others stop too)."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.service.run(), name="collector")
-            if self.api is not None:
-                tg.create_task(self.api.serve(), name="api")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.service.run(), name="collector")
+                if self.api is not None:
+                    self.stream.bind(asyncio.get_running_loop())
+                    tg.create_task(self.stream.run(), name="stream")
+                    tg.create_task(self.api.serve(), name="api")
+        finally:
+            self.stream.close()
 
 
 def enrollment_service(config: CollectorConfig, docs: DocumentStore) -> EnrollmentService | None:
@@ -86,6 +93,7 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
     limiter: Limiter | None = None
     dedup: DedupWindow | None = None
     shared_ping: Callable[[], None] | None = None
+    hub: Hub = LocalHub(**config.stream.model_dump())
     if config.redis is not None:
         from outpost_iot.collector import _shared  # redis is imported only when configured
 
@@ -97,6 +105,13 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
         )
         if config.redis.latest_values:
             ts = _shared.LatestValues(ts, redis_client, prefix=prefix)
+        hub = RedisHub(
+            redis_client,
+            prefix=prefix,
+            url=config.redis.url.get_secret_value(),
+            timeout_s=config.redis.timeout_s,
+            **config.stream.model_dump(),
+        )
 
         def shared_ping() -> None:
             _shared.ping(redis_client)
@@ -108,6 +123,7 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
         enrollment=enrollment,
         limiter=limiter,
         dedup=dedup,
+        stream=hub if config.api is not None else None,
     )
     outbox = RetainedOutbox()
     configs = rollouts = None
@@ -115,7 +131,7 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
         configs = ConfigService(
             docs=docs, signing_key=config.pki.signing_key, publish=outbox.publish
         )
-        rollouts = RolloutService(docs=docs, configs=configs)
+        rollouts = RolloutService(docs=docs, configs=configs, stream=hub)
     service = CollectorService(
         broker=config.broker,
         ingestor=ingestor,
@@ -145,9 +161,10 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
             rollouts=rollouts,
             shared_state=shared_ping,
             on_enrolled=lambda gateway_id: _add_to_roster(service, gateway_id),
+            stream=hub,
         )
         api = ApiServer(config.api, create_app(services))
-    return Collector(service=service, api=api)
+    return Collector(service=service, api=api, stream=hub)
 
 
 def _add_to_roster(service: CollectorService, gateway_id: str) -> None:

@@ -202,6 +202,19 @@ class EnrollmentConfig(BaseModel):
     broker_port: Annotated[int, Field(ge=1, le=65535)] = 8883
 
 
+class StreamConfig(BaseModel):
+    """``[stream]``: the live stream of ``GET /api/v1/stream`` (docs/api.md)."""
+
+    model_config = _MODEL
+
+    # Messages kept for clients that reconnect with Last-Event-ID (in Redis with [redis]).
+    ring: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+    max_clients: Annotated[int, Field(ge=1, le=100_000)] = 500  # per collector
+    # What one client may have waiting before it is disconnected as too slow.
+    queue_messages: Annotated[int, Field(ge=10, le=100_000)] = 2_000
+    queue_bytes: Annotated[int, Field(ge=65_536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
+
+
 class CollectorConfig(BaseModel):
     model_config = _MODEL
 
@@ -216,6 +229,7 @@ class CollectorConfig(BaseModel):
     pki: PkiConfig | None = None
     api: ApiConfig | None = None
     enrollment: EnrollmentConfig | None = None
+    stream: StreamConfig = StreamConfig()
 
 
 def load_config(path: Path) -> CollectorConfig:

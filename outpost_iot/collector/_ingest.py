@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from outpost_iot import wire
+from outpost_iot.collector import _stream
 from outpost_iot.collector._clockfix import ClockCorrector, SendStamp
 from outpost_iot.collector._config import CollectorConfig
 from outpost_iot.collector._enrollment import EnrollmentService
 from outpost_iot.collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from outpost_iot.collector._limits import RateLimiter, Verdict
+from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import (
     BatchRecord,
     DocumentStore,
@@ -160,8 +162,10 @@ class Ingestor:
         logger: logging.Logger | None = None,
         limiter: Limiter | None = None,
         dedup: DedupWindow | None = None,
+        stream: Hub | None = None,
     ) -> None:
         self._cfg = config
+        self._stream = stream
         self._ts = timeseries
         self._docs = documents
         self._tenants: wire.BoundedDict[str, str] = wire.BoundedDict(100_000)
@@ -608,6 +612,8 @@ class Ingestor:
         self.metrics.readings_stored += sum(a.batch.reading_count for a in accepted)
         self.metrics.events_stored += len(events)
         self.metrics.readings_corrected += corrected
+        if self._stream is not None:
+            _stream.stored(self._stream, writes, [(gw, self._tenant(gw), e) for gw, e in events])
         return [
             Reply(
                 topics.down_ack(a.gateway_id),
@@ -669,6 +675,8 @@ class Ingestor:
             return
         if not self._saved("the config report", gateway_id, self._docs.save_config_report, report):
             return
+        if self._stream is not None:
+            _stream.config_report(self._stream, self._tenant(gateway_id), gateway_id, report)
         log = self._log.info if report.status == "applied" else self._log.warning
         # The reason and errors come from the gateway: escaped and cut, so they cannot forge
         # log lines or flood the log.
@@ -688,6 +696,9 @@ class Ingestor:
             return
         if not self._saved("the state", gateway_id, self._docs.save_state, state, msg.received_ns):
             return
+        if self._stream is not None:
+            tenant = self._tenant(gateway_id)
+            _stream.gateway_state(self._stream, tenant, gateway_id, state, msg.received_ns)
         if state.drops:
             self._log_once(
                 (gateway_id, "drops"),

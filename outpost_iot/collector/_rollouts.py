@@ -34,6 +34,7 @@ from typing import Any
 
 from outpost_iot.collector._configs import ConfigInvalid, ConfigRefused, ConfigService
 from outpost_iot.collector._exceptions import StoreError
+from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import (
     ALL_TENANTS,
     AuditEntry,
@@ -80,6 +81,27 @@ def wave_sizes(spec: list[str], total: int) -> list[int]:
     return sizes
 
 
+def wave_progress(rollout: RolloutRecord, members: list[RolloutMember]) -> list[dict[str, Any]]:
+    """Per wave: its gateways, whether it started, and how many have each outcome so far."""
+    waves = []
+    for index in range(rollout.waves):
+        ms = [m for m in members if m.wave == index]
+        counts = {
+            o: sum(1 for m in ms if m.outcome == o)
+            for o in ("applied", "failed", "timed_out", "skipped")
+        }
+        waves.append(
+            {
+                "index": index,
+                "gateways": len(ms),
+                "started": any(m.started_ns is not None for m in ms),
+                "pending": sum(1 for m in ms if m.outcome is None),
+                **counts,
+            }
+        )
+    return waves
+
+
 def _few(ids: list[str], shown: int = 5) -> str:
     more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
     return ", ".join(ids[:shown]) + more
@@ -93,8 +115,10 @@ class RolloutService:
         configs: ConfigService,
         now_ns: Callable[[], int] = time.time_ns,
         logger: logging.Logger | None = None,
+        stream: Hub | None = None,
     ) -> None:
         self._docs = docs
+        self._stream = stream
         self._configs = configs
         self._now = now_ns
         self._log = logger or logging.getLogger("outpost.collector.rollouts")
@@ -189,7 +213,25 @@ class RolloutService:
             len(sizes),
             actor,
         )
+        self._changed(rollout_id)
         return rollout_id
+
+    def _changed(self, rollout_id: str) -> None:
+        """Tell the live stream how the rollout stands now."""
+        if self._stream is None:
+            return
+        found = self._docs.rollouts(ALL_TENANTS, rollout_id=rollout_id)
+        if not found:
+            return
+        r = found[0]
+        progress = {
+            "id": r.id,
+            "status": r.status,
+            "reason": r.reason,
+            "current_wave": r.current_wave,
+            "waves": wave_progress(r, self._docs.rollout_members(r.id)),
+        }
+        self._stream.publish("rollout", r.tenant, "", progress)
 
     def step(self) -> None:
         """Start due waves, collect outcomes, advance or abort. Call every few seconds."""
@@ -208,6 +250,7 @@ class RolloutService:
             self._audit(
                 rollout, "rollout.wave_start", wave=rollout.current_wave + 1, gateways=started
             )
+        decided = 0
         for m in self._docs.rollout_members(rollout.id):
             if m.wave != rollout.current_wave or m.outcome is not None:
                 continue
@@ -216,9 +259,16 @@ class RolloutService:
             )
             if outcome is not None:
                 self._docs.update_rollout_member(rollout.id, m.gateway_id, outcome=outcome)
+                decided += 1
+        if self._finish_wave(rollout) or unstarted or decided:
+            self._changed(rollout.id)
+
+    def _finish_wave(self, rollout: RolloutRecord) -> bool:
+        """Abort, complete or go on to the next wave once every gateway of this one has an
+        outcome; True if it did."""
         wave = [m for m in self._docs.rollout_members(rollout.id) if m.wave == rollout.current_wave]
         if any(m.outcome is None for m in wave):
-            return
+            return False
         failed = [m for m in wave if m.outcome in ("failed", "timed_out")]
         share = 100.0 * len(failed) / len(wave)
         if share > rollout.abort_percent:
@@ -236,6 +286,7 @@ class RolloutService:
         else:
             self._docs.update_rollout(rollout.id, current_wave=rollout.current_wave + 1)
             self._log.info("rollout %s: wave %d starts", rollout.id, rollout.current_wave + 2)
+        return True
 
     def _audit(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
         self._docs.audit(
@@ -302,4 +353,5 @@ class RolloutService:
         status = {"pause": "paused", "resume": "running", "abort": "aborted"}[action]
         reason = "aborted by an operator" if action == "abort" else rollout.reason
         self._docs.update_rollout(rollout_id, status=status, reason=reason)
+        self._changed(rollout_id)
         return dataclasses.replace(rollout, status=status, reason=reason)

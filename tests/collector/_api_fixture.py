@@ -12,12 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI
 
 from outpost_iot.collector._config import load_config
 from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
 from outpost_iot.collector._ingest import IngestMetrics, Ingestor
 from outpost_iot.collector._rollouts import RolloutService
+from outpost_iot.collector._stream import LocalHub
 from outpost_iot.collector.api import ApiServices, create_app
 from outpost_iot.collector.stores import (
     ApiTokenRecord,
@@ -47,6 +49,8 @@ class Api:
     published: list[tuple[str, bytes]]  # retained publishes (topic, payload)
     signing_key: Path
     dump: Callable[[], bytes]  # everything the document store holds, as bytes
+    hub: LocalHub  # the live stream the ingestors publish into
+    app: FastAPI
 
     async def get(
         self, path: str, token: str | None = "viewer-a", **params: object
@@ -120,9 +124,10 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
     strict = config.model_copy(
         update={"limits": config.limits.model_copy(update={"max_readings": 5})}
     )
+    hub = LocalHub()
     ingestors = [
-        Ingestor(config=strict, timeseries=ts, documents=docs, enrollment=enrollment),
-        Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment),
+        Ingestor(config=strict, timeseries=ts, documents=docs, enrollment=enrollment, stream=hub),
+        Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment, stream=hub),
     ]
     configs = ConfigService(
         docs=docs,
@@ -138,8 +143,10 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
         replay=lambda entry, now: ingestors[-1].replay(entry, now),
         configs=configs,
         rollouts=RolloutService(docs=docs, configs=configs),
+        stream=hub,
     )
-    transport = httpx.ASGITransport(app=create_app(services))
+    app = create_app(services)
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
         yield Api(
             client,
@@ -154,6 +161,8 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
             published,
             config.pki.signing_key,
             dump,
+            hub,
+            app,
         )
     ts.close()
     docs.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
 from outpost_iot.collector._ingest import IngestMetrics, Ingestor
 from outpost_iot.collector._rollouts import RolloutService
+from outpost_iot.collector._stream import Filter, LocalHub, Subscription
 from outpost_iot.collector.api import ApiServices, create_app
 from outpost_iot.collector.stores import (
     ApiTokenRecord,
@@ -70,10 +72,22 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
         replay=Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment).replay,
         configs=configs,
         rollouts=RolloutService(docs=docs, configs=configs),
+        stream=_EndingHub(),
     )
     yield create_app(services)
     ts.close()
     docs.close()
+
+
+class _EndingHub(LocalHub):
+    """Ends each stream once it is opened, so that a generated request to /api/v1/stream is
+    answered and read to its end like any other (its filters and Last-Event-ID still parsed)."""
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, flt: Filter, last_id: str | None) -> AsyncIterator[Subscription]:
+        async with super().subscribe(flt, last_id) as sub:
+            sub.close("shutdown")
+            yield sub
 
 
 def test_no_generated_request_makes_a_server_error(app: FastAPI) -> None:

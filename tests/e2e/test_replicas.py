@@ -8,6 +8,8 @@ import re
 import signal
 import ssl
 import subprocess
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -273,3 +275,111 @@ def _reachable(get: object) -> bool:
         get()  # type: ignore[operator]
         return True
     return False
+
+
+class StreamReader:
+    """Follows GET /api/v1/stream of one replica in a thread, keeping every event's id."""
+
+    def __init__(self, url: str, token: str, trust: ssl.SSLContext, **params: object) -> None:
+        self.ids: list[str] = []
+        self.kinds: list[str] = []
+        self.status: int | None = None
+        self.error = ""
+        self._stop = threading.Event()
+        self._client = httpx.Client(
+            base_url=url,
+            verify=trust,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(10, read=30),
+        )
+        self._thread = threading.Thread(target=self._run, args=(params,), daemon=True)
+        self._thread.start()
+
+    def _run(self, params: dict[str, object]) -> None:
+        try:
+            with self._client.stream("GET", "/api/v1/stream", params=params) as r:  # type: ignore[arg-type]
+                self.status = r.status_code
+                for line in r.iter_lines():
+                    if line.startswith("id: "):
+                        self.ids.append(line[4:])
+                    elif line.startswith("event: "):
+                        self.kinds.append(line[7:])
+        except (httpx.HTTPError, RuntimeError) as exc:
+            if not self._stop.is_set():  # not our own close: the test says so
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._client.close()
+        self._thread.join(timeout=40)
+
+
+def test_a_stream_client_of_either_replica_sees_what_both_stored(cluster: Cluster, identity) -> None:  # fmt: skip
+    """Each replica stores part of a gateway's batches (the shared subscription); a live
+    stream client of either replica is sent the latest values of all of them, in the same
+    order, and may resume on the other replica with the id one of them gave."""
+    c = cluster
+    ports = {"replica-a": free_port(), "replica-b": free_port()}
+    for name, port in ports.items():
+        c.start(name, api_port=port)
+    trust = ssl.create_default_context(cafile=str(c.h.broker.files.ca_cert))
+    urls = {name: f"https://localhost:{port}" for name, port in ports.items()}
+    for url in urls.values():
+        wait_until(
+            lambda u=url: _reachable(lambda: httpx.get(f"{u}/healthz", verify=trust, timeout=10)),
+            timeout=20,
+            what="the API of both replicas",
+        )
+    made = subprocess.run(
+        [sys.executable, "-m", "outpost_iot.collector.cli", "api-token", "create",
+         "--config", str(c.config("replica-a", ports["replica-a"])),
+         "--tenant", "*", "--role", "admin", "--name", "stream"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    token = made.stdout.split()[0]
+    gw = "gw-s1"
+    readers = {
+        name: StreamReader(url, token, trust, kind="latest", gateway=gw)
+        for name, url in urls.items()
+    }
+    try:
+        config = c.h.agent_config(gw, identity(gw))
+        producer = c.h.start_producer(config, gw, run="s", per_poll=20, interval=0.05)
+        wait_until(
+            lambda: c.stored_batches("replica-a") > 10 and c.stored_batches("replica-b") > 10,
+            timeout=60,
+            what="both replicas storing batches",
+        )
+        producer.send_signal(signal.SIGTERM)
+        producer.wait(10)
+        drain(c, config, gw)
+        a, b = readers["replica-a"], readers["replica-b"]
+        assert (a.status, b.status) == (200, 200)
+        assert (a.error, b.error) == ("", "")
+        wait_until(
+            lambda: len(a.ids) > 20 and a.ids == b.ids,
+            timeout=30,
+            what=f"the same events on both replicas ({len(a.ids)} and {len(b.ids)} so far)",
+        )
+        assert set(a.kinds) == {"latest"}
+    finally:
+        for reader in readers.values():
+            reader.close()
+    # A client of replica a that went away reconnects to replica b with the id it had.
+    seen = a.ids[: len(a.ids) // 2]
+    with (
+        httpx.Client(verify=trust, timeout=httpx.Timeout(10, read=30)) as client,
+        client.stream(
+            "GET",
+            f"{urls['replica-b']}/api/v1/stream",
+            params={"kind": "latest", "gateway": gw},
+            headers={"Authorization": f"Bearer {token}", "Last-Event-ID": seen[-1]},
+        ) as r,
+    ):
+        resumed = []
+        for line in r.iter_lines():
+            if line.startswith("id: "):
+                resumed.append(line[4:])
+                if len(resumed) == len(a.ids) - len(seen):
+                    break
+    assert resumed == a.ids[len(seen) :]

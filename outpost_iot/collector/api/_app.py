@@ -21,6 +21,7 @@ from outpost_iot.collector.api.routes import (
     gateways,
     operations,
     rollouts,
+    stream,
 )
 
 
@@ -36,6 +37,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(configs.router)
     app.include_router(rollouts.router)
+    app.include_router(stream.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -72,7 +74,7 @@ def create_app(services: ApiServices) -> FastAPI:
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         """Prometheus metrics: ingest, acks, nacks by reason, quarantine, dedup, write latency."""
-        text, content_type = metrics_text(services.metrics, services.timeseries)
+        text, content_type = metrics_text(services.metrics, services.timeseries, services.stream)
         return PlainTextResponse(text, media_type=content_type)
 
     # Starlette's own (no such route: 404, 405), which FastAPI's HTTPException subclasses: every

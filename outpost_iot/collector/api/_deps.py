@@ -14,6 +14,7 @@ from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
 from outpost_iot.collector._ingest import IngestMetrics
 from outpost_iot.collector._rollouts import RolloutService
+from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import (
     ALL_TENANTS,
     AuditEntry,
@@ -40,6 +41,7 @@ class ApiServices:
     shared_state: Callable[[], None] | None = None  # pings Redis; raises when it is down
     # Called with a newly enrolled gateway's id (the broker's roster registers it).
     on_enrolled: Callable[[str], None] | None = None
+    stream: Hub | None = None  # the live stream (GET /api/v1/stream)
 
 
 @dataclass(frozen=True)

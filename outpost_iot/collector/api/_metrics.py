@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from outpost_iot.collector._ingest import IngestMetrics
+from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import TimeSeriesStore
 
 _NOT_KEPT = {
@@ -90,10 +96,41 @@ class _IngestCollector(Collector):
         )
 
 
+class _StreamCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._hub.metrics
+        yield GaugeMetricFamily(
+            "outpost_stream_clients", "Live stream clients connected", value=self._hub.clients
+        )
+        yield CounterMetricFamily(
+            "outpost_stream_published", "Messages published into the live stream", value=m.published
+        )
+        yield CounterMetricFamily(
+            "outpost_stream_disconnected_slow",
+            "Stream clients cut off for not reading (they resume with Last-Event-ID)",
+            value=m.disconnected_slow,
+        )
+        dropped = CounterMetricFamily(
+            "outpost_stream_dropped",
+            "Messages the live stream could not publish",
+            labels=["reason"],
+        )
+        for reason, count in sorted(m.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+
+
 def metrics_text(
-    metrics: IngestMetrics | None, timeseries: TimeSeriesStore | None = None
+    metrics: IngestMetrics | None,
+    timeseries: TimeSeriesStore | None = None,
+    stream: Hub | None = None,
 ) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     if metrics is not None:
         registry.register(_IngestCollector(metrics, timeseries))
+    if stream is not None:
+        registry.register(_StreamCollector(stream))
     return generate_latest(registry), CONTENT_TYPE_LATEST

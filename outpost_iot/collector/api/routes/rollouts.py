@@ -9,7 +9,7 @@ from fastapi import Path as PathParam
 from pydantic import AfterValidator, BaseModel, Field
 
 from outpost_iot.collector._configs import ConfigInvalid
-from outpost_iot.collector._rollouts import RolloutError, RolloutService
+from outpost_iot.collector._rollouts import RolloutError, RolloutService, wave_progress
 from outpost_iot.collector.api._deps import Operator, Services, audit
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
 from outpost_iot.collector.stores import RolloutRecord
@@ -97,22 +97,7 @@ def _service(svc: Services) -> RolloutService:
 
 def _out(svc: Services, rollout: RolloutRecord) -> RolloutOut:
     members = svc.documents.rollout_members(rollout.id)
-    waves = []
-    for index in range(rollout.waves):
-        ms = [m for m in members if m.wave == index]
-        count = {
-            o: sum(1 for m in ms if m.outcome == o)
-            for o in ("applied", "failed", "timed_out", "skipped")
-        }
-        waves.append(
-            Wave(
-                index=index,
-                gateways=len(ms),
-                started=any(m.started_ns is not None for m in ms),
-                pending=sum(1 for m in ms if m.outcome is None),
-                **count,
-            )
-        )
+    waves = [Wave(**w) for w in wave_progress(rollout, members)]
     failures = []
     for m in members:
         if m.outcome not in ("failed", "timed_out"):
