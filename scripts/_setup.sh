@@ -24,6 +24,8 @@ ensure_debian_packages() {
             || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
         command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
         command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
+        # A real browser for the console's tests (Playwright drives it; it downloads none).
+        command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     fi
     install_missing "${missing[@]}"
 }

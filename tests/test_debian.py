@@ -204,6 +204,9 @@ def test_a_package_holds_the_environment_the_commands_the_unit_and_nothing_else(
         for profile in sorted((ROOT / "firmware-profiles").glob("*/profile.toml")):
             share = f"opt/outpost-agent/share/outpost/firmware-profiles/{profile.parent.name}"
             assert f"{share}/profile.toml" in files, profile.parent.name
+    if which == "collector":  # the console's page and its library, served from the package
+        for name in ("index.html", "console.js", "console.css", "vendor/uplot-1.6.31.min.js"):
+            assert [p for p in files if p.endswith(f"/outpost_iot/collector/console/{name}")], name
     # Built where it lives: every script's interpreter and every path in it is the installed
     # one, not the build's.
     tree = tmp_path / "tree"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -80,6 +83,23 @@ def test_the_demo_stops_everything_it_started(tmp_path: Path, sig: signal.Signal
             assert demo.poll() is None, out.read_text()[-2000:]
             assert time.monotonic() < deadline, "the demo did not start"
             time.sleep(0.2)
+        # The console it names opens, and the token it prints signs in.
+        text = out.read_text()
+        console = re.search(r"The console: (https://localhost:\d+)/console/", text)
+        assert console, text[-2000:]
+        token = re.search(r"API token:\s+(opa_\S+)", text)
+        assert token, text[-2000:]
+        ca = re.search(r"the demo's own CA: (\S+);", text)
+        assert ca, text[-2000:]
+        trust = ssl.create_default_context(cafile=ca[1])
+        page = httpx.get(f"{console[1]}/console/", verify=trust, timeout=10)
+        assert page.status_code == 200
+        assert "Outpost console" in page.text
+        signed = httpx.post(
+            f"{console[1]}/api/v1/session", json={"token": token[1]}, verify=trust, timeout=10
+        )
+        assert signed.status_code == 200, signed.text
+        assert signed.json()["role"] == "operator"
         children = psutil.Process(demo.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "outpost_iot.agent.cli" in names

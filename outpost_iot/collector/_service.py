@@ -233,6 +233,9 @@ class CollectorService:
                         quarantine_before_ns=now - int(r.quarantine_days * day),
                         audit_before_ns=now - int(r.audit_days * day),
                     )
+                    gone["console_sessions"] = await asyncio.to_thread(
+                        self._docs.expire_sessions, now
+                    )
                     if any(gone.values()):
                         self._log.info(
                             "retention: deleted %s",

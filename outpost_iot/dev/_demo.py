@@ -135,6 +135,19 @@ def _run_demo(workdir: Path, duration: float | None, started: contextlib.ExitSta
         + site.devices_toml(interval=10)
     )
     gateway_id = json.loads((gateway / "identity" / "enrollment.json").read_text())["gateway_id"]
+    console_token = _run(
+        "outpost_iot.collector.cli",
+        "api-token",
+        "create",
+        "--config",
+        str(ccfg),
+        "--tenant",
+        "demo",
+        "--role",
+        "operator",
+        "--name",
+        "demo console",
+    ).split()[0]
     commands["agent"] = ["outpost_iot.agent.cli", "run", "--config", str(acfg)]
     started.callback(lambda: procs.get("agent") and stop(procs["agent"]))
     procs["agent"] = spawn(commands["agent"], log=logs / "agent.log")
@@ -150,8 +163,12 @@ Outpost demo is running (Ctrl-C stops it).
 Where the data is:
   time series  {ts_db}
   documents    {data / "documents.db"}
-  latest       {sys.executable} -m collector.cli readings --config {ccfg} --measurement unifi_device
-  agent buffer {sys.executable} -m agent.cli status --config {acfg}
+  latest       {sys.executable} -m outpost_iot.collector.cli readings --config {ccfg} --measurement unifi_device
+  agent buffer {sys.executable} -m outpost_iot.agent.cli status --config {acfg}
+
+The console: {api}/console/  (the certificate is the demo's own CA: {broker.files.ca_cert};
+  your browser will ask you to accept it). Sign in with this operator's API token:
+  {console_token}
 
 Try it: kill -9 {procs["agent"].pid} (the agent) or kill -9 {procs["collector"].pid} (the collector).
 The demo starts a killed process again; the count goes on with nothing lost or doubled.

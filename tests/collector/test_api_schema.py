@@ -116,7 +116,14 @@ def test_no_generated_request_makes_a_server_error(app: FastAPI) -> None:
 
 
 # Routes that authenticate another way: enrollment carries its one-time token in the body.
-PUBLIC = {("POST", "/api/v1/enroll"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+# Signing in to the console carries the API token in the body.
+PUBLIC = {
+    ("POST", "/api/v1/enroll"),
+    ("POST", "/api/v1/session"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+}
 BODIES = {"/api/v1/enrollment-tokens": {"site": "hq"}}
 
 
@@ -131,7 +138,7 @@ async def test_every_route_checks_its_token(app: FastAPI) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
         for method, path in routes:
-            url = path.replace("{gateway_id}", "gw-x")
+            url = path.replace("{gateway_id}", "gw-x").replace("{token_id}", "tok-x")
             query = {"measurement": "m", "field": "f"} if path.startswith("/api/v1/series") else {}
             for token in (None, "opa_wrong_token_0123456789"):
                 headers = {"Authorization": f"Bearer {token}"} if token else {}

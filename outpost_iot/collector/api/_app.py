@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outpost_iot.collector._version import version
+from outpost_iot.collector.api import _console
 from outpost_iot.collector.api._deps import ApiServices
 from outpost_iot.collector.api._limits import AttemptLimiter, BodyLimit
 from outpost_iot.collector.api._metrics import metrics_text
@@ -21,6 +22,7 @@ from outpost_iot.collector.api.routes import (
     gateways,
     operations,
     rollouts,
+    session,
     stream,
 )
 
@@ -38,6 +40,8 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(configs.router)
     app.include_router(rollouts.router)
     app.include_router(stream.router)
+    app.include_router(session.router)
+    app.include_router(_console.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from outpost_iot.collector._rollouts import RolloutService
 from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import (
     ALL_TENANTS,
+    ApiTokenRecord,
     AuditEntry,
     DocumentStore,
     QuarantineEntry,
+    SessionRecord,
     TimeSeriesStore,
 )
 
@@ -74,16 +77,44 @@ Services = Annotated[ApiServices, Depends(services)]
 _bearer = HTTPBearer(auto_error=False)
 
 
+SESSION_COOKIE = "outpost_session"
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def session_principal(
+    svc: ApiServices, request: Request
+) -> tuple[SessionRecord, ApiTokenRecord] | None:
+    """The console session the request's cookie names, if it is valid."""
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not session_id or len(session_id) > 128:
+        return None
+    return svc.documents.session(hash_token(session_id), time.time_ns())
+
+
 def principal(
     svc: Services,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """Who calls: a bearer API token, or a console session (its cookie) whose changes carry
+    the session's X-CSRF-Token."""
     if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing API token: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        found = session_principal(svc, request)
+        if found is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing API token: send 'Authorization: Bearer <token>' (or sign in to the console)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        session, owner = found
+        if request.method not in _SAFE_METHODS and not secrets.compare_digest(
+            request.headers.get("x-csrf-token", ""), session.csrf
+        ):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                "a change made with a console session needs its X-CSRF-Token header",
+            )
+        return Principal(owner.id, owner.tenant, owner.role)  # type: ignore[arg-type]
     record = svc.documents.api_token(hash_token(credentials.credentials))
     if record is None or record.revoked_ns is not None:
         raise HTTPException(

@@ -30,6 +30,7 @@ from outpost_iot.collector.stores._base import (
     SeriesGroup,
     SeriesQuery,
     SeriesWrite,
+    SessionRecord,
     StoredPoint,
     TimeSeriesStore,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "SeriesGroup",
     "SeriesQuery",
     "SeriesWrite",
+    "SessionRecord",
     "SqliteDocumentStore",
     "SqliteTimeSeriesStore",
     "StoredPoint",

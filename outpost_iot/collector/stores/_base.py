@@ -178,6 +178,18 @@ class ApiTokenRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecord:
+    """A console sign-in: the browser holds the session id in a cookie, the store its hash.
+    It acts with its API token's tenant and role while both are valid."""
+
+    hash: str
+    token_id: str
+    created_ns: int
+    expires_ns: int
+    csrf: str  # sent back in X-CSRF-Token with every change made with the session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FleetGateway:
     """A gateway as the fleet sees it: identity, state, certificate and config versions."""
 
@@ -389,6 +401,18 @@ class Identities(Protocol):
     def api_token(self, token_hash: str) -> ApiTokenRecord | None: ...
 
     def revoke_api_token(self, token_id: str, now_ns: int) -> bool: ...
+
+    def create_session(self, session: SessionRecord) -> None: ...
+
+    def session(
+        self, session_hash: str, now_ns: int
+    ) -> tuple[SessionRecord, ApiTokenRecord] | None:
+        """The session if it has not expired, with its API token if that is not revoked."""
+        ...
+
+    def delete_session(self, session_hash: str) -> bool: ...
+
+    def expire_sessions(self, now_ns: int) -> int: ...
 
 
 class ConfigsAndRollouts(Protocol):

@@ -42,6 +42,7 @@ from outpost_iot.collector.stores._base import (
     QuarantineEntry,
     RolloutMember,
     RolloutRecord,
+    SessionRecord,
 )
 from outpost_iot.wire import ConfigReport, Event, GatewayState
 
@@ -553,6 +554,53 @@ class SqlDocumentStore(abc.ABC):
                 (now_ns, token_id),
             )
             return cur.rowcount == 1
+
+    def create_session(self, session: SessionRecord) -> None:
+        with self._tx("create a console session") as cur:
+            cur.execute(
+                "INSERT INTO sessions (hash, token_id, created_ns, expires_ns, csrf)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    session.hash,
+                    session.token_id,
+                    session.created_ns,
+                    session.expires_ns,
+                    session.csrf,
+                ),
+            )
+
+    def session(
+        self, session_hash: str, now_ns: int
+    ) -> tuple[SessionRecord, ApiTokenRecord] | None:
+        row = self._one(
+            "SELECT s.hash, s.token_id, s.created_ns, s.expires_ns, s.csrf,"
+            " t.id, t.hash, t.tenant, t.role, t.name, t.created_ns, t.revoked_ns"
+            " FROM sessions s JOIN api_tokens t ON t.id = s.token_id"
+            " WHERE s.hash = ? AND s.expires_ns > ? AND t.revoked_ns IS NULL",
+            (session_hash, now_ns),
+        )
+        if row is None:
+            return None
+        return (
+            SessionRecord(
+                hash=row[0], token_id=row[1], created_ns=row[2], expires_ns=row[3], csrf=row[4]
+            ),
+            ApiTokenRecord(*row[5:]),
+        )
+
+    def delete_session(self, session_hash: str) -> bool:
+        with self._tx("end a console session") as cur:
+            cur.execute("DELETE FROM sessions WHERE hash = ?", (session_hash,))
+            return cur.rowcount == 1
+
+    def expire_sessions(self, now_ns: int) -> int:
+        with self._tx("expire console sessions") as cur:
+            cur.execute(
+                "DELETE FROM sessions WHERE expires_ns <= ? OR token_id IN"
+                " (SELECT id FROM api_tokens WHERE revoked_ns IS NOT NULL)",
+                (now_ns,),
+            )
+            return int(cur.rowcount)
 
     # -- desired configs and reports ----------------------------------------------------------
 

@@ -116,6 +116,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX quarantine_gateway ON quarantine (gateway_id)",
         ],
     ),
+    (
+        "0003_sessions",
+        [
+            # Console sign-ins: the hash of the cookie's session id, acting as an API token.
+            "CREATE TABLE sessions (hash TEXT PRIMARY KEY, token_id TEXT NOT NULL,"
+            " created_ns BIGINT NOT NULL, expires_ns BIGINT NOT NULL, csrf TEXT NOT NULL)",
+            "CREATE INDEX sessions_token ON sessions (token_id)",
+        ],
+    ),
 ]
 _LOCK_ID = 0x6F7574706F7374  # "outpost": one migrator at a time across replicas
 

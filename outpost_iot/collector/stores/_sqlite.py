@@ -220,6 +220,16 @@ def _doc_quarantine_budget(db: Database) -> None:
     db.execute("CREATE INDEX quarantine_gateway ON quarantine (gateway_id)")
 
 
+@DOC_MIGRATIONS(name="0009_sessions")
+def _doc_sessions(db: Database) -> None:
+    # Console sign-ins: the hash of the cookie's session id, acting as an API token.
+    db.execute(
+        "CREATE TABLE sessions (hash TEXT PRIMARY KEY, token_id TEXT NOT NULL,"
+        " created_ns INTEGER NOT NULL, expires_ns INTEGER NOT NULL, csrf TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX sessions_token ON sessions (token_id)")
+
+
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:
     try:
         private_file(path)  # 0600 whatever the umask (SQLite's -wal and -shm files follow it)

@@ -20,6 +20,7 @@ from outpost_iot.collector.stores import (
     QuarantineEntry,
     RolloutMember,
     RolloutRecord,
+    SessionRecord,
 )
 from outpost_iot.wire import ConfigReport, Event, GatewayState
 
@@ -395,6 +396,36 @@ def test_api_tokens(docs: DocumentStore) -> None:
     assert docs.revoke_api_token("t1", T + S)
     assert not docs.revoke_api_token("t1", T + 2 * S)  # once
     assert docs.api_token("hash1").revoked_ns == T + S  # type: ignore[union-attr]
+
+
+def test_sessions_last_until_they_expire_or_their_token_is_revoked(docs: DocumentStore) -> None:
+    docs.create_api_token(ApiTokenRecord("t1", "hash1", "acme", "viewer", "laptop", T))
+    docs.create_api_token(ApiTokenRecord("t2", "hash2", "globex", "operator", "phone", T))
+    docs.create_session(
+        SessionRecord(hash="s1", token_id="t1", created_ns=T, expires_ns=T + 60 * S, csrf="c1")
+    )
+    docs.create_session(
+        SessionRecord(hash="s2", token_id="t2", created_ns=T, expires_ns=T + 60 * S, csrf="c2")
+    )
+    found = docs.session("s1", T + S)
+    assert found is not None
+    session, token = found
+    assert (session.token_id, session.csrf, session.expires_ns) == ("t1", "c1", T + 60 * S)
+    assert (token.id, token.tenant, token.role) == ("t1", "acme", "viewer")
+    assert docs.session("s1", T + 60 * S) is None  # expired
+    assert docs.session("nope", T) is None
+    assert docs.revoke_api_token("t2", T + S)
+    assert docs.session("s2", T + 2 * S) is None  # its token was revoked
+    assert docs.delete_session("s1")
+    assert not docs.delete_session("s1")
+    assert docs.session("s1", T + S) is None
+    docs.create_session(
+        SessionRecord(hash="s3", token_id="t1", created_ns=T, expires_ns=T + 10 * S, csrf="c3")
+    )
+    assert docs.expire_sessions(T + 5 * S) == 1  # s2, whose token is revoked
+    assert docs.session("s3", T + 6 * S) is not None
+    assert docs.expire_sessions(T + 10 * S) == 1
+    assert docs.session("s3", T + 6 * S) is None
 
 
 def test_ping(docs: DocumentStore) -> None:

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from outpost_iot.collector._enrollment import parse_duration
@@ -257,3 +257,19 @@ def list_tokens(svc: Services, who: Operator) -> list[TokenInfo]:
         )
         for t in svc.documents.enrollment_tokens(tenant)
     ]
+
+
+@router.delete(
+    "/enrollment-tokens/{token_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"description": "no such token for this tenant"}},
+)
+def revoke_token(token_id: str, svc: Services, who: Operator, request: Request) -> Response:
+    """Revoke an enrollment token (operator): it enrolls no more gateways."""
+    tenant = None if who.tenant == ALL_TENANTS else who.tenant
+    found = next((t for t in svc.documents.enrollment_tokens(tenant) if t.id == token_id), None)
+    # Another tenant's token is indistinguishable from one that does not exist.
+    if found is None or not svc.documents.revoke_enrollment_token(token_id, tenant):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no enrollment token {token_id[:64]!r}")
+    audit(svc, who, request, "enrollment_token.revoke", token_id, found.tenant)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -30,11 +30,11 @@ class GatewaySummary(BaseModel):
     config_desired_version: int | None  # the newest desired config set for it
     tags: list[str]  # set by operators; rollouts can target them
     clock_flagged: bool
+    certificate_expires: float | None  # unix seconds; the agent renews before
 
 
 class GatewayDetail(GatewaySummary):
     enrolled: float | None
-    certificate_expires: float | None
     hardware: dict[str, Any]
     backlog_batches: int | None
     last_ack: float | None
@@ -77,6 +77,7 @@ def _summary(g: stores.FleetGateway) -> dict[str, Any]:
         "config_desired_version": g.config_desired,
         "tags": g.tags,
         "clock_flagged": g.clock_flagged,
+        "certificate_expires": _s(g.cert_not_after_ns),
     }
 
 
@@ -135,7 +136,6 @@ def gateway_detail(gateway_id: str, svc: Services, who: Viewer) -> GatewayDetail
     return GatewayDetail(
         **_summary(g),
         enrolled=_s(g.enrolled_ns),
-        certificate_expires=_s(g.cert_not_after_ns),
         hardware=g.hardware,
         backlog_batches=status_.get("backlog_batches"),
         last_ack=_s(status_.get("last_ack_ts")),

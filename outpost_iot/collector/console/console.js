@@ -1,0 +1,539 @@
+// The Outpost console: a page over the collector's API (docs/console.md).
+//
+// Every string from a device, a gateway or the API is put into the page as text
+// (textContent, never innerHTML), and the Content-Security-Policy allows no inline script:
+// a device named "<img src=x onerror=…>" shows as those characters.
+"use strict";
+
+const state = {
+  session: null, // {tenant, role, csrf, expires}
+  stream: null, // the EventSource of the current view
+  view: null, // {name, teardown}
+};
+
+// ---- small helpers -------------------------------------------------------------------------
+
+function h(tag, props, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "text") el.textContent = value;
+    else if (key === "href") el.setAttribute("href", safeHref(value));
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function safeHref(value) {
+  // Only the console's own routes: a link never carries a scheme a device could choose.
+  return typeof value === "string" && value.startsWith("#/") ? value : "#/";
+}
+
+function isOperator() {
+  return state.session && (state.session.role === "operator" || state.session.role === "admin");
+}
+
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  const d = Date.now() / 1000 - seconds;
+  if (d < 0) return "just now";
+  if (d < 90) return `${Math.round(d)} s ago`;
+  if (d < 5400) return `${Math.round(d / 60)} min ago`;
+  if (d < 172800) return `${Math.round(d / 3600)} h ago`;
+  return `${Math.round(d / 86400)} d ago`;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function when(seconds) {
+  if (!seconds) return "–";
+  return new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+}
+
+function value(v) {
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3).replace(/\.?0+$/, "");
+  if (typeof v === "boolean") return v ? "true" : "false";
+  return String(v);
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.detail) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && state.session && state.session.csrf) headers["X-CSRF-Token"] = state.session.csrf;
+  const r = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (r.status === 204) return null;
+  const data = await r.json().catch(() => null);
+  if (r.status === 401 && path !== "/api/v1/session") {
+    showSignIn("Your session has ended; sign in again.");
+    throw new ApiError(r.status, data);
+  }
+  if (!r.ok) throw new ApiError(r.status, data);
+  return data;
+}
+
+function openStream(params, handlers) {
+  closeStream();
+  const query = new URLSearchParams();
+  for (const [key, values] of Object.entries(params)) {
+    for (const v of [].concat(values)) query.append(key, v);
+  }
+  const source = new EventSource(`/api/v1/stream?${query}`);
+  const live = document.getElementById("live");
+  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
+  source.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  for (const [kind, handler] of Object.entries(handlers)) {
+    source.addEventListener(kind, (e) => {
+      let data;
+      try { data = JSON.parse(e.data); } catch { return; }
+      handler(data);
+    });
+  }
+  state.stream = source;
+}
+
+function closeStream() {
+  if (state.stream) state.stream.close();
+  state.stream = null;
+  const live = document.getElementById("live");
+  live.textContent = "";
+  live.className = "live";
+}
+
+function table(columns, rows, empty) {
+  if (!rows.length) return h("p", { class: "empty" }, empty);
+  return h("div", { class: "table-wrap" },
+    h("table", {},
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows)));
+}
+
+// ---- sign-in -------------------------------------------------------------------------------
+
+function showSignIn(message) {
+  closeStream();
+  state.session = null;
+  document.getElementById("top").hidden = true;
+  document.getElementById("view").hidden = true;
+  document.getElementById("sign-in").hidden = false;
+  document.getElementById("sign-in-error").textContent = message || "";
+  document.getElementById("token").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = document.getElementById("token");
+  const error = document.getElementById("sign-in-error");
+  error.textContent = "";
+  try {
+    state.session = await api("POST", "/api/v1/session", { token: input.value.trim() });
+    input.value = "";
+    start();
+  } catch (e) {
+    error.textContent = e.status === 401 ? "That token is unknown or revoked." : e.message;
+  }
+}
+
+async function signOut() {
+  try { await api("DELETE", "/api/v1/session"); } catch { /* signed out either way */ }
+  showSignIn("Signed out.");
+}
+
+function start() {
+  document.getElementById("sign-in").hidden = true;
+  document.getElementById("top").hidden = false;
+  document.getElementById("view").hidden = false;
+  const s = state.session;
+  document.getElementById("who").textContent = `${s.role} · ${s.tenant === "*" ? "all tenants" : s.tenant}`;
+  route();
+}
+
+// ---- routing -------------------------------------------------------------------------------
+
+const routes = [
+  [/^#\/fleet$/, () => fleetView()],
+  [/^#\/gateway\/([^/]+)$/, (m) => gatewayView(decodeURIComponent(m[1]))],
+  [/^#\/tokens$/, () => tokensView()],
+];
+
+function route() {
+  if (!state.session) return;
+  const hash = location.hash || "#/fleet";
+  if (state.view && state.view.teardown) state.view.teardown();
+  closeStream();
+  const view = document.getElementById("view");
+  view.replaceChildren();
+  for (const a of document.querySelectorAll("nav a")) {
+    if (hash.startsWith(`#/${a.dataset.section}`)) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  for (const [pattern, render] of routes) {
+    const m = hash.match(pattern);
+    if (m) {
+      state.view = render(m) || null;
+      return;
+    }
+  }
+  location.hash = "#/fleet";
+}
+
+// ---- fleet ---------------------------------------------------------------------------------
+
+function fleetView() {
+  const view = document.getElementById("view");
+  const counts = h("div", { class: "counts", "aria-label": "Fleet counts" });
+  const filters = {
+    text: h("input", { type: "search", placeholder: "gateway or site", "aria-label": "Find a gateway or site" }),
+    state: h("select", { "aria-label": "State" },
+      ["any state", "online", "offline", "unknown", "decommissioned"].map((s) => h("option", { value: s === "any state" ? "" : s }, s))),
+    tag: h("input", { type: "text", placeholder: "tag", "aria-label": "Tag" }),
+  };
+  const body = h("div", {});
+  view.append(h("h1", {}, "Fleet"), counts, h("div", { class: "filters" }, Object.values(filters)), body);
+  const gateways = new Map();
+  let changed = new Set();
+
+  function render() {
+    const all = [...gateways.values()];
+    const n = (f) => all.filter(f).length;
+    counts.replaceChildren(
+      ...[
+        ["gateways", all.length],
+        ["online", n((g) => g.state === "online")],
+        ["offline", n((g) => g.state === "offline")],
+        ["with a backlog", n((g) => (g.backlog_readings || 0) > 0)],
+        ["clock flagged", n((g) => g.clock_flagged)],
+        ["config out of sync", n((g) => g.config_desired_version && g.config_version !== g.config_desired_version)],
+      ].map(([label, count]) => h("div", { class: "count" }, h("b", {}, String(count)), label)),
+    );
+    const text = filters.text.value.trim().toLowerCase();
+    const rows = all
+      .filter((g) => !filters.state.value || g.state === filters.state.value)
+      .filter((g) => !filters.tag.value || (g.tags || []).includes(filters.tag.value.trim()))
+      .filter((g) => !text || g.id.toLowerCase().includes(text) || (g.site || "").toLowerCase().includes(text))
+      .sort((a, b) => (a.site || "").localeCompare(b.site || "") || a.id.localeCompare(b.id))
+      .map((g) => {
+        const drops = Object.values(g.drops || {}).reduce((a, b) => a + b, 0);
+        const inSync = !g.config_desired_version || g.config_version === g.config_desired_version;
+        return h("tr", { class: changed.has(g.id) ? "changed" : null, dataset: { gateway: g.id } },
+          h("td", {}, h("a", { href: `#/gateway/${encodeURIComponent(g.id)}` }, g.id)),
+          h("td", {}, g.site || "–"),
+          h("td", { class: `state-${g.state}` }, g.state),
+          h("td", {}, ago(g.last_seen)),
+          h("td", { class: "num" }, g.backlog_readings ?? "–"),
+          h("td", {}, duration(g.oldest_unsent_s)),
+          h("td", { class: "num" }, drops ? h("span", { class: "flag" }, String(drops)) : "0"),
+          h("td", {}, g.clock_flagged ? h("span", { class: "flag" }, "flagged") : "ok"),
+          h("td", {}, inSync ? "in sync" : h("span", { class: "flag" }, `${g.config_version ?? "–"} → ${g.config_desired_version}`)),
+          h("td", {}, g.certificate_expires ? when(g.certificate_expires).slice(0, 10) : "–"),
+          h("td", {}, g.agent_version || "–"),
+          h("td", {}, (g.tags || []).map((t) => h("span", { class: "badge" }, t))),
+        );
+      });
+    changed = new Set();
+    body.replaceChildren(table(
+      ["Gateway", "Site", "State", "Last seen", "Backlog", "Oldest unsent", "Drops", "Clock", "Config", "Certificate", "Agent", "Tags"],
+      rows, "No gateway matches."));
+  }
+
+  async function load() {
+    const list = await api("GET", "/api/v1/gateways");
+    gateways.clear();
+    for (const g of list) gateways.set(g.id, g);
+    render();
+  }
+
+  for (const f of Object.values(filters)) f.addEventListener("input", render);
+  load().catch((e) => body.replaceChildren(h("p", { class: "error" }, e.message)));
+  openStream({ kind: ["gateway", "config"] }, {
+    gateway: (g) => {
+      const known = gateways.get(g.id);
+      if (!known) { load(); return; } // a gateway new to this page: read the whole listing
+      Object.assign(known, g);
+      changed.add(g.id);
+      render();
+    },
+    config: (c) => {
+      const known = gateways.get(c.gateway_id);
+      if (known && c.status === "applied") known.config_version = c.applied_version;
+      render();
+    },
+    reset: () => load(),
+  });
+  const timer = setInterval(render, 30000); // "x s ago" moves on
+  return { teardown: () => clearInterval(timer) };
+}
+
+// ---- one gateway ---------------------------------------------------------------------------
+
+function gatewayView(id) {
+  const view = document.getElementById("view");
+  const facts = h("dl", { class: "facts" });
+  const latestBody = h("div", {});
+  const devicesBody = h("div", {});
+  const eventsBody = h("div", {});
+  const chartBox = h("div", { class: "chart", role: "img", "aria-label": "Chart of the chosen series" });
+  const chartForm = h("form", { class: "inline", "aria-label": "Chart" });
+  view.append(
+    h("p", {}, h("a", { href: "#/fleet" }, "← Fleet")),
+    h("h1", {}, "Gateway ", h("span", { class: "gw-id" }, id)),
+    facts,
+    h("h2", {}, "Latest values"), latestBody,
+    h("h2", {}, "Chart"), chartForm, chartBox,
+    h("h2", {}, "Devices"), devicesBody,
+    h("h2", {}, "Events"), eventsBody,
+  );
+  const latest = new Map(); // "measurement|tags" → {measurement, tags, fields, ts}
+  const events = [];
+  let changedKeys = new Set();
+
+  function seriesKey(s) {
+    const tags = Object.entries(s.tags).filter(([k]) => k !== "gateway").sort();
+    return `${s.measurement}|${JSON.stringify(tags)}`;
+  }
+
+  function renderLatest() {
+    const rows = [...latest.values()]
+      .sort((a, b) => seriesKey(a).localeCompare(seriesKey(b)))
+      .flatMap((s) => Object.entries(s.fields).sort().map(([field, v]) =>
+        h("tr", { class: changedKeys.has(seriesKey(s)) ? "changed" : null },
+          h("td", {}, s.measurement),
+          h("td", {}, Object.entries(s.tags).filter(([k]) => k !== "gateway").map(([k, val]) => h("span", { class: "badge" }, `${k}=${val}`))),
+          h("td", {}, field),
+          h("td", { class: "num latest-value", dataset: { series: `${s.measurement}.${field}`, device: s.tags.device || "", ts: String(s.ts) } }, value(v)),
+          h("td", {}, ago(s.ts)))));
+    changedKeys = new Set();
+    latestBody.replaceChildren(table(["Measurement", "Tags", "Field", "Value", "At"], rows, "No readings yet."));
+    refreshChartChoices();
+  }
+
+  function renderEvents() {
+    const rows = events.slice(-50).reverse().map((e) =>
+      h("tr", {}, h("td", {}, when(e.ts)), h("td", {}, e.source), h("td", {}, e.type), h("td", {}, JSON.stringify(e.body))));
+    eventsBody.replaceChildren(table(["At", "Source", "Type", "Body"], rows, "No events in the last 24 hours."));
+  }
+
+  async function loadFacts() {
+    const g = await api("GET", `/api/v1/gateways/${encodeURIComponent(id)}`);
+    const row = (label, v) => [h("dt", {}, label), h("dd", {}, v)];
+    const drops = Object.entries(g.drops || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "none";
+    facts.replaceChildren(...[
+      row("State", h("span", { class: `state-${g.state}` }, g.state)),
+      row("Site", g.site || "–"),
+      row("Last seen", ago(g.last_seen)),
+      row("Backlog", `${g.backlog_readings ?? "–"} readings, oldest unsent ${duration(g.oldest_unsent_s)}`),
+      row("Drops", drops),
+      row("Clock", g.clock_flagged ? `flagged (skew ${g.clock_skew_s} s)` : "ok"),
+      row("Config", `applied ${g.config_version ?? "–"}, desired ${g.config_desired_version ?? "–"}`),
+      row("Certificate", when(g.certificate_expires)),
+      row("Agent", g.agent_version || "–"),
+      row("Tags", (g.tags || []).join(", ") || "none"),
+    ].flat());
+  }
+
+  async function loadDevices() {
+    const d = await api("GET", `/api/v1/gateways/${encodeURIComponent(id)}/devices`);
+    const rows = d.devices.map((dev) => h("tr", {},
+      h("td", { class: "device-name" }, dev.name),
+      h("td", { class: `state-${dev.availability}` }, dev.availability),
+      h("td", {}, ago(dev.last_reading)),
+      h("td", {}, dev.measurements.join(", "))));
+    devicesBody.replaceChildren(table(["Device", "Availability", "Last reading", "Measurements"], rows, "No devices reported yet."));
+    const measurements = [...new Set(d.devices.flatMap((dev) => dev.measurements))];
+    for (const m of measurements) {
+      const found = await api("GET", `/api/v1/series/latest?measurement=${encodeURIComponent(m)}&tag=${encodeURIComponent(`gateway:${id}`)}`);
+      for (const s of found) {
+        const item = { measurement: m, tags: s.tags, fields: s.fields, ts: s.ts };
+        latest.set(seriesKey(item), item);
+      }
+    }
+    renderLatest();
+  }
+
+  async function loadEvents() {
+    const start = new Date(Date.now() - 86400000).toISOString();
+    const page = await api("GET", `/api/v1/events?gateway=${encodeURIComponent(id)}&start=${encodeURIComponent(start)}&limit=1000`);
+    events.splice(0, events.length, ...page.events);
+    renderEvents();
+  }
+
+  // The chart: one field of one measurement of this gateway, over a chosen range.
+  const pick = h("select", { "aria-label": "Series" });
+  const range = h("select", { "aria-label": "Range" },
+    [["1h", "1 hour", "10s"], ["6h", "6 hours", "1m"], ["24h", "24 hours", "5m"], ["7d", "7 days", "1h"]]
+      .map(([v, label, bucket]) => h("option", { value: v, dataset: { bucket } }, label)));
+  const aggregate = h("select", { "aria-label": "Aggregate" }, ["mean", "min", "max", "last", "count"].map((a) => h("option", { value: a }, a)));
+  chartForm.append(pick, range, aggregate, h("button", { type: "submit" }, "Show"));
+  let plot = null;
+
+  function refreshChartChoices() {
+    const choices = [...new Set([...latest.values()].flatMap((s) =>
+      Object.entries(s.fields).filter(([, v]) => typeof v === "number").map(([f]) => `${s.measurement}.${f}`)))].sort();
+    const current = pick.value;
+    if (choices.join() === [...pick.options].map((o) => o.value).join()) return;
+    pick.replaceChildren(...choices.map((c) => h("option", { value: c }, c)));
+    if (choices.includes(current)) pick.value = current;
+    if (!current && choices.length) drawChart();
+  }
+
+  async function drawChart(event) {
+    if (event) event.preventDefault();
+    if (!pick.value) return;
+    const [measurement, ...rest] = pick.value.split(".");
+    const field = rest.join(".");
+    const option = range.selectedOptions[0];
+    const seconds = { "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 }[range.value];
+    const end = new Date();
+    const start = new Date(end.getTime() - seconds * 1000);
+    const q = new URLSearchParams({
+      measurement, field, aggregate: aggregate.value, bucket: option.dataset.bucket,
+      start: start.toISOString(), end: end.toISOString(),
+    });
+    q.append("tag", `gateway:${id}`);
+    q.append("group_by", "device");
+    let result;
+    try {
+      result = await api("GET", `/api/v1/series?${q}`);
+    } catch (e) {
+      chartBox.replaceChildren(h("p", { class: "error" }, e.message));
+      return;
+    }
+    const times = [...new Set(result.groups.flatMap((g) => g.points.map((p) => p[0])))].sort((a, b) => a - b);
+    const data = [times];
+    const series = [{}];
+    for (const g of result.groups) {
+      const byTime = new Map(g.points.map((p) => [p[0], p[1]]));
+      data.push(times.map((t) => (byTime.has(t) ? byTime.get(t) : null)));
+      series.push({ label: g.tags.device || measurement, stroke: ["#0b5cad", "#c0392b", "#1a7f37", "#9a6700", "#6f42c1"][(series.length - 1) % 5] });
+    }
+    chartBox.replaceChildren();
+    chartBox.dataset.points = String(result.groups.reduce((n, g) => n + g.points.length, 0));
+    if (!times.length) {
+      chartBox.append(h("p", { class: "empty" }, "No readings in this range."));
+      return;
+    }
+    if (plot) plot.destroy();
+    const width = Math.max(280, chartBox.clientWidth || view.clientWidth - 20);
+    const span = [start.getTime() / 1000, end.getTime() / 1000];
+    plot = new uPlot({ width, height: 300, series, scales: { x: { time: true, range: () => span } } }, data, chartBox);
+  }
+  chartForm.addEventListener("submit", drawChart);
+
+  loadFacts().catch((e) => facts.replaceChildren(h("p", { class: "error" }, e.message)));
+  loadDevices().catch((e) => devicesBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  loadEvents().catch((e) => eventsBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  openStream({ kind: ["latest", "event", "gateway", "config"], gateway: id }, {
+    latest: (msg) => {
+      for (const s of msg.series) {
+        const key = seriesKey(s);
+        const known = latest.get(key);
+        if (known && known.ts > s.ts) continue; // a late backfill does not replace a newer value
+        latest.set(key, { ...s, fields: { ...(known ? known.fields : {}), ...s.fields } });
+        changedKeys.add(key);
+      }
+      renderLatest();
+    },
+    event: (e) => { events.push(e); renderEvents(); },
+    gateway: () => loadFacts(),
+    config: () => loadFacts(),
+    reset: () => { loadFacts(); loadDevices(); loadEvents(); },
+  });
+  return { teardown: () => { if (plot) plot.destroy(); } };
+}
+
+// ---- enrollment tokens ---------------------------------------------------------------------
+
+function tokensView() {
+  const view = document.getElementById("view");
+  view.append(h("h1", {}, "Enrollment tokens"));
+  if (!isOperator()) {
+    view.append(h("p", {}, "Enrollment tokens are made by operators; this session is a viewer's."));
+    return null;
+  }
+  const site = h("input", { id: "token-site", required: true, maxlength: 128, autocomplete: "off" });
+  const expires = h("select", { id: "token-expires" }, [["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]].map(([v, l]) => h("option", { value: v }, l)));
+  const uses = h("input", { id: "token-uses", type: "number", min: 1, max: 10000, value: 1, inputmode: "numeric" });
+  const result = h("div", { role: "status", "aria-live": "polite" });
+  const listBody = h("div", {});
+  const form = h("form", { class: "inline", "aria-label": "New enrollment token" },
+    h("div", {}, h("label", { for: "token-site" }, "Site"), site),
+    h("div", {}, h("label", { for: "token-expires" }, "Valid for"), expires),
+    h("div", {}, h("label", { for: "token-uses" }, "Gateways"), uses),
+    h("button", { type: "submit" }, "Create token"));
+  view.append(form, result, h("h2", {}, "Tokens"), listBody);
+
+  async function load() {
+    const tokens = await api("GET", "/api/v1/enrollment-tokens");
+    const now = Date.now() * 1e6;
+    const rows = tokens.map((t) => {
+      const status = t.revoked ? "revoked" : t.expires_at_ns <= now ? "expired" : t.uses_left <= 0 ? "used up" : "valid";
+      return h("tr", {},
+        h("td", {}, t.id), h("td", {}, t.site),
+        h("td", {}, `${t.uses_left} of ${t.uses_total}`),
+        h("td", {}, when(t.expires_at_ns / 1e9)),
+        h("td", {}, status),
+        h("td", {}, status === "valid"
+          ? h("button", { type: "button", class: "danger", onclick: () => revoke(t) }, "Revoke")
+          : ""));
+    });
+    listBody.replaceChildren(table(["Id", "Site", "Uses left", "Expires", "Status", ""], rows, "No enrollment tokens."));
+  }
+
+  async function revoke(t) {
+    if (!confirm(`Revoke enrollment token ${t.id} for site ${t.site}?`)) return;
+    await api("DELETE", `/api/v1/enrollment-tokens/${encodeURIComponent(t.id)}`);
+    load();
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    result.replaceChildren();
+    try {
+      const made = await api("POST", "/api/v1/enrollment-tokens", { site: site.value.trim(), expires: expires.value, uses: Number(uses.value) });
+      result.replaceChildren(
+        h("p", {}, `Token for site ${made.site}, shown only now. On the gateway:`),
+        h("code", { class: "secret", id: "new-token" }, made.token),
+        h("p", { class: "hint" }, "outpost-provision enroll --collector <this collector's URL> --token <the token> --start"),
+        h("p", {}, "Gateways that come online appear on the ", h("a", { href: "#/fleet" }, "fleet"), " page as they enroll."));
+      load();
+    } catch (e) {
+      const problems = (e.body && e.body.problems) || [];
+      result.replaceChildren(h("p", { class: "error" }, problems.length ? problems.map((p) => `${p.field}: ${p.problem}`).join("; ") : e.message));
+    }
+  });
+  load().catch((e) => listBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  return null;
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+document.getElementById("sign-in-form").addEventListener("submit", signIn);
+document.getElementById("sign-out").addEventListener("click", signOut);
+window.addEventListener("hashchange", route);
+api("GET", "/api/v1/session")
+  .then((s) => { state.session = s; start(); })
+  .catch(() => showSignIn(""));
