@@ -14,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 
+from outpost_iot import wire
 from outpost_iot.collector._config import load_config
 from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
-from outpost_iot.collector._ingest import IngestMetrics, Ingestor
+from outpost_iot.collector._ingest import Incoming, IngestMetrics, Ingestor
 from outpost_iot.collector._rollouts import RolloutService
 from outpost_iot.collector._stream import LocalHub
 from outpost_iot.collector.api import ApiServices, create_app
@@ -29,6 +30,7 @@ from outpost_iot.collector.stores import (
 )
 from outpost_iot.dev._processes import Mosquitto, collector_config, find_mosquitto, free_port
 from outpost_iot.provisioning._ca import make_csr, new_key
+from outpost_iot.wire import topics
 from tests.conftest import require_service
 
 T0 = 1_795_300_000 * 10**9  # 2026-11-21T20:26:40Z
@@ -57,6 +59,40 @@ class Api:
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens[token]}"} if token else {}
         return await self.client.get(path, params=params, headers=headers)  # type: ignore[arg-type]
+
+
+def batch_message(
+    gw: str, seq: int, values: list[float], *, device: str = "plug", events: int = 0
+) -> Incoming:
+    """A batch as gateway ``gw`` sends it: ``power`` readings ``w`` of ``device`` (one per
+    value, 1 ns apart from T0) and ``events`` door_open events."""
+    readings = [
+        wire.Reading(measurement="power", tags={"device": device}, fields={"w": v}, ts=T0 + i)
+        for i, v in enumerate(values)
+    ]
+    b = wire.Batch.model_validate(
+        {
+            "gw": gw,
+            "stream": "s1",
+            "boot": "b1",
+            "seq": seq,
+            "created": T0,
+            "clock": {"offset_ns": 0, "synced": True},
+            "series": wire.group_readings(readings),
+            "events": [
+                {
+                    "id": f"e{seq}-{i}",
+                    "type": "door_open",
+                    "ts": T0,
+                    "source": device,
+                    "body": {"a": 1},
+                }
+                for i in range(events)
+            ],
+        }
+    )
+    props = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
+    return Incoming(topics.up_batch(gw), wire.encode_batch(b), props, T0)
 
 
 def iso(ns: int) -> str:

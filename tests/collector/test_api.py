@@ -6,14 +6,12 @@ import statistics
 
 import pytest
 
-from outpost_iot import wire
-from outpost_iot.collector._ingest import Incoming
 from outpost_iot.collector.stores import (
     BatchRecord,
     SeriesWrite,
 )
-from outpost_iot.wire import Event, GatewayState, topics
-from tests.collector._api_fixture import MINUTE, T0, Api, iso
+from outpost_iot.wire import Event, GatewayState
+from tests.collector._api_fixture import MINUTE, T0, Api, batch_message, iso
 
 
 def write_temperatures(api: Api, name: str, tenant: str, offset: float = 0.0) -> list[float]:
@@ -271,29 +269,6 @@ async def test_readyz_names_what_is_not_ready_and_metrics_are_prometheus(api: Ap
     assert "outpost_store_write_seconds_count 1.0" in text
 
 
-def batch_message(gw: str, seq: int, n: int) -> Incoming:
-    readings = [
-        wire.Reading(
-            measurement="power", tags={"device": "plug"}, fields={"w": float(i)}, ts=T0 + i
-        )
-        for i in range(n)
-    ]
-    b = wire.Batch.model_validate(
-        {
-            "gw": gw,
-            "stream": "s1",
-            "boot": "b1",
-            "seq": seq,
-            "created": T0,
-            "clock": {"offset_ns": 0, "synced": True},
-            "series": wire.group_readings(readings),
-            "events": [],
-        }
-    )
-    props = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
-    return Incoming(topics.up_batch(gw), wire.encode_batch(b), props, T0)
-
-
 def post(api: Api, path: str, token: str = "operator-a"):  # type: ignore[no-untyped-def]
     return api.client.post(path, headers={"Authorization": f"Bearer {api.tokens[token]}"})
 
@@ -302,9 +277,9 @@ async def test_quarantine_is_listed_and_replayed_after_a_fix(api: Api) -> None:
     gw, other = api.gateways["a1"], api.gateways["b1"]
     deployed = api.ingestors[0]
     # A batch over the deployed limit is quarantined (and acked), one of globex's too.
-    [reply] = deployed.handle([batch_message(gw, 1, n=8)])
+    [reply] = deployed.handle([batch_message(gw, 1, [float(i) for i in range(8)])])
     assert reply.message.status == "quarantined"  # type: ignore[union-attr]
-    deployed.handle([batch_message(other, 1, n=9)])
+    deployed.handle([batch_message(other, 1, [float(i) for i in range(9)])])
     page = (await api.get("/api/v1/quarantine", token="operator-a")).json()
     (entry,) = page["entries"]  # not globex's
     assert entry["gateway_id"] == gw

@@ -35,7 +35,7 @@ from outpost_iot.collector._stream import (
 from outpost_iot.dev._processes import free_port
 from outpost_iot.dev._servers import Redis
 from outpost_iot.wire import GatewayState, topics
-from tests.collector._api_fixture import T0, Api
+from tests.collector._api_fixture import T0, Api, batch_message
 from tests.collector._fleet_fixture import CONFIG, Fleet
 
 ALL = frozenset(("latest", "event", "gateway", "config", "rollout"))
@@ -309,28 +309,6 @@ async def sse(
         yield SseClient(r, r.aiter_lines())
 
 
-def batch(gw: str, seq: int, values: list[float], device: str = "plug") -> Incoming:
-    readings = [
-        wire.Reading(measurement="power", tags={"device": device}, fields={"w": v}, ts=T0 + i)
-        for i, v in enumerate(values)
-    ]
-    events = [wire.Event(id=f"e{seq}", type="door_open", ts=T0, source=device, body={"a": 1})]
-    b = wire.Batch.model_validate(
-        {
-            "gw": gw,
-            "stream": "s1",
-            "boot": "b1",
-            "seq": seq,
-            "created": T0,
-            "clock": {"offset_ns": 0, "synced": True},
-            "series": wire.group_readings(readings),
-            "events": [e.model_dump() for e in events],
-        }
-    )
-    props = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
-    return Incoming(topics.up_batch(gw), wire.encode_batch(b), props, T0)
-
-
 @pytest.mark.parametrize("api", ["sqlite"], indirect=True)
 async def test_what_the_ingest_stores_reaches_the_tenants_stream_and_a_reconnect_resumes(
     api: Api,
@@ -342,8 +320,12 @@ async def test_what_the_ingest_stores_reaches_the_tenants_stream_and_a_reconnect
         async with sse(base, api.tokens["viewer-a"], **params) as s:
             assert s.response.status_code == 200
             assert s.response.headers["content-type"].startswith("text/event-stream")
-            await asyncio.to_thread(ingest.handle, [batch(b1, 1, [9.0])])  # globex's
-            replies = await asyncio.to_thread(ingest.handle, [batch(a1, 1, [1.0, 2.5])])
+            await asyncio.to_thread(
+                ingest.handle, [batch_message(b1, 1, [9.0], events=1)]
+            )  # globex's
+            replies = await asyncio.to_thread(
+                ingest.handle, [batch_message(a1, 1, [1.0, 2.5], events=1)]
+            )
             assert replies[0].message == wire.Ack(stream="s1", seq=1, status="stored")
             _, kind, data = await s.next_event()
             assert kind == "latest"
@@ -364,12 +346,12 @@ async def test_what_the_ingest_stores_reaches_the_tenants_stream_and_a_reconnect
             assert all(d.get("gateway_id", d.get("id")) == a1 for _, _, d in s.events)
 
         # Disconnected: what is stored meanwhile is given on reconnecting with Last-Event-ID.
-        await asyncio.to_thread(ingest.handle, [batch(a1, 2, [7.0])])
+        await asyncio.to_thread(ingest.handle, [batch_message(a1, 2, [7.0], events=1)])
         async with sse(base, api.tokens["viewer-a"], last_id, **params) as s:
             _, kind, data = await s.next_event()
             assert (kind, data["series"][0]["fields"]) == ("latest", {"w": 7.0})
             _, kind, data = await s.next_event()
-            assert (kind, data["id"]) == ("event", "e2")
+            assert (kind, data["id"]) == ("event", "e2-0")
 
 
 @pytest.mark.parametrize("api", ["sqlite"], indirect=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 import orjson
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response, status
 from fastapi.routing import APIRoute
 
 from outpost_iot.wire import BoundedDict
@@ -173,3 +173,21 @@ class OffLoopJsonRoute(APIRoute):
             return await handler(_OffLoopJsonRequest(request.scope, request.receive))
 
         return route
+
+
+def limited_address(request: Request, what: str) -> tuple[str, AttemptLimiter]:
+    """The caller's address and the limiter of failed attempts; a 429 with Retry-After when
+    that address failed ``what`` (enrollments, sign-ins) too often lately."""
+    address = request.client.host if request.client else "unknown"
+    attempts: AttemptLimiter = request.app.state.enroll_attempts
+    wait = attempts.wait(address)
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            {
+                "error": "too_many_attempts",
+                "detail": f"too many failed {what} from this address; try again in {wait:.0f} s",
+            },
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )
+    return address, attempts

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from outpost_iot.collector._enrollment import parse_duration
 from outpost_iot.collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from outpost_iot.collector.api._deps import ApiServices, Operator, Services, audit
-from outpost_iot.collector.api._limits import AttemptLimiter, OffLoopJsonRoute
+from outpost_iot.collector.api._limits import OffLoopJsonRoute, limited_address
 from outpost_iot.collector.stores import ALL_TENANTS, AuditEntry
 
 router = APIRouter(prefix="/api/v1", tags=["enrollment"], route_class=OffLoopJsonRoute)
@@ -83,18 +83,7 @@ def enroll(body: EnrollRequest, svc: Services, request: Request) -> EnrollRespon
     Failed attempts are limited per client address (429 with Retry-After past the limit), and
     every attempt is logged and audited, without the token.
     """
-    address = request.client.host if request.client else "unknown"
-    attempts: AttemptLimiter = request.app.state.enroll_attempts
-    wait = attempts.wait(address)
-    if wait > 0:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            {
-                "error": "too_many_attempts",
-                "detail": f"too many failed enrollments from this address; try again in {wait:.0f} s",
-            },
-            headers={"Retry-After": str(max(1, round(wait)))},
-        )
+    address, attempts = limited_address(request, "enrollments")
     proof = None
     if body.proof is not None:
         try:

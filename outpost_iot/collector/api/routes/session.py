@@ -26,7 +26,7 @@ from outpost_iot.collector.api._deps import (
     audit,
     session_principal,
 )
-from outpost_iot.collector.api._limits import AttemptLimiter
+from outpost_iot.collector.api._limits import limited_address
 from outpost_iot.collector.stores import SessionRecord
 
 router = APIRouter(prefix="/api/v1/session", tags=["console"])
@@ -45,29 +45,13 @@ class SessionOut(BaseModel):
     expires: float  # unix seconds
 
 
-def _refuse_if_limited(request: Request) -> str:
-    address = request.client.host if request.client else "unknown"
-    attempts: AttemptLimiter = request.app.state.enroll_attempts
-    wait = attempts.wait(address)
-    if wait > 0:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            {
-                "error": "too_many_attempts",
-                "detail": f"too many failed sign-ins from this address; try again in {wait:.0f} s",
-            },
-            headers={"Retry-After": str(max(1, round(wait)))},
-        )
-    return address
-
-
 @router.post("", responses={401: {"description": "unknown or revoked API token"}})
 def sign_in(body: SignIn, svc: Services, request: Request, response: Response) -> SessionOut:
     """Exchange an API token for a session cookie (the console's sign-in)."""
-    address = _refuse_if_limited(request)
+    address, attempts = limited_address(request, "sign-ins")
     record = svc.documents.api_token(hash_token(body.token))
     if record is None or record.revoked_ns is not None:
-        request.app.state.enroll_attempts.charge(address)
+        attempts.charge(address)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "unknown or revoked API token: ask an admin for one (outpost-collector api-token create)",
