@@ -52,6 +52,8 @@ def site(harness: Harness) -> Iterator[dict[str, Any]]:
     result = enroll(harness, new_token(harness, site="Warehouse 3"), "con")
     assert result.exit_code == 0, result.output
     gw = gateway_id_of(harness, "con")
+    # A second gateway that never runs: a rollout to both stays open until it is aborted.
+    assert enroll(harness, new_token(harness, site="Warehouse 3"), "silent").exit_code == 0
     config = harness.root / "con" / "agent.toml"
     tune(config)
     with config.open("a") as f:
@@ -232,9 +234,10 @@ def _iso(seconds: float) -> str:
 def test_a_viewer_gets_no_operator_actions(site: dict[str, Any], browser: Any) -> None:
     page = _page(browser)
     _sign_in(page, url(site["h"]), site["tokens"]["viewer"])
-    page.goto(f"{url(site['h'])}/console/#/tokens")
-    page.get_by_text("this session is a viewer's").wait_for()
-    assert page.get_by_role("button", name="Create token").count() == 0
+    for section, button in (("tokens", "Create token"), ("rollouts", "Start rollout")):
+        page.goto(f"{url(site['h'])}/console/#/{section}")
+        page.get_by_text("this session is a viewer's").wait_for()
+        assert page.get_by_role("button", name=button).count() == 0
     # The API refuses a viewer's change made with the session, whatever the page shows.
     status = page.evaluate(
         """async () => (await fetch('/api/v1/enrollment-tokens', {method: 'POST',
@@ -281,3 +284,40 @@ def test_a_change_without_the_csrf_token_is_refused(site: dict[str, Any], browse
         csrf,
     )
     assert status == 201
+
+
+def test_an_operator_starts_a_rollout_sees_field_errors_and_aborts_it(
+    site: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    page = _page(browser)
+    _sign_in(page, url(site["h"]), site["tokens"]["operator"])
+    page.get_by_role("link", name="Rollouts").click()
+    patch = page.get_by_label("Patch")
+    # A patch that does not validate: the problem is named by its field, nothing is started.
+    patch.fill('{"buffer": {"batch_max_readings": -5}}')
+    page.get_by_role("button", name="Start rollout").click()
+    page.get_by_role("alert").get_by_text("config.buffer.batch_max_readings").wait_for()
+    assert page.locator("tr[data-rollout]").count() == 0
+    patch.fill('{"buffer": {"batch_max_readings": 500}}')
+    page.get_by_label("Waves").fill("1, 100%")
+    page.get_by_role("button", name="Start rollout").click()
+    row = page.locator("tr[data-rollout]").first
+    row.wait_for()
+    wait_until(
+        lambda: "running" in row.inner_text() and "1:" in row.inner_text(),
+        timeout=30,
+        what="the rollout's first wave on the page",
+    )
+    _shot(page, tmp_path, "rollouts")
+    page.once("dialog", lambda d: d.accept())
+    row.get_by_role("button", name="Abort").click()
+    row.locator(".rollout-status", has_text="aborted").wait_for()
+    rid = row.get_attribute("data-rollout")
+    r = httpx.get(
+        f"{url(site['h'])}/api/v1/rollouts/{rid}",
+        headers={"Authorization": f"Bearer {site['tokens']['operator']}"},
+        verify=trust(site["h"]),
+        timeout=10,
+    )
+    assert r.json()["status"] == "aborted"
+    assert r.json()["reason"] == "aborted by an operator"

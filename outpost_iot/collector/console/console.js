@@ -178,6 +178,9 @@ const routes = [
   [/^#\/fleet$/, () => fleetView()],
   [/^#\/gateway\/([^/]+)$/, (m) => gatewayView(decodeURIComponent(m[1]))],
   [/^#\/tokens$/, () => tokensView()],
+  [/^#\/rollouts$/, () => rolloutsView()],
+  [/^#\/quarantine$/, () => quarantineView()],
+  [/^#\/audit$/, () => auditView()],
 ];
 
 function route() {
@@ -470,10 +473,7 @@ function gatewayView(id) {
 function tokensView() {
   const view = document.getElementById("view");
   view.append(h("h1", {}, "Enrollment tokens"));
-  if (!isOperator()) {
-    view.append(h("p", {}, "Enrollment tokens are made by operators; this session is a viewer's."));
-    return null;
-  }
+  if (operatorsOnly(view, "Enrollment tokens")) return null;
   const site = h("input", { id: "token-site", required: true, maxlength: 128, autocomplete: "off" });
   const expires = h("select", { id: "token-expires" }, [["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]].map(([v, l]) => h("option", { value: v }, l)));
   const uses = h("input", { id: "token-uses", type: "number", min: 1, max: 10000, value: 1, inputmode: "numeric" });
@@ -526,6 +526,153 @@ function tokensView() {
     }
   });
   load().catch((e) => listBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  return null;
+}
+
+// ---- rollouts ------------------------------------------------------------------------------
+
+function operatorsOnly(view, what) {
+  if (isOperator()) return false;
+  view.append(h("p", {}, `${what} are for operators; this session is a viewer's.`));
+  return true;
+}
+
+function rolloutsView() {
+  const view = document.getElementById("view");
+  view.append(h("h1", {}, "Rollouts"));
+  if (operatorsOnly(view, "Rollouts")) return null;
+  const patch = h("textarea", { id: "rollout-patch", rows: 6, spellcheck: "false",
+    placeholder: '{"sources": [{"type": "simulated", "name": "sim", "interval": 10}]}' });
+  const site = h("input", { id: "rollout-site", maxlength: 128, placeholder: "all sites" });
+  const tag = h("input", { id: "rollout-tag", maxlength: 64, placeholder: "any tag" });
+  const waves = h("input", { id: "rollout-waves", value: "1, 10%, 100%" });
+  const abort = h("input", { id: "rollout-abort", type: "number", min: 0, max: 100, value: 0 });
+  const problems = h("div", { role: "alert" });
+  const form = h("form", { "aria-label": "New rollout" },
+    h("label", { for: "rollout-patch" }, "Patch (JSON merge patch over each gateway's config)"), patch,
+    h("div", { class: "inline" },
+      h("div", {}, h("label", { for: "rollout-site" }, "Site"), site),
+      h("div", {}, h("label", { for: "rollout-tag" }, "Tag"), tag),
+      h("div", {}, h("label", { for: "rollout-waves" }, "Waves"), waves),
+      h("div", {}, h("label", { for: "rollout-abort" }, "Abort above % failed"), abort)),
+    h("p", {}, h("button", { type: "submit" }, "Start rollout")), problems);
+  const listBody = h("div", {});
+  view.append(form, h("h2", {}, "Rollouts"), listBody);
+  const rollouts = new Map();
+
+  function render() {
+    const rows = [...rollouts.values()].sort((a, b) => b.created - a.created).map((r) => {
+      const waves = (r.waves || []).map((w) =>
+        h("span", { class: "badge" }, `${w.index + 1}: ${w.applied}✓ ${w.failed + w.timed_out}✗ ${w.pending}…`));
+      const act = (action, label, cls) => h("button", { type: "button", class: cls, onclick: () => control(r, action) }, label);
+      const actions = [];
+      if (r.status === "running") actions.push(act("pause", "Pause", "secondary"));
+      if (r.status === "paused") actions.push(act("resume", "Resume", "secondary"));
+      if (r.status === "running" || r.status === "paused") actions.push(act("abort", "Abort", "danger"));
+      return h("tr", { dataset: { rollout: r.id } },
+        h("td", {}, r.id), h("td", { class: "rollout-status" }, r.status),
+        h("td", {}, `${(r.current_wave || 0) + 1} of ${(r.waves || []).length}`),
+        h("td", {}, waves), h("td", {}, r.reason || ""), h("td", {}, actions));
+    });
+    listBody.replaceChildren(table(["Id", "Status", "Wave", "Waves (applied, failed, pending)", "Reason", ""], rows, "No rollouts yet."));
+  }
+
+  async function load() {
+    for (const r of await api("GET", "/api/v1/rollouts")) rollouts.set(r.id, r);
+    render();
+  }
+
+  async function control(r, action) {
+    if (action === "abort" && !confirm(`Abort rollout ${r.id}? Waves not started never start.`)) return;
+    try {
+      rollouts.set(r.id, await api("POST", `/api/v1/rollouts/${encodeURIComponent(r.id)}/${action}`));
+      render();
+    } catch (e) { problems.replaceChildren(h("p", { class: "error" }, e.message)); }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    problems.replaceChildren();
+    let change;
+    try { change = JSON.parse(patch.value); } catch (e) {
+      problems.replaceChildren(h("p", { class: "error" }, `patch: not JSON (${e.message})`));
+      patch.setAttribute("aria-invalid", "true");
+      return;
+    }
+    patch.removeAttribute("aria-invalid");
+    const body = { patch: change, waves: waves.value.split(",").map((w) => w.trim()).filter(Boolean), abort_above_percent: Number(abort.value) };
+    if (site.value.trim()) body.site = site.value.trim();
+    if (tag.value.trim()) body.tag = tag.value.trim();
+    try {
+      const made = await api("POST", "/api/v1/rollouts", body);
+      rollouts.set(made.id, made);
+      render();
+    } catch (e) {
+      const list = (e.body && e.body.problems) || [];
+      problems.replaceChildren(list.length
+        ? h("ul", { class: "error" }, list.map((p) => h("li", {}, `${p.field}: ${p.problem}`)))
+        : h("p", { class: "error" }, e.message));
+    }
+  });
+  load().catch((e) => listBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  openStream({ kind: ["rollout"] }, {
+    rollout: (r) => {
+      const known = rollouts.get(r.id);
+      if (!known) { load(); return; }
+      Object.assign(known, r);
+      render();
+    },
+    reset: () => load(),
+  });
+  return null;
+}
+
+// ---- quarantine and audit -------------------------------------------------------------------
+
+function quarantineView() {
+  const view = document.getElementById("view");
+  view.append(h("h1", {}, "Quarantine"));
+  if (operatorsOnly(view, "The quarantine and its replays")) return null;
+  view.append(h("p", { class: "hint" }, "Messages that failed validation, newest first. Replay one after a fix (a raised limit, an upgrade)."));
+  const body = h("div", {});
+  view.append(body);
+  async function load() {
+    const page = await api("GET", "/api/v1/quarantine?limit=200");
+    const rows = page.entries.map((e) => h("tr", {},
+      h("td", {}, when(e.received)), h("td", {}, e.gateway_id), h("td", {}, e.reason),
+      h("td", {}, e.detail), h("td", { class: "num" }, e.bytes),
+      h("td", {}, e.replayed ? `${e.replay_result} (${ago(e.replayed)})` : h("button", { type: "button", class: "secondary", onclick: () => replay(e) }, "Replay"))));
+    body.replaceChildren(table(["Received", "Gateway", "Reason", "Detail", "Bytes", "Replay"], rows, "Nothing is quarantined."));
+  }
+  async function replay(e) {
+    try {
+      const r = await api("POST", `/api/v1/quarantine/${e.id}/replay`);
+      body.prepend(h("p", { role: "status" }, `Message ${r.id}: ${r.result}${r.detail ? ` (${r.detail})` : ""}`));
+      load();
+    } catch (err) { body.prepend(h("p", { class: "error" }, err.message)); }
+  }
+  load().catch((e) => body.replaceChildren(h("p", { class: "error" }, e.message)));
+  return null;
+}
+
+function auditView() {
+  const view = document.getElementById("view");
+  view.append(h("h1", {}, "Audit log"));
+  if (operatorsOnly(view, "The audit log")) return null;
+  const body = h("div", {});
+  const more = h("button", { type: "button", class: "secondary" }, "Older");
+  view.append(body, h("p", {}, more));
+  const entries = [];
+  async function load(before) {
+    const page = await api("GET", `/api/v1/audit?limit=100${before ? `&before=${before}` : ""}`);
+    entries.push(...page);
+    more.hidden = page.length < 100;
+    body.replaceChildren(table(["At", "Actor", "Action", "Target", "From", "Detail"], entries.map((e) => h("tr", {},
+      h("td", {}, when(e.ts)), h("td", {}, e.actor), h("td", {}, e.action), h("td", {}, e.target),
+      h("td", {}, e.source), h("td", {}, JSON.stringify(e.detail)))), "No actions recorded."));
+  }
+  more.addEventListener("click", () => load(entries.length ? entries[entries.length - 1].id : undefined));
+  load().catch((e) => body.replaceChildren(h("p", { class: "error" }, e.message)));
   return null;
 }
 
