@@ -563,7 +563,8 @@ function rolloutsView() {
   function render() {
     const rows = [...rollouts.values()].sort((a, b) => b.created - a.created).map((r) => {
       const waves = (r.waves || []).map((w) =>
-        h("span", { class: "badge" }, `${w.index + 1}: ${w.applied}✓ ${w.failed + w.timed_out}✗ ${w.pending}…`));
+        h("span", { class: "badge" },
+          `wave ${w.index + 1}: ${w.applied} applied, ${w.failed + w.timed_out} failed, ${w.pending} pending${w.started ? "" : " (not started)"}`));
       const act = (action, label, cls) => h("button", { type: "button", class: cls, onclick: () => control(r, action) }, label);
       const actions = [];
       if (r.status === "running") actions.push(act("pause", "Pause", "secondary"));
@@ -574,7 +575,7 @@ function rolloutsView() {
         h("td", {}, `${(r.current_wave || 0) + 1} of ${(r.waves || []).length}`),
         h("td", {}, waves), h("td", {}, r.reason || ""), h("td", {}, actions));
     });
-    listBody.replaceChildren(table(["Id", "Status", "Wave", "Waves (applied, failed, pending)", "Reason", ""], rows, "No rollouts yet."));
+    listBody.replaceChildren(table(["Id", "Status", "Wave", "Progress", "Reason", ""], rows, "No rollouts yet."));
   }
 
   async function load() {
