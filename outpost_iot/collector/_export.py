@@ -111,31 +111,60 @@ def _iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns:09d}Z"
 
 
-def write_jsonl(points: Iterator[StoredPoint], out: TextIO) -> int:
-    n = 0
+def jsonl_lines(points: Iterator[StoredPoint]) -> Iterator[str]:
+    """One JSON object per reading, each a line."""
     for p in points:
         line = {"measurement": p.measurement, "tags": p.tags, "fields": p.fields, "ts": p.ts}
-        out.write(orjson.dumps(line).decode() + "\n")
-        n += 1
-    return n
+        yield orjson.dumps(line).decode() + "\n"
 
 
-def write_csv(points: Iterator[StoredPoint], out: TextIO) -> int:
+# A cell a spreadsheet would take for a formula (OWASP "CSV injection"): text from a device
+# that starts with one of these is written with a leading apostrophe, so it stays text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_lines(points: Iterator[StoredPoint]) -> Iterator[str]:
     """One row per field (long form, as InfluxDB's CSV): the columns stay the same whatever
-    tags and fields the series have, so rows can be written as they come."""
+    tags and fields the series have, so rows can be written as they come. Text that came from
+    a device (tags, text values) is neutralised where a spreadsheet would run it as a formula;
+    numbers are written as they are."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")  # RFC 4180; a lone \r in a value is quoted
     w.writerow(CSV_COLUMNS)
-    out.write(buf.getvalue())
-    n = 0
+    yield buf.getvalue()
     for p in points:
         buf.seek(0)
         buf.truncate()
-        tags = ",".join(f"{k}={v}" for k, v in sorted(p.tags.items()))
+        tags = _cell(",".join(f"{k}={v}" for k, v in sorted(p.tags.items())))
         when = _iso(p.ts)
         for field, value in p.fields.items():
-            text = ("true" if value else "false") if isinstance(value, bool) else value
-            w.writerow((when, p.ts, p.measurement, tags, field, text))
-        out.write(buf.getvalue())
+            if isinstance(value, bool):
+                text: object = "true" if value else "false"
+            elif isinstance(value, str):
+                text = _cell(value)
+            else:
+                text = value
+            w.writerow((when, p.ts, _cell(p.measurement), tags, _cell(field), text))
+        yield buf.getvalue()
+
+
+def _write(lines: Iterator[str], out: TextIO, header: bool) -> int:
+    n = -1 if header else 0
+    for line in lines:
+        out.write(line)
         n += 1
-    return n
+    return max(n, 0)
+
+
+def write_jsonl(points: Iterator[StoredPoint], out: TextIO) -> int:
+    """Write readings as JSON Lines; returns how many."""
+    return _write(jsonl_lines(points), out, header=False)
+
+
+def write_csv(points: Iterator[StoredPoint], out: TextIO) -> int:
+    """Write readings as CSV (:func:`csv_lines`); returns how many."""
+    return _write(csv_lines(points), out, header=True)

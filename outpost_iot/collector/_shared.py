@@ -34,6 +34,7 @@ from outpost_iot.collector.stores import (
     ALL_TENANTS,
     LatestValue,
     SeriesGroup,
+    SeriesInfo,
     SeriesQuery,
     SeriesWrite,
     StoredPoint,
@@ -305,6 +306,11 @@ class LatestValues:
 
     def devices(self, tenant: str, gateway_id: str) -> dict[str, tuple[list[str], int]]:
         return self.inner.devices(tenant, gateway_id)
+
+    def catalog(
+        self, tenant: str, *, tags: dict[str, str] | None = None, limit: int = 10_000
+    ) -> list[SeriesInfo]:
+        return self.inner.catalog(tenant, tags=tags, limit=limit)
 
     def refresh_rollups(self, raw_horizon_ns: int = 0) -> int:
         return self.inner.refresh_rollups(raw_horizon_ns)

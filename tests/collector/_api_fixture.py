@@ -33,7 +33,7 @@ from outpost_iot.provisioning._ca import make_csr, new_key
 from outpost_iot.wire import topics
 from tests.conftest import require_service
 
-T0 = 1_795_300_000 * 10**9  # 2026-11-21T20:26:40Z
+T0 = 1_795_300_000 * 10**9  # 2026-11-21T22:26:40Z
 MINUTE = 60 * 10**9
 
 

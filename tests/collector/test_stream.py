@@ -541,3 +541,36 @@ async def test_rollout_progress_reaches_its_tenant_as_it_happens(fleet: Fleet) -
     }  # fmt: skip
     assert got[2]["waves"][0]["applied"] == 1
     assert got[3]["reason"] == "aborted by an operator"
+
+
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)
+async def test_enrollments_tags_and_decommissions_reach_the_fleet_stream(api: Api) -> None:
+    """The fleet page updates without a reload when a technician enrolls a gateway (shown with
+    its site) and when an operator tags or decommissions one; another tenant hears nothing."""
+    from cryptography.hazmat.primitives import serialization
+
+    from outpost_iot.provisioning._ca import make_csr, new_key
+
+    operator = {"Authorization": f"Bearer {api.tokens['operator-a']}"}
+    a1, a2 = api.gateways["a1"], api.gateways["a2"]
+    flt = Filter(tenant="acme", kinds=frozenset({"gateway"}))
+    other = Filter(tenant="globex", kinds=ALL)
+    async with api.hub.subscribe(flt, None) as sub, api.hub.subscribe(other, None) as theirs:
+        r = await api.client.put(f"/api/v1/gateways/{a1}/tags", json={"tags": ["cold", "eu"]}, headers=operator)  # fmt: skip
+        assert r.status_code == 200, r.text
+        (m,) = await _drain(sub)
+        assert (_data(m)["id"], _data(m)["tags"], _data(m)["site"]) == (a1, ["cold", "eu"], "hq")
+
+        r = await api.client.post(f"/api/v1/gateways/{a2}/decommission", headers=operator)
+        assert r.status_code == 200, r.text
+        (m,) = await _drain(sub)
+        assert (_data(m)["id"], _data(m)["state"]) == (a2, "decommissioned")
+
+        r = await api.client.post("/api/v1/enrollment-tokens", json={"site": "Depot 7"}, headers=operator)  # fmt: skip
+        csr = make_csr(new_key()).public_bytes(serialization.Encoding.PEM).decode()
+        r = await api.client.post("/api/v1/enroll", json={"token": r.json()["token"], "csr": csr})
+        assert r.status_code == 200, r.text
+        (m,) = await _drain(sub)
+        assert (_data(m)["id"], _data(m)["site"]) == (r.json()["gateway_id"], "Depot 7")
+        assert _data(m)["state"] == "unknown"  # enrolled; not connected yet
+        assert await _drain(theirs) == []

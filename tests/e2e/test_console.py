@@ -8,6 +8,8 @@ ones docs/console.md shows.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import time
@@ -115,9 +117,13 @@ def _sign_in(page: Any, base: str, token: str) -> None:
     page.get_by_role("heading", name="Fleet").wait_for()
 
 
-def _shot(page: Any, tmp_path: Path, name: str) -> None:
+def _shot(page: Any, tmp_path: Path, name: str, part: str | None = None) -> None:
+    """The page (or the element ``part`` selects) as a PNG."""
     path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if part is None:
+        page.screenshot(path=str(path), full_page=True)
+    else:
+        page.locator(part).screenshot(path=str(path))
     if os.environ.get("OUTPOST_SAVE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS / f"{name}.png")
@@ -246,25 +252,172 @@ def test_a_viewer_gets_no_operator_actions(site: dict[str, Any], browser: Any) -
     assert status == 403
 
 
-def test_a_technician_makes_a_token_on_a_phone(
+def test_a_technician_makes_a_token_on_a_phone_and_watches_the_gateway_come_online(
     site: dict[str, Any], browser: Any, tmp_path: Path
 ) -> None:
+    h = site["h"]
     page = _page(browser, width=360, height=740)
-    _sign_in(page, url(site["h"]), site["tokens"]["operator"])
+    _sign_in(page, url(h), site["tokens"]["operator"])
     page.get_by_role("link", name="Enrollment tokens").click()
     page.get_by_label("Site").fill("Depot 7")
     page.get_by_label("Valid for").select_option("24h")
+    page.get_by_label("Gateways").fill("2")
     page.get_by_role("button", name="Create token").click()
     token = page.locator("#new-token").inner_text()
     assert token.startswith("opt_") or len(token) > 20
+    arrivals = page.locator("[aria-live] tbody tr")
+    page.get_by_text("None yet").wait_for()
     # Readable at 360 px: nothing wider than the screen.
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
-    _shot(page, tmp_path, "tokens-phone")
-    listed = page.locator("tbody tr", has_text="Depot 7")
+
+    # On site: the gateway enrolls with the token from the page, then its agent starts.
+    result = enroll(h, token, "depot")
+    assert result.exit_code == 0, result.output
+    gw = gateway_id_of(h, "depot")
+    arrivals.filter(has_text=gw).get_by_text("waiting for it to connect").wait_for()
+    config = h.root / "depot" / "agent.toml"
+    tune(config)
+    agent = spawn(
+        ["outpost_iot.agent.cli", "run", "--config", str(config)], log=h.root / "depot.log"
+    )
+    try:
+        arrivals.filter(has_text=gw).locator(".state-online").wait_for(timeout=60_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        _shot(page, tmp_path, "tokens-phone")
+    finally:
+        stop(agent)
+
+    # The token has a use left; the technician revokes it before leaving.
+    listed = page.locator("tbody tr", has_text="Depot 7").filter(has_text="1 of 2")
     listed.wait_for()
     page.once("dialog", lambda d: d.accept())
     listed.get_by_role("button", name="Revoke").click()
     page.locator("tbody tr", has_text="Depot 7").get_by_text("revoked").wait_for()
+
+
+def _operator_call(s: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
+    r = httpx.request(
+        method,
+        f"{url(s['h'])}{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {s['tokens']['operator']}"},
+        verify=trust(s["h"]),
+        timeout=10,
+    )
+    assert r.status_code < 300, r.text
+    return r.json()
+
+
+def test_with_the_keyboard_alone_an_operator_charts_a_series_and_exports_it_as_csv(
+    site: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    base, gw = url(site["h"]), site["gw"]
+    page = _page(browser)
+    page.goto(f"{base}/console/")
+    # Keyboard only: the token field has the focus; Enter signs in; Tab reaches the sections,
+    # each focused element shows a visible outline, and Enter follows a link.
+    page.get_by_label("API token").wait_for()
+    assert page.evaluate("document.activeElement.id") == "token"
+    page.keyboard.type(site["tokens"]["viewer"])
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Fleet").wait_for()
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Data":
+            break
+    else:
+        pytest.fail("Tab never reached the Data section's link")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Data").wait_for()
+
+    # A measurement, a field, one gateway, a line per device.
+    measurement = page.get_by_label("Measurement")
+    measurement.locator("option", has_text="power").wait_for(state="attached")
+    measurement.focus()
+    measurement.select_option("power")
+    page.get_by_label("Field").select_option("power_w")
+    page.get_by_label("gateway", exact=True).select_option(gw)
+    page.get_by_label("One line per").select_option("device")
+    page.get_by_role("button", name="Show").focus()
+    page.keyboard.press("Enter")
+    chart = page.locator(".chart canvas")
+    chart.first.wait_for()
+    page.wait_for_function("() => Number(document.querySelector('.chart')?.dataset.points) > 0")
+    assert "measurement=power" in page.url
+    assert "field=power_w" in page.url
+    end = time.time()
+    api = _api(site, "/api/v1/series", measurement="power", field="power_w", bucket="10s",
+               tag=f"gateway:{gw}", group_by="device", start=_iso(end - 3600), end=_iso(end))  # fmt: skip
+    shown = int(page.locator(".chart").get_attribute("data-points") or 0)
+    assert abs(shown - sum(len(g["points"]) for g in api["groups"])) <= 4
+    legend = page.locator(".u-legend .u-series:not(:first-child) .u-label").all_inner_texts()
+    assert sorted(legend) == sorted(g["tags"]["device"] for g in api["groups"])  # as text
+    _shot(page, tmp_path, "data")
+
+    # The link is the chart: opened again, the same choices.
+    page.reload()
+    page.wait_for_function("() => Number(document.querySelector('.chart')?.dataset.points) > 0")
+    assert page.get_by_label("Field").input_value() == "power_w"
+    assert page.get_by_label("gateway", exact=True).input_value() == gw
+
+    # Export: every raw reading of the range, this gateway's only, device names as text.
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Export CSV").click()
+    assert download.value.suggested_filename.startswith("power-")
+    rows = list(
+        csv.DictReader(io.StringIO(Path(download.value.path()).read_bytes().decode(), newline=""))
+    )
+    assert rows
+    assert {r["measurement"] for r in rows} == {"power"}
+    assert all(f"gateway={gw}" in r["tags"] for r in rows)
+    assert any(f"device={HOSTILE}-1" in r["tags"] for r in rows)
+    assert "power_w" in {r["field"] for r in rows}
+
+
+def test_an_operator_sees_desired_against_reported_config_tags_and_decommissions(
+    site: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    base, gw = url(site["h"]), site["gw"]
+    silent = gateway_id_of(site["h"], "silent")
+    for n in (400, 600):
+        _operator_call(site, "PATCH", f"/api/v1/gateways/{gw}/config",
+                       {"patch": {"buffer": {"batch_max_readings": n}}})  # fmt: skip
+    page = _page(browser)
+    _sign_in(page, base, site["tokens"]["operator"])
+    page.goto(f"{base}/console/#/gateway/{gw}")
+    state = page.locator("#config-state")
+    state.get_by_text("In sync", exact=True).wait_for(timeout=60_000)  # the agent applied version 2
+    assert "desired version 2" in state.inner_text()
+    assert "applied version 2" in state.inner_text()
+    assert '"batch_max_readings": 600' in page.locator("pre.config").inner_text()
+    page.get_by_text("buffer.batch_max_readings: 400 → 600").wait_for()
+    page.get_by_role("button", name="Show version 1").click()
+    assert '"batch_max_readings": 400' in page.locator("pre.config").inner_text()
+
+    # Tags: saved and shown; a bad one is named, with what a tag may be.
+    tags = page.get_by_label("Tags (comma-separated)")
+    tags.fill("cold-store, eu:north")
+    page.get_by_role("button", name="Save tags").click()
+    page.locator("dl.facts").get_by_text("cold-store, eu:north").wait_for()
+    assert _api(site, f"/api/v1/gateways/{gw}")["tags"] == ["cold-store", "eu:north"]
+    page.get_by_label("Tags (comma-separated)").fill("cold-store, bad tag!")
+    page.get_by_role("button", name="Save tags").click()
+    page.get_by_text('tag "bad tag!"').wait_for()
+    assert page.get_by_label("Tags (comma-separated)").get_attribute("aria-invalid") == "true"
+    _shot(page, tmp_path, "gateway-config", "#gateway-config")
+
+    # Decommission only once the gateway's id is typed.
+    page.goto(f"{base}/console/#/gateway/{silent}")
+    go = page.get_by_role("button", name="Decommission")
+    assert go.is_disabled()
+    page.get_by_label("Type the gateway's id").fill(silent[:-1])
+    assert go.is_disabled()
+    page.get_by_label("Type the gateway's id").fill(silent)
+    go.click()
+    page.get_by_text("Decommissioned:").wait_for()
+    page.locator("dl.facts .state-decommissioned").wait_for()
+    assert _api(site, f"/api/v1/gateways/{silent}")["state"] == "decommissioned"
 
 
 def test_a_change_without_the_csrf_token_is_refused(site: dict[str, Any], browser: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app = FastAPI(title="Outpost collector", version=version(), docs_url="/api/docs")
     app.state.services = services
     app.state.enroll_attempts = AttemptLimiter()
+    app.state.exports = threading.BoundedSemaphore(data.MAX_EXPORTS)
     app.add_middleware(BodyLimit)
     app.include_router(enrollment.router)
     app.include_router(gateways.router)

@@ -32,8 +32,10 @@ function h(tag, props, ...children) {
 }
 
 function safeHref(value) {
-  // Only the console's own routes: a link never carries a scheme a device could choose.
-  return typeof value === "string" && value.startsWith("#/") ? value : "#/";
+  // Only the console's own routes and the export download: a link never carries a scheme or
+  // a host a device could choose.
+  if (typeof value !== "string") return "#/";
+  return value.startsWith("#/") || value.startsWith("/api/v1/series/export?") ? value : "#/";
 }
 
 function isOperator() {
@@ -66,6 +68,26 @@ function value(v) {
   if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(3).replace(/\.?0+$/, "");
   if (typeof v === "boolean") return v ? "true" : "false";
   return String(v);
+}
+
+// What changed between two configs, as "path: old → new" lines (lists by index).
+function configChanges(before, after) {
+  const flat = (v, path, out) => {
+    if (v && typeof v === "object") {
+      const entries = Array.isArray(v) ? v.map((x, i) => [String(i), x]) : Object.entries(v);
+      if (!entries.length) out.set(path, JSON.stringify(v));
+      for (const [k, x] of entries) flat(x, path ? `${path}.${k}` : k, out);
+    } else out.set(path, JSON.stringify(v));
+    return out;
+  };
+  const a = flat(before, "", new Map());
+  const b = flat(after, "", new Map());
+  const out = [];
+  for (const key of [...new Set([...a.keys(), ...b.keys()])].sort()) {
+    if (a.get(key) === b.get(key)) continue;
+    out.push(`${key}: ${a.has(key) ? a.get(key) : "(none)"} → ${b.has(key) ? b.get(key) : "(removed)"}`);
+  }
+  return out.length ? out : ["none"];
 }
 
 class ApiError extends Error {
@@ -132,6 +154,62 @@ function table(columns, rows, empty) {
       h("tbody", {}, rows)));
 }
 
+// ---- charts --------------------------------------------------------------------------------
+
+// A range to chart and the bucket that keeps it near 360 points.
+const RANGES = [["1h", "1 hour", 3600, "10s"], ["6h", "6 hours", 21600, "1m"], ["24h", "24 hours", 86400, "5m"],
+  ["7d", "7 days", 604800, "30m"], ["30d", "30 days", 2592000, "2h"]];
+const AGGREGATES = ["mean", "min", "max", "last", "sum", "count"];
+const COLOURS = ["#0b5cad", "#c0392b", "#1a7f37", "#9a6700", "#6f42c1", "#0a7a8a", "#b35900", "#57606a"];
+
+function rangeSelect(label) {
+  return h("select", { "aria-label": label }, RANGES.map(([v, text]) => h("option", { value: v }, text)));
+}
+
+function window_(rangeKey) {
+  const [, , seconds, bucket] = RANGES.find((r) => r[0] === rangeKey) || RANGES[0];
+  const end = new Date();
+  return { start: new Date(end.getTime() - seconds * 1000), end, bucket };
+}
+
+// Draws one field's buckets into box (one line per group); returns the uPlot (or null).
+// box.dataset.points says how many points it drew, for tests and for screen readers' summary.
+async function plotSeries(box, previous, { measurement, field, aggregate, rangeKey, tags, groupBy }) {
+  const { start, end, bucket } = window_(rangeKey);
+  const q = new URLSearchParams({ measurement, field, aggregate, bucket, start: start.toISOString(), end: end.toISOString() });
+  for (const [k, v] of Object.entries(tags || {})) q.append("tag", `${k}:${v}`);
+  for (const g of groupBy || []) q.append("group_by", g);
+  let result;
+  try {
+    result = await api("GET", `/api/v1/series?${q}`);
+  } catch (e) {
+    if (previous) previous.destroy();
+    box.replaceChildren(h("p", { class: "error" }, e.message));
+    return null;
+  }
+  const times = [...new Set(result.groups.flatMap((g) => g.points.map((p) => p[0])))].sort((a, b) => a - b);
+  const data = [times];
+  const series = [{}];
+  for (const g of result.groups) {
+    const byTime = new Map(g.points.map((p) => [p[0], p[1]]));
+    data.push(times.map((t) => (byTime.has(t) ? byTime.get(t) : null)));
+    const label = Object.values(g.tags).join(" · ") || `${measurement}.${field}`;
+    series.push({ label, stroke: COLOURS[(series.length - 1) % COLOURS.length], width: 1.5 });
+  }
+  if (previous) previous.destroy();
+  box.replaceChildren();
+  const points = result.groups.reduce((n, g) => n + g.points.length, 0);
+  box.dataset.points = String(points);
+  box.setAttribute("aria-label", `${aggregate} of ${measurement}.${field} per ${bucket}: ${result.groups.length} lines, ${points} points`);
+  if (!times.length) {
+    box.append(h("p", { class: "empty" }, "No readings in this range."));
+    return null;
+  }
+  const width = Math.max(280, box.clientWidth || document.getElementById("view").clientWidth - 20);
+  const span = [start.getTime() / 1000, end.getTime() / 1000];
+  return new uPlot({ width, height: 300, series, scales: { x: { time: true, range: () => span } } }, data, box);
+}
+
 // ---- sign-in -------------------------------------------------------------------------------
 
 function showSignIn(message) {
@@ -177,6 +255,7 @@ function start() {
 const routes = [
   [/^#\/fleet$/, () => fleetView()],
   [/^#\/gateway\/([^/]+)$/, (m) => gatewayView(decodeURIComponent(m[1]))],
+  [/^#\/data(?:\?(.*))?$/, (m) => dataView(new URLSearchParams(m[1] || ""))],
   [/^#\/tokens$/, () => tokensView()],
   [/^#\/rollouts$/, () => rolloutsView()],
   [/^#\/quarantine$/, () => quarantineView()],
@@ -301,6 +380,9 @@ function gatewayView(id) {
   const eventsBody = h("div", {});
   const chartBox = h("div", { class: "chart", role: "img", "aria-label": "Chart of the chosen series" });
   const chartForm = h("form", { class: "inline", "aria-label": "Chart" });
+  const configBody = h("div", {});
+  const manage = h("div", {});
+  const manageSaid = h("div", { role: "status" }); // outlives the forms it reports on
   view.append(
     h("p", {}, h("a", { href: "#/fleet" }, "← Fleet")),
     h("h1", {}, "Gateway ", h("span", { class: "gw-id" }, id)),
@@ -309,7 +391,10 @@ function gatewayView(id) {
     h("h2", {}, "Chart"), chartForm, chartBox,
     h("h2", {}, "Devices"), devicesBody,
     h("h2", {}, "Events"), eventsBody,
+    h("section", { id: "gateway-config", "aria-label": "Config and management" },
+      h("h2", {}, "Config"), configBody, manage, manageSaid),
   );
+  let gateway = null;
   const latest = new Map(); // "measurement|tags" → {measurement, tags, fields, ts}
   const events = [];
   let changedKeys = new Set();
@@ -330,7 +415,9 @@ function gatewayView(id) {
           h("td", { class: "num latest-value", dataset: { series: `${s.measurement}.${field}`, device: s.tags.device || "", ts: String(s.ts) } }, value(v)),
           h("td", {}, ago(s.ts)))));
     changedKeys = new Set();
-    latestBody.replaceChildren(table(["Measurement", "Tags", "Field", "Value", "At"], rows, "No readings yet."));
+    const shown = table(["Measurement", "Tags", "Field", "Value", "At"], rows, "No readings yet.");
+    shown.classList.add("tall"); // a host's dozens of counters scroll inside, not the page
+    latestBody.replaceChildren(shown);
     refreshChartChoices();
   }
 
@@ -342,6 +429,8 @@ function gatewayView(id) {
 
   async function loadFacts() {
     const g = await api("GET", `/api/v1/gateways/${encodeURIComponent(id)}`);
+    gateway = g;
+    renderManage();
     const row = (label, v) => [h("dt", {}, label), h("dd", {}, v)];
     const drops = Object.entries(g.drops || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "none";
     facts.replaceChildren(...[
@@ -384,12 +473,101 @@ function gatewayView(id) {
     renderEvents();
   }
 
+  // Desired versus reported config, and the versions before.
+  async function loadConfig() {
+    const c = await api("GET", `/api/v1/gateways/${encodeURIComponent(id)}/config`);
+    if (!c.desired) {
+      configBody.replaceChildren(h("p", { class: "empty" }, "No desired config has been set; the gateway runs its own agent.toml."));
+      return;
+    }
+    const r = c.reported;
+    const said = !r ? "has not reported on a desired config yet"
+      : r.status === "applied" ? `applied version ${r.applied_version} ${ago(r.ts)}`
+      : r.status === "rejected" ? `rejected version ${r.version} ${ago(r.ts)}, runs version ${r.applied_version}`
+      : `rolled back version ${r.version} ${ago(r.ts)} (${r.reason}), runs version ${r.applied_version}`;
+    const summary = h("p", { id: "config-state" },
+      h("span", { class: c.in_sync ? "state-online" : "flag" }, c.in_sync ? "In sync" : "Not in sync"),
+      `: desired version ${c.desired.version} (set by ${c.desired.actor} ${ago(c.desired.issued)}); the gateway ${said}.`);
+    const problems = r && r.errors && r.errors.length ? h("ul", { class: "error" }, r.errors.map((e) => h("li", {}, e))) : null;
+    const shown = h("pre", { class: "config", tabindex: "0", "aria-label": "Config version" });
+    const changes = h("div", {});
+    const show = (i) => {
+      const version = c.history[i];
+      const before = c.history[i + 1];
+      shown.textContent = JSON.stringify(version.config, null, 2);
+      shown.setAttribute("aria-label", `Config version ${version.version}`);
+      changes.replaceChildren(before
+        ? h("p", {}, `Changes from version ${before.version}: `, ...configChanges(before.config, version.config).map((d) => h("code", { class: "change" }, d)))
+        : h("p", { class: "hint" }, `Version ${version.version} is the first one kept.`));
+      for (const row of history.querySelectorAll("tr[data-version]")) {
+        if (row.dataset.version === String(version.version)) row.setAttribute("aria-selected", "true");
+        else row.removeAttribute("aria-selected");
+      }
+    };
+    const history = table(["Version", "Set", "By", ""], c.history.map((v, i) =>
+      h("tr", { dataset: { version: String(v.version) } },
+        h("td", {}, String(v.version)), h("td", {}, when(v.issued)), h("td", {}, v.actor),
+        h("td", {}, h("button", { type: "button", class: "secondary", onclick: () => show(i) }, `Show version ${v.version}`)))), "");
+    configBody.replaceChildren(summary, problems || "", h("h3", {}, "History"), history, changes, shown);
+    show(0);
+  }
+
+  // Tags and decommissioning: operators only.
+  function renderManage() {
+    if (!isOperator() || !gateway) { manage.replaceChildren(); return; }
+    // Drawn again only when the state changes: what the operator is typing stays.
+    if (manage.dataset.gateway === `${gateway.id}|${gateway.state}`) return;
+    manage.dataset.gateway = `${gateway.id}|${gateway.state}`;
+    const tags = h("input", { id: "gateway-tags", value: (gateway.tags || []).join(", "), maxlength: 2200, autocomplete: "off" });
+    const tagsSaid = h("div", { role: "status" });
+    const tagsForm = h("form", { class: "inline", "aria-label": "Tags" },
+      h("div", {}, h("label", { for: "gateway-tags" }, "Tags (comma-separated)"), tags),
+      h("button", { type: "submit" }, "Save tags"), tagsSaid);
+    tagsForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const list = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+      try {
+        await api("PUT", `/api/v1/gateways/${encodeURIComponent(id)}/tags`, { tags: list });
+        tags.removeAttribute("aria-invalid");
+        tagsSaid.replaceChildren(h("span", {}, "Saved."));
+        loadFacts();
+      } catch (e) {
+        tags.setAttribute("aria-invalid", "true");
+        const bad = (e.body && e.body.problems) || [];
+        tagsSaid.replaceChildren(h("span", { class: "error" }, bad.length
+          ? bad.map((p) => `${p.field.replace(/^tags\.(\d+)$/, (_, i) => `tag "${list[i]}"`)}: ${p.problem}`).join("; ") + " (a tag is 1 to 64 of A–Z a–z 0–9 _ . : -; at most 32 tags)"
+          : e.message));
+      }
+    });
+    const parts = [h("h2", {}, "Manage"), tagsForm];
+    if (gateway.state !== "decommissioned") {
+      const typed = h("input", { id: "decommission-confirm", autocomplete: "off", spellcheck: "false" });
+      const go = h("button", { type: "submit", class: "danger", disabled: true }, "Decommission");
+      typed.addEventListener("input", () => { go.disabled = typed.value.trim() !== id; });
+      const form = h("form", { "aria-label": "Decommission" },
+        h("p", {}, "Decommissioning revokes the gateway's certificates: the collector refuses it from then on, and it must be enrolled again to send anything. What it already sent stays."),
+        h("label", { for: "decommission-confirm" }, `Type the gateway's id (${id}) to confirm`), typed,
+        h("p", {}, go));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        if (typed.value.trim() !== id) return;
+        try {
+          const r = await api("POST", `/api/v1/gateways/${encodeURIComponent(id)}/decommission`);
+          manageSaid.replaceChildren(h("p", {}, `Decommissioned: ${r.certificates_revoked} certificate(s) revoked.`));
+          loadFacts();
+        } catch (e) { manageSaid.replaceChildren(h("p", { class: "error" }, e.message)); }
+      });
+      parts.push(form);
+    } else {
+      parts.push(h("p", {}, "This gateway is decommissioned. Enroll it again with a new token to bring it back."));
+    }
+    manage.replaceChildren(...parts);
+  }
+
   // The chart: one field of one measurement of this gateway, over a chosen range.
   const pick = h("select", { "aria-label": "Series" });
-  const range = h("select", { "aria-label": "Range" },
-    [["1h", "1 hour", "10s"], ["6h", "6 hours", "1m"], ["24h", "24 hours", "5m"], ["7d", "7 days", "1h"]]
-      .map(([v, label, bucket]) => h("option", { value: v, dataset: { bucket } }, label)));
-  const aggregate = h("select", { "aria-label": "Aggregate" }, ["mean", "min", "max", "last", "count"].map((a) => h("option", { value: a }, a)));
+  const range = rangeSelect("Range");
+  const aggregate = h("select", { "aria-label": "Aggregate" }, AGGREGATES.map((a) => h("option", { value: a }, a)));
   chartForm.append(pick, range, aggregate, h("button", { type: "submit" }, "Show"));
   let plot = null;
 
@@ -407,48 +585,17 @@ function gatewayView(id) {
     if (event) event.preventDefault();
     if (!pick.value) return;
     const [measurement, ...rest] = pick.value.split(".");
-    const field = rest.join(".");
-    const option = range.selectedOptions[0];
-    const seconds = { "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 }[range.value];
-    const end = new Date();
-    const start = new Date(end.getTime() - seconds * 1000);
-    const q = new URLSearchParams({
-      measurement, field, aggregate: aggregate.value, bucket: option.dataset.bucket,
-      start: start.toISOString(), end: end.toISOString(),
+    plot = await plotSeries(chartBox, plot, {
+      measurement, field: rest.join("."), aggregate: aggregate.value, rangeKey: range.value,
+      tags: { gateway: id }, groupBy: ["device"],
     });
-    q.append("tag", `gateway:${id}`);
-    q.append("group_by", "device");
-    let result;
-    try {
-      result = await api("GET", `/api/v1/series?${q}`);
-    } catch (e) {
-      chartBox.replaceChildren(h("p", { class: "error" }, e.message));
-      return;
-    }
-    const times = [...new Set(result.groups.flatMap((g) => g.points.map((p) => p[0])))].sort((a, b) => a - b);
-    const data = [times];
-    const series = [{}];
-    for (const g of result.groups) {
-      const byTime = new Map(g.points.map((p) => [p[0], p[1]]));
-      data.push(times.map((t) => (byTime.has(t) ? byTime.get(t) : null)));
-      series.push({ label: g.tags.device || measurement, stroke: ["#0b5cad", "#c0392b", "#1a7f37", "#9a6700", "#6f42c1"][(series.length - 1) % 5] });
-    }
-    chartBox.replaceChildren();
-    chartBox.dataset.points = String(result.groups.reduce((n, g) => n + g.points.length, 0));
-    if (!times.length) {
-      chartBox.append(h("p", { class: "empty" }, "No readings in this range."));
-      return;
-    }
-    if (plot) plot.destroy();
-    const width = Math.max(280, chartBox.clientWidth || view.clientWidth - 20);
-    const span = [start.getTime() / 1000, end.getTime() / 1000];
-    plot = new uPlot({ width, height: 300, series, scales: { x: { time: true, range: () => span } } }, data, chartBox);
   }
   chartForm.addEventListener("submit", drawChart);
 
   loadFacts().catch((e) => facts.replaceChildren(h("p", { class: "error" }, e.message)));
   loadDevices().catch((e) => devicesBody.replaceChildren(h("p", { class: "error" }, e.message)));
   loadEvents().catch((e) => eventsBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  loadConfig().catch((e) => configBody.replaceChildren(h("p", { class: "error" }, e.message)));
   openStream({ kind: ["latest", "event", "gateway", "config"], gateway: id }, {
     latest: (msg) => {
       for (const s of msg.series) {
@@ -462,10 +609,142 @@ function gatewayView(id) {
     },
     event: (e) => { events.push(e); renderEvents(); },
     gateway: () => loadFacts(),
-    config: () => loadFacts(),
-    reset: () => { loadFacts(); loadDevices(); loadEvents(); },
+    config: () => { loadFacts(); loadConfig(); },
+    reset: () => { loadFacts(); loadDevices(); loadEvents(); loadConfig(); },
   });
   return { teardown: () => { if (plot) plot.destroy(); } };
+}
+
+// ---- data explorer -------------------------------------------------------------------------
+
+function dataView(params) {
+  const view = document.getElementById("view");
+  const measurement = h("select", { id: "data-measurement" });
+  const field = h("select", { id: "data-field" });
+  const aggregate = h("select", { id: "data-aggregate" }, AGGREGATES.map((a) => h("option", { value: a }, a)));
+  const range = rangeSelect("Range");
+  range.id = "data-range";
+  const groupBy = h("select", { id: "data-group" });
+  const tagBox = h("div", { class: "inline tags" });
+  const chartBox = h("div", { class: "chart", role: "img", "aria-label": "Chart of the chosen series" });
+  const exportLink = h("a", { class: "button", href: "#/data", download: "" }, "Export CSV");
+  const note = h("p", { class: "hint" });
+  const form = h("form", { class: "inline", "aria-label": "Query" },
+    h("div", {}, h("label", { for: "data-measurement" }, "Measurement"), measurement),
+    h("div", {}, h("label", { for: "data-field" }, "Field"), field),
+    h("div", {}, h("label", { for: "data-aggregate" }, "Aggregate"), aggregate),
+    h("div", {}, h("label", { for: "data-range" }, "Range"), range),
+    h("div", {}, h("label", { for: "data-group" }, "One line per"), groupBy),
+    h("button", { type: "submit" }, "Show"));
+  view.append(h("h1", {}, "Data"), form, h("h2", {}, "Tags"), tagBox, note, chartBox, h("p", {}, exportLink));
+  let catalog = [];
+  let plot = null;
+  const tagSelects = new Map(); // tag key → select
+
+  const option = (v, text) => h("option", { value: v }, text === undefined ? v : text);
+  const chosen = () => catalog.find((m) => m.name === measurement.value);
+
+  function chosenTags() {
+    const tags = {};
+    for (const [k, sel] of tagSelects) if (sel.value) tags[k] = sel.value;
+    return tags;
+  }
+
+  function fill(wanted) {
+    const m = chosen();
+    field.replaceChildren(...(m ? m.fields : []).map((f) => option(f)));
+    if (m && m.fields.includes(wanted.get("field"))) field.value = wanted.get("field");
+    const keys = m ? Object.keys(m.tags) : [];
+    groupBy.replaceChildren(option("", "(one line)"), ...keys.map((k) => option(k)));
+    if (keys.includes(wanted.get("group"))) groupBy.value = wanted.get("group");
+    else if (keys.includes("device") && !wanted.has("group")) groupBy.value = "device";
+    const filters = Object.fromEntries(wanted.getAll("tag").map((t) => [t.slice(0, t.indexOf(":")), t.slice(t.indexOf(":") + 1)]));
+    tagSelects.clear();
+    tagBox.replaceChildren(...keys.map((k) => {
+      const id = `data-tag-${k}`;
+      const sel = h("select", { id }, option("", "any"), ...m.tags[k].map((v) => option(v)));
+      if (m.tags[k].includes(filters[k])) sel.value = filters[k];
+      tagSelects.set(k, sel);
+      return h("div", {}, h("label", { for: id }, k), sel);
+    }));
+    note.textContent = m && m.tags && Object.values(m.tags).some((v) => v.length >= 200)
+      ? "Some tags have more values than listed here; narrow with the others." : "";
+  }
+
+  function query() {
+    return {
+      measurement: measurement.value, field: field.value, aggregate: aggregate.value,
+      rangeKey: range.value, tags: chosenTags(), groupBy: groupBy.value ? [groupBy.value] : [],
+    };
+  }
+
+  function remember(q) {
+    const p = new URLSearchParams({ measurement: q.measurement, field: q.field, aggregate: q.aggregate, range: q.rangeKey });
+    if (q.groupBy.length) p.set("group", q.groupBy[0]); else p.set("group", "");
+    for (const [k, v] of Object.entries(q.tags)) p.append("tag", `${k}:${v}`);
+    history.replaceState(null, "", `#/data?${p}`); // a link to this chart; no reload
+  }
+
+  function exportHref() {
+    const q = query();
+    const { start, end } = window_(q.rangeKey);
+    const p = new URLSearchParams({ measurement: q.measurement, start: start.toISOString(), end: end.toISOString(), format: "csv" });
+    for (const [k, v] of Object.entries(q.tags)) p.append("tag", `${k}:${v}`);
+    return `/api/v1/series/export?${p}`;
+  }
+
+  // One query at a time; a change made meanwhile is drawn when it ends (the last one wins).
+  let drawing = false;
+  let again = false;
+  async function draw(event) {
+    if (event) event.preventDefault();
+    if (!measurement.value || !field.value) return;
+    if (drawing) { again = true; return; }
+    drawing = true;
+    try {
+      do {
+        again = false;
+        const q = query();
+        remember(q);
+        exportLink.setAttribute("href", safeHref(exportHref()));
+        plot = await plotSeries(chartBox, plot, q);
+      } while (again);
+    } finally { drawing = false; }
+  }
+
+  exportLink.addEventListener("click", () => exportLink.setAttribute("href", safeHref(exportHref())));
+  measurement.addEventListener("change", () => { fill(new URLSearchParams()); draw(); });
+  for (const el of [field, aggregate, range, groupBy]) el.addEventListener("change", () => draw());
+  tagBox.addEventListener("change", () => draw());
+  form.addEventListener("submit", draw);
+
+  async function load() {
+    const c = await api("GET", "/api/v1/series/catalog");
+    catalog = c.measurements;
+    if (!catalog.length) {
+      chartBox.replaceChildren(h("p", { class: "empty" }, "Nothing stored yet."));
+      return;
+    }
+    measurement.replaceChildren(...catalog.map((m) => option(m.name, `${m.name} (${m.series} series)`)));
+    if (catalog.some((m) => m.name === params.get("measurement"))) measurement.value = params.get("measurement");
+    if (params.get("aggregate") && AGGREGATES.includes(params.get("aggregate"))) aggregate.value = params.get("aggregate");
+    if (RANGES.some((r) => r[0] === params.get("range"))) range.value = params.get("range");
+    fill(params);
+    await draw();
+    if (c.truncated) note.textContent = "There are more series than one catalog lists; pick a gateway's tag to narrow it.";
+  }
+  load().catch((e) => chartBox.replaceChildren(h("p", { class: "error" }, e.message)));
+
+  // New readings of the measurement redraw the chart, at most every 5 s.
+  let due = null;
+  openStream({ kind: ["latest"] }, {
+    latest: (msg) => {
+      if (due || !msg.series.some((s) => s.measurement === measurement.value)) return;
+      due = setTimeout(() => { due = null; draw(); }, 5000);
+    },
+    reset: () => draw(),
+  });
+  return { teardown: () => { if (due) clearTimeout(due); if (plot) plot.destroy(); } };
 }
 
 // ---- enrollment tokens ---------------------------------------------------------------------
@@ -514,17 +793,55 @@ function tokensView() {
     result.replaceChildren();
     try {
       const made = await api("POST", "/api/v1/enrollment-tokens", { site: site.value.trim(), expires: expires.value, uses: Number(uses.value) });
+      const arrivals = h("div", { "aria-live": "polite" });
       result.replaceChildren(
         h("p", {}, `Token for site ${made.site}, shown only now. On the gateway:`),
         h("code", { class: "secret", id: "new-token" }, made.token),
-        h("p", { class: "hint" }, "outpost-provision enroll --collector <this collector's URL> --token <the token> --start"),
-        h("p", {}, "Gateways that come online appear on the ", h("a", { href: "#/fleet" }, "fleet"), " page as they enroll."));
+        h("p", { class: "hint" }, `outpost-provision enroll --collector ${location.origin} --token <the token> --start`),
+        h("h2", {}, `Gateways at ${made.site}`), arrivals);
+      watchSite(made.site, arrivals);
       load();
     } catch (e) {
       const problems = (e.body && e.body.problems) || [];
       result.replaceChildren(h("p", { class: "error" }, problems.length ? problems.map((p) => `${p.field}: ${p.problem}`).join("; ") : e.message));
     }
   });
+  // The technician watches the gateway enroll and come online, on the same page.
+  const watched = new Map();
+  let watchedSite = null;
+  let watchBox = null;
+  function renderWatch() {
+    const rows = [...watched.values()].sort((a, b) => a.id.localeCompare(b.id)).map((g) => {
+      const said = g.state === "online" ? "online" : g.state === "unknown" ? "enrolled; waiting for it to connect" : g.state;
+      return h("tr", { dataset: { gateway: g.id } },
+        h("td", {}, h("a", { href: `#/gateway/${encodeURIComponent(g.id)}` }, g.id)),
+        h("td", { class: `state-${g.state}` }, said), h("td", {}, ago(g.last_seen)));
+    });
+    watchBox.replaceChildren(table(["Gateway", "State", "Last seen"], rows, "None yet: run the command above on the gateway."));
+  }
+  async function reloadWatch() {
+    const list = await api("GET", `/api/v1/gateways?site=${encodeURIComponent(watchedSite)}`);
+    watched.clear();
+    for (const g of list) watched.set(g.id, g);
+    renderWatch();
+  }
+  function watchSite(name, box) {
+    watchedSite = name;
+    watchBox = box;
+    reloadWatch().catch((e) => box.replaceChildren(h("p", { class: "error" }, e.message)));
+    openStream({ kind: ["gateway"] }, {
+      gateway: (g) => {
+        const known = watched.get(g.id);
+        if (known) { Object.assign(known, g); renderWatch(); }
+        else if (g.site === watchedSite) {
+          watched.set(g.id, g);
+          renderWatch();
+          load(); // a use of the token was spent
+        }
+      },
+      reset: () => reloadWatch(),
+    });
+  }
   load().catch((e) => listBody.replaceChildren(h("p", { class: "error" }, e.message)));
   return null;
 }

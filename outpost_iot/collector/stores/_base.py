@@ -69,6 +69,15 @@ class LatestValue:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    """One stored series, for pickers: its measurement, tags and field names."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BatchRecord:
     """A stored batch, for deduplication: retransmits of it are acked but not stored again."""
 
@@ -272,6 +281,13 @@ class TimeSeriesStore(Protocol):
     ) -> list[LatestValue]: ...
 
     def devices(self, tenant: str, gateway_id: str) -> dict[str, tuple[list[str], int]]: ...
+
+    def catalog(
+        self, tenant: str, *, tags: dict[str, str] | None = None, limit: int = 10_000
+    ) -> list[SeriesInfo]:
+        """The tenant's series whose tags include ``tags``, at most ``limit`` of them, ordered
+        by measurement (what a data explorer offers to pick from)."""
+        ...
 
     def refresh_rollups(self, raw_horizon_ns: int = 0) -> int: ...
 

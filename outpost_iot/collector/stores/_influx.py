@@ -43,6 +43,7 @@ from outpost_iot.collector.stores._base import (
     ALL_TENANTS,
     LatestValue,
     SeriesGroup,
+    SeriesInfo,
     SeriesQuery,
     SeriesWrite,
     StoredPoint,
@@ -410,13 +411,39 @@ class InfluxTimeSeriesStore:
                 value: FieldValue = int(float(v)) if agg == "count" else float(v)
                 yield key, round(float(t) * 1000) + 1 - width, value
 
-    def _series(self, selector: str) -> list[dict[str, str]]:
+    def _series(self, selector: str, limit: int | None = None) -> list[dict[str, str]]:
         now = time.time()
-        response = self._get(
-            "/api/v1/series",
-            [("match[]", selector), ("start", f"{now - 30 * 86400:.0f}"), ("end", f"{now:.0f}")],
-        )
+        params = [
+            ("match[]", selector),
+            ("start", f"{now - 30 * 86400:.0f}"),
+            ("end", f"{now:.0f}"),
+        ]
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        response = self._get("/api/v1/series", params)
         return list(response.json()["data"])
+
+    def catalog(
+        self, tenant: str, *, tags: dict[str, str] | None = None, limit: int = 10_000
+    ) -> list[SeriesInfo]:
+        """The series written in the last 30 days. A series here is a metric per field, so
+        ``limit`` bounds the metrics read: fewer series may come back."""
+        found: dict[tuple[str, bytes, str], tuple[dict[str, str], set[str]]] = {}
+        for s in self._series(self._selector(tenant, None, tags), limit):
+            measurement = s.get(MEASUREMENT_LABEL, "")
+            labels = {k: v for k, v in s.items() if k not in _OWN}
+            key = (
+                measurement,
+                orjson.dumps(labels, option=orjson.OPT_SORT_KEYS),
+                s.get(TENANT_LABEL, ""),  # an admin's view: the same tags in two tenants
+            )
+            found.setdefault(key, (labels, set()))[1].add(
+                s["__name__"].removeprefix(measurement + "_")
+            )
+        return [
+            SeriesInfo(measurement, labels, tuple(sorted(fields)))
+            for (measurement, _, _), (labels, fields) in sorted(found.items())
+        ]
 
     def latest(
         self, tenant: str, measurement: str, *, tags: dict[str, str] | None = None

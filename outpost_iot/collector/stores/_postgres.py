@@ -38,6 +38,7 @@ from outpost_iot.collector.stores._base import (
     ALL_TENANTS,
     LatestValue,
     SeriesGroup,
+    SeriesInfo,
     SeriesQuery,
     SeriesWrite,
     StoredPoint,
@@ -512,6 +513,19 @@ class PostgresTimeSeriesStore(_PostgresBase):
             SeriesGroup(dict(zip(query.group_by, key, strict=True)), points)
             for key, points in sorted(out.items())
         ]
+
+    def catalog(
+        self, tenant: str, *, tags: dict[str, str] | None = None, limit: int = 10_000
+    ) -> list[SeriesInfo]:
+        where, args = self._filter(tenant, None, tags)
+        rows = self._all(
+            "SELECT s.measurement, s.tags, ARRAY(SELECT l.field FROM ts_latest l"
+            f" WHERE l.series_id = s.id ORDER BY l.field) FROM ts_series s WHERE {where}"
+            " ORDER BY s.measurement, s.id LIMIT %(limit)s",
+            {**args, "limit": limit},  # type: ignore[arg-type]
+            "list series",
+        )
+        return [SeriesInfo(r[0], r[1], tuple(r[2])) for r in rows]
 
     def latest(
         self, tenant: str, measurement: str, *, tags: dict[str, str] | None = None

@@ -25,6 +25,7 @@ from outpost_iot.collector.stores._base import (
     ALL_TENANTS,
     LatestValue,
     SeriesGroup,
+    SeriesInfo,
     SeriesQuery,
     SeriesWrite,
     StoredPoint,
@@ -401,11 +402,12 @@ class SqliteTimeSeriesStore(_SqliteBase):
 
     @staticmethod
     def _series_filter(
-        tenant: str, measurement: str, tags: dict[str, str] | None
+        tenant: str, measurement: str | None, tags: dict[str, str] | None
     ) -> tuple[str, list[Any]]:
-        """SQL that selects the tenant's series of ``measurement`` with ``tags`` (alias ``s``)."""
-        sql = "s.measurement = ?"
-        args: list[Any] = [measurement]
+        """SQL that selects the tenant's series of ``measurement`` (any when None) with
+        ``tags`` (alias ``s``)."""
+        sql = "s.measurement = ?" if measurement is not None else "1"
+        args: list[Any] = [] if measurement is None else [measurement]
         if tenant != ALL_TENANTS:
             sql += " AND s.tenant = ?"
             args.append(tenant)
@@ -663,6 +665,20 @@ class SqliteTimeSeriesStore(_SqliteBase):
                 names.append(measurement)
             out[device] = (sorted(names), max(seen, last or 0))
         return out
+
+    def catalog(
+        self, tenant: str, *, tags: dict[str, str] | None = None, limit: int = 10_000
+    ) -> list[SeriesInfo]:
+        where, args = self._series_filter(tenant, None, tags)
+        sql = (
+            "SELECT s.measurement, s.tags, (SELECT json_group_array(f.field) FROM fields f"
+            f" WHERE f.series_id = s.id) FROM series s WHERE {where}"
+            " ORDER BY s.measurement, s.id LIMIT ?"
+        )
+        return [
+            SeriesInfo(m, orjson.loads(tag_json), tuple(sorted(orjson.loads(fields))))
+            for m, tag_json, fields in self._all(sql, [*args, limit])
+        ]
 
     def latest(
         self, tenant: str, measurement: str, *, tags: dict[str, str] | None = None

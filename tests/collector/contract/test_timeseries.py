@@ -152,6 +152,25 @@ def test_latest_values_and_devices(ts: TimeSeriesStore) -> None:
     assert ts.devices("globex", "gw-1") == {}
 
 
+def test_the_catalog_lists_a_tenants_series_with_their_fields(ts: TimeSeriesStore) -> None:
+    write_climate(ts, climate(n=5))
+    write_climate(ts, climate(n=5), tenant="globex")
+    ts.write([SeriesWrite("power", {"gateway": "gw-2", "device": "p"}, [(T, {"w": 1.5})], "acme")])
+    visible(ts)
+    found = {(s.measurement, tuple(sorted(s.tags.items()))): s.fields for s in ts.catalog("acme")}
+    assert found == {
+        ("climate", (("device", "d1"), ("gateway", "gw-1"), ("room", "lab"))): ("celsius", "n", "on"),
+        ("climate", (("device", "d2"), ("gateway", "gw-1"), ("room", "hall"))): ("celsius", "n", "on"),
+        ("power", (("device", "p"), ("gateway", "gw-2"))): ("w",),
+    }  # fmt: skip
+    assert [s.measurement for s in ts.catalog("acme")] == ["climate", "climate", "power"]
+    # Tags narrow it; another tenant's series never show; the limit holds.
+    assert [s.tags["device"] for s in ts.catalog("acme", tags={"room": "hall"})] == ["d2"]
+    assert ts.catalog("initech") == []
+    assert len(ts.catalog("acme", limit=1)) == 1
+    assert len(ts.catalog("*")) == 5
+
+
 def test_ping(ts: TimeSeriesStore) -> None:
     ts.ping()
 

@@ -6,14 +6,18 @@ import base64
 import binascii
 import datetime as dt
 import re
+import threading
 import time
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from outpost_iot.collector._exceptions import QueryRefused
+from outpost_iot.collector._export import csv_lines, jsonl_lines, stream_points
 from outpost_iot.collector.api._deps import Services, Viewer
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
 from outpost_iot.collector.stores import SeriesQuery, TimeSeriesStore
@@ -28,6 +32,9 @@ _UNIT_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86
 _TAG = re.compile(r"^([A-Za-z0-9_.\-]{1,64}):(.{1,256})$")
 _NAME = r"^[A-Za-z0-9_.\-]{1,128}$"
 MAX_POINTS = 100_000
+CATALOG_SERIES = 10_000  # series one catalog answer reads; narrow with tag= past that
+CATALOG_VALUES = 200  # values listed per tag key
+MAX_EXPORTS = 4  # exports streaming at once, per collector (each holds a worker thread)
 
 
 def _bad(error: str, detail: str) -> HTTPException:
@@ -159,6 +166,124 @@ def series(
             SeriesGroupOut(tags=g.tags, points=[(ts / 1e9, v) for ts, v in g.points])
             for g in groups
         ],
+    )
+
+
+class MeasurementInfo(BaseModel):
+    name: str
+    fields: list[str]
+    tags: dict[str, list[str]]  # tag key → values seen (at most 200 each, sorted)
+    series: int
+
+
+class Catalog(BaseModel):
+    measurements: list[MeasurementInfo]
+    truncated: bool = Field(description="more series than one answer reads: narrow with tag=")
+
+
+@router.get("/series/catalog")
+def catalog(
+    svc: Services,
+    who: Viewer,
+    tag: Annotated[list[str], Query(max_length=32)] = [],  # noqa: B006
+    tenant: Annotated[str | None, Query(max_length=128, description="admin tokens only")] = None,
+) -> Catalog:
+    """What there is to chart: each measurement with its fields and tag values (viewer).
+    ``tag=gateway:gw-1`` narrows it to the series with that tag value."""
+    found = _store(svc).catalog(who.scope(tenant), tags=_tags(tag), limit=CATALOG_SERIES + 1)
+    by_name: dict[str, tuple[set[str], dict[str, set[str]], list[int]]] = {}
+    for info in found[:CATALOG_SERIES]:
+        fields, tags, count = by_name.setdefault(info.measurement, (set(), {}, [0]))
+        fields.update(info.fields)
+        for key, value in info.tags.items():
+            values = tags.setdefault(key, set())
+            if len(values) < CATALOG_VALUES:
+                values.add(value)
+        count[0] += 1
+    return Catalog(
+        measurements=[
+            MeasurementInfo(
+                name=name,
+                fields=sorted(fields),
+                tags={k: sorted(v) for k, v in sorted(tags.items())},
+                series=count[0],
+            )
+            for name, (fields, tags, count) in sorted(by_name.items())
+        ],
+        truncated=len(found) > CATALOG_SERIES,
+    )
+
+
+class _ExportSlot:
+    """One of the collector's export slots, given back once: when the body ends (or fails), or
+    when the response is dropped before its body started (a client gone at once)."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots: threading.BoundedSemaphore | None = slots
+
+    @classmethod
+    def take(cls, slots: threading.BoundedSemaphore) -> _ExportSlot:
+        if not slots.acquire(blocking=False):
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                {"error": "busy", "detail": f"{MAX_EXPORTS} exports are running; try again later"},
+                headers={"Retry-After": "10"},
+            )
+        return cls(slots)
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+
+    __del__ = release
+
+
+@router.get(
+    "/series/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
+        503: {"description": "as many exports as the collector allows are running"},
+    },
+)
+def export(
+    request: Request,
+    svc: Services,
+    who: Viewer,
+    measurement: Names,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    tag: Annotated[list[str], Query(max_length=32)] = [],  # noqa: B006
+    format: Literal["csv", "jsonl"] = "csv",
+    tenant: Annotated[str | None, Query(max_length=128, description="admin tokens only")] = None,
+) -> StreamingResponse:
+    """Every stored reading of a measurement in a time range (default: the last hour), raw,
+    streamed as a download: CSV with one row per field, or JSON Lines (viewer). Any range
+    fits; at most four exports run at once per collector (503 with Retry-After past that)."""
+    start_ns, end_ns = time_range(start, end)
+    tags = _tags(tag)
+    scope = who.scope(tenant)
+    store = _store(svc)
+    slot = _ExportSlot.take(request.app.state.exports)
+
+    def body() -> Iterator[str]:
+        try:
+            points = stream_points(
+                store, measurement, start_ns=start_ns, end_ns=end_ns, tags=tags, tenant=scope
+            )
+            yield from (csv_lines if format == "csv" else jsonl_lines)(points)
+        finally:
+            slot.release()
+
+    stamp = dt.datetime.fromtimestamp(start_ns // 10**9, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson",
+        headers={
+            "Content-Disposition": f'attachment; filename="{measurement}-{stamp}.{format}"',
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 

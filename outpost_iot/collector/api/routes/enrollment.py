@@ -15,6 +15,7 @@ from outpost_iot.collector._enrollment import parse_duration
 from outpost_iot.collector._exceptions import EnrollmentRefused, StoreError, StoreUnavailable
 from outpost_iot.collector.api._deps import ApiServices, Operator, Services, audit
 from outpost_iot.collector.api._limits import OffLoopJsonRoute, limited_address
+from outpost_iot.collector.api.routes import fleet
 from outpost_iot.collector.stores import ALL_TENANTS, AuditEntry
 
 router = APIRouter(prefix="/api/v1", tags=["enrollment"], route_class=OffLoopJsonRoute)
@@ -148,6 +149,10 @@ def enroll(body: EnrollRequest, svc: Services, request: Request) -> EnrollRespon
     )
     if svc.on_enrolled is not None:
         svc.on_enrolled(result.gateway_id)
+    try:
+        fleet.publish(svc, result.tenant, result.gateway_id)
+    except StoreError as exc:  # the stream is a convenience: the enrollment stands
+        _log.error("cannot announce gateway %s on the live stream: %s", result.gateway_id, exc)
     return EnrollResponse(
         gateway_id=result.gateway_id,
         tenant=result.tenant,

@@ -89,6 +89,16 @@ def _find(svc: Services, who: Principal, gateway_id: str) -> stores.FleetGateway
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
 
 
+def publish(svc: Services, tenant: str, gateway_id: str) -> None:
+    """Tell the live stream's clients what the gateway's fleet row now says (after an
+    enrollment, new tags, a decommission): pages show it without reloading."""
+    if svc.stream is None:
+        return
+    for g in svc.documents.gateways(tenant):
+        if g.id == gateway_id:
+            svc.stream.publish("gateway", g.tenant, g.id, _summary(g))
+
+
 @router.get("")
 def list_gateways(
     svc: Services,
@@ -125,6 +135,7 @@ def set_tags(
     g = _find(svc, who, gateway_id)
     svc.documents.set_gateway_tags(gateway_id, body.tags)
     audit(svc, who, request, "gateway.tags", gateway_id, g.tenant, tags=sorted(set(body.tags)))
+    publish(svc, g.tenant, gateway_id)
     return GatewaySummary(**_summary(_find(svc, who, gateway_id)))
 
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from outpost_iot.collector.api._deps import Operator, Services, audit
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
+from outpost_iot.collector.api.routes.fleet import publish
 
 router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"], route_class=OffLoopJsonRoute)
 
@@ -25,4 +26,5 @@ def decommission(gateway_id: str, svc: Services, who: Operator, request: Request
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
     count = svc.enrollment.decommission(gateway_id)
     audit(svc, who, request, "gateway.decommission", gateway_id, tenant, certificates=count)
+    publish(svc, tenant, gateway_id)
     return Decommissioned(gateway_id=gateway_id, certificates_revoked=count)
