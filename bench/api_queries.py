@@ -1,10 +1,13 @@
-"""The collector's read API on the SQLite stores: a 24 h series query and a 1,000-gateway list.
+"""The collector's read API on the SQLite stores: a 24 h series query, a 1,000-gateway list,
+the data explorer's catalog of 10,000 series and a 24 h CSV export.
 
 .venv/bin/python -m bench.api_queries [--runs 20]
 
-Builds a store with one series of 1 reading/s for 24 h (86,400 points) and 1,000 enrolled
-gateways of one tenant, then times the requests through the FastAPI app in process (ASGI, no
-network): GET /api/v1/series (1-minute buckets, mean, 24 h) and GET /api/v1/gateways.
+Builds a store with one series of 1 reading/s for 24 h (86,400 points), 9,999 more series of
+one reading each (``status`` of 1,000 gateways × 10 devices) and 1,000 enrolled gateways of one tenant, then
+times the requests through the FastAPI app in process (ASGI, no network): GET /api/v1/series
+(1-minute buckets, mean, 24 h), GET /api/v1/gateways, GET /api/v1/series/catalog and
+GET /api/v1/series/export (the 86,400 readings as CSV).
 """
 
 from __future__ import annotations
@@ -67,6 +70,16 @@ async def main_async(runs: int, gateways: int) -> None:
             t0 = start + hour * 3600 * 10**9
             points = [(t0 + i * 10**9, {"celsius": 20.0 + (i % 60) / 10}) for i in range(3600)]
             ts.write([SeriesWrite("climate", tags, points, "acme")])
+        ts.write(
+            [
+                SeriesWrite(
+                    "status", {"gateway": g, "device": f"d{d}"}, [(end - 1, {"up": 1})], "acme"
+                )
+                for g in ids
+                for d in range(10)
+                if (g, d) != (ids[0], 0)  # with the climate series: 10,000
+            ]
+        )
         docs.create_api_token(ApiTokenRecord("b", hash_token(TOKEN), "acme", "viewer", "b", 0))
         app = create_app(
             ApiServices(
@@ -100,10 +113,22 @@ async def main_async(runs: int, gateways: int) -> None:
             query_ms = [await timed("/api/v1/series", series) for _ in range(runs)]
             fleet_ms = [await timed("/api/v1/gateways", {}) for _ in range(runs)]
             assert len((await c.get("/api/v1/gateways")).json()) == gateways
+            catalog = (await c.get("/api/v1/series/catalog")).json()
+            assert sum(m["series"] for m in catalog["measurements"]) == 10 * gateways
+            assert not catalog["truncated"]
+            catalog_ms = [await timed("/api/v1/series/catalog", {}) for _ in range(runs)]
+            window = {"measurement": "climate", "tag": "device:sensor-1", "start": iso(start), "end": iso(end)}  # fmt: skip
+            r = await c.get("/api/v1/series/export", params=window)
+            assert r.text.count("\n") == 86_400 + 1  # the header and a row per reading (9.4 MB)
+            export_ms = [
+                await timed("/api/v1/series/export", window) for _ in range(max(3, runs // 4))
+            ]
         ts.close()
         docs.close()
     report("api.series_24h_1m_buckets", query_ms, "ms", points=86_400, buckets=1440)
     report("api.fleet_list", fleet_ms, "ms", gateways=gateways)
+    report("api.catalog", catalog_ms, "ms", series=10 * gateways)
+    report("api.export_csv_24h", export_ms, "ms", readings=86_400)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ The cookie is Secure (HTTPS only), so these in-process tests send it by hand; th
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outpost_iot.collector._enrollment import hash_token
 from tests.collector._api_fixture import Api
@@ -131,3 +133,31 @@ async def test_the_console_is_served_with_a_strict_policy_and_nothing_else(api: 
         assert (await api.client.get(f"/console/{name}")).status_code == 404
     licence = await api.client.get("/console/vendor/uplot-LICENSE.txt")
     assert "MIT License" in licence.text
+
+
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
+
+
+@pytest.mark.parametrize("api", ["sqlite"], indirect=True)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cookie=_header_text, csrf=_header_text, method=st.sampled_from(["GET", "POST", "DELETE"]))
+async def test_no_cookie_or_csrf_value_but_the_sessions_own_acts_for_it(
+    api: Api, cookie: str, csrf: str, method: str
+) -> None:
+    """Whatever a caller puts in the cookie and the CSRF header, it is a stranger (401), or,
+    with the real session's cookie, may read but not change anything (403); never a server
+    error, and the session still works afterwards."""
+    session_id, session = await _sign_in(api, api.tokens["operator-a"])
+    body = {"site": "hq"} if method == "POST" else None
+    path = "/api/v1/session" if method == "DELETE" else "/api/v1/enrollment-tokens"
+
+    async def call(cookie_value: str) -> int:
+        headers = {"Cookie": f"outpost_session={cookie_value}", "X-CSRF-Token": csrf}
+        r = await api.client.request(method, path, json=body, headers=headers)
+        return r.status_code
+
+    assert await call(cookie) == 401
+    if csrf != session["csrf"]:
+        assert await call(session_id) == (200 if method == "GET" else 403)
+    r = await api.client.get("/api/v1/session", headers=_cookie(session_id))
+    assert r.json()["csrf"] == session["csrf"]

@@ -574,3 +574,15 @@ async def test_enrollments_tags_and_decommissions_reach_the_fleet_stream(api: Ap
         assert (_data(m)["id"], _data(m)["site"]) == (r.json()["gateway_id"], "Depot 7")
         assert _data(m)["state"] == "unknown"  # enrolled; not connected yet
         assert await _drain(theirs) == []
+
+
+async def test_a_client_let_in_as_the_last_place_is_taken_is_told_to_come_back_later() -> None:
+    """Two clients arriving together for the last place: both pass the route's check, one
+    subscribes, and the other's stream says to reconnect later instead of ending blank."""
+    from outpost_iot.collector.api.routes.stream import _events
+
+    hub = LocalHub(max_clients=1)
+    flt = Filter(tenant="acme", kinds=ALL)
+    async with hub.subscribe(flt, None):
+        chunks = [c async for c in _events(hub, flt, None)]
+    assert chunks == [b"retry: 30000\n: too many stream clients; reconnect later\n\n"]

@@ -214,6 +214,21 @@ def catalog(
     )
 
 
+def _chunks(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[str]:
+    """Lines joined into pieces of about ``size`` characters: each piece is one hop from the
+    worker thread to the event loop and one write to the socket, not one per line."""
+    buf: list[str] = []
+    n = 0
+    for line in lines:
+        buf.append(line)
+        n += len(line)
+        if n >= size:
+            yield "".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield "".join(buf)
+
+
 class _ExportSlot:
     """One of the collector's export slots, given back once: when the body ends (or fails), or
     when the response is dropped before its body started (a client gone at once)."""
@@ -272,7 +287,7 @@ def export(
             points = stream_points(
                 store, measurement, start_ns=start_ns, end_ns=end_ns, tags=tags, tenant=scope
             )
-            yield from (csv_lines if format == "csv" else jsonl_lines)(points)
+            yield from _chunks((csv_lines if format == "csv" else jsonl_lines)(points))
         finally:
             slot.release()
 

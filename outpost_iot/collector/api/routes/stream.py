@@ -49,7 +49,9 @@ async def _events(hub: Hub, flt: Filter, last_id: str | None) -> AsyncIterator[b
         # Last-Event-ID and is given what it missed.
         yield f": closed ({exc.why}); reconnect with Last-Event-ID\n\n".encode()
     except TooManyClients:
-        return
+        # Full between the check and the subscription (clients arriving together): the 200 is
+        # sent, so say it in the stream and ask the client to come back later.
+        yield b"retry: 30000\n: too many stream clients; reconnect later\n\n"
 
 
 @router.get(
