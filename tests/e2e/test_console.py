@@ -294,6 +294,20 @@ def test_a_technician_makes_a_token_on_a_phone_and_watches_the_gateway_come_onli
     listed.get_by_role("button", name="Revoke").click()
     page.locator("tbody tr", has_text="Depot 7").get_by_text("revoked").wait_for()
 
+    # Every page is readable at 360 px: wide tables scroll inside their box, nothing else does.
+    for where, ready in (
+        ("#/fleet", "tr[data-gateway]"),
+        (f"#/gateway/{site['gw']}", "td.latest-value"),
+        ("#/data", ".chart canvas"),
+        ("#/rollouts", "#rollout-patch"),
+    ):
+        page.goto(f"{url(h)}/console/{where}")
+        page.locator(ready).first.wait_for()
+        wide = page.evaluate(
+            """() => [...document.querySelectorAll('body *')].filter((e) => !e.closest('.table-wrap') && e.getBoundingClientRect().right > 361).map((e) => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)).slice(0, 15)"""
+        )
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360, (where, wide)
+
 
 def _operator_call(s: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
     r = httpx.request(
