@@ -185,7 +185,13 @@ def test_retention_deletes_what_it_should_and_nothing_else(
             quarantine_before_ns=now - 30 * DAY,
             audit_before_ns=now - 5 * DAY,
         )
-        assert gone == {"events": 1, "quarantined": 1, "audit_records": 2}
+        assert gone == {
+            "events": 1,
+            "quarantined": 1,
+            "audit_records": 2,
+            "alarms": 0,
+            "notifications": 0,
+        }
         assert [e.id for e in docs.events("gw-1")] == ["e1", "e2"]
         assert len(docs.quarantined()) == 2
         assert len(docs.audit_log("*")) == 1

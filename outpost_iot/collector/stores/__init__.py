@@ -6,9 +6,18 @@ they are first used, so an embedded collector never loads them.
 
 from typing import TYPE_CHECKING, Any
 
+from outpost_iot.collector.stores._alarm_store import alarm_json
 from outpost_iot.collector.stores._base import (
     AGGREGATES,
     ALL_TENANTS,
+    SEVERITIES,
+    SEVERITY_RANK,
+    AlarmChanges,
+    AlarmClear,
+    AlarmCondition,
+    AlarmRecord,
+    AlarmRuleRecord,
+    Alarms,
     ApiTokenRecord,
     AuditEntry,
     AuditLog,
@@ -24,6 +33,8 @@ from outpost_iot.collector.stores._base import (
     Identities,
     IngestRecords,
     LatestValue,
+    NotificationRecord,
+    NotifyEndpointRecord,
     QuarantineEntry,
     RolloutMember,
     RolloutRecord,
@@ -67,6 +78,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AGGREGATES",
     "ALL_TENANTS",
+    "SEVERITIES",
+    "SEVERITY_RANK",
+    "AlarmChanges",
+    "AlarmClear",
+    "AlarmCondition",
+    "AlarmRecord",
+    "AlarmRuleRecord",
+    "Alarms",
     "ApiTokenRecord",
     "AuditEntry",
     "AuditLog",
@@ -83,6 +102,8 @@ __all__ = [
     "InfluxTimeSeriesStore",
     "IngestRecords",
     "LatestValue",
+    "NotificationRecord",
+    "NotifyEndpointRecord",
     "PostgresDocumentStore",
     "PostgresTimeSeriesStore",
     "QuarantineEntry",
@@ -97,4 +118,5 @@ __all__ = [
     "SqliteTimeSeriesStore",
     "StoredPoint",
     "TimeSeriesStore",
+    "alarm_json",
 ]

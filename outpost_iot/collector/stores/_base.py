@@ -249,6 +249,126 @@ class RolloutMember:
     outcome: str | None = None  # applied, failed, timed_out, skipped
 
 
+SEVERITIES = ("critical", "major", "minor", "warning")  # highest first
+SEVERITY_RANK = {"warning": 1, "minor": 2, "major": 3, "critical": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRuleRecord:
+    """A tenant's alarm rule; ``spec`` is its condition and scope as the API validated them."""
+
+    id: str
+    tenant: str
+    name: str
+    severity: str
+    enabled: bool
+    edge: bool  # evaluated on the gateway too (it travels in the signed config)
+    notify: bool  # its alarms go to the tenant's notification endpoints
+    spec: dict[str, Any]
+    created_ns: int
+    updated_ns: int
+    actor: str
+
+    @property
+    def kind(self) -> str:
+        return str(self.spec["condition"]["kind"])
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    """One alarm: a rule's condition holding for one originator (a gateway, a device, a series).
+    At most one alarm per rule and originator is open (not cleared) at a time."""
+
+    id: int  # 0 until stored
+    tenant: str
+    rule_id: str
+    originator: str
+    gateway_id: str
+    severity: str
+    kind: str
+    name: str  # the rule's name when it was raised
+    raised_ns: int
+    details: dict[str, Any]
+    cleared_ns: int | None = None
+    acked_ns: int | None = None
+    acked_by: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.cleared_ns is not None:
+            return "cleared"
+        return "acknowledged" if self.acked_ns is not None else "active"
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmClear:
+    rule_id: str
+    originator: str
+    cleared_ns: int
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmCondition:
+    """A condition that holds but has not held long enough yet (or a drop counter's snapshot)."""
+
+    rule_id: str
+    originator: str
+    since_ns: int
+    value: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmChanges:
+    """What one evaluation decided, applied in one transaction."""
+
+    raise_: Sequence[AlarmRecord] = ()
+    clear: Sequence[AlarmClear] = ()
+    start: Sequence[AlarmCondition] = ()  # conditions now holding (or snapshots to keep)
+    stop: Sequence[tuple[str, str]] = ()  # (rule, originator) whose condition ended
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyEndpointRecord:
+    """Where a tenant's alarms are sent: a webhook (``target = {"url": ...}``) or email
+    (``target = {"to": [...]}``)."""
+
+    id: str
+    tenant: str
+    name: str
+    kind: str  # webhook, email
+    target: dict[str, Any]
+    secret: str  # the webhook's HMAC key (never shown again after it is made)
+    min_severity: str
+    enabled: bool
+    created_ns: int
+    delivered: int = 0
+    failures: int = 0  # failed attempts in a row (0 after a delivery)
+    last_error: str = ""
+    last_failure_ns: int | None = None
+    last_success_ns: int | None = None
+    pending: int = 0  # notifications not delivered yet
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    """One message to one endpoint, delivered at least once; ``key`` identifies it to the
+    receiver (repeats carry the same key)."""
+
+    id: int
+    tenant: str
+    endpoint_id: str
+    alarm_id: int | None
+    event: str  # raised, cleared, test
+    key: str
+    payload: dict[str, Any]
+    created_ns: int
+    attempts: int = 0
+    next_ns: int = 0
+    delivered_ns: int | None = None
+    last_error: str = ""
+
+
 class TimeSeriesStore(Protocol):
     """Readings. Writes are idempotent: the same series, field and timestamp overwrite.
 
@@ -485,7 +605,98 @@ class AuditLog(Protocol):
     ) -> list[AuditEntry]: ...
 
 
-class DocumentStore(IngestRecords, Identities, ConfigsAndRollouts, AuditLog, Protocol):
+class Alarms(Protocol):
+    """Alarm rules, alarms and their conditions, notification endpoints and the outbox of
+    notifications (written in the same transaction as the alarm they tell of)."""
+
+    def save_rule(self, rule: AlarmRuleRecord) -> None: ...
+
+    def rules(self, tenant: str, *, rule_id: str | None = None) -> list[AlarmRuleRecord]: ...
+
+    def delete_rule(self, tenant: str, rule_id: str) -> bool:
+        """Also clears its open alarms (without notifications) and forgets its conditions."""
+        ...
+
+    def rules_stamp(self) -> tuple[int, int]:
+        """(count, newest change): changes when any rule is saved or deleted."""
+        ...
+
+    def open_alarms(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], AlarmRecord]: ...
+
+    def open_alarms_of(self, rule_ids: Sequence[str]) -> list[AlarmRecord]: ...
+
+    def conditions(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], AlarmCondition]: ...
+
+    def conditions_of(self, rule_ids: Sequence[str]) -> list[AlarmCondition]: ...
+
+    def apply_alarms(self, changes: AlarmChanges, now_ns: int) -> list[tuple[str, AlarmRecord]]:
+        """Raise, clear, start and stop in one transaction; each alarm raised or cleared that
+        notifies gets one notification per endpoint of its tenant whose minimum severity it
+        meets. A raise for a rule and originator already open, or a clear of one not open, does
+        nothing. Returns what changed: ("raised" | "cleared", the alarm as stored)."""
+        ...
+
+    def ack_alarm(self, tenant: str, alarm_id: int, by: str, now_ns: int) -> AlarmRecord | None: ...
+
+    def alarms(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        gateway_id: str | None = None,
+        severity: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AlarmRecord]:
+        """Newest first; ``status`` is open (active or acknowledged), active, acknowledged or
+        cleared."""
+        ...
+
+    def alarm_counts(self, tenant: str) -> dict[str, dict[str, int]]:
+        """Open alarms: severity → {"active": n, "acknowledged": n}."""
+        ...
+
+    def alarm_summary(self, tenant: str) -> dict[str, tuple[int, str]]:
+        """Per gateway with open alarms: (how many, the highest severity)."""
+        ...
+
+    def save_endpoint(self, endpoint: NotifyEndpointRecord) -> None: ...
+
+    def endpoints(
+        self, tenant: str, *, endpoint_id: str | None = None
+    ) -> list[NotifyEndpointRecord]: ...
+
+    def delete_endpoint(self, tenant: str, endpoint_id: str) -> bool: ...
+
+    def enqueue_notification(self, note: NotificationRecord) -> None: ...
+
+    def claim_notifications(
+        self, now_ns: int, lease_ns: int, limit: int
+    ) -> list[tuple[NotificationRecord, NotifyEndpointRecord]]:
+        """Notifications due, leased to the caller until ``now + lease`` so that another
+        replica does not send them meanwhile."""
+        ...
+
+    def notification_sent(self, note_id: int, endpoint_id: str, now_ns: int) -> None: ...
+
+    def notification_failed(
+        self, note_id: int, endpoint_id: str, now_ns: int, next_ns: int | None, error: str
+    ) -> None:
+        """Another attempt at ``next_ns``; ``None``: given up (kept, with the error)."""
+        ...
+
+    def notifications(
+        self, tenant: str, *, endpoint_id: str | None = None, limit: int = 100
+    ) -> list[NotificationRecord]:
+        """Newest first."""
+        ...
+
+
+class DocumentStore(IngestRecords, Identities, ConfigsAndRollouts, AuditLog, Alarms, Protocol):
     """Everything but readings, by role; one backend serves every role."""
 
     def ping(self) -> None: ...

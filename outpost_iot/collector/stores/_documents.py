@@ -23,11 +23,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from outpost_iot.collector._exceptions import TokenRefused
 from outpost_iot.collector.stores import _rows
+from outpost_iot.collector.stores._alarm_store import SqlAlarmStore
 from outpost_iot.collector.stores._base import (
     ALL_TENANTS,
     ApiTokenRecord,
@@ -44,39 +44,11 @@ from outpost_iot.collector.stores._base import (
     RolloutRecord,
     SessionRecord,
 )
+from outpost_iot.collector.stores._sql import Cursor, Dialect
 from outpost_iot.wire import ConfigReport, Event, GatewayState
 
 
-class Cursor(Protocol):
-    """What the shared SQL needs of a DB-API cursor (``sqlite3`` and ``psycopg`` alike)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, sql: str, args: Any = ..., /) -> Any: ...
-
-    def executemany(self, sql: str, rows: Any, /) -> Any: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Dialect:
-    """What differs between the SQL databases behind :class:`SqlDocumentStore`."""
-
-    name: str
-    json_value: Callable[[Any], Any]  # a Python value as the parameter of a JSON column
-    json_loads: Callable[[Any], Any]  # a JSON column's value, as fetched, as Python
-    json_text: Callable[[str, str], str]  # SQL for the text of one key of a JSON column
-    greatest: str  # the larger of two values: SQLite's scalar max(), PostgreSQL's GREATEST()
-    byte_length: str  # the length of a blob in bytes
-    binary_order: str  # appended to a text column to order it by bytes
-    lock_row: str  # appended to a SELECT that is read, then written in the same transaction
-
-
-class SqlDocumentStore(abc.ABC):
+class SqlDocumentStore(SqlAlarmStore, abc.ABC):
     """Gateways, events, stored-batch records, quarantine, enrollment, certificates, API
     tokens, desired configs, rollouts and the audit log: :class:`~collector.stores.DocumentStore`
     over any :class:`Dialect`."""
@@ -332,6 +304,11 @@ class SqlDocumentStore(abc.ABC):
                 ("events", "DELETE FROM events WHERE ts < ?", events_before_ns),
                 ("quarantined", "DELETE FROM quarantine WHERE received_ns < ?", quarantine_before_ns),
                 ("audit_records", "DELETE FROM audit WHERE ts < ?", audit_before_ns),
+                # Alarms are kept as long as events once cleared; so are their notifications
+                # once delivered or given up.
+                ("alarms", "DELETE FROM alarms WHERE cleared_ns < ?", events_before_ns),
+                ("notifications", "DELETE FROM notifications WHERE created_ns < ? AND"
+                 " (delivered_ns IS NOT NULL OR given_up)", events_before_ns),
             ):  # fmt: skip
                 cur.execute(sql, (horizon,))
                 out[key] = cur.rowcount

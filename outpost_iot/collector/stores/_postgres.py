@@ -43,7 +43,8 @@ from outpost_iot.collector.stores._base import (
     SeriesWrite,
     StoredPoint,
 )
-from outpost_iot.collector.stores._documents import Dialect, SqlDocumentStore
+from outpost_iot.collector.stores._documents import SqlDocumentStore
+from outpost_iot.collector.stores._sql import Dialect
 from outpost_iot.wire import FieldValue
 
 # Ordered, each run once in its own transaction and recorded in outpost_migrations.
@@ -124,6 +125,42 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE TABLE sessions (hash TEXT PRIMARY KEY, token_id TEXT NOT NULL,"
             " created_ns BIGINT NOT NULL, expires_ns BIGINT NOT NULL, csrf TEXT NOT NULL)",
             "CREATE INDEX sessions_token ON sessions (token_id)",
+        ],
+    ),
+    (
+        "0004_alarms",
+        [
+            # Alarms (collector.stores._alarm_store): one open alarm per rule and originator.
+            "CREATE TABLE alarm_rules (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT"
+            " NULL, severity TEXT NOT NULL, enabled BOOLEAN NOT NULL, edge BOOLEAN NOT NULL,"
+            " notify BOOLEAN NOT NULL, spec JSONB NOT NULL, created_ns BIGINT NOT NULL,"
+            " updated_ns BIGINT NOT NULL, actor TEXT NOT NULL)",
+            "CREATE INDEX alarm_rules_tenant ON alarm_rules (tenant)",
+            "CREATE TABLE alarms (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant"
+            " TEXT NOT NULL, rule_id TEXT NOT NULL, originator TEXT NOT NULL, gateway_id TEXT NOT"
+            " NULL, severity TEXT NOT NULL, rank INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT"
+            " NOT NULL, raised_ns BIGINT NOT NULL, details JSONB NOT NULL, cleared_ns BIGINT,"
+            " acked_ns BIGINT, acked_by TEXT)",
+            "CREATE UNIQUE INDEX alarms_open ON alarms (rule_id, originator)"
+            " WHERE cleared_ns IS NULL",
+            "CREATE INDEX alarms_tenant ON alarms (tenant, id)",
+            "CREATE INDEX alarms_cleared ON alarms (cleared_ns)",
+            "CREATE TABLE alarm_conditions (rule_id TEXT NOT NULL, originator TEXT NOT NULL,"
+            " since_ns BIGINT NOT NULL, value DOUBLE PRECISION NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (rule_id, originator))",
+            "CREATE TABLE notify_endpoints (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT"
+            " NOT NULL, kind TEXT NOT NULL, target JSONB NOT NULL, secret TEXT NOT NULL, min_rank"
+            " INTEGER NOT NULL, enabled BOOLEAN NOT NULL, created_ns BIGINT NOT NULL, delivered"
+            " BIGINT NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT"
+            " NULL DEFAULT '', last_failure_ns BIGINT, last_success_ns BIGINT)",
+            "CREATE TABLE notifications (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " tenant TEXT NOT NULL, endpoint_id TEXT NOT NULL, alarm_id BIGINT, event TEXT NOT"
+            " NULL, key TEXT NOT NULL UNIQUE, payload JSONB NOT NULL, created_ns BIGINT NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0, next_ns BIGINT NOT NULL, lease_ns BIGINT NOT"
+            " NULL DEFAULT 0, delivered_ns BIGINT, given_up BOOLEAN NOT NULL DEFAULT false,"
+            " last_error TEXT NOT NULL DEFAULT '')",
+            "CREATE INDEX notifications_due ON notifications (next_ns) WHERE delivered_ns IS NULL",
+            "CREATE INDEX notifications_endpoint ON notifications (endpoint_id)",
         ],
     ),
 ]

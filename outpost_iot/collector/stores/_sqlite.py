@@ -30,7 +30,8 @@ from outpost_iot.collector.stores._base import (
     SeriesWrite,
     StoredPoint,
 )
-from outpost_iot.collector.stores._documents import Dialect, SqlDocumentStore
+from outpost_iot.collector.stores._documents import SqlDocumentStore
+from outpost_iot.collector.stores._sql import Dialect
 from outpost_iot.wire import FieldValue, private_file
 
 TS_MIGRATIONS = Migrations("outpost-collector-timeseries")
@@ -229,6 +230,44 @@ def _doc_sessions(db: Database) -> None:
         " created_ns INTEGER NOT NULL, expires_ns INTEGER NOT NULL, csrf TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX sessions_token ON sessions (token_id)")
+
+
+@DOC_MIGRATIONS(name="0010_alarms")
+def _doc_alarms(db: Database) -> None:
+    for sql in _ALARM_TABLES:
+        db.execute(sql)
+
+
+# Alarms (collector.stores._alarm_store): one open alarm per rule and originator.
+_ALARM_TABLES = (
+    "CREATE TABLE alarm_rules (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL,"
+    " severity TEXT NOT NULL, enabled INTEGER NOT NULL, edge INTEGER NOT NULL, notify INTEGER"
+    " NOT NULL, spec TEXT NOT NULL, created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,"
+    " actor TEXT NOT NULL)",
+    "CREATE INDEX alarm_rules_tenant ON alarm_rules (tenant)",
+    "CREATE TABLE alarms (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, rule_id TEXT NOT NULL,"
+    " originator TEXT NOT NULL, gateway_id TEXT NOT NULL, severity TEXT NOT NULL, rank INTEGER"
+    " NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, raised_ns INTEGER NOT NULL, details"
+    " TEXT NOT NULL, cleared_ns INTEGER, acked_ns INTEGER, acked_by TEXT)",
+    "CREATE UNIQUE INDEX alarms_open ON alarms (rule_id, originator) WHERE cleared_ns IS NULL",
+    "CREATE INDEX alarms_tenant ON alarms (tenant, id)",
+    "CREATE INDEX alarms_cleared ON alarms (cleared_ns)",
+    "CREATE TABLE alarm_conditions (rule_id TEXT NOT NULL, originator TEXT NOT NULL, since_ns"
+    " INTEGER NOT NULL, value REAL NOT NULL DEFAULT 0, PRIMARY KEY (rule_id, originator))"
+    " WITHOUT ROWID",
+    "CREATE TABLE notify_endpoints (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT"
+    " NULL, kind TEXT NOT NULL, target TEXT NOT NULL, secret TEXT NOT NULL, min_rank INTEGER"
+    " NOT NULL, enabled INTEGER NOT NULL, created_ns INTEGER NOT NULL, delivered INTEGER NOT"
+    " NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',"
+    " last_failure_ns INTEGER, last_success_ns INTEGER)",
+    "CREATE TABLE notifications (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, endpoint_id"
+    " TEXT NOT NULL, alarm_id INTEGER, event TEXT NOT NULL, key TEXT NOT NULL UNIQUE, payload"
+    " TEXT NOT NULL, created_ns INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_ns"
+    " INTEGER NOT NULL, lease_ns INTEGER NOT NULL DEFAULT 0, delivered_ns INTEGER, given_up"
+    " INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX notifications_due ON notifications (next_ns) WHERE delivered_ns IS NULL",
+    "CREATE INDEX notifications_endpoint ON notifications (endpoint_id)",
+)
 
 
 def _connect(path: Path, migrations: Migrations) -> sqlite3.Connection:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from outpost_iot.collector.stores import (
+    AlarmChanges,
     AuditEntry,
     DocumentStore,
     EnrollmentTokenRecord,
@@ -17,6 +18,7 @@ from outpost_iot.collector.stores import (
     RolloutRecord,
 )
 from outpost_iot.wire import Event, GatewayState
+from tests.collector.contract.test_alarm_store import alarm, endpoint, rule
 from tests.collector.contract.test_documents import S, T, enroll
 
 TENANTS = ("acme", "globex")
@@ -63,6 +65,11 @@ def populate(docs: DocumentStore) -> None:
                           device_errors_fail=False),
             [RolloutMember(gateway_id=gw, wave=0, version=1, issued_ns=T, envelope=b"e")],
         )  # fmt: skip
+        docs.save_rule(rule(f"rule-{tenant}", tenant=tenant))
+        docs.save_endpoint(endpoint(f"ep-{tenant}", tenant=tenant))
+        docs.apply_alarms(
+            AlarmChanges(raise_=[alarm(f"rule-{tenant}", f"{gw}/device=d", tenant=tenant)]), T
+        )
 
 
 # (read, what it answers as a tenant: the names of the tenants its records belong to)
@@ -82,6 +89,18 @@ READS: dict[str, Callable[[DocumentStore, str], set[str]]] = {
     "rollouts by id": lambda d, t: {
         r.tenant for rid in ("r-acme", "r-globex") for r in d.rollouts(t, rollout_id=rid)
     },
+    "rules": lambda d, t: {r.tenant for r in d.rules(t)},
+    "rules by id": lambda d, t: {
+        r.tenant for rid in ("rule-acme", "rule-globex") for r in d.rules(t, rule_id=rid)
+    },
+    "alarms": lambda d, t: {a.tenant for a in d.alarms(t)},
+    "alarm_counts": lambda d, t: {t} if d.alarm_counts(t)["critical"]["active"] == 1 else set(),
+    "alarm_summary": lambda d, t: {g.removeprefix("gw-") for g in d.alarm_summary(t)},
+    "endpoints": lambda d, t: {e.tenant for e in d.endpoints(t)},
+    "endpoints by id": lambda d, t: {
+        e.tenant for eid in ("ep-acme", "ep-globex") for e in d.endpoints(t, endpoint_id=eid)
+    },
+    "notifications": lambda d, t: {n.tenant for n in d.notifications(t)},
 }
 
 
@@ -100,6 +119,19 @@ def test_revoking_another_tenants_token_does_nothing(docs: DocumentStore) -> Non
     assert docs.revoke_enrollment_token("tok-spare-globex", tenant="globex")
 
 
+def test_another_tenants_alarms_rules_and_endpoints_cannot_be_changed(
+    docs: DocumentStore,
+) -> None:
+    populate(docs)
+    [theirs] = docs.alarms("globex")
+    assert docs.ack_alarm("acme", theirs.id, "token:acme", T) is None
+    assert not docs.delete_rule("acme", "rule-globex")
+    assert not docs.delete_endpoint("acme", "ep-globex")
+    assert docs.alarms("globex")[0].status == "active"
+    assert len(docs.rules("globex")) == 1
+    assert len(docs.endpoints("globex")) == 1
+
+
 def test_every_tenant_scoped_read_of_the_store_is_in_this_test() -> None:
     """A new read that takes a tenant must be added to READS (or here, with the reason)."""
     import inspect
@@ -112,7 +144,8 @@ def test_every_tenant_scoped_read_of_the_store_is_in_this_test() -> None:
         if "tenant" in inspect.signature(fn).parameters
         and not name.startswith(("create_", "save_"))
     }
-    covered = {r.split(" ")[0] for r in READS} | {"revoke_enrollment_token"}
+    changes = {"revoke_enrollment_token", "ack_alarm", "delete_rule", "delete_endpoint"}
+    covered = {r.split(" ")[0] for r in READS} | changes
     assert takes_tenant <= covered, (
         f"tenant-scoped reads without a tenancy test: {takes_tenant - covered}"
     )

@@ -1,0 +1,559 @@
+"""Alarms in the SQL document store: rules, alarms, conditions, endpoints and the outbox.
+
+One alarm per rule and originator is open at a time: a unique index over ``(rule_id,
+originator)`` of the alarms not cleared makes a second raise — by another replica, or for a
+batch sent again — do nothing, so it is never notified twice. The notifications of an alarm are
+written in the transaction that raises or clears it (an outbox): a notification exists if and
+only if the change happened, and the delivery loop sends each one at least once, leased so that
+two replicas do not send it at the same time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from outpost_iot.collector.stores._base import (
+    ALL_TENANTS,
+    SEVERITY_RANK,
+    AlarmChanges,
+    AlarmCondition,
+    AlarmRecord,
+    AlarmRuleRecord,
+    NotificationRecord,
+    NotifyEndpointRecord,
+)
+
+if TYPE_CHECKING:
+    from outpost_iot.collector.stores._sql import Cursor, Dialect
+
+_KEYS_PER_QUERY = 400  # (rule, originator) pairs in one IN list
+_ALARM = (
+    "id, tenant, rule_id, originator, gateway_id, severity, kind, name, raised_ns, details,"
+    " cleared_ns, acked_ns, acked_by"
+)
+_RULE = "id, tenant, name, severity, enabled, edge, notify, spec, created_ns, updated_ns, actor"
+_ENDPOINT = (
+    "e.id, e.tenant, e.name, e.kind, e.target, e.secret, e.min_rank, e.enabled, e.created_ns,"
+    " e.delivered, e.failures, e.last_error, e.last_failure_ns, e.last_success_ns,"
+    " (SELECT count(*) FROM notifications n WHERE n.endpoint_id = e.id"
+    " AND n.delivered_ns IS NULL AND NOT n.given_up)"
+)
+_NOTE = (
+    "id, tenant, endpoint_id, alarm_id, event, key, payload, created_ns, attempts, next_ns,"
+    " delivered_ns, last_error"
+)
+_SEVERITY = {rank: name for name, rank in SEVERITY_RANK.items()}
+
+
+def alarm_json(alarm: AlarmRecord) -> dict[str, Any]:
+    """An alarm as the API, the live stream and notifications show it (times in unix s)."""
+    return {
+        "id": alarm.id,
+        "tenant": alarm.tenant,
+        "rule_id": alarm.rule_id,
+        "name": alarm.name,
+        "severity": alarm.severity,
+        "kind": alarm.kind,
+        "originator": alarm.originator,
+        "gateway_id": alarm.gateway_id,
+        "status": alarm.status,
+        "raised": alarm.raised_ns / 1e9,
+        "cleared": None if alarm.cleared_ns is None else alarm.cleared_ns / 1e9,
+        "acknowledged": None if alarm.acked_ns is None else alarm.acked_ns / 1e9,
+        "acknowledged_by": alarm.acked_by,
+        "details": alarm.details,
+    }
+
+
+def _pairs(keys: Sequence[tuple[str, str]]) -> list[Sequence[tuple[str, str]]]:
+    unique = sorted(set(keys))
+    return [unique[i : i + _KEYS_PER_QUERY] for i in range(0, len(unique), _KEYS_PER_QUERY)]
+
+
+class SqlAlarmStore:
+    """The :class:`~collector.stores.Alarms` role of :class:`SqlDocumentStore`."""
+
+    dialect: ClassVar[Dialect]
+
+    if TYPE_CHECKING:
+
+        def _clock(self) -> int: ...
+
+        def _tx(self, what: str) -> AbstractContextManager[Cursor]: ...
+
+        def _one(self, sql: str, args: Sequence[Any] = ()) -> Any: ...
+
+        def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def _alarm(self, row: Sequence[Any]) -> AlarmRecord:
+        return AlarmRecord(
+            id=int(row[0]),
+            tenant=row[1],
+            rule_id=row[2],
+            originator=row[3],
+            gateway_id=row[4],
+            severity=row[5],
+            kind=row[6],
+            name=row[7],
+            raised_ns=int(row[8]),
+            details=self.dialect.json_loads(row[9]),
+            cleared_ns=row[10],
+            acked_ns=row[11],
+            acked_by=row[12],
+        )
+
+    def _rule(self, row: Sequence[Any]) -> AlarmRuleRecord:
+        return AlarmRuleRecord(
+            id=row[0],
+            tenant=row[1],
+            name=row[2],
+            severity=row[3],
+            enabled=bool(row[4]),
+            edge=bool(row[5]),
+            notify=bool(row[6]),
+            spec=self.dialect.json_loads(row[7]),
+            created_ns=int(row[8]),
+            updated_ns=int(row[9]),
+            actor=row[10],
+        )
+
+    def _endpoint(self, row: Sequence[Any]) -> NotifyEndpointRecord:
+        return NotifyEndpointRecord(
+            id=row[0],
+            tenant=row[1],
+            name=row[2],
+            kind=row[3],
+            target=self.dialect.json_loads(row[4]),
+            secret=row[5],
+            min_severity=_SEVERITY[int(row[6])],
+            enabled=bool(row[7]),
+            created_ns=int(row[8]),
+            delivered=int(row[9]),
+            failures=int(row[10]),
+            last_error=row[11],
+            last_failure_ns=row[12],
+            last_success_ns=row[13],
+            pending=int(row[14]),
+        )
+
+    def _note(self, row: Sequence[Any]) -> NotificationRecord:
+        return NotificationRecord(
+            id=int(row[0]),
+            tenant=row[1],
+            endpoint_id=row[2],
+            alarm_id=row[3],
+            event=row[4],
+            key=row[5],
+            payload=self.dialect.json_loads(row[6]),
+            created_ns=int(row[7]),
+            attempts=int(row[8]),
+            next_ns=int(row[9]),
+            delivered_ns=row[10],
+            last_error=row[11],
+        )
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def save_rule(self, rule: AlarmRuleRecord) -> None:
+        with self._tx("save an alarm rule") as cur:
+            cur.execute(
+                f"INSERT INTO alarm_rules ({_RULE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, severity ="
+                " excluded.severity, enabled = excluded.enabled, edge = excluded.edge, notify ="
+                " excluded.notify, spec = excluded.spec, updated_ns = excluded.updated_ns,"
+                " actor = excluded.actor",
+                (
+                    rule.id,
+                    rule.tenant,
+                    rule.name,
+                    rule.severity,
+                    rule.enabled,
+                    rule.edge,
+                    rule.notify,
+                    self.dialect.json_value(rule.spec),
+                    rule.created_ns,
+                    rule.updated_ns,
+                    rule.actor,
+                ),
+            )
+
+    def rules(self, tenant: str, *, rule_id: str | None = None) -> list[AlarmRuleRecord]:
+        sql = f"SELECT {_RULE} FROM alarm_rules WHERE true"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        if rule_id is not None:
+            sql += " AND id = ?"
+            args.append(rule_id)
+        return [self._rule(r) for r in self._all(sql + " ORDER BY created_ns, id", args)]
+
+    def delete_rule(self, tenant: str, rule_id: str) -> bool:
+        with self._tx("delete an alarm rule") as cur:
+            sql, args = "DELETE FROM alarm_rules WHERE id = ?", [rule_id]
+            if tenant != ALL_TENANTS:
+                sql += " AND tenant = ?"
+                args.append(tenant)
+            cur.execute(sql, args)
+            if cur.rowcount == 0:
+                return False
+            cur.execute(
+                "UPDATE alarms SET cleared_ns = ? WHERE rule_id = ? AND cleared_ns IS NULL",
+                (self._clock(), rule_id),
+            )
+            cur.execute("DELETE FROM alarm_conditions WHERE rule_id = ?", (rule_id,))
+            return True
+
+    def rules_stamp(self) -> tuple[int, int]:
+        row = self._one("SELECT count(*), coalesce(max(updated_ns), 0) FROM alarm_rules")
+        return int(row[0]), int(row[1])
+
+    # -- alarms and conditions ----------------------------------------------------------------
+
+    def open_alarms(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], AlarmRecord]:
+        out: dict[tuple[str, str], AlarmRecord] = {}
+        for chunk in _pairs(keys):
+            values = ", ".join(["(?, ?)"] * len(chunk))
+            rows = self._all(
+                f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL"
+                f" AND (rule_id, originator) IN (VALUES {values})",
+                [x for pair in chunk for x in pair],
+            )
+            for row in rows:
+                alarm = self._alarm(row)
+                out[(alarm.rule_id, alarm.originator)] = alarm
+        return out
+
+    def open_alarms_of(self, rule_ids: Sequence[str]) -> list[AlarmRecord]:
+        out: list[AlarmRecord] = []
+        ids = sorted(set(rule_ids))
+        for i in range(0, len(ids), _KEYS_PER_QUERY):
+            chunk = ids[i : i + _KEYS_PER_QUERY]
+            out += [
+                self._alarm(r)
+                for r in self._all(
+                    f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL"
+                    f" AND rule_id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            ]
+        return out
+
+    def conditions(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], AlarmCondition]:
+        out: dict[tuple[str, str], AlarmCondition] = {}
+        for chunk in _pairs(keys):
+            values = ", ".join(["(?, ?)"] * len(chunk))
+            for row in self._all(
+                "SELECT rule_id, originator, since_ns, value FROM alarm_conditions"
+                f" WHERE (rule_id, originator) IN (VALUES {values})",
+                [x for pair in chunk for x in pair],
+            ):
+                out[(row[0], row[1])] = AlarmCondition(row[0], row[1], int(row[2]), row[3])
+        return out
+
+    def conditions_of(self, rule_ids: Sequence[str]) -> list[AlarmCondition]:
+        out: list[AlarmCondition] = []
+        ids = sorted(set(rule_ids))
+        for i in range(0, len(ids), _KEYS_PER_QUERY):
+            chunk = ids[i : i + _KEYS_PER_QUERY]
+            out += [
+                AlarmCondition(r[0], r[1], int(r[2]), r[3])
+                for r in self._all(
+                    "SELECT rule_id, originator, since_ns, value FROM alarm_conditions"
+                    f" WHERE rule_id IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            ]
+        return out
+
+    def apply_alarms(self, changes: AlarmChanges, now_ns: int) -> list[tuple[str, AlarmRecord]]:
+        json = self.dialect.json_value
+        changed: list[tuple[str, AlarmRecord]] = []
+        with self._tx("raise and clear alarms") as cur:
+            for a in changes.raise_:
+                cur.execute(
+                    "INSERT INTO alarms (tenant, rule_id, originator, gateway_id, severity, rank,"
+                    " kind, name, raised_ns, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    (
+                        a.tenant,
+                        a.rule_id,
+                        a.originator,
+                        a.gateway_id,
+                        a.severity,
+                        SEVERITY_RANK[a.severity],
+                        a.kind,
+                        a.name,
+                        a.raised_ns,
+                        json(a.details),
+                    ),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    stored = dataclasses.replace(a, id=int(row[0]))
+                    changed.append(("raised", stored))
+                    self._notify(cur, stored, "raised", now_ns)
+            for c in changes.clear:
+                cur.execute(
+                    "UPDATE alarms SET cleared_ns = ?, details = ? WHERE rule_id = ? AND"
+                    f" originator = ? AND cleared_ns IS NULL RETURNING {_ALARM}",
+                    (c.cleared_ns, json(c.details), c.rule_id, c.originator),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    stored = self._alarm(row)
+                    changed.append(("cleared", stored))
+                    self._notify(cur, stored, "cleared", now_ns)
+            if changes.start:
+                cur.executemany(
+                    "INSERT INTO alarm_conditions (rule_id, originator, since_ns, value)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (rule_id, originator) DO UPDATE"
+                    " SET since_ns = excluded.since_ns, value = excluded.value",
+                    [(s.rule_id, s.originator, s.since_ns, s.value) for s in changes.start],
+                )
+            if changes.stop:
+                cur.executemany(
+                    "DELETE FROM alarm_conditions WHERE rule_id = ? AND originator = ?",
+                    list(changes.stop),
+                )
+        return changed
+
+    def _notify(self, cur: Cursor, alarm: AlarmRecord, event: str, now_ns: int) -> None:
+        cur.execute(
+            "SELECT e.id FROM notify_endpoints e WHERE e.tenant = ? AND e.enabled AND"
+            " e.min_rank <= ? AND EXISTS (SELECT 1 FROM alarm_rules r WHERE r.id = ? AND"
+            " r.notify) ORDER BY e.id",
+            (alarm.tenant, SEVERITY_RANK[alarm.severity], alarm.rule_id),
+        )
+        endpoints = [r[0] for r in cur.fetchall()]
+        if not endpoints:
+            return
+        payload = self.dialect.json_value({"event": event, "alarm": alarm_json(alarm)})
+        cur.executemany(
+            "INSERT INTO notifications (tenant, endpoint_id, alarm_id, event, key, payload,"
+            " created_ns, next_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (
+                    alarm.tenant,
+                    e,
+                    alarm.id,
+                    event,
+                    f"alarm-{alarm.id}-{event}-{e}",
+                    payload,
+                    now_ns,
+                    now_ns,
+                )
+                for e in endpoints
+            ],
+        )
+
+    def ack_alarm(self, tenant: str, alarm_id: int, by: str, now_ns: int) -> AlarmRecord | None:
+        with self._tx("acknowledge an alarm") as cur:
+            sql = "UPDATE alarms SET acked_ns = ?, acked_by = ? WHERE id = ? AND acked_ns IS NULL"
+            args: list[Any] = [now_ns, by, alarm_id]
+            if tenant != ALL_TENANTS:
+                sql += " AND tenant = ?"
+                args.append(tenant)
+            cur.execute(sql + f" RETURNING {_ALARM}", args)
+            row = cur.fetchone()
+        return None if row is None else self._alarm(row)
+
+    def alarms(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        gateway_id: str | None = None,
+        severity: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AlarmRecord]:
+        sql = f"SELECT {_ALARM} FROM alarms WHERE true"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        sql += {
+            None: "",
+            "open": " AND cleared_ns IS NULL",
+            "active": " AND cleared_ns IS NULL AND acked_ns IS NULL",
+            "acknowledged": " AND cleared_ns IS NULL AND acked_ns IS NOT NULL",
+            "cleared": " AND cleared_ns IS NOT NULL",
+        }[status]
+        for column, value in (("gateway_id", gateway_id), ("severity", severity)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [self._alarm(r) for r in self._all(sql, args)]
+
+    def alarm_counts(self, tenant: str) -> dict[str, dict[str, int]]:
+        sql = "SELECT severity, acked_ns IS NOT NULL, count(*) FROM alarms WHERE cleared_ns IS NULL"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        out = {s: {"active": 0, "acknowledged": 0} for s in SEVERITY_RANK}
+        for severity, acked, n in self._all(sql + " GROUP BY 1, 2", args):
+            out[severity]["acknowledged" if acked else "active"] += int(n)
+        return out
+
+    def alarm_summary(self, tenant: str) -> dict[str, tuple[int, str]]:
+        sql = "SELECT gateway_id, count(*), max(rank) FROM alarms WHERE cleared_ns IS NULL"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        return {
+            r[0]: (int(r[1]), _SEVERITY[int(r[2])]) for r in self._all(sql + " GROUP BY 1", args)
+        }
+
+    # -- notification endpoints and the outbox -------------------------------------------------
+
+    def save_endpoint(self, endpoint: NotifyEndpointRecord) -> None:
+        with self._tx("save a notification endpoint") as cur:
+            cur.execute(
+                "INSERT INTO notify_endpoints (id, tenant, name, kind, target, secret, min_rank,"
+                " enabled, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO"
+                " UPDATE SET name = excluded.name, target = excluded.target, min_rank ="
+                " excluded.min_rank, enabled = excluded.enabled",
+                (
+                    endpoint.id,
+                    endpoint.tenant,
+                    endpoint.name,
+                    endpoint.kind,
+                    self.dialect.json_value(endpoint.target),
+                    endpoint.secret,
+                    SEVERITY_RANK[endpoint.min_severity],
+                    endpoint.enabled,
+                    endpoint.created_ns,
+                ),
+            )
+
+    def endpoints(
+        self, tenant: str, *, endpoint_id: str | None = None
+    ) -> list[NotifyEndpointRecord]:
+        sql = f"SELECT {_ENDPOINT} FROM notify_endpoints e WHERE true"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND e.tenant = ?"
+            args.append(tenant)
+        if endpoint_id is not None:
+            sql += " AND e.id = ?"
+            args.append(endpoint_id)
+        return [self._endpoint(r) for r in self._all(sql + " ORDER BY e.created_ns, e.id", args)]
+
+    def delete_endpoint(self, tenant: str, endpoint_id: str) -> bool:
+        with self._tx("delete a notification endpoint") as cur:
+            sql, args = "DELETE FROM notify_endpoints WHERE id = ?", [endpoint_id]
+            if tenant != ALL_TENANTS:
+                sql += " AND tenant = ?"
+                args.append(tenant)
+            cur.execute(sql, args)
+            if cur.rowcount == 0:
+                return False
+            cur.execute(
+                "UPDATE notifications SET given_up = ?, last_error = ? WHERE endpoint_id = ?"
+                " AND delivered_ns IS NULL",
+                (True, "the endpoint was deleted", endpoint_id),
+            )
+            return True
+
+    def enqueue_notification(self, note: NotificationRecord) -> None:
+        with self._tx("queue a notification") as cur:
+            cur.execute(
+                "INSERT INTO notifications (tenant, endpoint_id, alarm_id, event, key, payload,"
+                " created_ns, next_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    note.tenant,
+                    note.endpoint_id,
+                    note.alarm_id,
+                    note.event,
+                    note.key,
+                    self.dialect.json_value(note.payload),
+                    note.created_ns,
+                    note.next_ns,
+                ),
+            )
+
+    def claim_notifications(
+        self, now_ns: int, lease_ns: int, limit: int
+    ) -> list[tuple[NotificationRecord, NotifyEndpointRecord]]:
+        with self._tx("claim notifications") as cur:
+            cur.execute(
+                "SELECT id FROM notifications WHERE delivered_ns IS NULL AND NOT given_up"
+                " AND next_ns <= ? AND lease_ns <= ? ORDER BY next_ns, id LIMIT ?"
+                f"{self.dialect.lock_row}",
+                (now_ns, now_ns, limit),
+            )
+            ids = [int(r[0]) for r in cur.fetchall()]
+            if not ids:
+                return []
+            marks = ", ".join("?" * len(ids))
+            cur.execute(
+                f"UPDATE notifications SET lease_ns = ? WHERE id IN ({marks})",
+                [now_ns + lease_ns, *ids],
+            )
+            cur.execute(f"SELECT {_NOTE} FROM notifications WHERE id IN ({marks})", ids)
+            notes = [self._note(r) for r in cur.fetchall()]
+            cur.execute(
+                f"SELECT {_ENDPOINT} FROM notify_endpoints e WHERE e.id IN"
+                f" (SELECT endpoint_id FROM notifications WHERE id IN ({marks}))",
+                ids,
+            )
+            endpoints = {e.id: e for e in (self._endpoint(r) for r in cur.fetchall())}
+        return sorted(
+            ((n, endpoints[n.endpoint_id]) for n in notes if n.endpoint_id in endpoints),
+            key=lambda pair: (pair[0].next_ns, pair[0].id),
+        )
+
+    def notification_sent(self, note_id: int, endpoint_id: str, now_ns: int) -> None:
+        with self._tx("record a delivery") as cur:
+            cur.execute(
+                "UPDATE notifications SET delivered_ns = ?, attempts = attempts + 1,"
+                " last_error = '' WHERE id = ?",
+                (now_ns, note_id),
+            )
+            cur.execute(
+                "UPDATE notify_endpoints SET delivered = delivered + 1, failures = 0,"
+                " last_success_ns = ? WHERE id = ?",
+                (now_ns, endpoint_id),
+            )
+
+    def notification_failed(
+        self, note_id: int, endpoint_id: str, now_ns: int, next_ns: int | None, error: str
+    ) -> None:
+        error = error[:500]
+        with self._tx("record a failed delivery") as cur:
+            cur.execute(
+                "UPDATE notifications SET attempts = attempts + 1, last_error = ?, next_ns = ?,"
+                " lease_ns = 0, given_up = ? WHERE id = ?",
+                (error, next_ns if next_ns is not None else now_ns, next_ns is None, note_id),
+            )
+            cur.execute(
+                "UPDATE notify_endpoints SET failures = failures + 1, last_error = ?,"
+                " last_failure_ns = ? WHERE id = ?",
+                (error, now_ns, endpoint_id),
+            )
+
+    def notifications(
+        self, tenant: str, *, endpoint_id: str | None = None, limit: int = 100
+    ) -> list[NotificationRecord]:
+        sql = f"SELECT {_NOTE} FROM notifications WHERE true"
+        args: list[Any] = []
+        if tenant != ALL_TENANTS:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        if endpoint_id is not None:
+            sql += " AND endpoint_id = ?"
+            args.append(endpoint_id)
+        return [self._note(r) for r in self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])]
