@@ -23,12 +23,14 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from outpost_iot.collector._alarms import AlarmEvaluator, run_schedule
 from outpost_iot.collector._backends import open_documents, open_timeseries
 from outpost_iot.collector._config import CollectorConfig
 from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService
 from outpost_iot.collector._exceptions import ConfigError
 from outpost_iot.collector._ingest import DedupWindow, Ingestor, Limiter
+from outpost_iot.collector._notify import Deliveries
 from outpost_iot.collector._rollouts import RolloutService
 from outpost_iot.collector._service import ApiServer, CollectorService, RetainedOutbox
 from outpost_iot.collector._stream import Hub, LocalHub, RedisHub
@@ -45,12 +47,17 @@ class Collector:
     service: CollectorService
     api: ApiServer | None
     stream: Hub
+    alarms: AlarmEvaluator
+    deliveries: Deliveries
+    alarm_interval_s: float
 
     async def run(self) -> None:
         """Until cancelled (or one part fails: then the others stop too)."""
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.service.run(), name="collector")
+                tg.create_task(run_schedule(self.alarms, self.alarm_interval_s), name="alarms")
+                tg.create_task(self.deliveries.run(), name="notifications")
                 if self.api is not None:
                     self.stream.bind(asyncio.get_running_loop())
                     tg.create_task(self.stream.run(), name="stream")
@@ -116,6 +123,9 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
         def shared_ping() -> None:
             _shared.ping(redis_client)
 
+    stream = hub if config.api is not None else None
+    deliveries = Deliveries(docs=docs, config=config.alarms, smtp=config.smtp)
+    alarms = AlarmEvaluator(docs=docs, timeseries=ts, stream=stream, on_change=deliveries.wake)
     ingestor = Ingestor(
         config=config,
         timeseries=ts,
@@ -123,7 +133,8 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
         enrollment=enrollment,
         limiter=limiter,
         dedup=dedup,
-        stream=hub if config.api is not None else None,
+        stream=stream,
+        alarms=alarms,
     )
     outbox = RetainedOutbox()
     configs = rollouts = None
@@ -162,9 +173,20 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
             shared_state=shared_ping,
             on_enrolled=lambda gateway_id: _add_to_roster(service, gateway_id),
             stream=hub,
+            alarms=config.alarms,
+            alarm_evaluator=alarms,
+            notify_wake=deliveries.wake,
+            smtp_configured=config.smtp is not None,
         )
         api = ApiServer(config.api, create_app(services))
-    return Collector(service=service, api=api, stream=hub)
+    return Collector(
+        service=service,
+        api=api,
+        stream=hub,
+        alarms=alarms,
+        deliveries=deliveries,
+        alarm_interval_s=config.alarms.interval_s,
+    )
 
 
 def _add_to_roster(service: CollectorService, gateway_id: str) -> None:

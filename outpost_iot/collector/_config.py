@@ -215,6 +215,37 @@ class StreamConfig(BaseModel):
     queue_bytes: Annotated[int, Field(ge=65_536, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
 
 
+class AlarmsConfig(BaseModel):
+    """``[alarms]``: rule evaluation and notification delivery (docs/alarms.md)."""
+
+    model_config = _MODEL
+
+    interval_s: Annotated[float, Field(ge=1, le=3600)] = 15.0  # scheduled rules (not thresholds)
+    max_rules: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000  # per tenant
+    max_endpoints: Annotated[int, Field(ge=1, le=1_000)] = 50  # per tenant
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0  # one delivery attempt
+    give_up_after_s: Annotated[float, Field(ge=60, le=30 * 86400)] = 86400.0
+    # Webhooks over plain HTTP, and to loopback, private or link-local addresses, are refused
+    # unless allowed (a webhook URL must not reach the collector's own network).
+    allow_http: bool = False
+    allow_private_targets: bool = False
+
+
+class SmtpConfig(BaseModel):
+    """``[smtp]``: the mail server alarm emails go through."""
+
+    model_config = _MODEL
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    from_address: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    ca_file: Path | None = None  # to verify the server's certificate (default: the system's)
+
+
 class CollectorConfig(BaseModel):
     model_config = _MODEL
 
@@ -230,6 +261,8 @@ class CollectorConfig(BaseModel):
     api: ApiConfig | None = None
     enrollment: EnrollmentConfig | None = None
     stream: StreamConfig = StreamConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
+    smtp: SmtpConfig | None = None
 
 
 def load_config(path: Path) -> CollectorConfig:

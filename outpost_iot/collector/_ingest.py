@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from outpost_iot import wire
 from outpost_iot.collector import _stream
+from outpost_iot.collector._alarms import AlarmEvaluator
 from outpost_iot.collector._clockfix import ClockCorrector, SendStamp
 from outpost_iot.collector._config import CollectorConfig
 from outpost_iot.collector._enrollment import EnrollmentService
@@ -163,9 +164,11 @@ class Ingestor:
         limiter: Limiter | None = None,
         dedup: DedupWindow | None = None,
         stream: Hub | None = None,
+        alarms: AlarmEvaluator | None = None,
     ) -> None:
         self._cfg = config
         self._stream = stream
+        self._alarms = alarms
         self._ts = timeseries
         self._docs = documents
         self._tenants: wire.BoundedDict[str, str] = wire.BoundedDict(100_000)
@@ -575,6 +578,9 @@ class Ingestor:
                 if d:
                     corrected += a.batch.reading_count
             self._ts.write(writes)
+            # Before the batch is marked stored: if this collector dies here, the batch comes
+            # again and is evaluated again (raising nothing twice).
+            self._evaluate("readings", self._alarms.on_stored if self._alarms else None, writes)
             self._docs.record(
                 [
                     BatchRecord(
@@ -621,6 +627,22 @@ class Ingestor:
             )
             for a in accepted
         ]
+
+    def _evaluate(self, what: str, evaluate: Callable[..., None] | None, *args: Any) -> None:
+        """Run alarm rules. A store failure propagates (the batch is nacked and comes again);
+        any other failure is logged and counted, and the readings are stored all the same."""
+        if evaluate is None:
+            return
+        try:
+            evaluate(*args)
+        except StoreError:
+            raise
+        except Exception as exc:
+            assert self._alarms is not None
+            errors = self._alarms.metrics.errors
+            errors[what] = errors.get(what, 0) + 1
+            if self._logged.ready(f"alarms:{what}"):
+                self._log.exception("alarm rules failed on %s (stored all the same): %s", what, exc)
 
     def _store_failed(self, message: str, *args: object) -> None:
         """Log a store failure: the first of an outage, then at most one line every 10 s with
@@ -677,6 +699,17 @@ class Ingestor:
             return
         if self._stream is not None:
             _stream.config_report(self._stream, self._tenant(gateway_id), gateway_id, report)
+        if self._alarms is not None:
+            try:
+                self._evaluate(
+                    "config reports",
+                    self._alarms.on_config_report,
+                    self._tenant(gateway_id),
+                    gateway_id,
+                    report,
+                )
+            except StoreError as exc:  # the report is saved; the next one is evaluated again
+                self._log.error("cannot evaluate alarm rules on %s's report: %s", gateway_id, exc)
         log = self._log.info if report.status == "applied" else self._log.warning
         # The reason and errors come from the gateway: escaped and cut, so they cannot forge
         # log lines or flood the log.

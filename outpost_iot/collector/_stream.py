@@ -43,11 +43,11 @@ from outpost_iot.mqtt import Backoff
 if TYPE_CHECKING:
     import redis
 
-Kind = Literal["latest", "event", "gateway", "config", "rollout"]
-KINDS: tuple[Kind, ...] = ("latest", "event", "gateway", "config", "rollout")
+Kind = Literal["latest", "event", "gateway", "config", "rollout", "alarm"]
+KINDS: tuple[Kind, ...] = ("latest", "event", "gateway", "config", "rollout", "alarm")
 # What a client gets when it does not say: everything but latest values, which it asks for by
 # gateway (a fleet view does not want every reading of every gateway).
-DEFAULT_KINDS: frozenset[str] = frozenset(("event", "gateway", "config", "rollout"))
+DEFAULT_KINDS: frozenset[str] = frozenset(("event", "gateway", "config", "rollout", "alarm"))
 
 MAX_FILTER_VALUES = 100  # gateways or measurements one client may name
 

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 
 from outpost_iot import wire
-from outpost_iot.collector._config import load_config
+from outpost_iot.collector._alarms import AlarmEvaluator
+from outpost_iot.collector._config import CollectorConfig, load_config
 from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
 from outpost_iot.collector._ingest import Incoming, IngestMetrics, Ingestor
@@ -53,6 +54,8 @@ class Api:
     dump: Callable[[], bytes]  # everything the document store holds, as bytes
     hub: LocalHub  # the live stream the ingestors publish into
     app: FastAPI
+    config: CollectorConfig | None = None
+    alarms: AlarmEvaluator | None = None  # the API's (rules re-read when they change)
 
     async def get(
         self, path: str, token: str | None = "viewer-a", **params: object
@@ -161,6 +164,7 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
         update={"limits": config.limits.model_copy(update={"max_readings": 5})}
     )
     hub = LocalHub()
+    alarms = AlarmEvaluator(docs=docs, timeseries=ts, stream=hub)
     ingestors = [
         Ingestor(config=strict, timeseries=ts, documents=docs, enrollment=enrollment, stream=hub),
         Ingestor(config=config, timeseries=ts, documents=docs, enrollment=enrollment, stream=hub),
@@ -180,6 +184,7 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
         configs=configs,
         rollouts=RolloutService(docs=docs, configs=configs),
         stream=hub,
+        alarm_evaluator=alarms,
     )
     app = create_app(services)
     transport = httpx.ASGITransport(app=app)
@@ -199,6 +204,8 @@ async def api(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[A
             dump,
             hub,
             app,
+            config,
+            alarms,
         )
     ts.close()
     docs.close()

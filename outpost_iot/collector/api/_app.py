@@ -16,6 +16,7 @@ from outpost_iot.collector.api._deps import ApiServices
 from outpost_iot.collector.api._limits import AttemptLimiter, BodyLimit
 from outpost_iot.collector.api._metrics import metrics_text
 from outpost_iot.collector.api.routes import (
+    alarms,
     configs,
     data,
     enrollment,
@@ -42,6 +43,7 @@ def create_app(services: ApiServices) -> FastAPI:
     app.include_router(configs.router)
     app.include_router(rollouts.router)
     app.include_router(stream.router)
+    app.include_router(alarms.router)
     app.include_router(session.router)
     app.include_router(_console.router)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from outpost_iot.collector._alarms import AlarmEvaluator
+from outpost_iot.collector._config import AlarmsConfig
 from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
 from outpost_iot.collector._ingest import IngestMetrics
@@ -45,6 +47,10 @@ class ApiServices:
     # Called with a newly enrolled gateway's id (the broker's roster registers it).
     on_enrolled: Callable[[str], None] | None = None
     stream: Hub | None = None  # the live stream (GET /api/v1/stream)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)  # rule and endpoint limits
+    alarm_evaluator: AlarmEvaluator | None = None  # re-reads rules when they change
+    notify_wake: Callable[[], None] | None = None  # a notification was queued: send it now
+    smtp_configured: bool = False  # email endpoints can be made
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from outpost_iot.collector.stores._base import (
     ALL_TENANTS,
     SEVERITY_RANK,
     AlarmChanges,
+    AlarmClear,
     AlarmCondition,
     AlarmRecord,
     AlarmRuleRecord,
@@ -43,7 +44,7 @@ _ENDPOINT = (
 )
 _NOTE = (
     "id, tenant, endpoint_id, alarm_id, event, key, payload, created_ns, attempts, next_ns,"
-    " delivered_ns, last_error"
+    " delivered_ns, last_error, given_up"
 )
 _SEVERITY = {rank: name for name, rank in SEVERITY_RANK.items()}
 
@@ -155,6 +156,7 @@ class SqlAlarmStore:
             next_ns=int(row[9]),
             delivered_ns=row[10],
             last_error=row[11],
+            given_up=bool(row[12]),
         )
 
     # -- rules --------------------------------------------------------------------------------
@@ -272,43 +274,13 @@ class SqlAlarmStore:
         return out
 
     def apply_alarms(self, changes: AlarmChanges, now_ns: int) -> list[tuple[str, AlarmRecord]]:
-        json = self.dialect.json_value
         changed: list[tuple[str, AlarmRecord]] = []
         with self._tx("raise and clear alarms") as cur:
-            for a in changes.raise_:
-                cur.execute(
-                    "INSERT INTO alarms (tenant, rule_id, originator, gateway_id, severity, rank,"
-                    " kind, name, raised_ns, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING RETURNING id",
-                    (
-                        a.tenant,
-                        a.rule_id,
-                        a.originator,
-                        a.gateway_id,
-                        a.severity,
-                        SEVERITY_RANK[a.severity],
-                        a.kind,
-                        a.name,
-                        a.raised_ns,
-                        json(a.details),
-                    ),
-                )
-                row = cur.fetchone()
-                if row is not None:
-                    stored = dataclasses.replace(a, id=int(row[0]))
-                    changed.append(("raised", stored))
-                    self._notify(cur, stored, "raised", now_ns)
-            for c in changes.clear:
-                cur.execute(
-                    "UPDATE alarms SET cleared_ns = ?, details = ? WHERE rule_id = ? AND"
-                    f" originator = ? AND cleared_ns IS NULL RETURNING {_ALARM}",
-                    (c.cleared_ns, json(c.details), c.rule_id, c.originator),
-                )
-                row = cur.fetchone()
-                if row is not None:
-                    stored = self._alarm(row)
-                    changed.append(("cleared", stored))
-                    self._notify(cur, stored, "cleared", now_ns)
+            for step in changes.steps:
+                if isinstance(step, AlarmRecord):
+                    self._raise(cur, step, now_ns, changed)
+                else:
+                    self._clear(cur, step, now_ns, changed)
             if changes.start:
                 cur.executemany(
                     "INSERT INTO alarm_conditions (rule_id, originator, since_ns, value)"
@@ -322,6 +294,46 @@ class SqlAlarmStore:
                     list(changes.stop),
                 )
         return changed
+
+    def _raise(
+        self, cur: Cursor, a: AlarmRecord, now_ns: int, changed: list[tuple[str, AlarmRecord]]
+    ) -> None:
+        cur.execute(
+            "INSERT INTO alarms (tenant, rule_id, originator, gateway_id, severity, rank,"
+            " kind, name, raised_ns, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            (
+                a.tenant,
+                a.rule_id,
+                a.originator,
+                a.gateway_id,
+                a.severity,
+                SEVERITY_RANK[a.severity],
+                a.kind,
+                a.name,
+                a.raised_ns,
+                self.dialect.json_value(a.details),
+            ),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            stored = dataclasses.replace(a, id=int(row[0]))
+            changed.append(("raised", stored))
+            self._notify(cur, stored, "raised", now_ns)
+
+    def _clear(
+        self, cur: Cursor, c: AlarmClear, now_ns: int, changed: list[tuple[str, AlarmRecord]]
+    ) -> None:
+        cur.execute(
+            "UPDATE alarms SET cleared_ns = ?, details = ? WHERE rule_id = ? AND"
+            f" originator = ? AND cleared_ns IS NULL RETURNING {_ALARM}",
+            (c.cleared_ns, self.dialect.json_value(c.details), c.rule_id, c.originator),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            stored = self._alarm(row)
+            changed.append(("cleared", stored))
+            self._notify(cur, stored, "cleared", now_ns)
 
     def _notify(self, cur: Cursor, alarm: AlarmRecord, event: str, now_ns: int) -> None:
         cur.execute(

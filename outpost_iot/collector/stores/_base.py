@@ -322,8 +322,7 @@ class AlarmCondition:
 class AlarmChanges:
     """What one evaluation decided, applied in one transaction."""
 
-    raise_: Sequence[AlarmRecord] = ()
-    clear: Sequence[AlarmClear] = ()
+    steps: Sequence[AlarmRecord | AlarmClear] = ()  # raises and clears, applied in order
     start: Sequence[AlarmCondition] = ()  # conditions now holding (or snapshots to keep)
     stop: Sequence[tuple[str, str]] = ()  # (rule, originator) whose condition ended
 
@@ -367,6 +366,7 @@ class NotificationRecord:
     next_ns: int = 0
     delivered_ns: int | None = None
     last_error: str = ""
+    given_up: bool = False
 
 
 class TimeSeriesStore(Protocol):
@@ -634,7 +634,7 @@ class Alarms(Protocol):
     def conditions_of(self, rule_ids: Sequence[str]) -> list[AlarmCondition]: ...
 
     def apply_alarms(self, changes: AlarmChanges, now_ns: int) -> list[tuple[str, AlarmRecord]]:
-        """Raise, clear, start and stop in one transaction; each alarm raised or cleared that
+        """Raise and clear (in the order given), start and stop, in one transaction; each alarm raised or cleared that
         notifies gets one notification per endpoint of its tenant whose minimum severity it
         meets. A raise for a rule and originator already open, or a clear of one not open, does
         nothing. Returns what changed: ("raised" | "cleared", the alarm as stored)."""

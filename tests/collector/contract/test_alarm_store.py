@@ -43,12 +43,12 @@ def test_one_open_alarm_per_rule_and_originator_and_its_notifications_once(
     docs.save_endpoint(endpoint("e1"))
     docs.save_endpoint(endpoint("e2", min_severity="critical"))
     docs.save_endpoint(endpoint("e3", tenant="globex"))  # another tenant's: never told
-    [(what, raised)] = docs.apply_alarms(AlarmChanges(raise_=[alarm()]), T)
+    [(what, raised)] = docs.apply_alarms(AlarmChanges(steps=[alarm()]), T)
     assert what == "raised"
     assert raised.id > 0
     assert raised.status == "active"
     # Raised again (another replica, a batch sent again): nothing changes, nothing is sent.
-    assert docs.apply_alarms(AlarmChanges(raise_=[alarm(at=T + S)]), T + S) == []
+    assert docs.apply_alarms(AlarmChanges(steps=[alarm(at=T + S)]), T + S) == []
     assert docs.open_alarms([("r1", "gw-1/device=f1"), ("r1", "other")]) == {("r1", "gw-1/device=f1"): raised}  # fmt: skip
     notes = docs.notifications("acme")
     assert sorted((n.endpoint_id, n.event, n.key) for n in notes) == [
@@ -60,18 +60,18 @@ def test_one_open_alarm_per_rule_and_originator_and_its_notifications_once(
 
     # Cleared once; then a new alarm for the same originator may be raised.
     clear = AlarmClear("r1", "gw-1/device=f1", T + 5 * S, {"value": 4.0})
-    [(what, cleared)] = docs.apply_alarms(AlarmChanges(clear=[clear]), T + 5 * S)
+    [(what, cleared)] = docs.apply_alarms(AlarmChanges(steps=[clear]), T + 5 * S)
     assert (what, cleared.id, cleared.status, cleared.details) == ("cleared", raised.id, "cleared", {"value": 4.0})  # fmt: skip
-    assert docs.apply_alarms(AlarmChanges(clear=[clear]), T + 6 * S) == []
+    assert docs.apply_alarms(AlarmChanges(steps=[clear]), T + 6 * S) == []
     assert len(docs.notifications("acme")) == 4
-    [(_, again)] = docs.apply_alarms(AlarmChanges(raise_=[alarm(at=T + 9 * S)]), T + 9 * S)
+    [(_, again)] = docs.apply_alarms(AlarmChanges(steps=[alarm(at=T + 9 * S)]), T + 9 * S)
     assert again.id != raised.id
     # A minor alarm reaches only the endpoint that wants minor ones; a silent rule, none.
     docs.save_rule(rule("r2"))
-    docs.apply_alarms(AlarmChanges(raise_=[alarm("r2", severity="minor")]), T)
+    docs.apply_alarms(AlarmChanges(steps=[alarm("r2", severity="minor")]), T)
     assert {n.endpoint_id for n in docs.notifications("acme") if n.payload["alarm"]["rule_id"] == "r2"} == {"e1"}  # fmt: skip
     docs.save_rule(rule("r3", notify=False))
-    docs.apply_alarms(AlarmChanges(raise_=[alarm("r3")]), T)
+    docs.apply_alarms(AlarmChanges(steps=[alarm("r3")]), T)
     assert not [n for n in docs.notifications("acme") if n.payload["alarm"]["rule_id"] == "r3"]
 
 
@@ -81,7 +81,7 @@ def test_alarms_are_acknowledged_listed_counted_and_kept_per_tenant(docs: Docume
     raised = dict(
         docs.apply_alarms(
             AlarmChanges(
-                raise_=[
+                steps=[
                     alarm(originator="gw-1/device=f1"),
                     alarm(originator="gw-1/device=f2", severity="minor"),
                     alarm("g1", "gw-9", tenant="globex"),
@@ -144,7 +144,7 @@ def test_notifications_are_leased_sent_retried_and_visible_per_endpoint(
 ) -> None:
     docs.save_rule(rule())
     docs.save_endpoint(endpoint("e1"))
-    docs.apply_alarms(AlarmChanges(raise_=[alarm()]), T)
+    docs.apply_alarms(AlarmChanges(steps=[alarm()]), T)
     [(note, ep)] = docs.claim_notifications(T, 30 * S, 10)
     assert (ep.id, ep.secret, note.event) == ("e1", "s3cret", "raised")
     # Leased: another replica finds nothing until the lease ends.
@@ -175,7 +175,7 @@ def test_two_replicas_claiming_at_once_never_take_the_same_notification(
     docs.save_rule(rule())
     docs.save_endpoint(endpoint("e1"))
     docs.apply_alarms(
-        AlarmChanges(raise_=[alarm(originator=f"gw-1/device=d{i}") for i in range(40)]), T
+        AlarmChanges(steps=[alarm(originator=f"gw-1/device=d{i}") for i in range(40)]), T
     )
     taken: list[list[int]] = [[], []]
 

@@ -68,7 +68,7 @@ def populate(docs: DocumentStore) -> None:
         docs.save_rule(rule(f"rule-{tenant}", tenant=tenant))
         docs.save_endpoint(endpoint(f"ep-{tenant}", tenant=tenant))
         docs.apply_alarms(
-            AlarmChanges(raise_=[alarm(f"rule-{tenant}", f"{gw}/device=d", tenant=tenant)]), T
+            AlarmChanges(steps=[alarm(f"rule-{tenant}", f"{gw}/device=d", tenant=tenant)]), T
         )
 
 

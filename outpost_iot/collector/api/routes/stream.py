@@ -67,7 +67,7 @@ async def stream(
     who: Viewer,
     kind: Annotated[
         list[Annotated[str, Query(pattern="^(" + "|".join(KINDS) + ")$")]],
-        Query(max_length=len(KINDS), description="event, gateway, config, rollout, latest"),
+        Query(max_length=len(KINDS), description="event, gateway, config, rollout, alarm, latest"),
     ] = [],  # noqa: B006
     gateway: _Names = [],  # noqa: B006
     measurement: _Names = [],  # noqa: B006

@@ -1,0 +1,680 @@
+"""Alarm rules and their evaluation (docs/alarms.md).
+
+A rule is a condition (a threshold on a field, no data, a gateway offline, a device
+unavailable, a backlog, drops, a flagged clock, a certificate expiring, a config that failed)
+and a scope (site, tag, gateway, device, tags). An alarm is one rule holding for one
+*originator*: a series (threshold, no data), a device, or a gateway. Its lifecycle: raised
+(active), acknowledged by an operator, cleared when the condition ends.
+
+- **Thresholds** are evaluated as batches are stored, before the batch is marked stored: a
+  collector that dies in between gets the batch again and evaluates it again, which raises
+  nothing twice (the store keeps one open alarm per rule and originator).
+- **Everything else** is evaluated on a schedule from what the gateways report.
+- **Replicas** evaluate independently and agree through the store: a raise that another replica
+  made first does nothing, and notifications are written with the change (see
+  ``stores._alarm_store``), so each change is notified once.
+
+A threshold rule has a clear level (hysteresis): ``above: 8, clear: 6`` raises above 8 and
+clears below 6, so a value wandering around 8 does not flap. ``for_s`` asks for the condition to
+hold that long (by the readings' own times) before the alarm is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from outpost_iot import wire
+from outpost_iot.collector._stream import Hub
+from outpost_iot.collector.stores import (
+    ALL_TENANTS,
+    AlarmChanges,
+    AlarmClear,
+    AlarmCondition,
+    AlarmRecord,
+    AlarmRuleRecord,
+    DocumentStore,
+    FleetGateway,
+    SeriesWrite,
+    TimeSeriesStore,
+    alarm_json,
+)
+
+_log = logging.getLogger("outpost.collector.alarms")
+_MODEL = ConfigDict(extra="forbid", frozen=True)
+_NAME = r"^[A-Za-z0-9_.\-]{1,128}$"
+_TAG = r"^[A-Za-z0-9_.:-]{1,64}$"
+MAX_HOLD_S = 30 * 86400
+Severity = Literal["critical", "major", "minor", "warning"]
+Name = Annotated[str, Field(pattern=_NAME)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_HOLD_S)]
+Level = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
+
+
+class Threshold(BaseModel):
+    """A field above (or below) a level, for ``for_s`` seconds; cleared past ``clear``."""
+
+    model_config = _MODEL
+    kind: Literal["threshold"]
+    measurement: Name
+    field: Name
+    above: Level | None = None
+    below: Level | None = None
+    clear: Level | None = Field(None, description="the clear level (default: the threshold)")
+    for_s: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _one_level(self) -> Threshold:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give one of above or below")
+        if self.clear is not None:
+            if self.above is not None and self.clear > self.above:
+                raise ValueError("clear must not be above the 'above' level")
+            if self.below is not None and self.clear < self.below:
+                raise ValueError("clear must not be below the 'below' level")
+        return self
+
+    def level(self) -> float:
+        return self.above if self.above is not None else self.below  # type: ignore[return-value]
+
+    def clear_level(self) -> float:
+        return self.clear if self.clear is not None else self.level()
+
+
+class NoData(BaseModel):
+    """No reading of a measurement (a field of it) from a series for ``for_s`` seconds."""
+
+    model_config = _MODEL
+    kind: Literal["no_data"]
+    measurement: Name
+    field: Name | None = None
+    for_s: Annotated[float, Field(ge=60, le=MAX_HOLD_S)] = 900.0
+
+
+class GatewayOffline(BaseModel):
+    model_config = _MODEL
+    kind: Literal["gateway_offline"]
+    for_s: Seconds = 300.0
+
+
+class DeviceUnavailable(BaseModel):
+    model_config = _MODEL
+    kind: Literal["device_unavailable"]
+    for_s: Seconds = 300.0
+
+
+class Backlog(BaseModel):
+    """The gateway's oldest unsent reading older than ``older_than_s``."""
+
+    model_config = _MODEL
+    kind: Literal["backlog"]
+    older_than_s: Annotated[float, Field(gt=0, le=MAX_HOLD_S)] = 3600.0
+
+
+class Drops(BaseModel):
+    """Readings dropped on the gateway (of one reason, or any) rose by ``at_least`` within
+    ``window_s``; cleared after a window without a new drop."""
+
+    model_config = _MODEL
+    kind: Literal["drops"]
+    reason: Annotated[str, Field(pattern=r"^[a-z_]{1,64}$")] | None = None
+    at_least: Annotated[int, Field(ge=1, le=wire.limits.INT64_MAX)] = 1
+    window_s: Annotated[float, Field(ge=60, le=MAX_HOLD_S)] = 3600.0
+
+
+class ClockFlagged(BaseModel):
+    model_config = _MODEL
+    kind: Literal["clock_flagged"]
+
+
+class CertificateExpiring(BaseModel):
+    model_config = _MODEL
+    kind: Literal["certificate_expiring"]
+    days: Annotated[float, Field(gt=0, le=3650)] = 14.0
+
+
+class ConfigFailed(BaseModel):
+    """A desired config rejected or rolled back by the gateway; cleared when one applies."""
+
+    model_config = _MODEL
+    kind: Literal["config_failed"]
+
+
+Condition = Annotated[
+    Threshold
+    | NoData
+    | GatewayOffline
+    | DeviceUnavailable
+    | Backlog
+    | Drops
+    | ClockFlagged
+    | CertificateExpiring
+    | ConfigFailed,
+    Field(discriminator="kind"),
+]
+
+
+class Scope(BaseModel):
+    """What a rule watches: every given key must match (none given: all of the tenant)."""
+
+    model_config = _MODEL
+    site: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    tag: Annotated[str, Field(pattern=_TAG)] | None = None  # a gateway tag
+    gateway: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    device: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    tags: Annotated[
+        dict[
+            Annotated[str, Field(pattern=_NAME)],
+            Annotated[str, Field(min_length=1, max_length=256)],
+        ],
+        Field(max_length=16),
+    ] = {}
+
+
+class RuleIn(BaseModel):
+    """An alarm rule as an API caller or the CLI gives it."""
+
+    model_config = _MODEL
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    severity: Severity = "major"
+    enabled: bool = True
+    notify: bool = True
+    edge: bool = Field(False, description="also evaluated on the gateway (thresholds only)")
+    condition: Condition
+    scope: Scope = Scope()
+
+    @model_validator(mode="after")
+    def _edge_thresholds_only(self) -> RuleIn:
+        if self.edge and not isinstance(self.condition, Threshold):
+            raise ValueError("only threshold rules can run at the edge")
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "condition": self.condition.model_dump(exclude_none=True),
+            "scope": self.scope.model_dump(exclude_none=True, exclude_defaults=True),
+        }
+
+
+def parse_rule(record: AlarmRuleRecord) -> RuleIn:
+    return RuleIn.model_validate(
+        {
+            "name": record.name,
+            "severity": record.severity,
+            "enabled": record.enabled,
+            "notify": record.notify,
+            "edge": record.edge,
+            **record.spec,
+        }
+    )
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Compiled:
+    record: AlarmRuleRecord
+    rule: RuleIn
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def gateway_in_scope(self, g: _Gateway) -> bool:
+        s = self.rule.scope
+        return (
+            g.tenant == self.record.tenant
+            and (s.site is None or g.site == s.site)
+            and (s.tag is None or s.tag in g.tags)
+            and (s.gateway is None or g.id == s.gateway)
+        )
+
+    def series_in_scope(self, tags: dict[str, str]) -> bool:
+        s = self.rule.scope
+        return (s.device is None or tags.get("device") == s.device) and all(
+            tags.get(k) == v for k, v in s.tags.items()
+        )
+
+    def alarm(self, originator: str, gateway: str, at_ns: int, **details: Any) -> AlarmRecord:
+        r = self.record
+        return AlarmRecord(
+            0, r.tenant, r.id, originator, gateway, r.severity, r.kind, r.name, at_ns, details
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Gateway:
+    id: str
+    tenant: str
+    site: str
+    tags: tuple[str, ...]
+
+
+def series_originator(gateway: str, tags: dict[str, str]) -> str:
+    """``gw-1/device=freezer-1,room=cold`` (the gateway, then the series' other tags)."""
+    rest = ",".join(f"{k}={v}" for k, v in sorted(tags.items()) if k != "gateway")
+    return f"{gateway}/{rest}" if rest else gateway
+
+
+@dataclass
+class AlarmMetrics:
+    rules: int = 0
+    evaluations: int = 0  # readings checked against a rule
+    raised: int = 0
+    cleared: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # evaluations that failed, by where
+
+
+class AlarmEvaluator:
+    """Holds the enabled rules (re-read when any changes, on any replica) and evaluates them."""
+
+    RULES_CHECK_S = 2.0
+    GATEWAYS_TTL_S = 10.0
+
+    def __init__(
+        self,
+        *,
+        docs: DocumentStore,
+        timeseries: TimeSeriesStore | None = None,
+        stream: Hub | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_change``: called after alarms were raised or cleared (wakes the deliveries)."""
+        self._docs = docs
+        self._on_change = on_change
+        self._ts = timeseries
+        self._stream = stream
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._checked = -math.inf
+        self._thresholds: dict[tuple[str, str], list[_Compiled]] = {}
+        self._config_rules: list[_Compiled] = []
+        self._scheduled: list[_Compiled] = []
+        self._gateways: dict[str, _Gateway] = {}
+        self._gateways_read = -math.inf
+        self.metrics = AlarmMetrics()
+
+    # -- rules ----------------------------------------------------------------------------------
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the rules if any changed (checked at most every ``RULES_CHECK_S``)."""
+        now = self._monotonic()
+        if not force and now - self._checked < self.RULES_CHECK_S:
+            return
+        self._checked = now
+        stamp = self._docs.rules_stamp()
+        if stamp == self._stamp and not force:
+            return
+        thresholds: dict[tuple[str, str], list[_Compiled]] = {}
+        config_rules, scheduled = [], []
+        count = 0
+        for record in self._docs.rules(ALL_TENANTS):
+            if not record.enabled:
+                continue
+            try:
+                rule = parse_rule(record)
+            except ValueError as exc:  # a row no longer valid (edited by hand): skipped, said
+                _log.error("alarm rule %s cannot be read, skipped: %s", record.id, exc)
+                continue
+            count += 1
+            c = _Compiled(record, rule)
+            cond = rule.condition
+            if isinstance(cond, Threshold):
+                if not rule.edge:  # the gateway evaluates it and reports its alarms
+                    thresholds.setdefault((record.tenant, cond.measurement), []).append(c)
+            elif isinstance(cond, ConfigFailed):
+                config_rules.append(c)
+            else:
+                scheduled.append(c)
+        with self._lock:
+            self._thresholds, self._config_rules, self._scheduled = (
+                thresholds,
+                config_rules,
+                scheduled,
+            )
+            self._stamp = stamp
+        self.metrics.rules = count
+
+    def _gateway(self, gateway_id: str) -> _Gateway | None:
+        g = self._gateways.get(gateway_id)
+        if g is None and self._monotonic() - self._gateways_read > 1.0:
+            self._read_gateways(self._docs.gateways(None))
+            g = self._gateways.get(gateway_id)
+        elif g is not None and self._monotonic() - self._gateways_read > self.GATEWAYS_TTL_S:
+            self._read_gateways(self._docs.gateways(None))  # tags or site may have changed
+            g = self._gateways.get(gateway_id)
+        return g
+
+    def _read_gateways(self, gateways: Iterable[FleetGateway]) -> None:
+        self._gateways = {g.id: _Gateway(g.id, g.tenant, g.site, tuple(g.tags)) for g in gateways}
+        self._gateways_read = self._monotonic()
+
+    # -- as batches are stored --------------------------------------------------------------------
+
+    def on_stored(self, writes: Sequence[SeriesWrite]) -> None:
+        """Evaluate threshold rules over readings just written (before the batch is marked
+        stored). Raises :class:`StoreError` if the store fails (the batch is then nacked)."""
+        self.refresh()
+        index = self._thresholds
+        if not index:
+            return
+        work: list[tuple[_Compiled, str, str, list[tuple[int, float]]]] = []
+        for w in writes:
+            rules = index.get((w.tenant, w.measurement))
+            if not rules:
+                continue
+            gateway_id = w.tags.get("gateway", "")
+            g = self._gateway(gateway_id)
+            if g is None:
+                continue
+            originator = series_originator(gateway_id, w.tags)
+            for c in rules:
+                if not (c.gateway_in_scope(g) and c.series_in_scope(w.tags)):
+                    continue
+                name = c.rule.condition.field  # type: ignore[union-attr]
+                values = [
+                    (ts, float(f[name]))
+                    for ts, f in w.points
+                    if name in f
+                    and isinstance(f[name], int | float)
+                    and not isinstance(f[name], bool)
+                ]
+                if values:
+                    work.append((c, originator, gateway_id, sorted(values)))
+        if not work:
+            return
+        keys = [(c.id, o) for c, o, _, _ in work]
+        open_ = self._docs.open_alarms(keys)
+        held = self._docs.conditions(keys)
+        steps: list[AlarmRecord | AlarmClear] = []
+        start: dict[tuple[str, str], AlarmCondition] = {}
+        stop: set[tuple[str, str]] = set()
+        is_open: dict[tuple[str, str], bool] = {}
+        since: dict[tuple[str, str], int | None] = {}
+        for c, originator, gateway_id, values in work:
+            key = (c.id, originator)
+            cond: Threshold = c.rule.condition  # type: ignore[assignment]
+            up = cond.above is not None
+            level, clear_at = cond.level(), cond.clear_level()
+            hold_ns = int(cond.for_s * 1e9)
+            opened = is_open.get(key, key in open_)
+            pending = since.get(key, held[key].since_ns if key in held else None)
+            for ts, v in values:
+                self.metrics.evaluations += 1
+                beyond = v > level if up else v < level
+                back = v < clear_at if up else v > clear_at
+                if opened:
+                    if back:
+                        steps.append(AlarmClear(c.id, originator, ts, {"value": v}))
+                        opened, pending = False, None
+                elif beyond:
+                    if pending is None:
+                        pending = ts
+                    if ts - pending >= hold_ns:
+                        steps.append(
+                            c.alarm(
+                                originator,
+                                gateway_id,
+                                ts,
+                                value=v,
+                                level=level,
+                                since=pending / 1e9,
+                            )
+                        )
+                        opened, pending = True, None
+                else:
+                    pending = None
+            is_open[key], since[key] = opened, pending
+        for key, pending in since.items():
+            before = held.get(key)
+            if pending is None and before is not None:
+                stop.add(key)
+            elif pending is not None and (before is None or before.since_ns != pending):
+                start[key] = AlarmCondition(key[0], key[1], pending)
+        self._apply(AlarmChanges(steps, list(start.values()), sorted(stop)))
+
+    def on_config_report(self, tenant: str, gateway_id: str, report: wire.ConfigReport) -> None:
+        """A config rejected or rolled back raises ``config_failed``; one applied clears it."""
+        self.refresh()
+        rules = self._config_rules
+        if not rules:
+            return
+        g = self._gateway(gateway_id)
+        if g is None:
+            return
+        steps: list[AlarmRecord | AlarmClear] = []
+        now = self._clock()
+        for c in rules:
+            if not c.gateway_in_scope(g):
+                continue
+            if report.status == "applied":
+                steps.append(AlarmClear(c.id, gateway_id, now, {"version": report.applied_version}))  # fmt: skip
+            else:
+                steps.append(
+                    c.alarm(
+                        gateway_id,
+                        gateway_id,
+                        report.ts or now,
+                        version=report.version,
+                        status=report.status,
+                        reason=report.reason,
+                        errors=report.errors[:10],
+                    )
+                )
+        self._apply(AlarmChanges(steps))
+
+    # -- on a schedule ------------------------------------------------------------------------------
+
+    def evaluate_scheduled(self) -> None:
+        """Every rule not evaluated at ingest, over every gateway (and series) in its scope."""
+        self.refresh(force=False)
+        rules = self._scheduled
+        gateways = self._docs.gateways(None)
+        self._read_gateways(gateways)
+        if not rules:
+            return
+        now = self._clock()
+        open_ = {(a.rule_id, a.originator): a for a in self._docs.open_alarms_of([c.id for c in rules])}  # fmt: skip
+        held = {
+            (x.rule_id, x.originator): x
+            for x in self._docs.conditions_of([c.id for c in rules if c.record.kind == "drops"])
+        }
+        live = [g for g in gateways if not g.revoked_ns]
+        changes = _Changes()
+        for c in rules:
+            facts = [(g, _Gateway(g.id, g.tenant, g.site, tuple(g.tags))) for g in live]
+            in_scope = [g for g, gw in facts if c.gateway_in_scope(gw)]
+            cond = c.rule.condition
+            try:
+                if isinstance(cond, NoData):
+                    self._no_data(c, cond, in_scope, now, open_, changes)
+                elif isinstance(cond, DeviceUnavailable):
+                    self._devices(c, cond, in_scope, now, open_, changes)
+                elif isinstance(cond, Drops):
+                    for g in in_scope:
+                        self._drops(c, cond, g, now, open_, held, changes)
+                else:
+                    for g in in_scope:
+                        holds, details = _gateway_condition(cond, g, now)
+                        changes.decide(c, g.id, g.id, holds, open_, now, details)
+            except Exception as exc:  # one rule's failure must not stop the others
+                self.metrics.errors["scheduled"] = self.metrics.errors.get("scheduled", 0) + 1
+                _log.exception("alarm rule %s could not be evaluated: %s", c.id, exc)
+            # A gateway that left the scope (decommissioned, retagged): its alarm clears.
+            scoped = {g.id for g in in_scope}
+            for (rule_id, originator), alarm in open_.items():
+                if rule_id == c.id and alarm.gateway_id not in scoped:
+                    changes.steps.append(AlarmClear(rule_id, originator, now, {"reason": "out of scope"}))  # fmt: skip
+        self._apply(AlarmChanges(changes.steps, changes.start, changes.stop))
+
+    def _no_data(
+        self,
+        c: _Compiled,
+        cond: NoData,
+        gateways: list[FleetGateway],
+        now: int,
+        open_: dict[tuple[str, str], AlarmRecord],
+        changes: _Changes,
+    ) -> None:
+        if self._ts is None:
+            return
+        ids = {g.id for g in gateways}
+        newest: dict[tuple[str, str], tuple[str, int]] = {}  # key → (gateway, ts)
+        for v in self._ts.latest(c.record.tenant, cond.measurement, tags=dict(c.rule.scope.tags) or None):  # fmt: skip
+            gw = v.tags.get("gateway", "")
+            if gw not in ids or not c.series_in_scope(v.tags):
+                continue
+            if cond.field is not None and v.field != cond.field:
+                continue
+            key = (c.id, series_originator(gw, v.tags))
+            newest[key] = (gw, max(v.ts, newest.get(key, (gw, 0))[1]))
+        limit = int(cond.for_s * 1e9)
+        for (_rule_id, originator), (gw, ts) in newest.items():
+            holds = now - ts >= limit
+            changes.decide(c, originator, gw, holds, open_, now, {"last_reading": ts / 1e9})
+
+    def _devices(
+        self,
+        c: _Compiled,
+        cond: DeviceUnavailable,
+        gateways: list[FleetGateway],
+        now: int,
+        open_: dict[tuple[str, str], AlarmRecord],
+        changes: _Changes,
+    ) -> None:
+        limit = int(cond.for_s * 1e9)
+        for g in gateways:
+            for device, (state, since) in self._docs.availability(g.tenant, g.id).items():
+                if c.rule.scope.device is not None and device != c.rule.scope.device:
+                    continue
+                holds = state == "offline" and now - since >= limit
+                details = {"device": device, "state": state, "since": since / 1e9}
+                changes.decide(c, f"{g.id}/device={device}", g.id, holds, open_, now, details)
+
+    def _drops(
+        self,
+        c: _Compiled,
+        cond: Drops,
+        g: FleetGateway,
+        now: int,
+        open_: dict[tuple[str, str], AlarmRecord],
+        held: dict[tuple[str, str], AlarmCondition],
+        changes: _Changes,
+    ) -> None:
+        drops = g.status.get("drops") or {}
+        if not isinstance(drops, dict):
+            return
+        counted = [v for k, v in drops.items() if cond.reason in (None, k) and isinstance(v, int)]
+        total = float(sum(counted))
+        key = (c.id, g.id)
+        snap = held.get(key)
+        window = int(cond.window_s * 1e9)
+        if snap is None or total < snap.value:  # first look, or the agent restarted
+            changes.start.append(AlarmCondition(c.id, g.id, now, total))
+            return
+        rose = total - snap.value
+        if rose >= cond.at_least:
+            changes.decide(c, g.id, g.id, True, open_, now, {"dropped": int(rose), "reason": cond.reason or "any"})  # fmt: skip
+            changes.start.append(AlarmCondition(c.id, g.id, now, total))
+        elif now - snap.since_ns >= window:
+            changes.decide(c, g.id, g.id, False, open_, now, {"dropped": int(rose)})
+            changes.start.append(AlarmCondition(c.id, g.id, now, total))
+
+    # -- applying -----------------------------------------------------------------------------------
+
+    def _apply(self, changes: AlarmChanges) -> None:
+        if not (changes.steps or changes.start or changes.stop):
+            return
+        done = self._docs.apply_alarms(changes, self._clock())
+        for what, alarm in done:
+            if what == "raised":
+                self.metrics.raised += 1
+            else:
+                self.metrics.cleared += 1
+            _log.info(
+                "alarm %s %s: %s (%s) on %s",
+                alarm.id,
+                what,
+                wire.printable(alarm.name),
+                alarm.severity,
+                wire.printable(alarm.originator),
+            )
+            publish(self._stream, alarm)
+        if done and self._on_change is not None:
+            self._on_change()
+
+
+async def run_schedule(evaluator: AlarmEvaluator, interval_s: float) -> None:
+    """The scheduled rules, every ``interval_s``, until cancelled."""
+    while True:
+        try:
+            await asyncio.to_thread(evaluator.evaluate_scheduled)
+        except Exception as exc:  # a store outage must not stop the loop
+            evaluator.metrics.errors["scheduled"] = evaluator.metrics.errors.get("scheduled", 0) + 1
+            _log.error("scheduled alarm rules could not be evaluated: %s", exc)
+        await asyncio.sleep(interval_s)
+
+
+def publish(hub: Hub | None, alarm: AlarmRecord) -> None:
+    """An alarm raised, acknowledged or cleared, to the live stream."""
+    if hub is not None:
+        hub.publish("alarm", alarm.tenant, alarm.gateway_id, alarm_json(alarm))
+
+
+@dataclass
+class _Changes:
+    steps: list[AlarmRecord | AlarmClear] = field(default_factory=list)
+    start: list[AlarmCondition] = field(default_factory=list)
+    stop: list[tuple[str, str]] = field(default_factory=list)
+
+    def decide(
+        self,
+        c: _Compiled,
+        originator: str,
+        gateway_id: str,
+        holds: bool,
+        open_: dict[tuple[str, str], AlarmRecord],
+        now: int,
+        details: dict[str, Any],
+    ) -> None:
+        key = (c.id, originator)
+        if holds and key not in open_:
+            self.steps.append(c.alarm(originator, gateway_id, now, **details))
+        elif not holds and key in open_:
+            self.steps.append(AlarmClear(c.id, originator, now, details))
+
+
+def _gateway_condition(cond: Any, g: FleetGateway, now: int) -> tuple[bool, dict[str, Any]]:
+    """Whether a gateway-wide condition holds for ``g``, and what to say about it."""
+    if isinstance(cond, GatewayOffline):
+        seen = g.last_seen_ns or g.enrolled_ns or now
+        silent = (now - seen) / 1e9
+        # Offline by its will, or silent for longer than the rule allows plus its state
+        # period (a will can be lost with the broker).
+        holds = (g.state == "offline" and silent >= cond.for_s) or silent >= cond.for_s + 120
+        return holds, {"last_seen": seen / 1e9, "state": g.state}
+    if isinstance(cond, Backlog):
+        oldest = g.status.get("oldest_unsent_s")
+        holds = isinstance(oldest, int | float) and oldest >= cond.older_than_s
+        return holds, {"oldest_unsent_s": oldest, "backlog_readings": g.status.get("backlog_readings")}  # fmt: skip
+    if isinstance(cond, ClockFlagged):
+        return g.clock_flagged, {"clock_skew_s": g.clock_skew_s}
+    if isinstance(cond, CertificateExpiring):
+        if g.cert_not_after_ns is None:
+            return False, {}
+        left = (g.cert_not_after_ns - now) / 86400e9
+        return left <= cond.days, {"expires": g.cert_not_after_ns / 1e9, "days_left": round(left, 1)}  # fmt: skip
+    raise TypeError(f"not a gateway condition: {cond!r}")

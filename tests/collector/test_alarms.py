@@ -1,0 +1,278 @@
+"""Alarm rules evaluated over real stores: thresholds as batches are ingested (hysteresis, a
+hold time, a batch sent again, two replicas), the scheduled rules from what gateways report,
+and the rules' API (validation naming the field, tenancy, acknowledgement, audit)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from outpost_iot import wire
+from outpost_iot.collector._alarms import AlarmEvaluator
+from outpost_iot.collector._ingest import Incoming, Ingestor
+from outpost_iot.collector.stores import AlarmRecord, NotifyEndpointRecord
+from outpost_iot.wire import ConfigReport, GatewayState, topics
+from tests.collector._api_fixture import T0, Api
+
+S = 10**9
+pytestmark = pytest.mark.parametrize("api", ["sqlite"], indirect=True)
+
+
+def power_batch(gw: str, seq: int, points: list[tuple[int, float]], device: str = "plug") -> Incoming:  # fmt: skip
+    """A batch of ``power`` readings ``w`` of ``device`` at the given times."""
+    readings = [
+        wire.Reading(measurement="power", tags={"device": device}, fields={"w": w}, ts=ts)
+        for ts, w in points
+    ]
+    b = wire.Batch.model_validate(
+        {
+            "gw": gw, "stream": "s1", "boot": "b1", "seq": seq, "created": points[0][0],
+            "clock": {"offset_ns": 0, "synced": True},
+            "series": wire.group_readings(readings), "events": [],
+        }
+    )  # fmt: skip
+    props = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
+    return Incoming(topics.up_batch(gw), wire.encode_batch(b), props, points[0][0])
+
+
+def replica(api: Api) -> tuple[Ingestor, AlarmEvaluator]:
+    """An ingestor with its own evaluator over the API's stores: one collector replica."""
+    assert api.config is not None
+    evaluator = AlarmEvaluator(docs=api.docs, timeseries=api.ts, stream=api.hub)
+    ingest = Ingestor(
+        config=api.config, timeseries=api.ts, documents=api.docs, stream=api.hub, alarms=evaluator
+    )
+    return ingest, evaluator
+
+
+async def make_rule(api: Api, body: dict[str, Any], token: str = "operator-a") -> dict[str, Any]:
+    r = await api.client.post(
+        "/api/v1/alarm-rules", json=body, headers={"Authorization": f"Bearer {api.tokens[token]}"}
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def too_hot(**condition: Any) -> dict[str, Any]:
+    return {
+        "name": "Plug drawing too much",
+        "severity": "critical",
+        "condition": {
+            "kind": "threshold",
+            "measurement": "power",
+            "field": "w",
+            "above": 10,
+            "clear": 8,
+            **condition,
+        },
+    }
+
+
+def alarms_of(api: Api, rule_id: str) -> list[AlarmRecord]:
+    return [a for a in api.docs.alarms("*", limit=1000) if a.rule_id == rule_id][::-1]
+
+
+async def test_a_threshold_raises_once_holds_through_the_band_and_clears_below_the_clear_level(
+    api: Api,
+) -> None:
+    rule = await make_rule(api, too_hot())
+    ingest, _ = replica(api)
+    gw = api.gateways["a1"]
+    api.docs.save_endpoint(NotifyEndpointRecord("ep", "acme", "ops", "webhook", {"url": "https://x.example"}, "k", "warning", True, T0))  # fmt: skip
+    t = T0
+    ingest.handle([power_batch(gw, 1, [(t, 5.0), (t + S, 12.0), (t + 2 * S, 15.0)])])
+    [a] = alarms_of(api, rule["id"])
+    assert (a.status, a.originator, a.gateway_id, a.raised_ns) == ("active", f"{gw}/device=plug", gw, t + S)  # fmt: skip
+    assert a.details["value"] == 12.0
+    # Between the clear level and the threshold: still the same one alarm (no flapping).
+    ingest.handle([power_batch(gw, 2, [(t + 3 * S, 9.0), (t + 4 * S, 11.0), (t + 5 * S, 8.5)])])
+    assert [x.status for x in alarms_of(api, rule["id"])] == ["active"]
+    # Below the clear level: cleared, at the reading's time; above again: a new alarm.
+    ingest.handle([power_batch(gw, 3, [(t + 6 * S, 7.9), (t + 7 * S, 20.0)])])
+    first, second = alarms_of(api, rule["id"])
+    assert (first.status, first.cleared_ns, first.details["value"]) == ("cleared", t + 6 * S, 7.9)
+    assert (second.status, second.raised_ns) == ("active", t + 7 * S)
+    # One notification per raise and per clear.
+    events = sorted((n.alarm_id, n.event) for n in api.docs.notifications("acme"))
+    assert events == [(first.id, "cleared"), (first.id, "raised"), (second.id, "raised")]
+
+
+async def test_a_hold_time_counts_by_the_readings_times(api: Api) -> None:
+    rule = await make_rule(api, too_hot(for_s=60))
+    ingest, _ = replica(api)
+    gw = api.gateways["a1"]
+    ingest.handle([power_batch(gw, 1, [(T0 + i * 10 * S, 11.0) for i in range(6)])])  # 50 s
+    assert alarms_of(api, rule["id"]) == []
+    ingest.handle([power_batch(gw, 2, [(T0 + 55 * S, 7.0), (T0 + 65 * S, 11.0)])])  # broken
+    ingest.handle([power_batch(gw, 3, [(T0 + 100 * S, 12.0), (T0 + 124 * S, 13.0)])])
+    assert alarms_of(api, rule["id"]) == []  # above since 65 s: 60 s only at 125 s
+    ingest.handle([power_batch(gw, 4, [(T0 + 125 * S, 13.0)])])
+    [a] = alarms_of(api, rule["id"])
+    assert a.raised_ns == T0 + 125 * S
+    assert a.details["since"] == pytest.approx((T0 + 65 * S) / 1e9)
+
+
+async def test_a_batch_sent_again_or_ingested_by_two_replicas_raises_one_alarm(api: Api) -> None:
+    rule = await make_rule(api, too_hot())
+    a, _ = replica(api)
+    b, _ = replica(api)
+    gw = api.gateways["a1"]
+    batch = power_batch(gw, 1, [(T0, 50.0)])
+    # Two replicas, the same batch at the same time (the broker gave it to both after a
+    # reconnect), then the gateway sends it again.
+    await asyncio.gather(asyncio.to_thread(a.handle, [batch]), asyncio.to_thread(b.handle, [batch]))
+    a.handle([batch])
+    b.handle([power_batch(gw, 2, [(T0 + S, 60.0)])])
+    assert len(alarms_of(api, rule["id"])) == 1
+
+
+async def test_scope_and_tenancy_choose_what_a_rule_watches(api: Api) -> None:
+    other_device = await make_rule(api, {**too_hot(), "scope": {"device": "heater"}})
+    other_site = await make_rule(api, {**too_hot(), "scope": {"site": "depot"}})
+    theirs = await make_rule(api, too_hot(), token="operator-b")
+    mine = await make_rule(api, {**too_hot(), "scope": {"site": "hq", "device": "plug"}})
+    ingest, _ = replica(api)
+    ingest.handle([power_batch(api.gateways["a1"], 1, [(T0, 50.0)])])  # acme, site hq
+    assert alarms_of(api, other_device["id"]) == []
+    assert alarms_of(api, other_site["id"]) == []
+    assert alarms_of(api, theirs["id"]) == []  # globex's rule never sees acme's readings
+    assert len(alarms_of(api, mine["id"])) == 1
+
+
+async def test_scheduled_rules_follow_what_gateways_report(api: Api) -> None:
+    gw = api.gateways["a1"]
+    rules = {
+        kind: (
+            await make_rule(
+                api,
+                {
+                    "name": kind,
+                    "severity": "major",
+                    "condition": {"kind": kind, **extra},
+                    "scope": {"gateway": gw},
+                },
+            )
+        )["id"]
+        for kind, extra in {
+            "gateway_offline": {"for_s": 300},
+            "backlog": {"older_than_s": 3600},
+            "clock_flagged": {},
+            "certificate_expiring": {"days": 400},  # the test CA's certificates: within 400 days
+            "drops": {"at_least": 10, "window_s": 600},
+        }.items()
+    }
+    clock = [time.time_ns()]
+    ev = AlarmEvaluator(docs=api.docs, timeseries=api.ts, stream=api.hub, clock=lambda: clock[0])
+    now = clock[0]
+
+    def report(state: str, oldest: float, dropped: int, seen: int) -> None:
+        api.docs.save_state(
+            gw,
+            GatewayState(
+                state=state,
+                ts=seen,
+                boot_id="b",
+                backlog_readings=10,
+                oldest_unsent_s=oldest,
+                drops={"buffer_full": dropped},
+            ),
+            seen,
+        )
+
+    def open_kinds() -> set[str]:
+        return {a.kind for a in api.docs.alarms("acme", status="open") if a.gateway_id == gw}
+
+    report("online", 5.0, 0, now)
+    ev.evaluate_scheduled()
+    assert open_kinds() == {"certificate_expiring"}
+    # It goes offline (its will) with a backlog 2 h old and 25 more drops; its clock is
+    # flagged; ten minutes pass.
+    report("offline", 7200.0, 25, now)
+    api.docs.set_clock(gw, 30.0, True)
+    clock[0] += 600 * S
+    ev.evaluate_scheduled()
+    assert open_kinds() == {"certificate_expiring", "gateway_offline", "backlog", "clock_flagged", "drops"}  # fmt: skip
+    [drops] = [a for a in api.docs.alarms("acme", status="open") if a.kind == "drops"]
+    assert drops.details == {"dropped": 25, "reason": "any"}
+    ev.evaluate_scheduled()  # nothing new: nothing raised twice
+    assert len(api.docs.alarms("acme")) == 5
+    # Back: online, backlog gone, clock fixed; the drops clear after a window without more.
+    report("online", 1.0, 25, clock[0])
+    api.docs.set_clock(gw, 0.1, False)
+    ev.evaluate_scheduled()
+    assert open_kinds() == {"certificate_expiring", "drops"}
+    clock[0] += 601 * S
+    report("online", 1.0, 25, clock[0])
+    ev.evaluate_scheduled()
+    assert open_kinds() == {"certificate_expiring"}
+    assert {a.rule_id for a in api.docs.alarms("acme")} == set(rules.values())
+
+
+async def test_a_config_rejected_raises_and_one_applied_clears(api: Api) -> None:
+    rule = await make_rule(api, {"name": "config", "condition": {"kind": "config_failed"}})
+    ingest, _ = replica(api)
+    gw = api.gateways["a2"]
+
+    def report(status: str, version: int) -> None:
+        r = ConfigReport(version=version, status=status, applied_version=version if status == "applied" else 1, reason="bad_config" if status != "applied" else "", errors=["devices.0.url: bad"] if status != "applied" else [], ts=T0)  # type: ignore[arg-type]  # fmt: skip
+        ingest.handle([Incoming(topics.up_config(gw), r.model_dump_json().encode(), {}, T0)])
+
+    report("rejected", 2)
+    [a] = alarms_of(api, rule["id"])
+    assert (a.status, a.details["reason"], a.details["errors"]) == ("active", "bad_config", ["devices.0.url: bad"])  # fmt: skip
+    report("applied", 3)
+    assert [x.status for x in alarms_of(api, rule["id"])] == ["cleared"]
+
+
+async def test_a_rule_that_does_not_validate_is_refused_naming_the_field(api: Api) -> None:
+    headers = {"Authorization": f"Bearer {api.tokens['operator-a']}"}
+    for body, field in (
+        ({**too_hot(), "severity": "urgent"}, "severity"),
+        (
+            {"name": "x", "condition": {"kind": "threshold", "measurement": "power", "field": "w"}},
+            "condition.threshold",
+        ),
+        (too_hot(above="hot"), "condition.threshold.above"),
+        (too_hot(clear=12), "condition.threshold"),
+        ({"name": "x", "condition": {"kind": "teleport"}}, "condition"),
+        ({**too_hot(), "scope": {"tags": {"bad key!": "x"}}}, "scope.tags.bad key!.[key]"),
+        ({"name": "x", "edge": True, "condition": {"kind": "clock_flagged"}}, ""),
+    ):
+        r = await api.client.post("/api/v1/alarm-rules", json=body, headers=headers)
+        assert r.status_code == 422, (body, r.text)
+        assert field in {p["field"] for p in r.json()["problems"]}, (field, r.json())
+    assert api.docs.rules("acme") == []
+    viewer = {"Authorization": f"Bearer {api.tokens['viewer-a']}"}
+    assert (await api.client.post("/api/v1/alarm-rules", json=too_hot(), headers=viewer)).status_code == 403  # fmt: skip
+
+
+async def test_rules_alarms_and_acknowledgement_through_the_api(api: Api) -> None:
+    rule = await make_rule(api, too_hot())
+    op = {"Authorization": f"Bearer {api.tokens['operator-a']}"}
+    assert (await api.get("/api/v1/alarm-rules")).json()[0]["id"] == rule["id"]
+    assert (await api.get("/api/v1/alarm-rules", token="viewer-b")).json() == []
+    ingest, _ = replica(api)
+    ingest.handle([power_batch(api.gateways["a1"], 1, [(T0, 50.0)])])
+    [alarm] = (await api.get("/api/v1/alarms", status="open")).json()
+    assert (alarm["status"], alarm["severity"], alarm["name"]) == ("active", "critical", "Plug drawing too much")  # fmt: skip
+    assert (await api.get("/api/v1/alarms", token="viewer-b")).json() == []
+    counts = (await api.get("/api/v1/alarms/counts")).json()
+    assert counts["severity"]["critical"] == {"active": 1, "acknowledged": 0}
+    assert counts["gateways"] == {api.gateways["a1"]: {"open": 1, "severity": "critical"}}
+    # Another tenant's operator cannot acknowledge it; this tenant's can, once.
+    theirs = {"Authorization": f"Bearer {api.tokens['operator-b']}"}
+    assert (await api.client.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", headers=theirs)).status_code == 404  # fmt: skip
+    r = await api.client.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", headers=op)
+    assert (r.json()["status"], r.json()["acknowledged_by"]) == ("acknowledged", "token:operator-a")
+    again = await api.client.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", headers=op)
+    assert again.json()["acknowledged"] == r.json()["acknowledged"]
+    # Changes are audited; a deleted rule's alarm clears.
+    r = await api.client.put(f"/api/v1/alarm-rules/{rule['id']}", json={**too_hot(), "severity": "minor"}, headers=op)  # fmt: skip
+    assert r.json()["severity"] == "minor"
+    assert (await api.client.delete(f"/api/v1/alarm-rules/{rule['id']}", headers=op)).status_code == 204  # fmt: skip
+    assert (await api.get("/api/v1/alarms", status="open")).json() == []
+    actions = [e.action for e in api.docs.audit_log("acme")]
+    assert {"alarm_rule.create", "alarm.acknowledge", "alarm_rule.update", "alarm_rule.delete"} <= set(actions)  # fmt: skip
