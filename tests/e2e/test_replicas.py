@@ -4,6 +4,7 @@ series, Redis shared state, real agents, a real Mosquitto with the shared subscr
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import ssl
@@ -66,6 +67,11 @@ url = "{self.redis.url}"
 
 [limits]
 store_retry_after_ms = 500
+
+[alarms]
+interval_s = 1
+allow_http = true
+allow_private_targets = true
 """,
         )
 
@@ -209,6 +215,73 @@ def test_two_replicas_one_killed_mid_load_store_every_reading_once(cluster: Clus
         assert readings_dropped(status["drops"]) == {}
         assert batches_in_postgres(c, gw) > 0
     assert total > 8000
+
+
+def test_two_replicas_and_one_killed_raise_one_alarm_and_send_one_notification(
+    cluster: Cluster, identity
+) -> None:  # fmt: skip
+    """A gateway's readings cross a threshold while both replicas store its batches, and one
+    replica is killed mid-load (its unacked batches come again, to the other): one alarm,
+    one webhook delivery."""
+    c = cluster
+    ports = {"replica-a": free_port(), "replica-b": free_port()}
+    for name, port in ports.items():
+        c.start(name, api_port=port)
+    trust = ssl.create_default_context(cafile=str(c.h.broker.files.ca_cert))
+    base = f"https://localhost:{ports['replica-b']}"
+    wait_until(
+        lambda: _reachable(lambda: httpx.get(f"{base}/healthz", verify=trust, timeout=10)),
+        timeout=20,
+        what="replica b's API",
+    )
+    made = subprocess.run(
+        [sys.executable, "-m", "outpost_iot.collector.cli", "api-token", "create",
+         "--config", str(c.config("replica-b", ports["replica-b"])),
+         "--tenant", "acme", "--role", "operator", "--name", "ops"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {made.stdout.split()[0]}"}
+    gw = "gw-alarm"
+    with psycopg.connect(c.dsn, autocommit=True) as conn:  # enrolled into tenant acme
+        conn.execute("INSERT INTO gateways (id, tenant, site) VALUES (%s, 'acme', 'hq')", (gw,))
+    from tests.collector.test_notify import Receiver
+
+    receiver = Receiver()
+    try:
+        with httpx.Client(base_url=base, verify=trust, headers=headers, timeout=10) as api:
+            r = api.post("/api/v1/notification-endpoints", json={"name": "ops", "kind": "webhook", "url": receiver.url})  # fmt: skip
+            assert r.status_code == 201, r.text
+            rule = api.post("/api/v1/alarm-rules", json={
+                "name": "Counter high", "severity": "major",
+                "condition": {"kind": "threshold", "measurement": "counter", "field": "value", "above": 100},
+            }).json()  # fmt: skip
+            config = c.h.agent_config(gw, identity(gw))
+            producer = c.h.start_producer(config, gw, run="alarm", per_poll=20, interval=0.05)
+            wait_until(
+                lambda: c.stored_batches("replica-a") > 10 and c.stored_batches("replica-b") > 10,
+                timeout=60,
+                what="both replicas storing batches",
+            )
+            c.kill("replica-a")
+            c.start("replica-a")
+            start = len(c.h.read_journal(gw))
+            wait_until(lambda: len(c.h.read_journal(gw)) > start + 400, timeout=60, what="more readings")  # fmt: skip
+            producer.send_signal(signal.SIGTERM)
+            producer.wait(10)
+            drain(c, config, gw)
+            wait_until(
+                lambda: receiver.requests and api.get("/api/v1/notification-endpoints").json()[0]["pending"] == 0,
+                timeout=60,
+                what="the notification delivered",
+            )  # fmt: skip
+            alarms = [a for a in api.get("/api/v1/alarms").json() if a["rule_id"] == rule["id"]]
+            assert len(alarms) == 1, alarms
+            assert alarms[0]["status"] == "active"
+            assert [json.loads(b)["event"] for _, b in receiver.requests] == ["raised"]
+            assert c.stored_batches("replica-b") > 10  # b stored a share of them too
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
 
 
 @pytest.mark.parametrize("store", ["postgres", "victoriametrics"])
