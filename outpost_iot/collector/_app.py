@@ -175,7 +175,7 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
             stream=hub,
             alarms=config.alarms,
             alarm_evaluator=alarms,
-            notify_wake=deliveries.wake,
+            deliveries=deliveries,
             smtp_configured=config.smtp is not None,
         )
         api = ApiServer(config.api, create_app(services))

@@ -870,3 +870,115 @@ def api_token_revoke(config_path: Path, token_id: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+@main.group("alarm-rule")
+def alarm_rule() -> None:
+    """Alarm rules (docs/alarms.md): what raises an alarm, per tenant."""
+
+
+@alarm_rule.command("create")
+@_config_option
+@click.option("--tenant", required=True, help="The customer the rule is for.")
+@click.option(
+    "--file",
+    "rule_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The rule as JSON or TOML: name, severity, condition, scope (docs/alarms.md).",
+)
+def alarm_rule_create(config_path: Path, tenant: str, rule_file: Path) -> None:
+    """Add a rule; one that does not validate is refused with each problem named."""
+    from pydantic import ValidationError
+
+    from outpost_iot.collector._alarms import RuleIn
+    from outpost_iot.collector.stores import AlarmRuleRecord
+
+    data = _read_managed(rule_file)
+    try:
+        rule = RuleIn.model_validate(data)
+    except ValidationError as exc:
+        raise click.ClickException(wire.describe(str(rule_file), wire.problems(exc))) from None
+    with _opened(config_path) as (config, docs):
+        if len(docs.rules(tenant)) >= config.alarms.max_rules:
+            raise click.ClickException(
+                f"tenant {tenant} has {config.alarms.max_rules} rules ([alarms] max_rules)"
+            )
+        now = time.time_ns()
+        record = AlarmRuleRecord(
+            f"rule-{secrets.token_hex(6)}", tenant, rule.name, rule.severity, rule.enabled,
+            rule.edge, rule.notify, rule.spec(), now, now, f"cli:{getpass.getuser()}",
+        )  # fmt: skip
+        docs.save_rule(record)
+        _audit(docs, "alarm_rule.create", record.id, tenant, name=rule.name, **rule.spec())
+    click.echo(record.id)
+
+
+@alarm_rule.command("list")
+@_config_option
+@click.option("--tenant", default=None, help="Only this tenant's rules.")
+def alarm_rule_list(config_path: Path, tenant: str | None) -> None:
+    """Rules: id, tenant, severity, condition and scope."""
+    with _opened(config_path) as (_, docs):
+        rules = docs.rules(tenant or "*")
+    for r in rules:
+        state = "" if r.enabled else "  (disabled)"
+        click.echo(
+            f"{r.id}  {r.tenant}  {r.severity:8}  {printable(r.name)}  "
+            f"{json.dumps(r.spec, sort_keys=True)}{state}"
+        )
+
+
+@alarm_rule.command("delete")
+@_config_option
+@click.argument("rule_id")
+def alarm_rule_delete(config_path: Path, rule_id: str) -> None:
+    """Delete a rule; its open alarms are cleared (without notifications)."""
+    with _opened(config_path) as (_, docs):
+        found = docs.rules("*", rule_id=rule_id)
+        if not found or not docs.delete_rule(found[0].tenant, rule_id):
+            raise click.ClickException(f"no alarm rule {rule_id!r}; see 'alarm-rule list'")
+        _audit(docs, "alarm_rule.delete", rule_id, found[0].tenant, name=found[0].name)
+    click.echo(f"rule {rule_id} deleted")
+
+
+@main.group("alarm")
+def alarm_group() -> None:
+    """Alarms: list, acknowledge."""
+
+
+@alarm_group.command("list")
+@_config_option
+@click.option("--tenant", default=None)
+@click.option(
+    "--status",
+    type=click.Choice(["open", "active", "acknowledged", "cleared"]),
+    default="open",
+    show_default=True,
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def alarm_list(config_path: Path, tenant: str | None, status: str, limit: int) -> None:
+    """Alarms, newest first."""
+    with _opened(config_path) as (_, docs):
+        alarms = docs.alarms(tenant or "*", status=status, limit=limit)
+    for a in alarms:
+        raised = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.raised_ns / 1e9))
+        click.echo(
+            f"{a.id}  {raised}Z  {a.severity:8}  {a.status:12}  {a.tenant}  "
+            f"{printable(a.name)}  {printable(a.originator)}"
+        )
+
+
+@alarm_group.command("ack")
+@_config_option
+@click.argument("alarm_id", type=click.IntRange(1, 2**63 - 1))
+def alarm_ack(config_path: Path, alarm_id: int) -> None:
+    """Acknowledge an alarm: someone is on it (it stays open until it clears)."""
+    with _opened(config_path) as (_, docs):
+        acked = docs.ack_alarm("*", alarm_id, f"cli:{getpass.getuser()}", time.time_ns())
+        if acked is None:
+            raise click.ClickException(
+                f"alarm {alarm_id} is not open and unacknowledged; see 'alarm list'"
+            )
+        _audit(docs, "alarm.acknowledge", str(alarm_id), acked.tenant, rule=acked.rule_id)
+    click.echo(f"alarm {alarm_id} acknowledged")

@@ -253,6 +253,7 @@ async def test_rules_alarms_and_acknowledgement_through_the_api(api: Api) -> Non
     rule = await make_rule(api, too_hot())
     op = {"Authorization": f"Bearer {api.tokens['operator-a']}"}
     assert (await api.get("/api/v1/alarm-rules")).json()[0]["id"] == rule["id"]
+    assert "outpost_alarm_rules 1.0" in (await api.get("/metrics")).text
     assert (await api.get("/api/v1/alarm-rules", token="viewer-b")).json() == []
     ingest, _ = replica(api)
     ingest.handle([power_batch(api.gateways["a1"], 1, [(T0, 50.0)])])

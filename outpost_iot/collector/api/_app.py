@@ -82,7 +82,13 @@ def create_app(services: ApiServices) -> FastAPI:
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
         """Prometheus metrics: ingest, acks, nacks by reason, quarantine, dedup, write latency."""
-        text, content_type = metrics_text(services.metrics, services.timeseries, services.stream)
+        text, content_type = metrics_text(
+            services.metrics,
+            services.timeseries,
+            services.stream,
+            services.alarm_evaluator.metrics if services.alarm_evaluator else None,
+            services.deliveries,
+        )
         return PlainTextResponse(text, media_type=content_type)
 
     # Starlette's own (no such route: 404, 405), which FastAPI's HTTPException subclasses: every

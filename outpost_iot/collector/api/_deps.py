@@ -16,6 +16,7 @@ from outpost_iot.collector._config import AlarmsConfig
 from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._enrollment import EnrollmentService, hash_token
 from outpost_iot.collector._ingest import IngestMetrics
+from outpost_iot.collector._notify import Deliveries
 from outpost_iot.collector._rollouts import RolloutService
 from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import (
@@ -49,7 +50,7 @@ class ApiServices:
     stream: Hub | None = None  # the live stream (GET /api/v1/stream)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)  # rule and endpoint limits
     alarm_evaluator: AlarmEvaluator | None = None  # re-reads rules when they change
-    notify_wake: Callable[[], None] | None = None  # a notification was queued: send it now
+    deliveries: Deliveries | None = None  # the notification loop (its counters, wake())
     smtp_configured: bool = False  # email endpoints can be made
 
 

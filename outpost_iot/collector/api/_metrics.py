@@ -14,7 +14,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from outpost_iot.collector._alarms import AlarmMetrics
 from outpost_iot.collector._ingest import IngestMetrics
+from outpost_iot.collector._notify import Deliveries
 from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import TimeSeriesStore
 
@@ -123,14 +125,49 @@ class _StreamCollector(Collector):
         yield dropped
 
 
+class _AlarmCollector(Collector):
+    def __init__(self, alarms: AlarmMetrics, deliveries: Deliveries | None) -> None:
+        self._a = alarms
+        self._d = deliveries
+
+    def collect(self) -> Iterator[Metric]:
+        a = self._a
+        yield GaugeMetricFamily("outpost_alarm_rules", "Enabled alarm rules this collector evaluates", value=a.rules)  # fmt: skip
+        for name, doc, value in (
+            ("outpost_alarm_evaluations", "Readings checked against a threshold rule", a.evaluations),
+            ("outpost_alarms_raised", "Alarms this collector raised", a.raised),
+            ("outpost_alarms_cleared", "Alarms this collector cleared", a.cleared),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value=value)
+        errors = CounterMetricFamily(
+            "outpost_alarm_errors", "Alarm evaluations that failed, by where", labels=["where"]
+        )
+        for where, n in sorted(a.errors.items()):
+            errors.add_metric([where], n)
+        yield errors
+        if self._d is not None:
+            notes = CounterMetricFamily(
+                "outpost_notifications",
+                "Notification attempts by outcome (delivered, failed: tried again, given_up)",
+                labels=["outcome"],
+            )
+            for outcome, n in (("delivered", self._d.delivered), ("failed", self._d.failed), ("given_up", self._d.given_up)):  # fmt: skip
+                notes.add_metric([outcome], n)
+            yield notes
+
+
 def metrics_text(
     metrics: IngestMetrics | None,
     timeseries: TimeSeriesStore | None = None,
     stream: Hub | None = None,
+    alarms: AlarmMetrics | None = None,
+    deliveries: Deliveries | None = None,
 ) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     if metrics is not None:
         registry.register(_IngestCollector(metrics, timeseries))
     if stream is not None:
         registry.register(_StreamCollector(stream))
+    if alarms is not None:
+        registry.register(_AlarmCollector(alarms, deliveries))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -416,8 +416,8 @@ def test_endpoint(endpoint_id: str, svc: Services, who: Operator, request: Reque
         )
     )
     audit(svc, who, request, "notification_endpoint.test", endpoint_id, e.tenant)
-    if svc.notify_wake is not None:
-        svc.notify_wake()
+    if svc.deliveries is not None:
+        svc.deliveries.wake()
     return DeliveryOut(key=key, event="test", alarm_id=None, created=now / 1e9, attempts=0, delivered=None, given_up=False, next_attempt=now / 1e9, last_error="")  # fmt: skip
 
 
