@@ -300,6 +300,8 @@ def test_a_technician_makes_a_token_on_a_phone_and_watches_the_gateway_come_onli
         (f"#/gateway/{site['gw']}", "td.latest-value"),
         ("#/data", ".chart canvas"),
         ("#/rollouts", "#rollout-patch"),
+        ("#/alarms", "#alarm-status"),
+        ("#/rules", "#rule-kind"),
     ):
         page.goto(f"{url(h)}/console/{where}")
         page.locator(ready).first.wait_for()
@@ -488,3 +490,49 @@ def test_an_operator_starts_a_rollout_sees_field_errors_and_aborts_it(
     )
     assert r.json()["status"] == "aborted"
     assert r.json()["reason"] == "aborted by an operator"
+
+
+def test_an_operator_adds_a_rule_sees_its_alarm_arrive_live_and_acknowledges_it(
+    site: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    base, gw = url(site["h"]), site["gw"]
+    page = _page(browser)
+    _sign_in(page, base, site["tokens"]["operator"])
+    page.get_by_role("link", name="Rules").click()
+    page.get_by_role("heading", name="Rules & notifications").wait_for()
+    # A threshold with no level: refused, the field named.
+    page.get_by_label("Name").first.fill("Plug on")
+    page.get_by_label("Measurement").fill("power")
+    page.get_by_label("Field", exact=True).fill("power_w")
+    page.get_by_role("button", name="Add rule").click()
+    page.get_by_role("alert").get_by_text("give one of above or below").wait_for()
+    assert page.evaluate("document.querySelectorAll('.alarm-active').length") == 0
+    # The simulated plugs draw more than 1 W: the alarm is raised as soon as a reading is.
+    page.get_by_label("Above").fill("1")
+    page.get_by_label("Severity").first.select_option("critical")
+    page.get_by_label("Device").fill(f"{HOSTILE}-1")
+    page.get_by_role("button", name="Add rule").click()
+    page.locator("tr[data-rule]", has_text="Plug on").wait_for()
+    # A webhook over plain http is refused, saying why.
+    page.get_by_label("Name").nth(1).fill("ops")
+    page.get_by_label("URL").fill("http://hooks.example.com/x")
+    page.get_by_role("button", name="Add endpoint").click()
+    page.get_by_text("plain http is refused").wait_for()
+    _shot(page, tmp_path, "rules")
+
+    # The alarms page, open before the alarm is raised, shows it when it is (the stream).
+    page.get_by_role("link", name="Alarms").click()
+    row = page.locator("tr[data-alarm]").first
+    row.wait_for(timeout=60_000)
+    assert "critical" in row.inner_text()
+    assert "Plug on" in row.inner_text()
+    assert f"device={HOSTILE}-1" in row.locator("td.originator").inner_text()  # as text
+    assert page.locator("main img").count() == 0
+    row.get_by_role("button", name="Acknowledge").click()
+    row.locator(".alarm-status", has_text="acknowledged").wait_for()
+    [alarm] = _api(site, "/api/v1/alarms", status="open")
+    assert alarm["acknowledged_by"].startswith("token:")
+    _shot(page, tmp_path, "alarms")
+    # The fleet shows the gateway's open alarm.
+    page.get_by_role("link", name="Fleet").click()
+    page.locator(f'tr[data-gateway="{gw}"] .sev-critical').wait_for()

@@ -154,6 +154,43 @@ function table(columns, rows, empty) {
       h("tbody", {}, rows)));
 }
 
+// ---- alarms, shared -------------------------------------------------------------------------
+
+const SEVERITIES = ["critical", "major", "minor", "warning"];
+
+function alarmBadge(summary) {
+  if (!summary || !summary.open) return "–";
+  return h("span", { class: `sev sev-${summary.severity}`, title: `${summary.open} open, the highest ${summary.severity}` },
+    `${summary.open} ${summary.severity}`);
+}
+
+const TIME_DETAILS = new Set(["since", "last_seen", "last_reading", "expires"]);
+
+function detail(key, v) {
+  if (typeof v === "number") return TIME_DETAILS.has(key) ? when(v) : value(v);
+  return typeof v === "string" ? v : JSON.stringify(v);
+}
+
+// A table of alarms that acknowledges in place; returns {render(list), element}.
+function alarmTable(onAck) {
+  const box = h("div", {});
+  function render(list) {
+    const rows = list.map((a) => h("tr", { dataset: { alarm: String(a.id) }, class: `alarm-${a.status}` },
+      h("td", {}, h("span", { class: `sev sev-${a.severity}` }, a.severity)),
+      h("td", { class: "alarm-status" }, a.status),
+      h("td", {}, a.name),
+      h("td", {}, h("a", { href: `#/gateway/${encodeURIComponent(a.gateway_id)}` }, a.gateway_id)),
+      h("td", { class: "originator" }, a.originator.slice(a.gateway_id.length + 1) || "the gateway"),
+      h("td", {}, when(a.raised)),
+      h("td", {}, a.cleared ? when(a.cleared) : a.acknowledged ? `acknowledged by ${a.acknowledged_by}` : ""),
+      h("td", { class: "details" }, Object.entries(a.details || {}).map(([k, v]) => `${k.replace(/_/g, " ")}: ${detail(k, v)}`).join(", ")),
+      h("td", {}, a.status === "active" && isOperator()
+        ? h("button", { type: "button", class: "secondary", onclick: () => onAck(a) }, "Acknowledge") : "")));
+    box.replaceChildren(table(["Severity", "Status", "Alarm", "Gateway", "On", "Raised", "Cleared / acknowledged", "Details", ""], rows, "No alarms."));
+  }
+  return { render, element: box };
+}
+
 // ---- charts --------------------------------------------------------------------------------
 
 // A range to chart and the bucket that keeps it near 360 points.
@@ -256,6 +293,8 @@ const routes = [
   [/^#\/fleet$/, () => fleetView()],
   [/^#\/gateway\/([^/]+)$/, (m) => gatewayView(decodeURIComponent(m[1]))],
   [/^#\/data(?:\?(.*))?$/, (m) => dataView(new URLSearchParams(m[1] || ""))],
+  [/^#\/alarms$/, () => alarmsView()],
+  [/^#\/rules$/, () => rulesView()],
   [/^#\/tokens$/, () => tokensView()],
   [/^#\/rollouts$/, () => rolloutsView()],
   [/^#\/quarantine$/, () => quarantineView()],
@@ -297,14 +336,18 @@ function fleetView() {
   const body = h("div", {});
   view.append(h("h1", {}, "Fleet"), counts, h("div", { class: "filters" }, Object.values(filters)), body);
   const gateways = new Map();
+  let alarms = { severity: {}, gateways: {} };
   let changed = new Set();
 
   function render() {
     const all = [...gateways.values()];
     const n = (f) => all.filter(f).length;
+    const open = (sev) => { const c = alarms.severity[sev] || {}; return (c.active || 0) + (c.acknowledged || 0); };
     counts.replaceChildren(
       ...[
         ["gateways", all.length],
+        ["critical alarms", open("critical")],
+        ["major alarms", open("major")],
         ["online", n((g) => g.state === "online")],
         ["offline", n((g) => g.state === "offline")],
         ["with a backlog", n((g) => (g.backlog_readings || 0) > 0)],
@@ -334,24 +377,36 @@ function fleetView() {
           h("td", {}, g.certificate_expires ? when(g.certificate_expires).slice(0, 10) : "–"),
           h("td", {}, g.agent_version || "–"),
           h("td", {}, (g.tags || []).map((t) => h("span", { class: "badge" }, t))),
+          h("td", {}, alarmBadge(alarms.gateways[g.id])),
         );
       });
     changed = new Set();
     body.replaceChildren(table(
-      ["Gateway", "Site", "State", "Last seen", "Backlog", "Oldest unsent", "Drops", "Clock", "Config", "Certificate", "Agent", "Tags"],
+      ["Gateway", "Site", "State", "Last seen", "Backlog", "Oldest unsent", "Drops", "Clock", "Config", "Certificate", "Agent", "Tags", "Alarms"],
       rows, "No gateway matches."));
   }
 
   async function load() {
-    const list = await api("GET", "/api/v1/gateways");
+    const [list, counted] = await Promise.all([api("GET", "/api/v1/gateways"), api("GET", "/api/v1/alarms/counts")]);
     gateways.clear();
     for (const g of list) gateways.set(g.id, g);
+    alarms = counted;
     render();
+  }
+
+  let recount = null;
+  function alarmChanged() { // many alarms at once: one reload of the counts
+    if (recount) return;
+    recount = setTimeout(async () => {
+      recount = null;
+      try { alarms = await api("GET", "/api/v1/alarms/counts"); render(); } catch { /* next time */ }
+    }, 500);
   }
 
   for (const f of Object.values(filters)) f.addEventListener("input", render);
   load().catch((e) => body.replaceChildren(h("p", { class: "error" }, e.message)));
-  openStream({ kind: ["gateway", "config"] }, {
+  openStream({ kind: ["gateway", "config", "alarm"] }, {
+    alarm: () => alarmChanged(),
     gateway: (g) => {
       const known = gateways.get(g.id);
       if (!known) { load(); return; } // a gateway new to this page: read the whole listing
@@ -381,12 +436,17 @@ function gatewayView(id) {
   const chartBox = h("div", { class: "chart", role: "img", "aria-label": "Chart of the chosen series" });
   const chartForm = h("form", { class: "inline", "aria-label": "Chart" });
   const configBody = h("div", {});
+  const gwAlarms = alarmTable(async (a) => {
+    try { await api("POST", `/api/v1/alarms/${a.id}/acknowledge`); loadAlarms(); }
+    catch (e) { manageSaid.replaceChildren(h("p", { class: "error" }, e.message)); }
+  });
   const manage = h("div", {});
   const manageSaid = h("div", { role: "status" }); // outlives the forms it reports on
   view.append(
     h("p", {}, h("a", { href: "#/fleet" }, "← Fleet")),
     h("h1", {}, "Gateway ", h("span", { class: "gw-id" }, id)),
     facts,
+    h("h2", {}, "Alarms"), gwAlarms.element,
     h("h2", {}, "Latest values"), latestBody,
     h("h2", {}, "Chart"), chartForm, chartBox,
     h("h2", {}, "Devices"), devicesBody,
@@ -471,6 +531,11 @@ function gatewayView(id) {
     const page = await api("GET", `/api/v1/events?gateway=${encodeURIComponent(id)}&start=${encodeURIComponent(start)}&limit=1000`);
     events.splice(0, events.length, ...page.events);
     renderEvents();
+  }
+
+  async function loadAlarms() {
+    const open = await api("GET", `/api/v1/alarms?gateway=${encodeURIComponent(id)}&status=open`);
+    gwAlarms.render(open);
   }
 
   // Desired versus reported config, and the versions before.
@@ -596,7 +661,9 @@ function gatewayView(id) {
   loadDevices().catch((e) => devicesBody.replaceChildren(h("p", { class: "error" }, e.message)));
   loadEvents().catch((e) => eventsBody.replaceChildren(h("p", { class: "error" }, e.message)));
   loadConfig().catch((e) => configBody.replaceChildren(h("p", { class: "error" }, e.message)));
-  openStream({ kind: ["latest", "event", "gateway", "config"], gateway: id }, {
+  loadAlarms().catch((e) => gwAlarms.element.replaceChildren(h("p", { class: "error" }, e.message)));
+  openStream({ kind: ["latest", "event", "gateway", "config", "alarm"], gateway: id }, {
+    alarm: () => loadAlarms(),
     latest: (msg) => {
       for (const s of msg.series) {
         const key = seriesKey(s);
@@ -610,7 +677,7 @@ function gatewayView(id) {
     event: (e) => { events.push(e); renderEvents(); },
     gateway: () => loadFacts(),
     config: () => { loadFacts(); loadConfig(); },
-    reset: () => { loadFacts(); loadDevices(); loadEvents(); loadConfig(); },
+    reset: () => { loadFacts(); loadDevices(); loadEvents(); loadConfig(); loadAlarms(); },
   });
   return { teardown: () => { if (plot) plot.destroy(); } };
 }
@@ -745,6 +812,251 @@ function dataView(params) {
     reset: () => draw(),
   });
   return { teardown: () => { if (due) clearTimeout(due); if (plot) plot.destroy(); } };
+}
+
+// ---- alarms --------------------------------------------------------------------------------
+
+function alarmsView() {
+  const view = document.getElementById("view");
+  const counts = h("div", { class: "counts", "aria-label": "Open alarms by severity" });
+  const status = h("select", { id: "alarm-status" },
+    [["open", "open"], ["active", "active (not acknowledged)"], ["acknowledged", "acknowledged"], ["cleared", "cleared"], ["", "all"]]
+      .map(([v, l]) => h("option", { value: v }, l)));
+  const severity = h("select", { id: "alarm-severity" }, h("option", { value: "" }, "any"), SEVERITIES.map((x) => h("option", { value: x }, x)));
+  const said = h("div", { role: "status" });
+  const list = alarmTable(ack);
+  view.append(h("h1", {}, "Alarms"), counts,
+    h("div", { class: "inline filters" },
+      h("div", {}, h("label", { for: "alarm-status" }, "Status"), status),
+      h("div", {}, h("label", { for: "alarm-severity" }, "Severity"), severity)),
+    said, list.element,
+    h("p", { class: "hint" }, "Rules and where notifications go: ", h("a", { href: "#/rules" }, "Rules & notifications"), "."));
+  const alarms = new Map();
+
+  function render() {
+    const shown = [...alarms.values()]
+      .filter((a) => !status.value || (status.value === "open" ? a.status !== "cleared" : a.status === status.value))
+      .filter((a) => !severity.value || a.severity === severity.value)
+      .sort((a, b) => b.id - a.id);
+    list.render(shown);
+  }
+
+  async function load() {
+    const q = new URLSearchParams({ limit: "500" });
+    if (status.value) q.set("status", status.value);
+    if (severity.value) q.set("severity", severity.value);
+    const [found, c] = await Promise.all([api("GET", `/api/v1/alarms?${q}`), api("GET", "/api/v1/alarms/counts")]);
+    alarms.clear();
+    for (const a of found) alarms.set(a.id, a);
+    counts.replaceChildren(...SEVERITIES.map((x) => h("div", { class: `count sev-${x}` },
+      h("b", {}, String((c.severity[x] || {}).active || 0)), `${x} active`,
+      h("span", { class: "hint" }, ` · ${(c.severity[x] || {}).acknowledged || 0} acknowledged`))));
+    render();
+  }
+
+  async function ack(a) {
+    try {
+      const done = await api("POST", `/api/v1/alarms/${a.id}/acknowledge`);
+      alarms.set(done.id, done);
+      render();
+      load(); // the counts
+    } catch (e) { said.replaceChildren(h("p", { class: "error" }, e.message)); }
+  }
+
+  for (const el of [status, severity]) el.addEventListener("change", () => load());
+  load().catch((e) => said.replaceChildren(h("p", { class: "error" }, e.message)));
+  let reload = null;
+  openStream({ kind: ["alarm"] }, {
+    alarm: (a) => {
+      alarms.set(a.id, a);
+      render();
+      if (!reload) reload = setTimeout(() => { reload = null; load(); }, 1000); // the counts
+    },
+    reset: () => load(),
+  });
+  return { teardown: () => { if (reload) clearTimeout(reload); } };
+}
+
+// The fields each kind of condition takes: [name, label, input type, default].
+const CONDITIONS = {
+  threshold: [["measurement", "Measurement", "text", ""], ["field", "Field", "text", ""], ["above", "Above", "number", ""],
+    ["below", "Below", "number", ""], ["clear", "Clear level", "number", ""], ["for_s", "Held for (s)", "number", "0"]],
+  no_data: [["measurement", "Measurement", "text", ""], ["field", "Field (any)", "text", ""], ["for_s", "For (s)", "number", "900"]],
+  gateway_offline: [["for_s", "For (s)", "number", "300"]],
+  device_unavailable: [["for_s", "For (s)", "number", "300"]],
+  backlog: [["older_than_s", "Oldest unsent older than (s)", "number", "3600"]],
+  drops: [["reason", "Reason (any)", "text", ""], ["at_least", "At least", "number", "1"], ["window_s", "Within (s)", "number", "3600"]],
+  clock_flagged: [],
+  certificate_expiring: [["days", "Within days", "number", "14"]],
+  config_failed: [],
+};
+
+function rulesView() {
+  const view = document.getElementById("view");
+  view.append(h("h1", {}, "Rules & notifications"));
+  const rulesBody = h("div", {});
+  const endpointsBody = h("div", {});
+  const said = h("div", { role: "status" });
+  view.append(said);
+
+  // -- a new rule (operators)
+  if (isOperator()) {
+    const f = {
+      name: h("input", { id: "rule-name", maxlength: 128, required: true }),
+      severity: h("select", { id: "rule-severity" }, SEVERITIES.map((x) => h("option", { value: x, selected: x === "major" }, x))),
+      kind: h("select", { id: "rule-kind" }, Object.keys(CONDITIONS).map((k) => h("option", { value: k }, k.replace(/_/g, " ")))),
+      site: h("input", { id: "rule-site", maxlength: 128, placeholder: "any" }),
+      tag: h("input", { id: "rule-tag", maxlength: 64, placeholder: "any" }),
+      gateway: h("input", { id: "rule-gateway", maxlength: 64, placeholder: "any" }),
+      device: h("input", { id: "rule-device", maxlength: 256, placeholder: "any" }),
+    };
+    const conditionBox = h("div", { class: "inline" });
+    const inputs = new Map(); // "condition.x" and "scope.x" → input
+    const field = (id, label, el) => h("div", {}, h("label", { for: id }, label), el);
+    function conditionFields() {
+      conditionBox.replaceChildren();
+      for (const key of [...inputs.keys()]) if (key.startsWith("condition.")) inputs.delete(key);
+      for (const [name, label, type, dflt] of CONDITIONS[f.kind.value]) {
+        const el = h("input", { id: `rule-${name}`, type, value: dflt, step: type === "number" ? "any" : undefined });
+        inputs.set(`condition.${name}`, el);
+        conditionBox.append(field(`rule-${name}`, label, el));
+      }
+    }
+    for (const k of ["site", "tag", "gateway", "device"]) inputs.set(`scope.${k}`, f[k]);
+    inputs.set("name", f.name);
+    inputs.set("severity", f.severity);
+    f.kind.addEventListener("change", conditionFields);
+    conditionFields();
+    const problems = h("div", { role: "alert" });
+    const form = h("form", { "aria-label": "New rule" },
+      h("div", { class: "inline" }, field("rule-name", "Name", f.name), field("rule-severity", "Severity", f.severity), field("rule-kind", "Condition", f.kind)),
+      conditionBox,
+      h("div", { class: "inline" }, field("rule-site", "Site", f.site), field("rule-tag", "Gateway tag", f.tag),
+        field("rule-gateway", "Gateway", f.gateway), field("rule-device", "Device", f.device)),
+      h("p", {}, h("button", { type: "submit" }, "Add rule")), problems);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      problems.replaceChildren();
+      for (const el of inputs.values()) el.removeAttribute("aria-invalid");
+      const condition = { kind: f.kind.value };
+      for (const [name, , type] of CONDITIONS[f.kind.value]) {
+        const raw = inputs.get(`condition.${name}`).value.trim();
+        if (raw !== "") condition[name] = type === "number" ? Number(raw) : raw;
+      }
+      const scope = {};
+      for (const k of ["site", "tag", "gateway", "device"]) if (f[k].value.trim()) scope[k] = f[k].value.trim();
+      try {
+        await api("POST", "/api/v1/alarm-rules", { name: f.name.value.trim(), severity: f.severity.value, condition, scope });
+        said.replaceChildren(h("p", {}, `Rule "${f.name.value.trim()}" added.`));
+        f.name.value = "";
+        loadRules();
+      } catch (e) {
+        const list = (e.body && e.body.problems) || [];
+        for (const p of list) {
+          // "condition.threshold.above" names the input "condition.above".
+          const key = p.field.replace(/^condition\.[a-z_]+\./, "condition.");
+          if (inputs.has(key)) inputs.get(key).setAttribute("aria-invalid", "true");
+        }
+        problems.replaceChildren(list.length
+          ? h("ul", { class: "error" }, list.map((p) => h("li", {}, `${p.field}: ${p.problem}`)))
+          : h("p", { class: "error" }, e.message));
+      }
+    });
+    view.append(h("h2", {}, "New rule"), form);
+  }
+  view.append(h("h2", {}, "Rules"), rulesBody);
+
+  async function loadRules() {
+    const rules = await api("GET", "/api/v1/alarm-rules");
+    const describe = (c) => Object.entries(c).filter(([k, v]) => k !== "kind" && v !== null).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ");
+    const rows = rules.map((r) => h("tr", { dataset: { rule: r.id } },
+      h("td", {}, h("span", { class: `sev sev-${r.severity}` }, r.severity)),
+      h("td", {}, r.name),
+      h("td", {}, `${r.condition.kind.replace(/_/g, " ")}${describe(r.condition) ? `: ${describe(r.condition)}` : ""}`),
+      h("td", { class: "target" }, Object.entries(r.scope).filter(([, v]) => v !== null && !(typeof v === "object" && !Object.keys(v).length))
+        .map(([k, v]) => h("span", { class: "badge" }, `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`))),
+      h("td", {}, r.enabled ? (r.edge ? "on, at the edge too" : "on") : "off"),
+      h("td", {}, isOperator() ? h("button", { type: "button", class: "danger", onclick: () => removeRule(r) }, "Delete") : "")));
+    rulesBody.replaceChildren(table(["Severity", "Name", "Condition", "Scope", "Enabled", ""], rows, "No rules yet."));
+  }
+
+  async function removeRule(r) {
+    if (!confirm(`Delete rule "${r.name}"? Its open alarms are cleared.`)) return;
+    try { await api("DELETE", `/api/v1/alarm-rules/${encodeURIComponent(r.id)}`); loadRules(); }
+    catch (e) { said.replaceChildren(h("p", { class: "error" }, e.message)); }
+  }
+  loadRules().catch((e) => rulesBody.replaceChildren(h("p", { class: "error" }, e.message)));
+
+  // -- notification endpoints (operators)
+  if (!isOperator()) return null;
+  const ep = {
+    name: h("input", { id: "ep-name", maxlength: 128, required: true }),
+    kind: h("select", { id: "ep-kind" }, h("option", { value: "webhook" }, "webhook"), h("option", { value: "email" }, "email")),
+    target: h("input", { id: "ep-target", maxlength: 2048, placeholder: "https://…", required: true }),
+    min: h("select", { id: "ep-min" }, SEVERITIES.slice().reverse().map((x) => h("option", { value: x }, x))),
+  };
+  const targetLabel = h("label", { for: "ep-target" }, "URL");
+  ep.kind.addEventListener("change", () => {
+    targetLabel.textContent = ep.kind.value === "webhook" ? "URL" : "Addresses (comma-separated)";
+    ep.target.placeholder = ep.kind.value === "webhook" ? "https://…" : "oncall@example.com";
+  });
+  const epSaid = h("div", { role: "status", "aria-live": "polite" });
+  const epForm = h("form", { class: "inline", "aria-label": "New notification endpoint" },
+    h("div", {}, h("label", { for: "ep-name" }, "Name"), ep.name),
+    h("div", {}, h("label", { for: "ep-kind" }, "Kind"), ep.kind),
+    h("div", {}, targetLabel, ep.target),
+    h("div", {}, h("label", { for: "ep-min" }, "From severity"), ep.min),
+    h("button", { type: "submit" }, "Add endpoint"));
+  epForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: ep.name.value.trim(), kind: ep.kind.value, min_severity: ep.min.value };
+    if (ep.kind.value === "webhook") body.url = ep.target.value.trim();
+    else body.to = ep.target.value.split(",").map((x) => x.trim()).filter(Boolean);
+    try {
+      const made = await api("POST", "/api/v1/notification-endpoints", body);
+      ep.target.removeAttribute("aria-invalid");
+      epSaid.replaceChildren(made.kind === "webhook"
+        ? h("div", {}, h("p", {}, `Endpoint ${made.name} added. Its signing secret, shown only now (check X-Outpost-Signature with it):`),
+          h("code", { class: "secret", id: "endpoint-secret" }, made.secret))
+        : h("p", {}, `Endpoint ${made.name} added.`));
+      loadEndpoints();
+    } catch (e) {
+      const list = (e.body && e.body.problems) || [];
+      if (list.some((p) => p.field === "url" || p.field.startsWith("to"))) ep.target.setAttribute("aria-invalid", "true");
+      epSaid.replaceChildren(h("p", { class: "error" }, list.length ? list.map((p) => `${p.field || "endpoint"}: ${p.problem}`).join("; ") : e.message));
+    }
+  });
+  view.append(h("h2", {}, "Notifications"),
+    h("p", { class: "hint" }, "Every alarm a rule raises or clears goes to each endpoint whose severity it meets: webhooks signed with HMAC-SHA256, emails through the collector's mail server; each at least once, with a key to drop repeats by."),
+    epForm, epSaid, endpointsBody);
+
+  async function loadEndpoints() {
+    const list = await api("GET", "/api/v1/notification-endpoints");
+    const rows = list.map((e) => h("tr", { dataset: { endpoint: e.id } },
+      h("td", {}, e.name), h("td", {}, e.kind), h("td", { class: "target" }, e.url || e.to.join(", ")),
+      h("td", {}, `${e.min_severity}+`),
+      h("td", { class: "num" }, String(e.delivered)),
+      h("td", { class: "num" }, String(e.pending)),
+      h("td", {}, e.failures ? h("span", { class: "flag" }, `${e.failures} failing: ${e.last_error}`) : e.last_success ? `ok ${ago(e.last_success)}` : "–"),
+      h("td", {}, h("button", { type: "button", class: "secondary", onclick: () => test(e) }, "Send a test"),
+        " ", h("button", { type: "button", class: "danger", onclick: () => removeEndpoint(e) }, "Delete"))));
+    endpointsBody.replaceChildren(table(["Name", "Kind", "To", "Severity", "Delivered", "Pending", "Last", ""], rows, "No endpoints: alarms are raised but nobody is told."));
+  }
+  async function test(e) {
+    try {
+      await api("POST", `/api/v1/notification-endpoints/${encodeURIComponent(e.id)}/test`);
+      epSaid.replaceChildren(h("p", {}, `A test notification to ${e.name} is on its way; its delivery shows below.`));
+      setTimeout(() => loadEndpoints().catch(() => {}), 2000);
+    } catch (err) { epSaid.replaceChildren(h("p", { class: "error" }, err.message)); }
+  }
+  async function removeEndpoint(e) {
+    if (!confirm(`Delete endpoint ${e.name}? Notifications not yet sent to it are dropped.`)) return;
+    try { await api("DELETE", `/api/v1/notification-endpoints/${encodeURIComponent(e.id)}`); loadEndpoints(); }
+    catch (err) { epSaid.replaceChildren(h("p", { class: "error" }, err.message)); }
+  }
+  loadEndpoints().catch((e) => endpointsBody.replaceChildren(h("p", { class: "error" }, e.message)));
+  const timer = setInterval(() => loadEndpoints().catch(() => {}), 10000);
+  return { teardown: () => clearInterval(timer) };
 }
 
 // ---- enrollment tokens ---------------------------------------------------------------------
