@@ -222,12 +222,33 @@ def parse_rule(record: AlarmRuleRecord) -> RuleIn:
 
 @dataclass(slots=True)
 class _Compiled:
+    """A rule ready to evaluate: its scope and threshold as plain values (read per reading)."""
+
     record: AlarmRuleRecord
     rule: RuleIn
+    id: str = ""
+    site: str | None = None
+    tag: str | None = None
+    gateway: str | None = None
+    device: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    field: str = ""
+    up: bool = True
+    level: float = 0.0
+    clear_at: float = 0.0
+    hold_ns: int = 0
 
-    @property
-    def id(self) -> str:
-        return self.record.id
+    def __post_init__(self) -> None:
+        s = self.rule.scope
+        self.id = self.record.id
+        self.site, self.tag, self.gateway, self.device = s.site, s.tag, s.gateway, s.device
+        self.tags = tuple(s.tags.items())
+        cond = self.rule.condition
+        if isinstance(cond, Threshold):
+            self.field = cond.field
+            self.up = cond.above is not None
+            self.level, self.clear_at = cond.level(), cond.clear_level()
+            self.hold_ns = int(cond.for_s * 1e9)
 
     def gateway_in_scope(self, g: _Gateway) -> bool:
         s = self.rule.scope
@@ -251,12 +272,41 @@ class _Compiled:
         )
 
 
+@dataclass(slots=True)
+class _Candidates:
+    """The threshold rules of one tenant and measurement, indexed by the gateway or device
+    their scope names: a reading is checked against its own few, not against every rule."""
+
+    by_gateway: dict[str, list[_Compiled]] = field(default_factory=dict)
+    by_device: dict[str, list[_Compiled]] = field(default_factory=dict)
+    rest: list[_Compiled] = field(default_factory=list)
+
+    def add(self, c: _Compiled) -> None:
+        scope = c.rule.scope
+        if scope.gateway is not None:
+            self.by_gateway.setdefault(scope.gateway, []).append(c)
+        elif scope.device is not None:
+            self.by_device.setdefault(scope.device, []).append(c)
+        else:
+            self.rest.append(c)
+
+    def of(self, gateway: str, device: str | None) -> list[_Compiled]:
+        found = self.by_gateway.get(gateway, [])
+        if device is not None:
+            found = found + self.by_device.get(device, [])
+        return found + self.rest if self.rest else found
+
+
 @dataclass(frozen=True, slots=True)
 class _Gateway:
     id: str
     tenant: str
     site: str
     tags: tuple[str, ...]
+
+
+def _ts(point: tuple[int, Any]) -> int:
+    return point[0]
 
 
 def series_originator(gateway: str, tags: dict[str, str]) -> str:
@@ -279,6 +329,7 @@ class AlarmEvaluator:
 
     RULES_CHECK_S = 2.0
     GATEWAYS_TTL_S = 10.0
+    STATE_TTL_S = 2.0
 
     def __init__(
         self,
@@ -300,11 +351,15 @@ class AlarmEvaluator:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._checked = -math.inf
-        self._thresholds: dict[tuple[str, str], list[_Compiled]] = {}
+        self._thresholds: dict[tuple[str, str], _Candidates] = {}
         self._config_rules: list[_Compiled] = []
         self._scheduled: list[_Compiled] = []
         self._gateways: dict[str, _Gateway] = {}
         self._gateways_read = -math.inf
+        self._gateways_stale = True
+        self._open: set[tuple[str, str]] = set()
+        self._held: dict[tuple[str, str], int] = {}
+        self._state_read = -math.inf
         self.metrics = AlarmMetrics()
 
     # -- rules ----------------------------------------------------------------------------------
@@ -318,7 +373,7 @@ class AlarmEvaluator:
         stamp = self._docs.rules_stamp()
         if stamp == self._stamp and not force:
             return
-        thresholds: dict[tuple[str, str], list[_Compiled]] = {}
+        thresholds: dict[tuple[str, str], _Candidates] = {}
         config_rules, scheduled = [], []
         count = 0
         for record in self._docs.rules(ALL_TENANTS):
@@ -334,7 +389,7 @@ class AlarmEvaluator:
             cond = rule.condition
             if isinstance(cond, Threshold):
                 if not rule.edge:  # the gateway evaluates it and reports its alarms
-                    thresholds.setdefault((record.tenant, cond.measurement), []).append(c)
+                    thresholds.setdefault((record.tenant, cond.measurement), _Candidates()).add(c)
             elif isinstance(cond, ConfigFailed):
                 config_rules.append(c)
             else:
@@ -349,18 +404,21 @@ class AlarmEvaluator:
         self.metrics.rules = count
 
     def _gateway(self, gateway_id: str) -> _Gateway | None:
+        """A gateway's tenant, site and tags: read again every ``GATEWAYS_TTL_S`` (tags or
+        site may change), and at once (at most every second) for one not known yet."""
         g = self._gateways.get(gateway_id)
-        if g is None and self._monotonic() - self._gateways_read > 1.0:
-            self._read_gateways(self._docs.gateways(None))
-            g = self._gateways.get(gateway_id)
-        elif g is not None and self._monotonic() - self._gateways_read > self.GATEWAYS_TTL_S:
-            self._read_gateways(self._docs.gateways(None))  # tags or site may have changed
-            g = self._gateways.get(gateway_id)
+        if g is None or self._gateways_stale:
+            age = self._monotonic() - self._gateways_read
+            self._gateways_stale = age > self.GATEWAYS_TTL_S
+            if self._gateways_stale or (g is None and age > 1.0):
+                self._read_gateways(self._docs.gateways(None))
+                g = self._gateways.get(gateway_id)
         return g
 
     def _read_gateways(self, gateways: Iterable[FleetGateway]) -> None:
         self._gateways = {g.id: _Gateway(g.id, g.tenant, g.site, tuple(g.tags)) for g in gateways}
         self._gateways_read = self._monotonic()
+        self._gateways_stale = False
 
     # -- as batches are stored --------------------------------------------------------------------
 
@@ -371,80 +429,96 @@ class AlarmEvaluator:
         index = self._thresholds
         if not index:
             return
-        work: list[tuple[_Compiled, str, str, list[tuple[int, float]]]] = []
-        for w in writes:
-            rules = index.get((w.tenant, w.measurement))
-            if not rules:
-                continue
-            gateway_id = w.tags.get("gateway", "")
-            g = self._gateway(gateway_id)
-            if g is None:
-                continue
-            originator = series_originator(gateway_id, w.tags)
-            for c in rules:
-                if not (c.gateway_in_scope(g) and c.series_in_scope(w.tags)):
-                    continue
-                name = c.rule.condition.field  # type: ignore[union-attr]
-                values = [
-                    (ts, float(f[name]))
-                    for ts, f in w.points
-                    if name in f
-                    and isinstance(f[name], int | float)
-                    and not isinstance(f[name], bool)
-                ]
-                if values:
-                    work.append((c, originator, gateway_id, sorted(values)))
-        if not work:
-            return
-        keys = [(c.id, o) for c, o, _, _ in work]
-        open_ = self._docs.open_alarms(keys)
-        held = self._docs.conditions(keys)
+        open_, held = self._threshold_state()
+        # Checked once per batch, not per reading: known gateways are looked up in memory.
+        self._gateways_stale = self._monotonic() - self._gateways_read > self.GATEWAYS_TTL_S
         steps: list[AlarmRecord | AlarmClear] = []
-        start: dict[tuple[str, str], AlarmCondition] = {}
-        stop: set[tuple[str, str]] = set()
         is_open: dict[tuple[str, str], bool] = {}
         since: dict[tuple[str, str], int | None] = {}
-        for c, originator, gateway_id, values in work:
-            key = (c.id, originator)
-            cond: Threshold = c.rule.condition  # type: ignore[assignment]
-            up = cond.above is not None
-            level, clear_at = cond.level(), cond.clear_level()
-            hold_ns = int(cond.for_s * 1e9)
-            opened = is_open.get(key, key in open_)
-            pending = since.get(key, held[key].since_ns if key in held else None)
-            for ts, v in values:
-                self.metrics.evaluations += 1
-                beyond = v > level if up else v < level
-                back = v < clear_at if up else v > clear_at
-                if opened:
-                    if back:
-                        steps.append(AlarmClear(c.id, originator, ts, {"value": v}))
-                        opened, pending = False, None
-                elif beyond:
-                    if pending is None:
-                        pending = ts
-                    if ts - pending >= hold_ns:
-                        steps.append(
-                            c.alarm(
-                                originator,
-                                gateway_id,
-                                ts,
-                                value=v,
-                                level=level,
-                                since=pending / 1e9,
-                            )
-                        )
-                        opened, pending = True, None
-                else:
-                    pending = None
-            is_open[key], since[key] = opened, pending
+        checked = 0
+        for w in writes:
+            candidates = index.get((w.tenant, w.measurement))
+            if candidates is None:
+                continue
+            tags = w.tags
+            gateway_id = tags.get("gateway", "")
+            device = tags.get("device")
+            rules = candidates.of(gateway_id, device)
+            if not rules:
+                continue
+            g = self._gateway(gateway_id)
+            if g is None or g.tenant != w.tenant:
+                continue
+            points = w.points if len(w.points) < 2 else sorted(w.points, key=_ts)
+            originator = ""
+            for c in rules:
+                if (
+                    (c.site is not None and c.site != g.site)
+                    or (c.tag is not None and c.tag not in g.tags)
+                    or (c.gateway is not None and c.gateway != gateway_id)
+                    or (c.device is not None and c.device != device)
+                    or (c.tags and any(tags.get(k) != v for k, v in c.tags))
+                ):
+                    continue
+                if not originator:
+                    originator = series_originator(gateway_id, tags)
+                key = (c.id, originator)
+                opened = is_open.get(key, key in open_)
+                pending = since[key] if key in since else held.get(key)
+                name, up, level, clear_at = c.field, c.up, c.level, c.clear_at
+                for ts, fields in points:
+                    v = fields.get(name)
+                    if v is None or isinstance(v, bool | str):
+                        continue
+                    checked += 1
+                    if opened:
+                        if (v < clear_at) if up else (v > clear_at):
+                            steps.append(AlarmClear(c.id, originator, ts, {"value": v}))
+                            opened, pending = False, None
+                    elif (v > level) if up else (v < level):
+                        if pending is None:
+                            pending = ts
+                        if ts - pending >= c.hold_ns:
+                            steps.append(c.alarm(originator, gateway_id, ts, value=v, level=level, since=pending / 1e9))  # fmt: skip
+                            opened, pending = True, None
+                    else:
+                        pending = None
+                is_open[key], since[key] = opened, pending
+        self.metrics.evaluations += checked
+        if not since:
+            return
+        start: dict[tuple[str, str], AlarmCondition] = {}
+        stop: set[tuple[str, str]] = set()
         for key, pending in since.items():
             before = held.get(key)
             if pending is None and before is not None:
                 stop.add(key)
-            elif pending is not None and (before is None or before.since_ns != pending):
+            elif pending is not None and before != pending:
                 start[key] = AlarmCondition(key[0], key[1], pending)
         self._apply(AlarmChanges(steps, list(start.values()), sorted(stop)))
+        # What this replica now knows (the store's answer may differ: another replica raised
+        # first, or cleared it; then the next read says so).
+        for step in steps:
+            if isinstance(step, AlarmRecord):
+                open_.add((step.rule_id, step.originator))
+            else:
+                open_.discard((step.rule_id, step.originator))
+        for key in stop:
+            held.pop(key, None)
+        for held_cond in start.values():
+            held[(held_cond.rule_id, held_cond.originator)] = held_cond.since_ns
+
+    def _threshold_state(self) -> tuple[set[tuple[str, str]], dict[tuple[str, str], int]]:
+        """Open threshold alarms and held conditions, read at most every ``STATE_TTL_S``: a
+        reading is evaluated in memory, and only a change goes to the store. Another replica's
+        raise or clear is seen at the next read (a raise it made first is not made twice: the
+        store keeps one open alarm per rule and originator)."""
+        now = self._monotonic()
+        if now - self._state_read > self.STATE_TTL_S:
+            self._open = {(a.rule_id, a.originator) for a in self._docs.open_alarms_of_kind("threshold")}  # fmt: skip
+            self._held = {(c.rule_id, c.originator): c.since_ns for c in self._docs.all_conditions()}  # fmt: skip
+            self._state_read = now
+        return self._open, self._held
 
     def on_config_report(self, tenant: str, gateway_id: str, report: wire.ConfigReport) -> None:
         """A config rejected or rolled back raises ``config_failed``; one applied clears it."""

@@ -246,6 +246,20 @@ class SqlAlarmStore:
             ]
         return out
 
+    def open_alarms_of_kind(self, kind: str) -> list[AlarmRecord]:
+        return [
+            self._alarm(r)
+            for r in self._all(
+                f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL AND kind = ?", (kind,)
+            )
+        ]
+
+    def all_conditions(self) -> list[AlarmCondition]:
+        return [
+            AlarmCondition(r[0], r[1], int(r[2]), r[3])
+            for r in self._all("SELECT rule_id, originator, since_ns, value FROM alarm_conditions")
+        ]
+
     def conditions(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], AlarmCondition]:
         out: dict[tuple[str, str], AlarmCondition] = {}
         for chunk in _pairs(keys):
