@@ -388,8 +388,9 @@ class AlarmEvaluator:
             c = _Compiled(record, rule)
             cond = rule.condition
             if isinstance(cond, Threshold):
-                if not rule.edge:  # the gateway evaluates it and reports its alarms
-                    thresholds.setdefault((record.tenant, cond.measurement), _Candidates()).add(c)
+                # An edge rule too: the gateway's own raise and the collector's are the same
+                # alarm (one per rule and originator), whichever comes first.
+                thresholds.setdefault((record.tenant, cond.measurement), _Candidates()).add(c)
             elif isinstance(cond, ConfigFailed):
                 config_rules.append(c)
             else:
