@@ -17,6 +17,7 @@ from outpost_iot.agent._config import (
     HostSourceConfig,
     SimulatedSourceConfig,
 )
+from outpost_iot.agent._edge_alarms import EdgeAlarms
 from outpost_iot.agent._exceptions import BufferError
 from outpost_iot.agent._managed import ConfigReceiver
 from outpost_iot.agent._uplink import Uplink
@@ -127,6 +128,7 @@ class Agent:
         self.restart_requested = False
         self._restart = asyncio.Event()
         self._unrecorded: Counter[str] = Counter()  # drops not yet in the buffer (it failed)
+        self.edge_alarms = EdgeAlarms(config.gateway_id, config.alarms)
         self._unwritable_logged = wire.LogThrottle(60.0)
         self.uplink = Uplink(
             gateway_id=config.gateway_id,
@@ -175,6 +177,10 @@ class Agent:
         succeeds, then recorded with it) and the source goes on: nothing is dropped
         uncounted, and no source stops because the disk is full.
         """
+        if readings:  # edge alarm rules: their events go into the same commit
+            raised = self.edge_alarms.check(readings)
+            if raised:
+                events = [*events, *raised]
         owed = self._unrecorded
         counts = Counter(drops or {})
         counts.update(owed)
@@ -231,6 +237,7 @@ class Agent:
             self.restart_requested = True
             self._log.info("restarting into the new configuration")
         finally:
+            self.edge_alarms.close()
             self._notifier.stopping()
 
     async def _restart_when_asked(self) -> None:

@@ -24,6 +24,7 @@ from outpost_iot.agent.profiles import facts
 from outpost_iot.wire import (
     BufferConfig,
     DeviceConfig,
+    EdgeAlarms,
     HostSourceConfig,
     ManagedConfig,
     SimulatedSourceConfig,
@@ -111,6 +112,7 @@ class AgentConfig(BaseModel):
     buffer: BufferConfig = BufferConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    alarms: EdgeAlarms = EdgeAlarms()
 
     @model_validator(mode="after")
     def _unique_devices(self) -> AgentConfig:

@@ -74,6 +74,8 @@ def merge(base: dict[str, Any], managed: dict[str, Any]) -> dict[str, Any]:
             raw[section] = managed[section]
     if managed.get("log_level"):
         raw["log_level"] = managed["log_level"]
+    if managed.get("alarms") is not None:  # the rules replace; a local broker set here stays
+        raw["alarms"] = {**base.get("alarms", {}), **managed["alarms"]}
     if managed.get("uplink"):
         raw["uplink"] = {**base.get("uplink", {}), **managed["uplink"]}
     if managed.get("buffer"):

@@ -30,9 +30,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from outpost_iot import wire
+from outpost_iot.collector._configs import ConfigService
 from outpost_iot.collector._stream import Hub
 from outpost_iot.collector.stores import (
     ALL_TENANTS,
@@ -47,6 +49,7 @@ from outpost_iot.collector.stores import (
     TimeSeriesStore,
     alarm_json,
 )
+from outpost_iot.wire import series_originator
 
 _log = logging.getLogger("outpost.collector.alarms")
 _MODEL = ConfigDict(extra="forbid", frozen=True)
@@ -309,12 +312,6 @@ def _ts(point: tuple[int, Any]) -> int:
     return point[0]
 
 
-def series_originator(gateway: str, tags: dict[str, str]) -> str:
-    """``gw-1/device=freezer-1,room=cold`` (the gateway, then the series' other tags)."""
-    rest = ",".join(f"{k}={v}" for k, v in sorted(tags.items()) if k != "gateway")
-    return f"{gateway}/{rest}" if rest else gateway
-
-
 @dataclass
 class AlarmMetrics:
     rules: int = 0
@@ -359,6 +356,8 @@ class AlarmEvaluator:
         self._gateways_stale = True
         self._open: set[tuple[str, str]] = set()
         self._held: dict[tuple[str, str], int] = {}
+        self._edge: dict[str, _Compiled] = {}
+        self._synced: dict[str, bytes] = {}  # gateway → the edge rules its config carries
         self._state_read = -math.inf
         self.metrics = AlarmMetrics()
 
@@ -374,6 +373,7 @@ class AlarmEvaluator:
         if stamp == self._stamp and not force:
             return
         thresholds: dict[tuple[str, str], _Candidates] = {}
+        edge: dict[str, _Compiled] = {}
         config_rules, scheduled = [], []
         count = 0
         for record in self._docs.rules(ALL_TENANTS):
@@ -388,6 +388,8 @@ class AlarmEvaluator:
             c = _Compiled(record, rule)
             cond = rule.condition
             if isinstance(cond, Threshold):
+                if rule.edge:
+                    edge[record.id] = c
                 # An edge rule too: the gateway's own raise and the collector's are the same
                 # alarm (one per rule and originator), whichever comes first.
                 thresholds.setdefault((record.tenant, cond.measurement), _Candidates()).add(c)
@@ -402,6 +404,7 @@ class AlarmEvaluator:
                 scheduled,
             )
             self._stamp = stamp
+            self._edge = edge
         self.metrics.rules = count
 
     def _gateway(self, gateway_id: str) -> _Gateway | None:
@@ -520,6 +523,79 @@ class AlarmEvaluator:
             self._held = {(c.rule_id, c.originator): c.since_ns for c in self._docs.all_conditions()}  # fmt: skip
             self._state_read = now
         return self._open, self._held
+
+    def on_edge_events(self, events: Sequence[tuple[str, str, wire.Event]]) -> None:
+        """Alarms a gateway raised or cleared itself (``alarm`` events of its edge rules), at
+        their own time. A gateway speaks only for itself: an event for another gateway's
+        originator, a rule of another tenant, a rule not for the edge or out of its scope is
+        ignored and counted (``outpost_alarm_errors_total{where="edge"}``); the event itself is
+        kept with the others."""
+        found = [(t, gw, e) for t, gw, e in events if e.type == wire.ALARM_EVENT]
+        if not found:
+            return
+        self.refresh()
+        open_, _ = self._threshold_state()
+        steps: list[AlarmRecord | AlarmClear] = []
+        for tenant, gateway_id, e in found:
+            body = e.body
+            c = self._edge.get(str(body.get("rule")))
+            originator = body.get("originator")
+            g = self._gateway(gateway_id)
+            state = body.get("state")
+            if (
+                c is None
+                or g is None
+                or c.record.tenant != tenant
+                or not c.gateway_in_scope(g)
+                or not isinstance(originator, str)
+                or len(originator) > 1024
+                or not (originator == gateway_id or originator.startswith(gateway_id + "/"))
+                or state not in ("raised", "cleared")
+            ):
+                self.metrics.errors["edge"] = self.metrics.errors.get("edge", 0) + 1
+                continue
+            details: dict[str, Any] = {
+                k: body[k]
+                for k in ("value", "level", "since")
+                if isinstance(body.get(k), int | float) and not isinstance(body.get(k), bool)
+            }
+            details["at_edge"] = True
+            if state == "raised":
+                steps.append(c.alarm(originator, gateway_id, e.ts, **details))
+                open_.add((c.id, originator))
+            else:
+                steps.append(AlarmClear(c.id, originator, e.ts, details))
+                open_.discard((c.id, originator))
+        self._apply(AlarmChanges(steps))
+
+    def sync_edge_rules(self, configs: ConfigService) -> int:
+        """Give each gateway the edge rules whose scope includes it, in its desired config
+        (``alarms.rules``): a new signed version when they change. Returns how many gateways
+        were given a new version."""
+        self.refresh()
+        rules = sorted(self._edge.values(), key=lambda c: c.id)
+        changed = 0
+        for g in self._docs.gateways(None):
+            if g.revoked_ns:
+                continue
+            gw = _Gateway(g.id, g.tenant, g.site, tuple(g.tags))
+            wanted = [_edge_rule(c) for c in rules if c.gateway_in_scope(gw)]
+            key = orjson.dumps(wanted, option=orjson.OPT_SORT_KEYS)
+            if self._synced.get(g.id) == key:
+                continue
+            try:
+                current = configs.current(g.id)
+                have = (current.get("alarms") or {}).get("rules") or []
+                if orjson.dumps(have, option=orjson.OPT_SORT_KEYS) != key and (current or wanted):
+                    alarms = {**(current.get("alarms") or {}), "rules": wanted}
+                    configs.set_desired(g.id, {**current, "alarms": alarms}, "alarms")
+                    changed += 1
+            except Exception as exc:  # one gateway's config must not stop the others
+                self.metrics.errors["edge_sync"] = self.metrics.errors.get("edge_sync", 0) + 1
+                _log.error("cannot give gateway %s its edge alarm rules: %s", g.id, exc)
+                continue
+            self._synced[g.id] = key
+        return changed
 
     def on_config_report(self, tenant: str, gateway_id: str, report: wire.ConfigReport) -> None:
         """A config rejected or rolled back raises ``config_failed``; one applied clears it."""
@@ -692,11 +768,37 @@ class AlarmEvaluator:
             self._on_change()
 
 
-async def run_schedule(evaluator: AlarmEvaluator, interval_s: float) -> None:
-    """The scheduled rules, every ``interval_s``, until cancelled."""
+def _edge_rule(c: _Compiled) -> dict[str, Any]:
+    """A collector rule as the gateway evaluates it (``wire.EdgeRule``)."""
+    cond: Threshold = c.rule.condition  # type: ignore[assignment]
+    out: dict[str, Any] = {
+        "id": c.id,
+        "name": c.record.name,
+        "severity": c.record.severity,
+        "measurement": cond.measurement,
+        "field": cond.field,
+        "for_s": cond.for_s,
+    }
+    for k in ("above", "below", "clear"):
+        if getattr(cond, k) is not None:
+            out[k] = getattr(cond, k)
+    if c.device is not None:
+        out["device"] = c.device
+    if c.tags:
+        out["tags"] = dict(c.tags)
+    return out
+
+
+async def run_schedule(
+    evaluator: AlarmEvaluator, interval_s: float, configs: ConfigService | None = None
+) -> None:
+    """The scheduled rules, every ``interval_s``, until cancelled; with ``configs``, the
+    edge rules given to the gateways too."""
     while True:
         try:
             await asyncio.to_thread(evaluator.evaluate_scheduled)
+            if configs is not None:
+                await asyncio.to_thread(evaluator.sync_edge_rules, configs)
         except Exception as exc:  # a store outage must not stop the loop
             evaluator.metrics.errors["scheduled"] = evaluator.metrics.errors.get("scheduled", 0) + 1
             _log.error("scheduled alarm rules could not be evaluated: %s", exc)

@@ -50,13 +50,16 @@ class Collector:
     alarms: AlarmEvaluator
     deliveries: Deliveries
     alarm_interval_s: float
+    configs: ConfigService | None = None  # gives gateways their edge alarm rules
 
     async def run(self) -> None:
         """Until cancelled (or one part fails: then the others stop too)."""
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.service.run(), name="collector")
-                tg.create_task(run_schedule(self.alarms, self.alarm_interval_s), name="alarms")
+                tg.create_task(
+                    run_schedule(self.alarms, self.alarm_interval_s, self.configs), name="alarms"
+                )
                 tg.create_task(self.deliveries.run(), name="notifications")
                 if self.api is not None:
                     self.stream.bind(asyncio.get_running_loop())
@@ -186,6 +189,7 @@ def _build(config: CollectorConfig, docs: DocumentStore, ts: TimeSeriesStore) ->
         alarms=alarms,
         deliveries=deliveries,
         alarm_interval_s=config.alarms.interval_s,
+        configs=configs,
     )
 
 

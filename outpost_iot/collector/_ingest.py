@@ -581,6 +581,12 @@ class Ingestor:
             # Before the batch is marked stored: if this collector dies here, the batch comes
             # again and is evaluated again (raising nothing twice).
             self._evaluate("readings", self._alarms.on_stored if self._alarms else None, writes)
+            if self._alarms is not None and events:
+                self._evaluate(
+                    "edge alarms",
+                    self._alarms.on_edge_events,
+                    [(self._tenant(gw), gw, e) for gw, e in events],
+                )
             self._docs.record(
                 [
                     BatchRecord(

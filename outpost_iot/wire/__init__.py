@@ -9,6 +9,8 @@ never the agent.
 
 from outpost_iot.wire import _limits as limits
 from outpost_iot.wire import _topics as topics
+from outpost_iot.wire._alarms import EVENT_TYPE as ALARM_EVENT
+from outpost_iot.wire._alarms import EdgeAlarms, EdgeRule, series_originator
 from outpost_iot.wire._bounded import BoundedDict
 from outpost_iot.wire._codec import (
     VERSION,
@@ -85,6 +87,7 @@ PROP_SENT_MONO = "sent_mono_ns"
 PROP_SENT_WALL = "sent_wall_ns"
 
 __all__ = [
+    "ALARM_EVENT",
     "DISTRIBUTION",
     "MAX_BODY_BYTES",
     "MAX_FRAME_BYTES",
@@ -108,6 +111,8 @@ __all__ = [
     "ConfigEnvelope",
     "ConfigReport",
     "DeviceConfig",
+    "EdgeAlarms",
+    "EdgeRule",
     "EnvelopeRefused",
     "Event",
     "FieldValue",
@@ -163,6 +168,7 @@ __all__ = [
     "read_toml",
     "seal_config",
     "series_key",
+    "series_originator",
     "split_secrets",
     "topics",
     "unique_device_names",

@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator
 from pydantic import model_validator as _model_validator
 
+from outpost_iot.wire._alarms import EdgeAlarms
+
 _MODEL = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -171,6 +173,7 @@ class ManagedConfig(BaseModel):
     buffer: BufferConfig | None = None
     sources: list[SourceConfig] | None = None
     devices: list[DeviceConfig] | None = None
+    alarms: EdgeAlarms | None = None  # edge alarm rules (docs/alarms.md)
 
     @field_validator("buffer", mode="before")
     @classmethod

@@ -277,3 +277,50 @@ async def test_rules_alarms_and_acknowledgement_through_the_api(api: Api) -> Non
     assert (await api.get("/api/v1/alarms", status="open")).json() == []
     actions = [e.action for e in api.docs.audit_log("acme")]
     assert {"alarm_rule.create", "alarm.acknowledge", "alarm_rule.update", "alarm_rule.delete"} <= set(actions)  # fmt: skip
+
+
+def alarm_event(gw: str, seq: int, rule_id: str, originator: str, state: str, ts: int) -> Incoming:
+    """A batch carrying one ``alarm`` event, as a gateway's edge rule makes it."""
+    b = wire.Batch.model_validate(
+        {
+            "gw": gw, "stream": "s1", "boot": "b1", "seq": seq, "created": ts,
+            "clock": {"offset_ns": 0, "synced": True}, "series": [],
+            "events": [{"id": f"a{seq}", "type": "alarm", "ts": ts, "source": originator[:256],
+                        "body": {"rule": rule_id, "state": state, "originator": originator, "value": 3.5}}],
+        }
+    )  # fmt: skip
+    props = {wire.PROP_STREAM: "s1", wire.PROP_SEQ: str(seq)}
+    return Incoming(topics.up_batch(gw), wire.encode_batch(b), props, ts)
+
+
+async def test_edge_rules_reach_the_gateways_in_scope_and_their_alarms_come_back(api: Api) -> None:
+    a1, a2 = api.gateways["a1"], api.gateways["a2"]
+    rule = await make_rule(api, {**too_hot(for_s=30), "edge": True, "scope": {"gateway": a1, "device": "plug"}})  # fmt: skip
+    configs = api.app.state.services.configs
+    ev = AlarmEvaluator(docs=api.docs, timeseries=api.ts)
+    assert ev.sync_edge_rules(configs) == 1  # a1 only: a2 is out of scope and has no config
+    assert configs.current(a1)["alarms"]["rules"] == [
+        {"id": rule["id"], "name": "Plug drawing too much", "severity": "critical",
+         "measurement": "power", "field": "w", "above": 10.0, "clear": 8.0, "for_s": 30.0, "device": "plug"}
+    ]  # fmt: skip
+    assert configs.current(a2) == {}
+    assert ev.sync_edge_rules(configs) == 0  # nothing changed: no new version
+    # The gateway raises it while its uplink is down; the event comes later, with its own time.
+    ingest, _ = replica(api)
+    ingest.handle([alarm_event(a1, 1, rule["id"], f"{a1}/device=plug", "raised", T0)])
+    [a] = alarms_of(api, rule["id"])
+    assert (a.raised_ns, a.originator, a.details) == (T0, f"{a1}/device=plug", {"value": 3.5, "at_edge": True})  # fmt: skip
+    # A gateway speaks only for itself: not for another's originator, not out of the scope.
+    ingest.handle([alarm_event(a1, 2, rule["id"], f"{a2}/device=plug", "raised", T0)])
+    ingest.handle([alarm_event(a2, 1, rule["id"], f"{a2}/device=plug", "raised", T0)])
+    assert len(alarms_of(api, rule["id"])) == 1
+    assert ingest._alarms.metrics.errors["edge"] == 2  # type: ignore[union-attr]
+    ingest.handle([alarm_event(a1, 3, rule["id"], f"{a1}/device=plug", "cleared", T0 + 60 * S)])
+    [a] = alarms_of(api, rule["id"])
+    assert a.cleared_ns == T0 + 60 * S
+    # The rule deleted: the gateway's config no longer carries it.
+    op = {"Authorization": f"Bearer {api.tokens['operator-a']}"}
+    assert (await api.client.delete(f"/api/v1/alarm-rules/{rule['id']}", headers=op)).status_code == 204  # fmt: skip
+    ev.refresh(force=True)
+    assert ev.sync_edge_rules(configs) == 1
+    assert configs.current(a1)["alarms"]["rules"] == []

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from outpost_iot.dev._processes import LocalBroker, free_port, spawn, stop
 from tests._wait import wait_until
@@ -68,6 +70,8 @@ from_address = "outpost@example.net"
         f.write(
             f'\n[[devices]]\nname = "zigbee"\nprofile = "zigbee2mqtt"\n'
             f'target = "mqtt://127.0.0.1:{site_broker.port}"\n'
+            # Edge alarms are published on the site's broker too (for local automation).
+            f'\n[alarms]\nlocal_broker = "mqtt://127.0.0.1:{site_broker.port}"\n'
         )
     token = collector(harness, "api-token", "create", "--tenant", "acme", "--role", "operator", "--name", "ops").split()[0]  # fmt: skip
     agent = spawn(
@@ -182,3 +186,60 @@ def test_a_gateway_killed_raises_the_offline_alarm_after_its_duration(
     assert alarm["raised"] - alarm["details"]["last_seen"] >= 5
     assert alarm["raised"] >= killed + 4  # not before its duration (to a second)
     wait_until(lambda: deliveries(s) == [("raised", "Gateway offline")], timeout=30, what="the webhook", seen=lambda: deliveries(s))  # fmt: skip
+
+
+def test_an_edge_rule_raises_on_site_while_the_uplink_is_down_and_reaches_the_collector_later(
+    site: dict[str, Any],
+) -> None:
+    s = site
+    rule = call(s, "POST", "/api/v1/alarm-rules", {
+        "name": "Freezer too warm", "severity": "critical", "edge": True,
+        "condition": {"kind": "threshold", "measurement": "sensor", "field": "temperature_c", "above": -15, "clear": -17},
+        "scope": {"device": "freezer"},
+    })  # fmt: skip
+    # The rule travels in the gateway's signed config, and the gateway applies it.
+    wait_until(
+        lambda: (
+            (c := call(s, "GET", f"/api/v1/gateways/{s['gw']}/config"))["in_sync"]
+            and c["desired"]["config"]["alarms"]["rules"][0]["id"] == rule["id"]
+        ),
+        timeout=60,
+        what="the edge rule applied on the gateway",
+    )
+    freezer(s, -20.0)
+    wait_until(
+        lambda: call(s, "GET", "/api/v1/series/latest", measurement="sensor", tag="device:freezer"),
+        timeout=30,
+        what="the freezer's readings stored",
+    )
+    on_site: dict[str, Any] = {}
+
+    def watch(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        on_site[m.topic] = json.loads(m.payload)
+
+    local = mqtt.Client(CallbackAPIVersion.VERSION2)
+    local.on_message = watch
+    local.connect("127.0.0.1", s["site_port"])
+    local.subscribe("outpost/alarms/#", qos=1)
+    local.loop_start()
+    try:
+        s["h"].broker.stop()  # the uplink is down
+        freezer(s, -10.0)
+        topic = f"outpost/alarms/{s['gw']}/{rule['id']}"
+        wait_until(lambda: topic in on_site, timeout=30, what="the alarm on the site's broker")
+        assert on_site[topic]["state"] == "raised"
+        raised_on_site = on_site[topic]["ts"]
+        assert call(s, "GET", "/api/v1/alarms") == []  # the collector has not heard of it
+        back = time.time()
+        s["h"].broker.start()
+        wait_until(lambda: call(s, "GET", "/api/v1/alarms"), timeout=60, what="the alarm at the collector")  # fmt: skip
+    finally:
+        local.loop_stop()
+        local.disconnect()
+    [alarm] = call(s, "GET", "/api/v1/alarms")
+    # Raised at its own time, on site, before the uplink came back.
+    assert alarm["raised"] == pytest.approx(raised_on_site, abs=0.01)
+    assert alarm["raised"] < back
+    assert alarm["details"]["value"] == -10.0
+    events = call(s, "GET", "/api/v1/events", gateway=s["gw"], type="alarm")["events"]
+    assert [(e["body"]["state"], e["body"]["rule"]) for e in events] == [("raised", rule["id"])]

@@ -1,0 +1,69 @@
+"""Edge alarm rules on the gateway: raised and cleared by the readings as they are collected
+(hysteresis, hold time, scope), as events in the buffer's commit, and published retained on the
+site's broker for local automation."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from outpost_iot import wire
+from outpost_iot.agent._edge_alarms import EdgeAlarms
+from outpost_iot.dev._processes import LocalBroker
+from tests._wait import wait_until
+
+S = 10**9
+RULE = wire.EdgeRule(id="rule-1", name="Freezer too warm", severity="critical", measurement="sensor", field="temperature_c", above=-15, clear=-17, for_s=60, device="freezer")  # fmt: skip
+
+
+def reading(t: int, celsius: float, device: str = "freezer") -> wire.Reading:
+    return wire.Reading(measurement="sensor", tags={"device": device}, fields={"temperature_c": celsius}, ts=t * S)  # fmt: skip
+
+
+def test_a_rule_raises_after_its_hold_time_and_clears_past_its_clear_level() -> None:
+    edge = EdgeAlarms("gw-1", wire.EdgeAlarms(rules=[RULE]))
+    assert edge.check([reading(0, -12), reading(30, -11)]) == []  # above, not for 60 s yet
+    assert edge.check([reading(40, -16)]) == []  # back in the band: the hold starts again
+    assert edge.check([reading(50, -14), reading(100, -13), reading(105, -10, device="other")]) == []  # fmt: skip
+    [raised] = edge.check([reading(110, -12)])
+    assert (raised.type, raised.ts, raised.source) == ("alarm", 110 * S, "gw-1/device=freezer")
+    assert raised.body == {
+        "rule": "rule-1", "name": "Freezer too warm", "severity": "critical", "state": "raised",
+        "originator": "gw-1/device=freezer", "value": -12.0, "level": -15.0, "since": 50.0,
+    }  # fmt: skip
+    assert edge.check([reading(120, -9), reading(130, -16)]) == []  # still open: in the band
+    [cleared] = edge.check([reading(140, -18)])
+    assert (cleared.body["state"], cleared.ts, cleared.body["value"]) == ("cleared", 140 * S, -18.0)
+    assert (edge.raised, edge.cleared) == (1, 1)
+
+
+def test_alarms_are_published_retained_on_the_site_broker(site_broker: LocalBroker) -> None:
+    got: dict[str, dict[str, object]] = {}
+    seen = threading.Event()
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        got[m.topic] = json.loads(m.payload)
+        seen.set()
+
+    edge = EdgeAlarms("gw-1", wire.EdgeAlarms(rules=[RULE.model_copy(update={"for_s": 0})], local_broker=f"mqtt://127.0.0.1:{site_broker.port}"))  # fmt: skip
+    try:
+        wait_until(lambda: edge._publisher is not None and edge._publisher._client.is_connected(), timeout=20, what="the site broker")  # fmt: skip
+        edge.check([reading(1, -10)])
+    finally:
+        edge.close()
+    # A home-automation client that connects afterwards still sees the alarm (retained).
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.on_message = on_message
+    c.connect("127.0.0.1", site_broker.port)
+    c.subscribe("outpost/alarms/#", qos=1)
+    c.loop_start()
+    try:
+        assert seen.wait(20)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    msg = got["outpost/alarms/gw-1/rule-1"]
+    assert (msg["state"], msg["ts"], msg["value"]) == ("raised", 1.0, -10.0)
