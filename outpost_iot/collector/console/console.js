@@ -909,6 +909,8 @@ function rulesView() {
       tag: h("input", { id: "rule-tag", maxlength: 64, placeholder: "any" }),
       gateway: h("input", { id: "rule-gateway", maxlength: 64, placeholder: "any" }),
       device: h("input", { id: "rule-device", maxlength: 256, placeholder: "any" }),
+      notify: h("input", { id: "rule-notify", type: "checkbox", checked: true }),
+      edge: h("input", { id: "rule-edge", type: "checkbox" }),
     };
     const conditionBox = h("div", { class: "inline" });
     const inputs = new Map(); // "condition.x" and "scope.x" → input
@@ -933,6 +935,9 @@ function rulesView() {
       conditionBox,
       h("div", { class: "inline" }, field("rule-site", "Site", f.site), field("rule-tag", "Gateway tag", f.tag),
         field("rule-gateway", "Gateway", f.gateway), field("rule-device", "Device", f.device)),
+      h("div", { class: "inline checks" },
+        h("label", { for: "rule-notify" }, f.notify, " Notify the endpoints"),
+        h("label", { for: "rule-edge" }, f.edge, " Also on the gateway (thresholds: raised on site even without uplink)")),
       h("p", {}, h("button", { type: "submit" }, "Add rule")), problems);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -946,7 +951,9 @@ function rulesView() {
       const scope = {};
       for (const k of ["site", "tag", "gateway", "device"]) if (f[k].value.trim()) scope[k] = f[k].value.trim();
       try {
-        await api("POST", "/api/v1/alarm-rules", { name: f.name.value.trim(), severity: f.severity.value, condition, scope });
+        await api("POST", "/api/v1/alarm-rules", {
+          name: f.name.value.trim(), severity: f.severity.value, condition, scope, notify: f.notify.checked, edge: f.edge.checked,
+        });
         said.replaceChildren(h("p", {}, `Rule "${f.name.value.trim()}" added.`));
         f.name.value = "";
         loadRules();
