@@ -324,3 +324,36 @@ async def test_edge_rules_reach_the_gateways_in_scope_and_their_alarms_come_back
     ev.refresh(force=True)
     assert ev.sync_edge_rules(configs) == 1
     assert configs.current(a1)["alarms"]["rules"] == []
+
+
+async def test_no_data_and_an_unavailable_device_raise_after_their_duration_and_clear(api: Api) -> None:  # fmt: skip
+    from outpost_iot.collector.stores import SeriesWrite
+    from outpost_iot.wire import Event
+
+    gw = api.gateways["a1"]
+    quiet = await make_rule(api, {"name": "quiet", "condition": {"kind": "no_data", "measurement": "power", "for_s": 600}})  # fmt: skip
+    away = await make_rule(api, {"name": "away", "condition": {"kind": "device_unavailable", "for_s": 300}})  # fmt: skip
+    now = T0 + 86400 * S
+    clock = [now]
+    ev = AlarmEvaluator(docs=api.docs, timeseries=api.ts, clock=lambda: clock[0])
+
+    def series(at: int) -> None:
+        api.ts.write([SeriesWrite("power", {"gateway": gw, "device": "plug"}, [(at, {"w": 1.0})], "acme")])  # fmt: skip
+
+    def availability(state: str, at: int, n: int) -> None:
+        api.docs.record([], [(gw, Event(id=f"av{n}", type="availability", ts=at, source="pump", body={"state": state}))])  # fmt: skip
+
+    series(now - 300 * S)  # 5 min ago: not yet quiet
+    availability("offline", now - 60 * S, 1)  # offline a minute: not yet away
+    ev.evaluate_scheduled()
+    assert alarms_of(api, quiet["id"]) == alarms_of(api, away["id"]) == []
+    clock[0] += 400 * S
+    ev.evaluate_scheduled()
+    [q] = alarms_of(api, quiet["id"])
+    [a] = alarms_of(api, away["id"])
+    assert (q.originator, q.details["last_reading"]) == (f"{gw}/device=plug", (now - 300 * S) / 1e9)
+    assert (a.originator, a.details["state"]) == (f"{gw}/device=pump", "offline")
+    series(clock[0])
+    availability("online", clock[0], 2)
+    ev.evaluate_scheduled()
+    assert [x.status for x in alarms_of(api, quiet["id"]) + alarms_of(api, away["id"])] == ["cleared", "cleared"]  # fmt: skip
