@@ -512,7 +512,13 @@ def test_an_operator_adds_a_rule_sees_its_alarm_arrive_live_and_acknowledges_it(
     page.get_by_label("Severity").first.select_option("critical")
     page.get_by_label("Device").fill(f"{HOSTILE}-1")
     page.get_by_role("button", name="Add rule").click()
-    page.locator("tr[data-rule]", has_text="Plug on").wait_for()
+    rule_row = page.locator("tr[data-rule]", has_text="Plug on")
+    rule_row.wait_for()
+    # Disabled and enabled again from the list (the API's PUT, the whole rule).
+    rule_row.get_by_role("button", name="Disable").click()
+    rule_row.locator(".rule-enabled", has_text="off").wait_for()
+    rule_row.get_by_role("button", name="Enable").click()
+    rule_row.locator(".rule-enabled", has_text="on").wait_for()
     # A webhook over plain http is refused, saying why.
     page.get_by_label("Name").nth(1).fill("ops")
     page.get_by_label("URL").fill("http://hooks.example.com/x")

@@ -982,9 +982,18 @@ function rulesView() {
       h("td", {}, `${r.condition.kind.replace(/_/g, " ")}${describe(r.condition) ? `: ${describe(r.condition)}` : ""}`),
       h("td", { class: "target" }, Object.entries(r.scope).filter(([, v]) => v !== null && !(typeof v === "object" && !Object.keys(v).length))
         .map(([k, v]) => h("span", { class: "badge" }, `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`))),
-      h("td", {}, r.enabled ? (r.edge ? "on, at the edge too" : "on") : "off"),
-      h("td", {}, isOperator() ? h("button", { type: "button", class: "danger", onclick: () => removeRule(r) }, "Delete") : "")));
+      h("td", { class: "rule-enabled" }, r.enabled ? (r.edge ? "on, at the edge too" : "on") : "off"),
+      h("td", {}, isOperator() ? [
+        h("button", { type: "button", class: "secondary", onclick: () => toggleRule(r) }, r.enabled ? "Disable" : "Enable"), " ",
+        h("button", { type: "button", class: "danger", onclick: () => removeRule(r) }, "Delete")] : "")));
     rulesBody.replaceChildren(table(["Severity", "Name", "Condition", "Scope", "Enabled", ""], rows, "No rules yet."));
+  }
+
+  async function toggleRule(r) {
+    const body = { name: r.name, severity: r.severity, enabled: !r.enabled, notify: r.notify, edge: r.edge, condition: r.condition, scope: r.scope };
+    for (const part of [body.condition, body.scope]) for (const [k, v] of Object.entries(part)) if (v === null) delete part[k];
+    try { await api("PUT", `/api/v1/alarm-rules/${encodeURIComponent(r.id)}`, body); loadRules(); }
+    catch (e) { said.replaceChildren(h("p", { class: "error" }, e.message)); }
   }
 
   async function removeRule(r) {
