@@ -211,8 +211,10 @@ class Deliveries:
         }
         try:
             r = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise Undeliverable(f"{type(exc).__name__}: {exc}"[:300]) from None
+        except httpx.TimeoutException:
+            raise Undeliverable(f"no answer within {self._cfg.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:  # the class only: a message may quote the URL's token
+            raise Undeliverable(f"cannot reach the receiver ({type(exc).__name__})") from None
         if not 200 <= r.status_code < 300:
             raise Undeliverable(f"HTTP {r.status_code} from the receiver")
 

@@ -170,13 +170,17 @@ async def test_an_endpoint_is_made_with_its_secret_shown_once_and_tested(
 ) -> None:
     op = {"Authorization": f"Bearer {api.tokens['operator-a']}"}
     # The fixture's API refuses http; this test's endpoint is saved as the API would save it.
-    r = await api.client.post("/api/v1/notification-endpoints", json={"name": "ops", "kind": "webhook", "url": "https://hooks.example.com/outpost", "min_severity": "major"}, headers=op)  # fmt: skip
+    url = "https://hooks.example.com/services/T0/B0/s3cr3tT0ken?x=1"  # the URL holds a token
+    r = await api.client.post("/api/v1/notification-endpoints", json={"name": "ops", "kind": "webhook", "url": url, "min_severity": "major"}, headers=op)  # fmt: skip
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["secret"].startswith("whsec_")
     listed = (await api.client.get("/api/v1/notification-endpoints", headers=op)).json()
     assert "secret" not in listed[0]
     assert made["secret"] not in json.dumps(listed)
+    assert made["url"] == listed[0]["url"] == "https://hooks.example.com/…"
+    assert "s3cr3tT0ken" not in json.dumps(listed) + r.text
+    assert "s3cr3tT0ken" not in json.dumps([e.detail for e in api.docs.audit_log("acme")])
     assert (await api.get("/api/v1/notification-endpoints", token="operator-b")).json() == []
     assert (await api.get("/api/v1/notification-endpoints", token="viewer-a")).status_code == 403
     # Pointed at the test's receiver, a test notification arrives, signed with that secret.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -303,13 +304,23 @@ class DeliveryOut(BaseModel):
     last_error: str
 
 
+def shown_url(url: str | None) -> str | None:
+    """A webhook URL without its path and query: a Slack or Teams URL holds its token there,
+    and the API never gives a secret back."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    hidden = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{hidden}"
+
+
 def _endpoint_out(e: NotifyEndpointRecord) -> dict[str, Any]:
     return {
         "id": e.id,
         "tenant": e.tenant,
         "name": e.name,
         "kind": e.kind,
-        "url": e.target.get("url"),
+        "url": shown_url(e.target.get("url")),
         "to": list(e.target.get("to", [])),
         "min_severity": e.min_severity,
         "enabled": e.enabled,
