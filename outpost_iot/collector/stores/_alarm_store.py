@@ -11,7 +11,7 @@ two replicas do not send it at the same time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -69,9 +69,32 @@ def alarm_json(alarm: AlarmRecord) -> dict[str, Any]:
     }
 
 
-def _pairs(keys: Sequence[tuple[str, str]]) -> list[Sequence[tuple[str, str]]]:
+def _where(tenant: str, prefix: str = "", **equal: object) -> tuple[str, list[Any]]:
+    """``true AND tenant = ? AND column = ? …`` for the filters given (None: any value); an
+    admin's ``*`` reads every tenant. ``prefix`` names the table (``e.``)."""
+    sql = "true"
+    args: list[Any] = []
+    if tenant != ALL_TENANTS:
+        sql += f" AND {prefix}tenant = ?"
+        args.append(tenant)
+    for column, value in equal.items():
+        if value is not None:
+            sql += f" AND {prefix}{column} = ?"
+            args.append(value)
+    return sql, args
+
+
+def _in(column: str, keys: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """``column IN (…)`` over ``keys`` (values, or pairs for a ``(a, b)`` column), a bounded
+    number at a time: ``(sql, args)`` per chunk."""
     unique = sorted(set(keys))
-    return [unique[i : i + _KEYS_PER_QUERY] for i in range(0, len(unique), _KEYS_PER_QUERY)]
+    for i in range(0, len(unique), _KEYS_PER_QUERY):
+        chunk = unique[i : i + _KEYS_PER_QUERY]
+        if chunk and isinstance(chunk[0], tuple):
+            marks = ", ".join(["(?, ?)"] * len(chunk))
+            yield f"{column} IN (VALUES {marks})", [x for pair in chunk for x in pair]
+        else:
+            yield f"{column} IN ({', '.join('?' * len(chunk))})", list(chunk)
 
 
 class SqlAlarmStore:
@@ -185,23 +208,14 @@ class SqlAlarmStore:
             )
 
     def rules(self, tenant: str, *, rule_id: str | None = None) -> list[AlarmRuleRecord]:
-        sql = f"SELECT {_RULE} FROM alarm_rules WHERE true"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = ?"
-            args.append(tenant)
-        if rule_id is not None:
-            sql += " AND id = ?"
-            args.append(rule_id)
-        return [self._rule(r) for r in self._all(sql + " ORDER BY created_ns, id", args)]
+        where, args = _where(tenant, id=rule_id)
+        sql = f"SELECT {_RULE} FROM alarm_rules WHERE {where} ORDER BY created_ns, id"
+        return [self._rule(r) for r in self._all(sql, args)]
 
     def delete_rule(self, tenant: str, rule_id: str) -> bool:
         with self._tx("delete an alarm rule") as cur:
-            sql, args = "DELETE FROM alarm_rules WHERE id = ?", [rule_id]
-            if tenant != ALL_TENANTS:
-                sql += " AND tenant = ?"
-                args.append(tenant)
-            cur.execute(sql, args)
+            where, args = _where(tenant, id=rule_id)
+            cur.execute(f"DELETE FROM alarm_rules WHERE {where}", args)
             if cur.rowcount == 0:
                 return False
             cur.execute(
@@ -218,74 +232,41 @@ class SqlAlarmStore:
     # -- alarms and conditions ----------------------------------------------------------------
 
     def open_alarms(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], AlarmRecord]:
-        out: dict[tuple[str, str], AlarmRecord] = {}
-        for chunk in _pairs(keys):
-            values = ", ".join(["(?, ?)"] * len(chunk))
-            rows = self._all(
-                f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL"
-                f" AND (rule_id, originator) IN (VALUES {values})",
-                [x for pair in chunk for x in pair],
-            )
-            for row in rows:
-                alarm = self._alarm(row)
-                out[(alarm.rule_id, alarm.originator)] = alarm
-        return out
+        found = self._open_where(_in("(rule_id, originator)", keys))
+        return {(a.rule_id, a.originator): a for a in found}
 
     def open_alarms_of(self, rule_ids: Sequence[str]) -> list[AlarmRecord]:
-        out: list[AlarmRecord] = []
-        ids = sorted(set(rule_ids))
-        for i in range(0, len(ids), _KEYS_PER_QUERY):
-            chunk = ids[i : i + _KEYS_PER_QUERY]
-            out += [
-                self._alarm(r)
-                for r in self._all(
-                    f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL"
-                    f" AND rule_id IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                )
-            ]
-        return out
+        return self._open_where(_in("rule_id", rule_ids))
 
     def open_alarms_of_kind(self, kind: str) -> list[AlarmRecord]:
+        return self._open_where([("kind = ?", [kind])])
+
+    def _open_where(self, filters: Iterable[tuple[str, list[Any]]]) -> list[AlarmRecord]:
         return [
             self._alarm(r)
+            for where, args in filters
             for r in self._all(
-                f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL AND kind = ?", (kind,)
+                f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL AND {where}", args
             )
         ]
 
     def all_conditions(self) -> list[AlarmCondition]:
-        return [
-            AlarmCondition(r[0], r[1], int(r[2]), r[3])
-            for r in self._all("SELECT rule_id, originator, since_ns, value FROM alarm_conditions")
-        ]
+        return self._conditions_where([("true", [])])
 
     def conditions(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], AlarmCondition]:
-        out: dict[tuple[str, str], AlarmCondition] = {}
-        for chunk in _pairs(keys):
-            values = ", ".join(["(?, ?)"] * len(chunk))
-            for row in self._all(
-                "SELECT rule_id, originator, since_ns, value FROM alarm_conditions"
-                f" WHERE (rule_id, originator) IN (VALUES {values})",
-                [x for pair in chunk for x in pair],
-            ):
-                out[(row[0], row[1])] = AlarmCondition(row[0], row[1], int(row[2]), row[3])
-        return out
+        found = self._conditions_where(_in("(rule_id, originator)", keys))
+        return {(c.rule_id, c.originator): c for c in found}
 
     def conditions_of(self, rule_ids: Sequence[str]) -> list[AlarmCondition]:
-        out: list[AlarmCondition] = []
-        ids = sorted(set(rule_ids))
-        for i in range(0, len(ids), _KEYS_PER_QUERY):
-            chunk = ids[i : i + _KEYS_PER_QUERY]
-            out += [
-                AlarmCondition(r[0], r[1], int(r[2]), r[3])
-                for r in self._all(
-                    "SELECT rule_id, originator, since_ns, value FROM alarm_conditions"
-                    f" WHERE rule_id IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                )
-            ]
-        return out
+        return self._conditions_where(_in("rule_id", rule_ids))
+
+    def _conditions_where(self, filters: Iterable[tuple[str, list[Any]]]) -> list[AlarmCondition]:
+        sql = "SELECT rule_id, originator, since_ns, value FROM alarm_conditions WHERE "
+        return [
+            AlarmCondition(r[0], r[1], int(r[2]), r[3])
+            for where, args in filters
+            for r in self._all(sql + where, args)
+        ]
 
     def apply_alarms(self, changes: AlarmChanges, now_ns: int) -> list[tuple[str, AlarmRecord]]:
         changed: list[tuple[str, AlarmRecord]] = []
@@ -380,12 +361,12 @@ class SqlAlarmStore:
 
     def ack_alarm(self, tenant: str, alarm_id: int, by: str, now_ns: int) -> AlarmRecord | None:
         with self._tx("acknowledge an alarm") as cur:
-            sql = "UPDATE alarms SET acked_ns = ?, acked_by = ? WHERE id = ? AND acked_ns IS NULL"
-            args: list[Any] = [now_ns, by, alarm_id]
-            if tenant != ALL_TENANTS:
-                sql += " AND tenant = ?"
-                args.append(tenant)
-            cur.execute(sql + f" RETURNING {_ALARM}", args)
+            where, args = _where(tenant, id=alarm_id)
+            cur.execute(
+                f"UPDATE alarms SET acked_ns = ?, acked_by = ? WHERE {where} AND acked_ns IS NULL"
+                f" RETURNING {_ALARM}",
+                [now_ns, by, *args],
+            )
             row = cur.fetchone()
         return None if row is None else self._alarm(row)
 
@@ -399,22 +380,17 @@ class SqlAlarmStore:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[AlarmRecord]:
-        sql = f"SELECT {_ALARM} FROM alarms WHERE true"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = ?"
-            args.append(tenant)
-        sql += {
-            None: "",
-            "open": " AND cleared_ns IS NULL",
-            "active": " AND cleared_ns IS NULL AND acked_ns IS NULL",
-            "acknowledged": " AND cleared_ns IS NULL AND acked_ns IS NOT NULL",
-            "cleared": " AND cleared_ns IS NOT NULL",
-        }[status]
-        for column, value in (("gateway_id", gateway_id), ("severity", severity)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
+        where, args = _where(tenant, gateway_id=gateway_id, severity=severity)
+        sql = (
+            f"SELECT {_ALARM} FROM alarms WHERE {where}"
+            + {
+                None: "",
+                "open": " AND cleared_ns IS NULL",
+                "active": " AND cleared_ns IS NULL AND acked_ns IS NULL",
+                "acknowledged": " AND cleared_ns IS NULL AND acked_ns IS NOT NULL",
+                "cleared": " AND cleared_ns IS NOT NULL",
+            }[status]
+        )
         if before_id is not None:
             sql += " AND id < ?"
             args.append(before_id)
@@ -423,25 +399,23 @@ class SqlAlarmStore:
         return [self._alarm(r) for r in self._all(sql, args)]
 
     def alarm_counts(self, tenant: str) -> dict[str, dict[str, int]]:
-        sql = "SELECT severity, acked_ns IS NOT NULL, count(*) FROM alarms WHERE cleared_ns IS NULL"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = ?"
-            args.append(tenant)
+        where, args = _where(tenant)
+        sql = (
+            "SELECT severity, acked_ns IS NOT NULL, count(*) FROM alarms"
+            f" WHERE cleared_ns IS NULL AND {where} GROUP BY 1, 2"
+        )
         out = {s: {"active": 0, "acknowledged": 0} for s in SEVERITY_RANK}
-        for severity, acked, n in self._all(sql + " GROUP BY 1, 2", args):
+        for severity, acked, n in self._all(sql, args):
             out[severity]["acknowledged" if acked else "active"] += int(n)
         return out
 
     def alarm_summary(self, tenant: str) -> dict[str, tuple[int, str]]:
-        sql = "SELECT gateway_id, count(*), max(rank) FROM alarms WHERE cleared_ns IS NULL"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = ?"
-            args.append(tenant)
-        return {
-            r[0]: (int(r[1]), _SEVERITY[int(r[2])]) for r in self._all(sql + " GROUP BY 1", args)
-        }
+        where, args = _where(tenant)
+        sql = (
+            "SELECT gateway_id, count(*), max(rank) FROM alarms"
+            f" WHERE cleared_ns IS NULL AND {where} GROUP BY 1"
+        )
+        return {r[0]: (int(r[1]), _SEVERITY[int(r[2])]) for r in self._all(sql, args)}
 
     # -- notification endpoints and the outbox -------------------------------------------------
 
@@ -468,23 +442,16 @@ class SqlAlarmStore:
     def endpoints(
         self, tenant: str, *, endpoint_id: str | None = None
     ) -> list[NotifyEndpointRecord]:
-        sql = f"SELECT {_ENDPOINT} FROM notify_endpoints e WHERE true"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND e.tenant = ?"
-            args.append(tenant)
-        if endpoint_id is not None:
-            sql += " AND e.id = ?"
-            args.append(endpoint_id)
-        return [self._endpoint(r) for r in self._all(sql + " ORDER BY e.created_ns, e.id", args)]
+        where, args = _where(tenant, "e.", id=endpoint_id)
+        sql = (
+            f"SELECT {_ENDPOINT} FROM notify_endpoints e WHERE {where} ORDER BY e.created_ns, e.id"
+        )
+        return [self._endpoint(r) for r in self._all(sql, args)]
 
     def delete_endpoint(self, tenant: str, endpoint_id: str) -> bool:
         with self._tx("delete a notification endpoint") as cur:
-            sql, args = "DELETE FROM notify_endpoints WHERE id = ?", [endpoint_id]
-            if tenant != ALL_TENANTS:
-                sql += " AND tenant = ?"
-                args.append(tenant)
-            cur.execute(sql, args)
+            where, args = _where(tenant, id=endpoint_id)
+            cur.execute(f"DELETE FROM notify_endpoints WHERE {where}", args)
             if cur.rowcount == 0:
                 return False
             cur.execute(
@@ -574,12 +541,6 @@ class SqlAlarmStore:
     def notifications(
         self, tenant: str, *, endpoint_id: str | None = None, limit: int = 100
     ) -> list[NotificationRecord]:
-        sql = f"SELECT {_NOTE} FROM notifications WHERE true"
-        args: list[Any] = []
-        if tenant != ALL_TENANTS:
-            sql += " AND tenant = ?"
-            args.append(tenant)
-        if endpoint_id is not None:
-            sql += " AND endpoint_id = ?"
-            args.append(endpoint_id)
-        return [self._note(r) for r in self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])]
+        where, args = _where(tenant, endpoint_id=endpoint_id)
+        sql = f"SELECT {_NOTE} FROM notifications WHERE {where} ORDER BY id DESC LIMIT ?"
+        return [self._note(r) for r in self._all(sql, [*args, limit])]
