@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from outpost_iot.collector.stores import _rows
 from outpost_iot.collector.stores._base import (
     ALL_TENANTS,
     SEVERITY_RANK,
@@ -31,22 +32,6 @@ if TYPE_CHECKING:
     from outpost_iot.collector.stores._sql import Cursor, Dialect
 
 _KEYS_PER_QUERY = 400  # (rule, originator) pairs in one IN list
-_ALARM = (
-    "id, tenant, rule_id, originator, gateway_id, severity, kind, name, raised_ns, details,"
-    " cleared_ns, acked_ns, acked_by"
-)
-_RULE = "id, tenant, name, severity, enabled, edge, notify, spec, created_ns, updated_ns, actor"
-_ENDPOINT = (
-    "e.id, e.tenant, e.name, e.kind, e.target, e.secret, e.min_rank, e.enabled, e.created_ns,"
-    " e.delivered, e.failures, e.last_error, e.last_failure_ns, e.last_success_ns,"
-    " (SELECT count(*) FROM notifications n WHERE n.endpoint_id = e.id"
-    " AND n.delivered_ns IS NULL AND NOT n.given_up)"
-)
-_NOTE = (
-    "id, tenant, endpoint_id, alarm_id, event, key, payload, created_ns, attempts, next_ns,"
-    " delivered_ns, last_error, given_up"
-)
-_SEVERITY = {rank: name for name, rank in SEVERITY_RANK.items()}
 
 
 def alarm_json(alarm: AlarmRecord) -> dict[str, Any]:
@@ -112,82 +97,12 @@ class SqlAlarmStore:
 
         def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
 
-    # -- rows ---------------------------------------------------------------------------------
-
-    def _alarm(self, row: Sequence[Any]) -> AlarmRecord:
-        return AlarmRecord(
-            id=int(row[0]),
-            tenant=row[1],
-            rule_id=row[2],
-            originator=row[3],
-            gateway_id=row[4],
-            severity=row[5],
-            kind=row[6],
-            name=row[7],
-            raised_ns=int(row[8]),
-            details=self.dialect.json_loads(row[9]),
-            cleared_ns=row[10],
-            acked_ns=row[11],
-            acked_by=row[12],
-        )
-
-    def _rule(self, row: Sequence[Any]) -> AlarmRuleRecord:
-        return AlarmRuleRecord(
-            id=row[0],
-            tenant=row[1],
-            name=row[2],
-            severity=row[3],
-            enabled=bool(row[4]),
-            edge=bool(row[5]),
-            notify=bool(row[6]),
-            spec=self.dialect.json_loads(row[7]),
-            created_ns=int(row[8]),
-            updated_ns=int(row[9]),
-            actor=row[10],
-        )
-
-    def _endpoint(self, row: Sequence[Any]) -> NotifyEndpointRecord:
-        return NotifyEndpointRecord(
-            id=row[0],
-            tenant=row[1],
-            name=row[2],
-            kind=row[3],
-            target=self.dialect.json_loads(row[4]),
-            secret=row[5],
-            min_severity=_SEVERITY[int(row[6])],
-            enabled=bool(row[7]),
-            created_ns=int(row[8]),
-            delivered=int(row[9]),
-            failures=int(row[10]),
-            last_error=row[11],
-            last_failure_ns=row[12],
-            last_success_ns=row[13],
-            pending=int(row[14]),
-        )
-
-    def _note(self, row: Sequence[Any]) -> NotificationRecord:
-        return NotificationRecord(
-            id=int(row[0]),
-            tenant=row[1],
-            endpoint_id=row[2],
-            alarm_id=row[3],
-            event=row[4],
-            key=row[5],
-            payload=self.dialect.json_loads(row[6]),
-            created_ns=int(row[7]),
-            attempts=int(row[8]),
-            next_ns=int(row[9]),
-            delivered_ns=row[10],
-            last_error=row[11],
-            given_up=bool(row[12]),
-        )
-
     # -- rules --------------------------------------------------------------------------------
 
     def save_rule(self, rule: AlarmRuleRecord) -> None:
         with self._tx("save an alarm rule") as cur:
             cur.execute(
-                f"INSERT INTO alarm_rules ({_RULE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO alarm_rules ({_rows.RULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET name = excluded.name, severity ="
                 " excluded.severity, enabled = excluded.enabled, edge = excluded.edge, notify ="
                 " excluded.notify, spec = excluded.spec, updated_ns = excluded.updated_ns,"
@@ -209,8 +124,8 @@ class SqlAlarmStore:
 
     def rules(self, tenant: str, *, rule_id: str | None = None) -> list[AlarmRuleRecord]:
         where, args = _where(tenant, id=rule_id)
-        sql = f"SELECT {_RULE} FROM alarm_rules WHERE {where} ORDER BY created_ns, id"
-        return [self._rule(r) for r in self._all(sql, args)]
+        sql = f"SELECT {_rows.RULE_COLUMNS} FROM alarm_rules WHERE {where} ORDER BY created_ns, id"
+        return [_rows.alarm_rule(r, self.dialect.json_loads) for r in self._all(sql, args)]
 
     def delete_rule(self, tenant: str, rule_id: str) -> bool:
         with self._tx("delete an alarm rule") as cur:
@@ -243,10 +158,11 @@ class SqlAlarmStore:
 
     def _open_where(self, filters: Iterable[tuple[str, list[Any]]]) -> list[AlarmRecord]:
         return [
-            self._alarm(r)
+            _rows.alarm(r, self.dialect.json_loads)
             for where, args in filters
             for r in self._all(
-                f"SELECT {_ALARM} FROM alarms WHERE cleared_ns IS NULL AND {where}", args
+                f"SELECT {_rows.ALARM_COLUMNS} FROM alarms WHERE cleared_ns IS NULL AND {where}",
+                args,
             )
         ]
 
@@ -321,12 +237,12 @@ class SqlAlarmStore:
     ) -> None:
         cur.execute(
             "UPDATE alarms SET cleared_ns = ?, details = ? WHERE rule_id = ? AND"
-            f" originator = ? AND cleared_ns IS NULL RETURNING {_ALARM}",
+            f" originator = ? AND cleared_ns IS NULL RETURNING {_rows.ALARM_COLUMNS}",
             (c.cleared_ns, self.dialect.json_value(c.details), c.rule_id, c.originator),
         )
         row = cur.fetchone()
         if row is not None:
-            stored = self._alarm(row)
+            stored = _rows.alarm(row, self.dialect.json_loads)
             changed.append(("cleared", stored))
             self._notify(cur, stored, "cleared", now_ns)
 
@@ -364,11 +280,11 @@ class SqlAlarmStore:
             where, args = _where(tenant, id=alarm_id)
             cur.execute(
                 f"UPDATE alarms SET acked_ns = ?, acked_by = ? WHERE {where} AND acked_ns IS NULL"
-                f" RETURNING {_ALARM}",
+                f" RETURNING {_rows.ALARM_COLUMNS}",
                 [now_ns, by, *args],
             )
             row = cur.fetchone()
-        return None if row is None else self._alarm(row)
+        return None if row is None else _rows.alarm(row, self.dialect.json_loads)
 
     def alarms(
         self,
@@ -382,7 +298,7 @@ class SqlAlarmStore:
     ) -> list[AlarmRecord]:
         where, args = _where(tenant, gateway_id=gateway_id, severity=severity)
         sql = (
-            f"SELECT {_ALARM} FROM alarms WHERE {where}"
+            f"SELECT {_rows.ALARM_COLUMNS} FROM alarms WHERE {where}"
             + {
                 None: "",
                 "open": " AND cleared_ns IS NULL",
@@ -396,7 +312,7 @@ class SqlAlarmStore:
             args.append(before_id)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        return [self._alarm(r) for r in self._all(sql, args)]
+        return [_rows.alarm(r, self.dialect.json_loads) for r in self._all(sql, args)]
 
     def alarm_counts(self, tenant: str) -> dict[str, dict[str, int]]:
         where, args = _where(tenant)
@@ -415,7 +331,7 @@ class SqlAlarmStore:
             "SELECT gateway_id, count(*), max(rank) FROM alarms"
             f" WHERE cleared_ns IS NULL AND {where} GROUP BY 1"
         )
-        return {r[0]: (int(r[1]), _SEVERITY[int(r[2])]) for r in self._all(sql, args)}
+        return {r[0]: (int(r[1]), _rows.SEVERITY_NAME[int(r[2])]) for r in self._all(sql, args)}
 
     # -- notification endpoints and the outbox -------------------------------------------------
 
@@ -443,10 +359,8 @@ class SqlAlarmStore:
         self, tenant: str, *, endpoint_id: str | None = None
     ) -> list[NotifyEndpointRecord]:
         where, args = _where(tenant, "e.", id=endpoint_id)
-        sql = (
-            f"SELECT {_ENDPOINT} FROM notify_endpoints e WHERE {where} ORDER BY e.created_ns, e.id"
-        )
-        return [self._endpoint(r) for r in self._all(sql, args)]
+        sql = f"SELECT {_rows.ENDPOINT_COLUMNS} FROM notify_endpoints e WHERE {where} ORDER BY e.created_ns, e.id"
+        return [_rows.endpoint(r, self.dialect.json_loads) for r in self._all(sql, args)]
 
     def delete_endpoint(self, tenant: str, endpoint_id: str) -> bool:
         with self._tx("delete a notification endpoint") as cur:
@@ -496,14 +410,19 @@ class SqlAlarmStore:
                 f"UPDATE notifications SET lease_ns = ? WHERE id IN ({marks})",
                 [now_ns + lease_ns, *ids],
             )
-            cur.execute(f"SELECT {_NOTE} FROM notifications WHERE id IN ({marks})", ids)
-            notes = [self._note(r) for r in cur.fetchall()]
             cur.execute(
-                f"SELECT {_ENDPOINT} FROM notify_endpoints e WHERE e.id IN"
+                f"SELECT {_rows.NOTIFICATION_COLUMNS} FROM notifications WHERE id IN ({marks})", ids
+            )
+            notes = [_rows.notification(r, self.dialect.json_loads) for r in cur.fetchall()]
+            cur.execute(
+                f"SELECT {_rows.ENDPOINT_COLUMNS} FROM notify_endpoints e WHERE e.id IN"
                 f" (SELECT endpoint_id FROM notifications WHERE id IN ({marks}))",
                 ids,
             )
-            endpoints = {e.id: e for e in (self._endpoint(r) for r in cur.fetchall())}
+            endpoints = {
+                e.id: e
+                for e in (_rows.endpoint(r, self.dialect.json_loads) for r in cur.fetchall())
+            }
         return sorted(
             ((n, endpoints[n.endpoint_id]) for n in notes if n.endpoint_id in endpoints),
             key=lambda pair: (pair[0].next_ns, pair[0].id),
@@ -542,5 +461,7 @@ class SqlAlarmStore:
         self, tenant: str, *, endpoint_id: str | None = None, limit: int = 100
     ) -> list[NotificationRecord]:
         where, args = _where(tenant, endpoint_id=endpoint_id)
-        sql = f"SELECT {_NOTE} FROM notifications WHERE {where} ORDER BY id DESC LIMIT ?"
-        return [self._note(r) for r in self._all(sql, [*args, limit])]
+        sql = f"SELECT {_rows.NOTIFICATION_COLUMNS} FROM notifications WHERE {where} ORDER BY id DESC LIMIT ?"
+        return [
+            _rows.notification(r, self.dialect.json_loads) for r in self._all(sql, [*args, limit])
+        ]

@@ -12,9 +12,14 @@ from typing import Any
 
 from outpost_iot.collector._exceptions import TokenRefused
 from outpost_iot.collector.stores._base import (
+    SEVERITY_RANK,
+    AlarmRecord,
+    AlarmRuleRecord,
     AuditEntry,
     EnrollmentTokenRecord,
     FleetGateway,
+    NotificationRecord,
+    NotifyEndpointRecord,
     QuarantineEntry,
     RolloutMember,
     RolloutRecord,
@@ -165,3 +170,100 @@ def member(row: Sequence[Any]) -> RolloutMember:
 def member_values(m: RolloutMember) -> tuple[Any, ...]:
     """The values of :data:`MEMBER_COLUMNS`, in order."""
     return tuple(getattr(m, column) for column in MEMBER_COLUMNS)
+
+
+# Alarms (collector.stores._alarm_store).
+ALARM_COLUMNS = (
+    "id, tenant, rule_id, originator, gateway_id, severity, kind, name, raised_ns, details,"
+    " cleared_ns, acked_ns, acked_by"
+)
+RULE_COLUMNS = (
+    "id, tenant, name, severity, enabled, edge, notify, spec, created_ns, updated_ns, actor"
+)
+ENDPOINT_COLUMNS = (
+    "e.id, e.tenant, e.name, e.kind, e.target, e.secret, e.min_rank, e.enabled, e.created_ns,"
+    " e.delivered, e.failures, e.last_error, e.last_failure_ns, e.last_success_ns,"
+    " (SELECT count(*) FROM notifications n WHERE n.endpoint_id = e.id"
+    " AND n.delivered_ns IS NULL AND NOT n.given_up)"
+)
+NOTIFICATION_COLUMNS = (
+    "id, tenant, endpoint_id, alarm_id, event, key, payload, created_ns, attempts, next_ns,"
+    " delivered_ns, last_error, given_up"
+)
+SEVERITY_NAME = {rank: name for name, rank in SEVERITY_RANK.items()}
+
+
+def alarm(row: Sequence[Any], json: Json) -> AlarmRecord:
+    """:data:`ALARM_COLUMNS`."""
+    return AlarmRecord(
+        id=int(row[0]),
+        tenant=row[1],
+        rule_id=row[2],
+        originator=row[3],
+        gateway_id=row[4],
+        severity=row[5],
+        kind=row[6],
+        name=row[7],
+        raised_ns=int(row[8]),
+        details=json(row[9]),
+        cleared_ns=row[10],
+        acked_ns=row[11],
+        acked_by=row[12],
+    )
+
+
+def alarm_rule(row: Sequence[Any], json: Json) -> AlarmRuleRecord:
+    """:data:`RULE_COLUMNS`."""
+    return AlarmRuleRecord(
+        id=row[0],
+        tenant=row[1],
+        name=row[2],
+        severity=row[3],
+        enabled=bool(row[4]),
+        edge=bool(row[5]),
+        notify=bool(row[6]),
+        spec=json(row[7]),
+        created_ns=int(row[8]),
+        updated_ns=int(row[9]),
+        actor=row[10],
+    )
+
+
+def endpoint(row: Sequence[Any], json: Json) -> NotifyEndpointRecord:
+    """:data:`ENDPOINT_COLUMNS`."""
+    return NotifyEndpointRecord(
+        id=row[0],
+        tenant=row[1],
+        name=row[2],
+        kind=row[3],
+        target=json(row[4]),
+        secret=row[5],
+        min_severity=SEVERITY_NAME[int(row[6])],
+        enabled=bool(row[7]),
+        created_ns=int(row[8]),
+        delivered=int(row[9]),
+        failures=int(row[10]),
+        last_error=row[11],
+        last_failure_ns=row[12],
+        last_success_ns=row[13],
+        pending=int(row[14]),
+    )
+
+
+def notification(row: Sequence[Any], json: Json) -> NotificationRecord:
+    """:data:`NOTIFICATION_COLUMNS`."""
+    return NotificationRecord(
+        id=int(row[0]),
+        tenant=row[1],
+        endpoint_id=row[2],
+        alarm_id=row[3],
+        event=row[4],
+        key=row[5],
+        payload=json(row[6]),
+        created_ns=int(row[7]),
+        attempts=int(row[8]),
+        next_ns=int(row[9]),
+        delivered_ns=row[10],
+        last_error=row[11],
+        given_up=bool(row[12]),
+    )
