@@ -643,10 +643,17 @@ class AlarmEvaluator:
             (x.rule_id, x.originator): x
             for x in self._docs.conditions_of([c.id for c in rules if c.record.kind == "drops"])
         }
-        live = [g for g in gateways if not g.revoked_ns]
+        # Each rule looks at its own tenant's gateways only, and at its own open alarms.
+        by_tenant: dict[str, list[tuple[FleetGateway, _Gateway]]] = {}
+        for g in gateways:
+            if not g.revoked_ns:
+                by_tenant.setdefault(g.tenant, []).append((g, self._gateways[g.id]))
+        open_of: dict[str, list[AlarmRecord]] = {}
+        for alarm in open_.values():
+            open_of.setdefault(alarm.rule_id, []).append(alarm)
         changes = _Changes()
         for c in rules:
-            facts = [(g, _Gateway(g.id, g.tenant, g.site, tuple(g.tags))) for g in live]
+            facts = by_tenant.get(c.record.tenant, [])
             in_scope = [g for g, gw in facts if c.gateway_in_scope(gw)]
             cond = c.rule.condition
             try:
@@ -666,9 +673,9 @@ class AlarmEvaluator:
                 _log.exception("alarm rule %s could not be evaluated: %s", c.id, exc)
             # A gateway that left the scope (decommissioned, retagged): its alarm clears.
             scoped = {g.id for g in in_scope}
-            for (rule_id, originator), alarm in open_.items():
-                if rule_id == c.id and alarm.gateway_id not in scoped:
-                    changes.steps.append(AlarmClear(rule_id, originator, now, {"reason": "out of scope"}))  # fmt: skip
+            for alarm in open_of.get(c.id, []):
+                if alarm.gateway_id not in scoped:
+                    changes.steps.append(AlarmClear(c.id, alarm.originator, now, {"reason": "out of scope"}))  # fmt: skip
         self._apply(AlarmChanges(changes.steps, changes.start, changes.stop))
 
     def _no_data(

@@ -209,6 +209,12 @@ async def test_scheduled_rules_follow_what_gateways_report(api: Api) -> None:
     ev.evaluate_scheduled()
     assert open_kinds() == {"certificate_expiring"}
     assert {a.rule_id for a in api.docs.alarms("acme")} == set(rules.values())
+    # Decommissioned: out of every rule's scope, its last alarm clears.
+    api.docs.revoke_gateway(gw, clock[0])
+    ev.evaluate_scheduled()
+    assert open_kinds() == set()
+    [cert] = [a for a in api.docs.alarms("acme") if a.kind == "certificate_expiring"]
+    assert cert.details == {"reason": "out of scope"}
 
 
 async def test_a_config_rejected_raises_and_one_applied_clears(api: Api) -> None:
