@@ -24,6 +24,7 @@ from outpost_iot.collector.stores import (
     ApiTokenRecord,
     AuditEntry,
     DocumentStore,
+    FleetGateway,
     QuarantineEntry,
     SessionRecord,
     TimeSeriesStore,
@@ -73,6 +74,23 @@ class Principal:
                 "this token reads its own tenant only; leave out the tenant parameter",
             )
         return self.tenant
+
+
+def find_gateway(svc: ApiServices, tenant: str, gateway_id: str) -> FleetGateway | None:
+    """The gateway's fleet row if ``tenant`` (or an admin's ``*``) may see it."""
+    for g in svc.documents.gateways(tenant):
+        if g.id == gateway_id:
+            return g
+    return None
+
+
+def gateway_or_404(svc: ApiServices, who: Principal, gateway_id: str) -> FleetGateway:
+    """The caller's gateway; another tenant's is indistinguishable from one that does not
+    exist (404)."""
+    found = find_gateway(svc, who.scope(None), gateway_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
+    return found
 
 
 def services(request: Request) -> ApiServices:

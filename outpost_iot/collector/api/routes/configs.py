@@ -10,9 +10,16 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from outpost_iot import wire
 from outpost_iot.collector._configs import ConfigInvalid, ConfigRefused, ConfigService
-from outpost_iot.collector.api._deps import Operator, Principal, Services, Viewer, audit
+from outpost_iot.collector.api._deps import (
+    Operator,
+    Principal,
+    Services,
+    Viewer,
+    audit,
+    gateway_or_404,
+)
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
-from outpost_iot.collector.stores import DesiredConfigRecord, FleetGateway
+from outpost_iot.collector.stores import DesiredConfigRecord
 
 # A desired config or patch from an API caller: nesting, size and integers bounded (wire._limits).
 ConfigDocument = Annotated[dict[str, Any], AfterValidator(wire.limits.bounded_config)]
@@ -65,13 +72,6 @@ class ConfigState(BaseModel):
     history: list[DesiredConfigOut]
 
 
-def _gateway(svc: Services, who: Principal, gateway_id: str) -> FleetGateway:
-    for g in svc.documents.gateways(who.scope(None)):
-        if g.id == gateway_id:
-            return g
-    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
-
-
 def _shown(record: Any) -> DesiredConfigOut:
     envelope = wire.ConfigEnvelope.model_validate_json(record.envelope)
     config = wire.join_secrets(envelope.config, dict.fromkeys(envelope.secrets, SEALED))
@@ -105,7 +105,7 @@ def _change(
     action: str,
     prefix: str,
 ) -> DesiredConfigOut:
-    g = _gateway(svc, who, gateway_id)
+    g = gateway_or_404(svc, who, gateway_id)
     if svc.configs is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this collector has no [pki]")
     if g.revoked_ns:
@@ -165,7 +165,7 @@ def patch_config(
 def get_config(gateway_id: str, svc: Services, who: Viewer) -> ConfigState:
     """Desired versus reported: the newest desired version, what the gateway last reported
     (applied, rejected with errors, rolled back with the reason) and the history (viewer)."""
-    _gateway(svc, who, gateway_id)
+    gateway_or_404(svc, who, gateway_id)
     records = svc.documents.desired_configs(gateway_id, limit=20)
     report = svc.documents.config_report(gateway_id)
     desired = _shown(records[0]) if records else None

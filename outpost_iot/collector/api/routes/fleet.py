@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from outpost_iot.collector import stores
-from outpost_iot.collector.api._deps import Operator, Principal, Services, Viewer, audit
+from outpost_iot.collector.api._deps import (
+    Operator,
+    Services,
+    Viewer,
+    audit,
+    find_gateway,
+    gateway_or_404,
+)
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
 
 router = APIRouter(prefix="/api/v1/gateways", tags=["fleet"], route_class=OffLoopJsonRoute)
@@ -81,22 +88,14 @@ def _summary(g: stores.FleetGateway) -> dict[str, Any]:
     }
 
 
-def _find(svc: Services, who: Principal, gateway_id: str) -> stores.FleetGateway:
-    for g in svc.documents.gateways(who.scope(None)):
-        if g.id == gateway_id:
-            return g
-    # Another tenant's gateway is indistinguishable from one that does not exist.
-    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no gateway {gateway_id!r}")
-
-
 def publish(svc: Services, tenant: str, gateway_id: str) -> None:
     """Tell the live stream's clients what the gateway's fleet row now says (after an
     enrollment, new tags, a decommission): pages show it without reloading."""
     if svc.stream is None:
         return
-    for g in svc.documents.gateways(tenant):
-        if g.id == gateway_id:
-            svc.stream.publish("gateway", g.tenant, g.id, _summary(g))
+    g = find_gateway(svc, tenant, gateway_id)
+    if g is not None:
+        svc.stream.publish("gateway", g.tenant, g.id, _summary(g))
 
 
 @router.get("")
@@ -132,17 +131,17 @@ def set_tags(
     gateway_id: str, body: TagsIn, svc: Services, who: Operator, request: Request
 ) -> GatewaySummary:
     """Replace the gateway's tags (operator); rollouts can target a tag."""
-    g = _find(svc, who, gateway_id)
+    g = gateway_or_404(svc, who, gateway_id)
     svc.documents.set_gateway_tags(gateway_id, body.tags)
     audit(svc, who, request, "gateway.tags", gateway_id, g.tenant, tags=sorted(set(body.tags)))
     publish(svc, g.tenant, gateway_id)
-    return GatewaySummary(**_summary(_find(svc, who, gateway_id)))
+    return GatewaySummary(**_summary(gateway_or_404(svc, who, gateway_id)))
 
 
 @router.get("/{gateway_id}")
 def gateway_detail(gateway_id: str, svc: Services, who: Viewer) -> GatewayDetail:
     """One gateway (viewer); another tenant's gateway is a 404."""
-    g = _find(svc, who, gateway_id)
+    g = gateway_or_404(svc, who, gateway_id)
     status_ = g.status
     return GatewayDetail(
         **_summary(g),
@@ -158,7 +157,7 @@ def gateway_detail(gateway_id: str, svc: Services, who: Viewer) -> GatewayDetail
 @router.get("/{gateway_id}/devices")
 def gateway_devices(gateway_id: str, svc: Services, who: Viewer) -> Devices:
     """Devices behind the gateway, from what its sources reported, with availability."""
-    g = _find(svc, who, gateway_id)
+    g = gateway_or_404(svc, who, gateway_id)
     seen = svc.timeseries.devices(g.tenant, gateway_id) if svc.timeseries else {}
     availability = svc.documents.availability(g.tenant, gateway_id)
     names = sorted(set(seen) | set(availability))
