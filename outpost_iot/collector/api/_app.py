@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from outpost_iot.collector._version import version
 from outpost_iot.collector.api import _console
-from outpost_iot.collector.api._deps import ApiServices
+from outpost_iot.collector.api._deps import ApiServices, unprocessable
 from outpost_iot.collector.api._limits import AttemptLimiter, BodyLimit
 from outpost_iot.collector.api._metrics import metrics_text
 from outpost_iot.collector.api.routes import (
@@ -105,18 +105,10 @@ def create_app(services: ApiServices) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the field and the problem, never echo the input: it may hold a token.
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]}
-            for e in exc.errors()
-        ]
-        return JSONResponse(
-            {
-                "error": "invalid_request",
-                "detail": "the request does not validate",
-                "problems": problems,
-            },
-            status_code=422,
+        refused = unprocessable(
+            [(".".join(str(p) for p in e["loc"] if p != "body"), e["msg"]) for e in exc.errors()]
         )
+        return JSONResponse(refused.detail, status_code=refused.status_code)
 
     return app
 

@@ -76,6 +76,24 @@ class Principal:
         return self.tenant
 
 
+def unprocessable(
+    problems: list[tuple[str, str]],
+    *,
+    error: str = "invalid_request",
+    detail: str = "the request does not validate",
+) -> HTTPException:
+    """A 422 whose body names each field and its problem (never the value sent: it may hold
+    a secret); every refusal of the API's input has this shape."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        {
+            "error": error,
+            "detail": detail,
+            "problems": [{"field": f, "problem": p} for f, p in problems],
+        },
+    )
+
+
 def find_gateway(svc: ApiServices, tenant: str, gateway_id: str) -> FleetGateway | None:
     """The gateway's fleet row if ``tenant`` (or an admin's ``*``) may see it."""
     for g in svc.documents.gateways(tenant):

@@ -19,6 +19,7 @@ from outpost_iot.collector.api._deps import (
     Services,
     Viewer,
     audit,
+    unprocessable,
 )
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
 from outpost_iot.collector.stores import (
@@ -341,17 +342,6 @@ def _find_endpoint(svc: ApiServices, who: Principal, endpoint_id: str) -> Notify
     return found[0]
 
 
-def _refused(field: str, problem: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        {
-            "error": "invalid_request",
-            "detail": "the request does not validate",
-            "problems": [{"field": field, "problem": problem}],
-        },
-    )
-
-
 @router.get("/notification-endpoints")
 def list_endpoints(svc: Services, who: Operator, tenant: Tenant = None) -> list[EndpointOut]:
     """Where the tenant's alarms go, with each one's deliveries and failures (operator)."""
@@ -368,11 +358,13 @@ def create_endpoint(
     if body.kind == "webhook":
         problem = check_webhook_url(body.url or "", svc.alarms)
         if problem:
-            raise _refused("url", problem)
+            raise unprocessable([("url", problem)])
         target: dict[str, Any] = {"url": body.url}
     else:
         if not svc.smtp_configured:
-            raise _refused("kind", "this collector has no [smtp] server: email cannot be sent")
+            raise unprocessable(
+                [("kind", "this collector has no [smtp] server: email cannot be sent")]
+            )
         target = {"to": body.to}
     if len(svc.documents.endpoints(owner)) >= svc.alarms.max_endpoints:
         raise HTTPException(

@@ -17,6 +17,7 @@ from outpost_iot.collector.api._deps import (
     Viewer,
     audit,
     gateway_or_404,
+    unprocessable,
 )
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
 from outpost_iot.collector.stores import DesiredConfigRecord
@@ -84,14 +85,12 @@ def _shown(record: Any) -> DesiredConfigOut:
     )
 
 
-def _invalid(exc: ConfigInvalid, prefix: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        {
-            "error": "invalid_config",
-            "detail": "the config does not validate; nothing was signed or sent",
-            "problems": [{"field": f"{prefix}.{f}", "problem": p} for f, p in exc.problems],
-        },
+def invalid_config(exc: ConfigInvalid, prefix: str = "config") -> HTTPException:
+    """A desired config (or a rollout's) that does not validate: each problem by its field."""
+    return unprocessable(
+        [(f"{prefix}.{f}", p) for f, p in exc.problems],
+        error="invalid_config",
+        detail="the config does not validate; nothing was signed or sent",
     )
 
 
@@ -113,7 +112,7 @@ def _change(
     try:
         record = change(svc.configs, f"token:{who.token_id}")
     except ConfigInvalid as exc:
-        raise _invalid(exc, prefix) from None
+        raise invalid_config(exc, prefix) from None
     except ConfigRefused as exc:
         raise HTTPException(
             status.HTTP_409_CONFLICT, {"error": exc.reason, "detail": exc.detail}

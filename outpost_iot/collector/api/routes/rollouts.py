@@ -12,6 +12,7 @@ from outpost_iot.collector._configs import ConfigInvalid
 from outpost_iot.collector._rollouts import RolloutError, RolloutService, wave_progress
 from outpost_iot.collector.api._deps import Operator, Services, audit
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
+from outpost_iot.collector.api.routes.configs import invalid_config
 from outpost_iot.collector.stores import RolloutRecord
 from outpost_iot.wire import limits
 
@@ -160,14 +161,7 @@ def create_rollout(body: RolloutIn, svc: Services, who: Operator, request: Reque
             device_errors_fail=body.device_errors_fail,
         )
     except ConfigInvalid as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            {
-                "error": "invalid_config",
-                "detail": "the config does not validate; nothing was signed or sent",
-                "problems": [{"field": f"config.{f}", "problem": p} for f, p in exc.problems],
-            },
-        ) from None
+        raise invalid_config(exc) from None
     except RolloutError as exc:
         raise _problem(exc) from None
     rollout = svc.documents.rollouts(tenant, rollout_id=rollout_id)[0]
