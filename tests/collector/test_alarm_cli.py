@@ -10,19 +10,7 @@ from click.testing import CliRunner
 
 from outpost_iot.collector.cli import main as collector_cli
 from outpost_iot.collector.stores import AlarmChanges, AlarmRecord, SqliteDocumentStore
-
-
-def _config(tmp_path: Path) -> Path:
-    for name in ("ca.pem", "c.pem", "c.key"):
-        (tmp_path / name).write_text("")
-    cfg = tmp_path / "collector.toml"
-    cfg.write_text(
-        f'[broker]\nca_file = "{tmp_path / "ca.pem"}"\ncert_file = "{tmp_path / "c.pem"}"\n'
-        f'key_file = "{tmp_path / "c.key"}"\n\n[stores]\n'
-        f'timeseries_path = "{tmp_path / "timeseries.db"}"\n'
-        f'documents_path = "{tmp_path / "documents.db"}"\n'
-    )
-    return cfg
+from tests.collector.test_export import stores_only_config
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -31,7 +19,7 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_rules_are_made_listed_and_deleted_and_alarms_acknowledged(tmp_path: Path) -> None:
-    cfg = str(_config(tmp_path))
+    cfg = str(stores_only_config(tmp_path))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "x", "condition": {"kind": "threshold", "measurement": "m", "field": "f", "above": "hot"}}))  # fmt: skip
     code, _, err = run("alarm-rule", "create", "--config", cfg, "--tenant", "acme", "--file", str(bad))  # fmt: skip

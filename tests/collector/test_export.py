@@ -44,16 +44,22 @@ def day_of_readings(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int
             ]
         )
     ts.close()
+    return stores_only_config(tmp_path), start
+
+
+def stores_only_config(folder: Path) -> Path:
+    """A collector config whose stores are ``timeseries.db`` and ``documents.db`` in
+    ``folder``: enough for the CLI's commands that read or change the stores."""
     for name in ("ca.pem", "c.pem", "c.key"):
-        (tmp_path / name).write_text("")
-    cfg = tmp_path / "collector.toml"
+        (folder / name).write_text("")
+    cfg = folder / "collector.toml"
     cfg.write_text(
-        f'[broker]\nca_file = "{tmp_path / "ca.pem"}"\ncert_file = "{tmp_path / "c.pem"}"\n'
-        f'key_file = "{tmp_path / "c.key"}"\n\n[stores]\n'
-        f'timeseries_path = "{tmp_path / "timeseries.db"}"\n'
-        f'documents_path = "{tmp_path / "documents.db"}"\n'
+        f'[broker]\nca_file = "{folder / "ca.pem"}"\ncert_file = "{folder / "c.pem"}"\n'
+        f'key_file = "{folder / "c.key"}"\n\n[stores]\n'
+        f'timeseries_path = "{folder / "timeseries.db"}"\n'
+        f'documents_path = "{folder / "documents.db"}"\n'
     )
-    return cfg, start
+    return cfg
 
 
 def run(*args: str) -> tuple[int, str, str]:

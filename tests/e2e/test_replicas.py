@@ -41,6 +41,7 @@ class Cluster:
     vm: VictoriaMetrics
     redis: Redis
     replicas: dict[str, subprocess.Popen[bytes] | None] = field(default_factory=dict)
+    api_ports: dict[str, int] = field(default_factory=dict)
 
     def config(self, name: str, api_port: int | None = None) -> Path:
         return collector_config(
@@ -74,6 +75,37 @@ allow_http = true
 allow_private_targets = true
 """,
         )
+
+    def start_with_apis(self, *names: str) -> dict[str, str]:
+        """Start replicas with their HTTPS API; returns name → base URL, each answering."""
+        urls = {}
+        for name in names:
+            port = free_port()
+            self.start(name, api_port=port)
+            self.api_ports[name] = port
+            urls[name] = f"https://localhost:{port}"
+        for url in urls.values():
+            wait_until(
+                lambda u=url: _reachable(
+                    lambda: httpx.get(f"{u}/healthz", verify=self.trust(), timeout=10)
+                ),
+                timeout=20,
+                what="the replicas' API",
+            )
+        return urls
+
+    def trust(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.h.broker.files.ca_cert))
+
+    def api_token(self, name: str, tenant: str, role: str) -> str:
+        """An API token made with the CLI against replica ``name``'s config."""
+        made = subprocess.run(
+            [sys.executable, "-m", "outpost_iot.collector.cli", "api-token", "create",
+             "--config", str(self.config(name, self.api_ports[name])),
+             "--tenant", tenant, "--role", role, "--name", f"{role}-{tenant}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return made.stdout.split()[0]
 
     def log(self, name: str) -> Path:
         return self.h.root / f"{name}.log"
@@ -224,23 +256,9 @@ def test_two_replicas_and_one_killed_raise_one_alarm_and_send_one_notification(
     replica is killed mid-load (its unacked batches come again, to the other): one alarm,
     one webhook delivery."""
     c = cluster
-    ports = {"replica-a": free_port(), "replica-b": free_port()}
-    for name, port in ports.items():
-        c.start(name, api_port=port)
-    trust = ssl.create_default_context(cafile=str(c.h.broker.files.ca_cert))
-    base = f"https://localhost:{ports['replica-b']}"
-    wait_until(
-        lambda: _reachable(lambda: httpx.get(f"{base}/healthz", verify=trust, timeout=10)),
-        timeout=20,
-        what="replica b's API",
-    )
-    made = subprocess.run(
-        [sys.executable, "-m", "outpost_iot.collector.cli", "api-token", "create",
-         "--config", str(c.config("replica-b", ports["replica-b"])),
-         "--tenant", "acme", "--role", "operator", "--name", "ops"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    headers = {"Authorization": f"Bearer {made.stdout.split()[0]}"}
+    base = c.start_with_apis("replica-a", "replica-b")["replica-b"]
+    trust = c.trust()
+    headers = {"Authorization": f"Bearer {c.api_token('replica-b', 'acme', 'operator')}"}
     gw = "gw-alarm"
     with psycopg.connect(c.dsn, autocommit=True) as conn:  # enrolled into tenant acme
         conn.execute("INSERT INTO gateways (id, tenant, site) VALUES (%s, 'acme', 'hq')", (gw,))
@@ -392,24 +410,9 @@ def test_a_stream_client_of_either_replica_sees_what_both_stored(cluster: Cluste
     stream client of either replica is sent the latest values of all of them, in the same
     order, and may resume on the other replica with the id one of them gave."""
     c = cluster
-    ports = {"replica-a": free_port(), "replica-b": free_port()}
-    for name, port in ports.items():
-        c.start(name, api_port=port)
-    trust = ssl.create_default_context(cafile=str(c.h.broker.files.ca_cert))
-    urls = {name: f"https://localhost:{port}" for name, port in ports.items()}
-    for url in urls.values():
-        wait_until(
-            lambda u=url: _reachable(lambda: httpx.get(f"{u}/healthz", verify=trust, timeout=10)),
-            timeout=20,
-            what="the API of both replicas",
-        )
-    made = subprocess.run(
-        [sys.executable, "-m", "outpost_iot.collector.cli", "api-token", "create",
-         "--config", str(c.config("replica-a", ports["replica-a"])),
-         "--tenant", "*", "--role", "admin", "--name", "stream"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    token = made.stdout.split()[0]
+    urls = c.start_with_apis("replica-a", "replica-b")
+    trust = c.trust()
+    token = c.api_token("replica-a", "*", "admin")
     gw = "gw-s1"
     readers = {
         name: StreamReader(url, token, trust, kind="latest", gateway=gw)
