@@ -178,9 +178,11 @@ class Agent:
         uncounted, and no source stops because the disk is full.
         """
         if readings:  # edge alarm rules: their events go into the same commit
-            raised = self.edge_alarms.check(readings)
+            raised, invalid = self.edge_alarms.check(readings)
             if raised:
                 events = [*events, *raised]
+            if invalid:
+                drops = {**(drops or {}), "invalid_event": (drops or {}).get("invalid_event", 0) + invalid}  # fmt: skip
         owed = self._unrecorded
         counts = Counter(drops or {})
         counts.update(owed)

@@ -38,12 +38,15 @@ class EdgeAlarms:
         self._publisher = _LocalPublisher(config.local_broker, config.topic_prefix, gateway_id) if config.local_broker and self._rules else None  # fmt: skip
         self.raised = 0
         self.cleared = 0
+        self._invalid = 0
 
-    def check(self, readings: Sequence[wire.Reading]) -> list[wire.Event]:
-        """The alarm events these readings cause (in their time order)."""
+    def check(self, readings: Sequence[wire.Reading]) -> tuple[list[wire.Event], int]:
+        """The alarm events these readings cause (in their time order), and how many could not
+        be made into an event (counted by the caller as ``invalid_event`` drops)."""
         if not self._rules:
-            return []
+            return [], 0
         out: list[wire.Event] = []
+        self._invalid = 0
         for r in sorted(readings, key=lambda x: x.ts):
             for rule in self._rules:
                 if not rule.matches(r.measurement, r.tags):
@@ -56,7 +59,7 @@ class EdgeAlarms:
                     out.append(event)
         if out and self._publisher is not None:
             self._publisher.publish(out)
-        return out
+        return out, self._invalid
 
     def _step(self, rule: wire.EdgeRule, originator: str, ts: int, v: float) -> wire.Event | None:
         key = (rule.id, originator)
@@ -81,7 +84,15 @@ class EdgeAlarms:
             self._since.pop(key, None)
         return None
 
-    def _event(self, rule: wire.EdgeRule, originator: str, ts: int, state: str, **details: Any) -> wire.Event:  # fmt: skip
+    def _event(self, rule: wire.EdgeRule, originator: str, ts: int, state: str, **details: Any) -> wire.Event | None:  # fmt: skip
+        try:
+            return self._made(rule, originator, ts, state, details)
+        except ValueError as exc:  # a value the wire refuses (a reading's own bounds): counted
+            self._invalid += 1
+            _log.warning("alarm %s on %s cannot be sent: %s", rule.id, wire.printable(originator[:200]), exc)  # fmt: skip
+            return None
+
+    def _made(self, rule: wire.EdgeRule, originator: str, ts: int, state: str, details: dict[str, Any]) -> wire.Event:  # fmt: skip
         return wire.Event(
             id=uuid.uuid4().hex,
             type=wire.ALARM_EVENT,

@@ -548,7 +548,7 @@ class AlarmEvaluator:
                 or c.record.tenant != tenant
                 or not c.gateway_in_scope(g)
                 or not isinstance(originator, str)
-                or len(originator) > 1024
+                or len(originator) > wire.MAX_ORIGINATOR_CHARS
                 or not (originator == gateway_id or originator.startswith(gateway_id + "/"))
                 or state not in ("raised", "cleared")
             ):

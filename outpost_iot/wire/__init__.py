@@ -10,7 +10,12 @@ never the agent.
 from outpost_iot.wire import _limits as limits
 from outpost_iot.wire import _topics as topics
 from outpost_iot.wire._alarms import EVENT_TYPE as ALARM_EVENT
-from outpost_iot.wire._alarms import EdgeAlarms, EdgeRule, series_originator
+from outpost_iot.wire._alarms import (
+    MAX_ORIGINATOR_CHARS,
+    EdgeAlarms,
+    EdgeRule,
+    series_originator,
+)
 from outpost_iot.wire._bounded import BoundedDict
 from outpost_iot.wire._codec import (
     VERSION,
@@ -91,6 +96,7 @@ __all__ = [
     "DISTRIBUTION",
     "MAX_BODY_BYTES",
     "MAX_FRAME_BYTES",
+    "MAX_ORIGINATOR_CHARS",
     "MAX_READINGS",
     "PROP_BOOT",
     "PROP_SENT_MONO",

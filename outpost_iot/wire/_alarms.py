@@ -9,6 +9,7 @@ own time when the uplink returns) and, when configured, is published on the site
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,10 +21,19 @@ MAX_EDGE_RULES = 1000
 Level = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15)]
 
 
+MAX_ORIGINATOR_CHARS = 1024
+
+
 def series_originator(gateway: str, tags: dict[str, str]) -> str:
-    """``gw-1/device=freezer-1,room=cold`` (the gateway, then the series' other tags)."""
+    """``gw-1/device=freezer-1,room=cold`` (the gateway, then the series' other tags). Tags
+    can make it long (64 of 1 KiB each): past :data:`MAX_ORIGINATOR_CHARS` it is cut and ends
+    with a digest of the whole, so it stays one name per series, the same on both sides."""
     rest = ",".join(f"{k}={v}" for k, v in sorted(tags.items()) if k != "gateway")
-    return f"{gateway}/{rest}" if rest else gateway
+    name = f"{gateway}/{rest}" if rest else gateway
+    if len(name) <= MAX_ORIGINATOR_CHARS:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[: MAX_ORIGINATOR_CHARS - 18]}#{digest}"
 
 
 class EdgeRule(BaseModel):

@@ -8,6 +8,8 @@ import json
 import threading
 
 import paho.mqtt.client as mqtt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from outpost_iot import wire
@@ -25,17 +27,17 @@ def reading(t: int, celsius: float, device: str = "freezer") -> wire.Reading:
 
 def test_a_rule_raises_after_its_hold_time_and_clears_past_its_clear_level() -> None:
     edge = EdgeAlarms("gw-1", wire.EdgeAlarms(rules=[RULE]))
-    assert edge.check([reading(0, -12), reading(30, -11)]) == []  # above, not for 60 s yet
-    assert edge.check([reading(40, -16)]) == []  # back in the band: the hold starts again
-    assert edge.check([reading(50, -14), reading(100, -13), reading(105, -10, device="other")]) == []  # fmt: skip
-    [raised] = edge.check([reading(110, -12)])
+    assert edge.check([reading(0, -12), reading(30, -11)]) == ([], 0)  # above, not for 60 s yet
+    assert edge.check([reading(40, -16)]) == ([], 0)  # back in the band: the hold starts again
+    assert edge.check([reading(50, -14), reading(100, -13), reading(105, -10, device="other")]) == ([], 0)  # fmt: skip
+    [raised], _ = edge.check([reading(110, -12)])
     assert (raised.type, raised.ts, raised.source) == ("alarm", 110 * S, "gw-1/device=freezer")
     assert raised.body == {
         "rule": "rule-1", "name": "Freezer too warm", "severity": "critical", "state": "raised",
         "originator": "gw-1/device=freezer", "value": -12.0, "level": -15.0, "since": 50.0,
     }  # fmt: skip
-    assert edge.check([reading(120, -9), reading(130, -16)]) == []  # still open: in the band
-    [cleared] = edge.check([reading(140, -18)])
+    assert edge.check([reading(120, -9), reading(130, -16)]) == ([], 0)  # still open: in the band
+    [cleared], _ = edge.check([reading(140, -18)])
     assert (cleared.body["state"], cleared.ts, cleared.body["value"]) == ("cleared", 140 * S, -18.0)
     assert (edge.raised, edge.cleared) == (1, 1)
 
@@ -67,3 +69,36 @@ def test_alarms_are_published_retained_on_the_site_broker(site_broker: LocalBrok
         c.disconnect()
     msg = got["outpost/alarms/gw-1/rule-1"]
     assert (msg["state"], msg["ts"], msg["value"]) == ("raised", 1.0, -10.0)
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=1024)
+_value = st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False, width=64), st.text(max_size=50))  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    readings=st.lists(
+        st.builds(
+            lambda tags, v, t: wire.Reading(
+                measurement="sensor", tags=tags, fields={"temperature_c": v}, ts=t
+            ),
+            st.dictionaries(st.from_regex(r"[a-z_]{1,16}", fullmatch=True), _text, max_size=64),
+            _value,
+            st.integers(0, wire.limits.TIME_MAX_NS),
+        ),
+        max_size=30,
+    )
+)
+def test_any_readings_give_valid_events_or_counted_drops_never_an_error(readings: list[wire.Reading]) -> None:  # fmt: skip
+    """Whatever a device sends (64 tags of a kilobyte, any value, any time), the edge rules
+    answer with events the wire accepts, each for one originator of bounded length, or count
+    what they could not send; they never fail the source that handed the readings over."""
+    rule = RULE.model_copy(update={"device": None, "for_s": 0})
+    edge = EdgeAlarms("gw-1", wire.EdgeAlarms(rules=[rule]))
+    events, invalid = edge.check(readings)
+    assert invalid == 0
+    for e in events:
+        wire.Event.model_validate(e.model_dump())
+        assert len(e.body["originator"]) <= wire.MAX_ORIGINATOR_CHARS
+        assert e.body["originator"].startswith("gw-1")
+    assert len(events) == edge.raised + edge.cleared

@@ -9,12 +9,14 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from outpost_iot import wire
 from outpost_iot.collector._alarms import AlarmEvaluator
 from outpost_iot.collector._ingest import Incoming, Ingestor
 from outpost_iot.collector.stores import AlarmRecord, NotifyEndpointRecord
-from outpost_iot.wire import ConfigReport, GatewayState, topics
+from outpost_iot.wire import ConfigReport, Event, GatewayState, topics
 from tests.collector._api_fixture import T0, Api
 
 S = 10**9
@@ -363,3 +365,60 @@ async def test_no_data_and_an_unavailable_device_raise_after_their_duration_and_
     availability("online", clock[0], 2)
     ev.evaluate_scheduled()
     assert [x.status for x in alarms_of(api, quiet["id"]) + alarms_of(api, away["id"])] == ["cleared", "cleared"]  # fmt: skip
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@example(bodies=[{"rule": "RULE", "state": "raised", "originator": "OTHER/device=plug"}])
+@example(bodies=[{"rule": "RULE", "state": "raised", "originator": "x" * 2000}])
+@given(
+    bodies=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "rule": st.sampled_from(["RULE", "rule-nope", ""]) | _json,
+                "state": st.sampled_from(["raised", "cleared", "teleported"]) | _json,
+                "originator": st.sampled_from(
+                    ["SELF/device=plug", "OTHER/device=plug", "SELF", "x" * 2000]
+                )
+                | _json,
+                "value": _json,
+                "since": _json,
+            },
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+async def test_no_alarm_event_a_gateway_sends_raises_for_another_or_fails(
+    api: Api, bodies: list[dict[str, Any]]
+) -> None:
+    """Whatever ``alarm`` events a gateway sends, the collector raises at most alarms of the
+    tenant's edge rules in its scope, on the gateway's own originators, and never fails."""
+    a1, a2 = api.gateways["a1"], api.gateways["a2"]
+    if not api.docs.rules("acme"):
+        await make_rule(api, {**too_hot(), "edge": True, "scope": {"gateway": a1}})
+    [rule] = api.docs.rules("acme")
+    ev = AlarmEvaluator(docs=api.docs, timeseries=api.ts)
+    events = []
+    for i, body in enumerate(bodies):
+        body = {k: (v.replace("SELF", a1).replace("OTHER", a2).replace("RULE", rule.id) if isinstance(v, str) else v) for k, v in body.items()}  # fmt: skip
+        events.append(("acme", a1, Event(id=f"e{i}", type="alarm", ts=T0 + i, source="x", body=body)))  # fmt: skip
+    ev.on_edge_events(events)
+    for alarm in api.docs.alarms("*", limit=1000):
+        assert alarm.rule_id == rule.id
+        assert alarm.originator == a1 or alarm.originator.startswith(a1 + "/")
+        assert alarm.gateway_id == a1
+        assert len(alarm.originator) <= 1024
