@@ -234,12 +234,12 @@ class Agent:
                 if self._receiver is not None:
                     tg.create_task(self._config_guard(self._receiver), name="config-guard")
                 tg.create_task(self._restart_when_asked(), name="restart")
+                tg.create_task(self.edge_alarms.run(), name="alarms")
                 self._notifier.ready(self._status())
         except* _Restart:
             self.restart_requested = True
             self._log.info("restarting into the new configuration")
         finally:
-            self.edge_alarms.close()
             self._notifier.stopping()
 
     async def _restart_when_asked(self) -> None:

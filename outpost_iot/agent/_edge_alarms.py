@@ -3,7 +3,8 @@
 Each reading handed to the buffer is checked against the rules of the ``alarms`` section (sent
 by the collector in the signed config). A raise or a clear becomes an ``alarm`` event in the
 same commit as the readings — shipped with its own time whenever the uplink allows — and,
-with ``alarms.local_broker``, a message on the site's broker for local automation:
+with ``alarms.local_broker``, a message on the site's broker for local automation (sent by
+:meth:`EdgeAlarms.run`, a task of the agent):
 ``<topic_prefix>/<gateway>/<rule id>``, JSON, retained (the current state of each rule).
 
 The state (open or not, held since) lives in memory: after a restart the first readings set it
@@ -13,16 +14,18 @@ gateway no longer knows it raised.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiomqtt
 import orjson
 
-from outpost_iot import wire
+from outpost_iot import mqtt, wire
 
 _log = logging.getLogger("outpost.agent.alarms")
 
@@ -58,7 +61,7 @@ class EdgeAlarms:
                 if event is not None:
                     out.append(event)
         if out and self._publisher is not None:
-            self._publisher.publish(out)
+            self._publisher.put(out)
         return out, self._invalid
 
     def _step(self, rule: wire.EdgeRule, originator: str, ts: int, v: float) -> wire.Event | None:
@@ -108,42 +111,62 @@ class EdgeAlarms:
             },
         )
 
-    def close(self) -> None:
+    async def run(self) -> None:
+        """Publish on the site's broker, when configured (until cancelled)."""
         if self._publisher is not None:
-            self._publisher.close()
+            await self._publisher.run()
 
 
 class _LocalPublisher:
-    """Publishes alarm events on the site's broker; never blocks the caller, never raises."""
+    """Publishes alarm events on the site's broker, on the project's MQTT client and backoff
+    like the MQTT sources: a bounded queue the caller never waits on (past ``QUEUE`` messages
+    the oldest are dropped and counted), sent in order by one task that reconnects."""
+
+    QUEUE = 1000
 
     def __init__(self, url: str, prefix: str, gateway_id: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self._prefix = f"{prefix}/{gateway_id}"
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"outpost-alarms-{gateway_id}")  # fmt: skip
-        self._client.reconnect_delay_set(1, 30)
-        self._lock = threading.Lock()
+        self._identifier = f"outpost-alarms-{gateway_id}"
+        self._pending: deque[tuple[str, bytes]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._backoff = mqtt.Backoff(base=1.0, cap=30.0)
+        self.connected = asyncio.Event()
         self.published = 0
-        self.failed = 0
-        try:
-            self._client.connect_async(parts.hostname or "127.0.0.1", parts.port or 1883)
-            self._client.loop_start()
-        except (OSError, ValueError) as exc:
-            _log.warning("cannot reach the site broker %s for alarms: %s", url, exc)
+        self.dropped = 0
 
-    def publish(self, events: Sequence[wire.Event]) -> None:
-        with self._lock:
-            for e in events:
-                topic = f"{self._prefix}/{e.body.get('rule')}"
-                payload = orjson.dumps({"ts": e.ts / 1e9, **e.body})
-                info = self._client.publish(topic, payload, qos=1, retain=True)
-                if info.rc == 0 or info.rc == 4:  # sent, or queued until it reconnects
+    def put(self, events: Sequence[wire.Event]) -> None:
+        for e in events:
+            if len(self._pending) >= self.QUEUE:
+                self._pending.popleft()
+                self.dropped += 1
+            topic = f"{self._prefix}/{e.body.get('rule')}"
+            self._pending.append((topic, orjson.dumps({"ts": e.ts / 1e9, **e.body})))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        self._wake = asyncio.Event()
+        while True:
+            try:
+                await mqtt.run_session(self._session(), name="alarms:site-broker")
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                _log.warning("site broker %s:%d for alarms: %s", self.host, self.port, exc)
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _session(self) -> None:
+        assert self._wake is not None
+        async with mqtt.Client(self.host, self.port, identifier=self._identifier, keepalive=30) as client:  # fmt: skip
+            self._backoff.connected()
+            self.connected.set()
+            while True:
+                while self._pending:
+                    topic, payload = self._pending[0]
+                    await client.publish(topic, payload, qos=1, retain=True)
+                    self._pending.popleft()
                     self.published += 1
-                else:
-                    self.failed += 1
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
+                self._wake.clear()
+                await self._wake.wait()

@@ -4,6 +4,8 @@ site's broker for local automation."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 
@@ -15,7 +17,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from outpost_iot import wire
 from outpost_iot.agent._edge_alarms import EdgeAlarms
 from outpost_iot.dev._processes import LocalBroker
-from tests._wait import wait_until
 
 S = 10**9
 RULE = wire.EdgeRule(id="rule-1", name="Freezer too warm", severity="critical", measurement="sensor", field="temperature_c", above=-15, clear=-17, for_s=60, device="freezer")  # fmt: skip
@@ -42,7 +43,7 @@ def test_a_rule_raises_after_its_hold_time_and_clears_past_its_clear_level() -> 
     assert (edge.raised, edge.cleared) == (1, 1)
 
 
-def test_alarms_are_published_retained_on_the_site_broker(site_broker: LocalBroker) -> None:
+async def test_alarms_are_published_retained_on_the_site_broker(site_broker: LocalBroker) -> None:  # fmt: skip
     got: dict[str, dict[str, object]] = {}
     seen = threading.Event()
 
@@ -51,11 +52,18 @@ def test_alarms_are_published_retained_on_the_site_broker(site_broker: LocalBrok
         seen.set()
 
     edge = EdgeAlarms("gw-1", wire.EdgeAlarms(rules=[RULE.model_copy(update={"for_s": 0})], local_broker=f"mqtt://127.0.0.1:{site_broker.port}"))  # fmt: skip
+    edge.check([reading(1, -10)])  # before the publisher runs: queued, not lost
+    task = asyncio.create_task(edge.run())
     try:
-        wait_until(lambda: edge._publisher is not None and edge._publisher._client.is_connected(), timeout=20, what="the site broker")  # fmt: skip
-        edge.check([reading(1, -10)])
+        publisher = edge._publisher
+        assert publisher is not None
+        async with asyncio.timeout(20):
+            while publisher.published < 1:  # noqa: ASYNC110 - a counter, no event to wait on
+                await asyncio.sleep(0.05)
     finally:
-        edge.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     # A home-automation client that connects afterwards still sees the alarm (retained).
     c = mqtt.Client(CallbackAPIVersion.VERSION2)
     c.on_message = on_message
