@@ -268,12 +268,19 @@ async def test_rules_alarms_and_acknowledgement_through_the_api(api: Api) -> Non
     [alarm] = (await api.get("/api/v1/alarms", status="open")).json()
     assert (alarm["status"], alarm["severity"], alarm["name"]) == ("active", "critical", "Plug drawing too much")  # fmt: skip
     assert (await api.get("/api/v1/alarms", token="viewer-b")).json() == []
+    assert (await api.get(f"/api/v1/alarms/{alarm['id']}")).json() == alarm
+    assert (await api.get(f"/api/v1/alarms/{alarm['id']}", token="viewer-b")).status_code == 404
+    assert (await api.get(f"/api/v1/alarms/{alarm['id'] + 1}")).status_code == 404
+    assert (
+        await api.get(f"/api/v1/alarms/{2**63 - 1}")
+    ).status_code == 404  # found by schemathesis
     counts = (await api.get("/api/v1/alarms/counts")).json()
     assert counts["severity"]["critical"] == {"active": 1, "acknowledged": 0}
     assert counts["gateways"] == {api.gateways["a1"]: {"open": 1, "severity": "critical"}}
     # Another tenant's operator cannot acknowledge it; this tenant's can, once.
     theirs = {"Authorization": f"Bearer {api.tokens['operator-b']}"}
     assert (await api.client.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", headers=theirs)).status_code == 404  # fmt: skip
+    assert (await api.client.post(f"/api/v1/alarms/{2**63 - 1}/acknowledge", headers=op)).status_code == 404  # fmt: skip
     r = await api.client.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", headers=op)
     assert (r.json()["status"], r.json()["acknowledged_by"]) == ("acknowledged", "token:operator-a")
     again = await api.client.post(f"/api/v1/alarms/{alarm['id']}/acknowledge", headers=op)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import time
@@ -22,6 +23,7 @@ import pytest
 
 from outpost_iot.dev._processes import free_port, spawn, stop
 from tests._wait import wait_until
+from tests.collector.test_notify import Receiver
 from tests.conftest import require_service
 from tests.e2e._harness import Harness
 from tests.provisioning.test_enrollment import (
@@ -49,6 +51,8 @@ def site(harness: Harness) -> Iterator[dict[str, Any]]:
     name; an operator's and a viewer's API tokens."""
     require_service("chromium", Path(CHROMIUM).exists(), "apt-get install chromium")
     harness.api_port = free_port()
+    # A webhook receiver on this machine, for the console's "Send a test".
+    harness.collector_extra = "[alarms]\nallow_http = true\nallow_private_targets = true\n"
     harness.start_collector()
     wait_until(lambda: _api_up(harness), timeout=20, what="the collector's API")
     result = enroll(harness, new_token(harness, site="Warehouse 3"), "con")
@@ -519,11 +523,45 @@ def test_an_operator_adds_a_rule_sees_its_alarm_arrive_live_and_acknowledges_it(
     rule_row.locator(".rule-enabled", has_text="off").wait_for()
     rule_row.get_by_role("button", name="Enable").click()
     rule_row.locator(".rule-enabled", has_text="on").wait_for()
-    # A webhook over plain http is refused, saying why.
-    page.get_by_label("Name").nth(1).fill("ops")
-    page.get_by_label("URL").fill("http://hooks.example.com/x")
-    page.get_by_role("button", name="Add endpoint").click()
-    page.get_by_text("plain http is refused").wait_for()
+    # Edited in place: the form takes the rule, a bad series tag is refused before it is
+    # sent, and the saved rule is the one the API then has.
+    rule_row.get_by_role("button", name="Edit").click()
+    page.get_by_role("heading", name='Edit rule "Plug on"').wait_for()
+    assert page.get_by_label("Above").input_value() == "1"
+    assert page.get_by_label("Device").input_value() == f"{HOSTILE}-1"
+    page.get_by_label("Series tags").fill("phase")
+    page.get_by_role("button", name="Save rule").click()
+    page.get_by_role("alert").get_by_text("write tags as key=value").wait_for()
+    assert page.get_by_label("Series tags").get_attribute("aria-invalid") == "true"
+    page.get_by_label("Series tags").fill("")
+    page.get_by_label("Above").fill("0.5")
+    page.get_by_role("button", name="Save rule").click()
+    page.get_by_role("heading", name="New rule").wait_for()
+    rule_row.get_by_text("above 0.5").wait_for()
+    [rule] = _api(site, "/api/v1/alarm-rules")
+    assert (rule["name"], rule["condition"]["above"], rule["enabled"]) == ("Plug on", 0.5, True)
+    assert rule["scope"]["device"] == f"{HOSTILE}-1"
+    # A webhook whose URL carries credentials is refused, saying why; a good one gets a test
+    # notification from its "Send a test" button, and the page counts it delivered.
+    receiver = Receiver()
+    try:
+        page.get_by_label("Name").nth(1).fill("ops")
+        page.get_by_label("URL").fill("https://user:secret@hooks.example.com/x")
+        page.get_by_role("button", name="Add endpoint").click()
+        page.get_by_text("credentials in the URL are refused").wait_for()
+        page.get_by_label("URL").fill(receiver.url)
+        page.get_by_role("button", name="Add endpoint").click()
+        ep_row = page.locator("tr[data-endpoint]", has_text="ops")
+        ep_row.get_by_role("button", name="Send a test").click()
+        # (The rule's own alarm may reach the receiver too: only the test is looked for.)
+        tests = lambda: [h for h, b in receiver.requests if json.loads(b)["event"] == "test"]  # noqa: E731
+        wait_until(tests, timeout=30, what="the test notification", seen=lambda: receiver.requests)
+        assert tests()[0]["x-outpost-signature"].startswith("t=")
+        delivered = ep_row.locator("td.num").first
+        wait_until(lambda: delivered.inner_text() != "0", timeout=30, what="the delivered count")
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
     _shot(page, tmp_path, "rules")
 
     # The alarms page, open before the alarm is raised, shows it when it is (the stream).

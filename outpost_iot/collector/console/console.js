@@ -899,7 +899,8 @@ function rulesView() {
   const said = h("div", { role: "status" });
   view.append(said);
 
-  // -- a new rule (operators)
+  // -- a new rule, or one being edited (operators)
+  let edit = () => {};
   if (isOperator()) {
     const f = {
       name: h("input", { id: "rule-name", maxlength: 128, required: true }),
@@ -909,40 +910,88 @@ function rulesView() {
       tag: h("input", { id: "rule-tag", maxlength: 64, placeholder: "any" }),
       gateway: h("input", { id: "rule-gateway", maxlength: 64, placeholder: "any" }),
       device: h("input", { id: "rule-device", maxlength: 256, placeholder: "any" }),
+      tags: h("input", { id: "rule-tags", maxlength: 4200, placeholder: "room=freezer, …" }),
       notify: h("input", { id: "rule-notify", type: "checkbox", checked: true }),
       edge: h("input", { id: "rule-edge", type: "checkbox" }),
     };
+    let editing = null; // the rule being edited, or null for a new one
     const conditionBox = h("div", { class: "inline" });
     const inputs = new Map(); // "condition.x" and "scope.x" → input
     const field = (id, label, el) => h("div", {}, h("label", { for: id }, label), el);
-    function conditionFields() {
+    function conditionFields(values = {}) {
       conditionBox.replaceChildren();
       for (const key of [...inputs.keys()]) if (key.startsWith("condition.")) inputs.delete(key);
       for (const [name, label, type, dflt] of CONDITIONS[f.kind.value]) {
-        const el = h("input", { id: `rule-${name}`, type, value: dflt, step: type === "number" ? "any" : undefined });
+        const given = values[name];
+        const el = h("input", { id: `rule-${name}`, type, value: given === undefined ? dflt : given === null ? "" : String(given), step: type === "number" ? "any" : undefined });
         inputs.set(`condition.${name}`, el);
         conditionBox.append(field(`rule-${name}`, label, el));
       }
     }
-    for (const k of ["site", "tag", "gateway", "device"]) inputs.set(`scope.${k}`, f[k]);
+    for (const k of ["site", "tag", "gateway", "device", "tags"]) inputs.set(`scope.${k}`, f[k]);
     inputs.set("name", f.name);
     inputs.set("severity", f.severity);
-    f.kind.addEventListener("change", conditionFields);
+    f.kind.addEventListener("change", () => conditionFields());
     conditionFields();
+    const heading = h("h2", { id: "rule-form-title" }, "New rule");
+    const submit = h("button", { type: "submit" }, "Add rule");
+    const cancel = h("button", { type: "button", class: "secondary", hidden: true, onclick: () => reset() }, "Cancel");
     const problems = h("div", { role: "alert" });
-    const form = h("form", { "aria-label": "New rule" },
+    const form = h("form", { "aria-labelledby": "rule-form-title" },
       h("div", { class: "inline" }, field("rule-name", "Name", f.name), field("rule-severity", "Severity", f.severity), field("rule-kind", "Condition", f.kind)),
       conditionBox,
       h("div", { class: "inline" }, field("rule-site", "Site", f.site), field("rule-tag", "Gateway tag", f.tag),
-        field("rule-gateway", "Gateway", f.gateway), field("rule-device", "Device", f.device)),
+        field("rule-gateway", "Gateway", f.gateway), field("rule-device", "Device", f.device), field("rule-tags", "Series tags", f.tags)),
       h("div", { class: "inline checks" },
         h("label", { for: "rule-notify" }, f.notify, " Notify the endpoints"),
         h("label", { for: "rule-edge" }, f.edge, " Also on the gateway (thresholds: raised on site even without uplink)")),
-      h("p", {}, h("button", { type: "submit" }, "Add rule")), problems);
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
+      h("p", {}, submit, " ", cancel), problems);
+
+    function clearProblems() {
       problems.replaceChildren();
       for (const el of inputs.values()) el.removeAttribute("aria-invalid");
+    }
+    function showProblems(list) {
+      for (const p of list) {
+        // "condition.threshold.above" names the input "condition.above"; "scope.tags.room", "scope.tags".
+        const key = p.field.replace(/^condition\.[a-z_]+\./, "condition.").replace(/^scope\.tags\..*$/, "scope.tags");
+        if (inputs.has(key)) inputs.get(key).setAttribute("aria-invalid", "true");
+      }
+      problems.replaceChildren(h("ul", { class: "error" }, list.map((p) => h("li", {}, `${p.field}: ${p.problem}`))));
+    }
+    function reset() {
+      editing = null;
+      clearProblems();
+      f.name.value = "";
+      for (const k of ["site", "tag", "gateway", "device", "tags"]) f[k].value = "";
+      f.severity.value = "major";
+      f.notify.checked = true;
+      f.edge.checked = false;
+      conditionFields();
+      heading.textContent = "New rule";
+      submit.textContent = "Add rule";
+      cancel.hidden = true;
+    }
+    edit = (r) => {
+      editing = r;
+      clearProblems();
+      f.name.value = r.name;
+      f.severity.value = r.severity;
+      f.kind.value = r.condition.kind;
+      conditionFields(r.condition);
+      for (const k of ["site", "tag", "gateway", "device"]) f[k].value = r.scope[k] || "";
+      f.tags.value = Object.entries(r.scope.tags || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+      f.notify.checked = r.notify;
+      f.edge.checked = r.edge;
+      heading.textContent = `Edit rule "${r.name}"`;
+      submit.textContent = "Save rule";
+      cancel.hidden = false;
+      heading.scrollIntoView({ block: "start" });
+      f.name.focus();
+    };
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      clearProblems();
       const condition = { kind: f.kind.value };
       for (const [name, , type] of CONDITIONS[f.kind.value]) {
         const raw = inputs.get(`condition.${name}`).value.trim();
@@ -950,26 +999,33 @@ function rulesView() {
       }
       const scope = {};
       for (const k of ["site", "tag", "gateway", "device"]) if (f[k].value.trim()) scope[k] = f[k].value.trim();
+      const pairs = f.tags.value.split(",").map((x) => x.trim()).filter(Boolean);
+      if (pairs.length) {
+        const bad = pairs.filter((x) => !/^[^=]+=.+$/.test(x));
+        if (bad.length) {
+          showProblems([{ field: "scope.tags", problem: `write tags as key=value, separated by commas (not "${bad[0]}")` }]);
+          return;
+        }
+        scope.tags = Object.fromEntries(pairs.map((x) => { const i = x.indexOf("="); return [x.slice(0, i).trim(), x.slice(i + 1).trim()]; }));
+      }
+      const body = { name: f.name.value.trim(), severity: f.severity.value, condition, scope, notify: f.notify.checked, edge: f.edge.checked };
       try {
-        await api("POST", "/api/v1/alarm-rules", {
-          name: f.name.value.trim(), severity: f.severity.value, condition, scope, notify: f.notify.checked, edge: f.edge.checked,
-        });
-        said.replaceChildren(h("p", {}, `Rule "${f.name.value.trim()}" added.`));
-        f.name.value = "";
+        if (editing) {
+          await api("PUT", `/api/v1/alarm-rules/${encodeURIComponent(editing.id)}`, { ...body, enabled: editing.enabled });
+          said.replaceChildren(h("p", {}, `Rule "${body.name}" saved.`));
+        } else {
+          await api("POST", "/api/v1/alarm-rules", body);
+          said.replaceChildren(h("p", {}, `Rule "${body.name}" added.`));
+        }
+        reset();
         loadRules();
       } catch (e) {
         const list = (e.body && e.body.problems) || [];
-        for (const p of list) {
-          // "condition.threshold.above" names the input "condition.above".
-          const key = p.field.replace(/^condition\.[a-z_]+\./, "condition.");
-          if (inputs.has(key)) inputs.get(key).setAttribute("aria-invalid", "true");
-        }
-        problems.replaceChildren(list.length
-          ? h("ul", { class: "error" }, list.map((p) => h("li", {}, `${p.field}: ${p.problem}`)))
-          : h("p", { class: "error" }, e.message));
+        if (list.length) showProblems(list);
+        else problems.replaceChildren(h("p", { class: "error" }, e.message));
       }
     });
-    view.append(h("h2", {}, "New rule"), form);
+    view.append(heading, form);
   }
   view.append(h("h2", {}, "Rules"), rulesBody);
 
@@ -984,6 +1040,7 @@ function rulesView() {
         .map(([k, v]) => h("span", { class: "badge" }, `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`))),
       h("td", { class: "rule-enabled" }, r.enabled ? (r.edge ? "on, at the edge too" : "on") : "off"),
       h("td", {}, isOperator() ? [
+        h("button", { type: "button", class: "secondary", onclick: () => edit(r) }, "Edit"), " ",
         h("button", { type: "button", class: "secondary", onclick: () => toggleRule(r) }, r.enabled ? "Disable" : "Enable"), " ",
         h("button", { type: "button", class: "danger", onclick: () => removeRule(r) }, "Delete")] : "")));
     rulesBody.replaceChildren(table(["Severity", "Name", "Condition", "Scope", "Enabled", ""], rows, "No rules yet."));

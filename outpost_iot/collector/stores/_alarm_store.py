@@ -295,6 +295,7 @@ class SqlAlarmStore:
         severity: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        alarm_id: int | None = None,
     ) -> list[AlarmRecord]:
         where, args = _where(tenant, gateway_id=gateway_id, severity=severity)
         sql = (
@@ -307,9 +308,10 @@ class SqlAlarmStore:
                 "cleared": " AND cleared_ns IS NOT NULL",
             }[status]
         )
-        if before_id is not None:
-            sql += " AND id < ?"
-            args.append(before_id)
+        for op, value in ((" AND id < ?", before_id), (" AND id = ?", alarm_id)):
+            if value is not None:
+                sql += op
+                args.append(value)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         return [_rows.alarm(r, self.dialect.json_loads) for r in self._all(sql, args)]

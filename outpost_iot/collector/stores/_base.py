@@ -657,9 +657,10 @@ class Alarms(Protocol):
         severity: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        alarm_id: int | None = None,
     ) -> list[AlarmRecord]:
         """Newest first; ``status`` is open (active or acknowledged), active, acknowledged or
-        cleared."""
+        cleared; ``alarm_id``: that one alarm, if it is the tenant's."""
         ...
 
     def alarm_counts(self, tenant: str) -> dict[str, dict[str, int]]:

@@ -101,6 +101,10 @@ def test_alarms_are_acknowledged_listed_counted_and_kept_per_tenant(docs: Docume
     assert [a.id for a in docs.alarms("acme", status="acknowledged")] == [first.id]
     assert [a.id for a in docs.alarms("acme", severity="minor")] == [second.id]
     assert [a.id for a in docs.alarms("acme", before_id=second.id)] == [first.id]
+    assert [a.id for a in docs.alarms("acme", alarm_id=second.id)] == [second.id]
+    [theirs] = docs.alarms("globex")
+    assert docs.alarms("acme", alarm_id=theirs.id) == []
+    assert docs.alarms("acme", alarm_id=2**63 - 1) == []  # the largest id a caller may give
     counts = docs.alarm_counts("acme")
     assert counts["critical"] == {"active": 0, "acknowledged": 1}
     assert counts["minor"] == {"active": 1, "acknowledged": 0}

@@ -24,6 +24,7 @@ from outpost_iot.collector.api._deps import (
 from outpost_iot.collector.api._limits import OffLoopJsonRoute
 from outpost_iot.collector.stores import (
     ALL_TENANTS,
+    AlarmRecord,
     AlarmRuleRecord,
     NotificationRecord,
     NotifyEndpointRecord,
@@ -227,20 +228,33 @@ def alarm_counts(svc: Services, who: Viewer, tenant: Tenant = None) -> AlarmCoun
     )
 
 
+AlarmId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def _alarm_or_404(svc: ApiServices, who: Principal, alarm_id: int) -> AlarmRecord:
+    found = svc.documents.alarms(who.scope(None), alarm_id=alarm_id, limit=1)
+    if not found:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm {alarm_id}")
+    return found[0]
+
+
+@router.get("/alarms/{alarm_id}")
+def get_alarm(alarm_id: AlarmId, svc: Services, who: Viewer) -> AlarmOut:
+    """One alarm (viewer), as the list shows it."""
+    return AlarmOut(**alarm_json(_alarm_or_404(svc, who, alarm_id)))
+
+
 @router.post("/alarms/{alarm_id}/acknowledge")
 def acknowledge(
-    alarm_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    alarm_id: AlarmId,
     svc: Services,
     who: Operator,
     request: Request,
 ) -> AlarmOut:
     """Acknowledge an alarm (operator): someone is on it. It stays open until it clears."""
     acked = svc.documents.ack_alarm(who.scope(None), alarm_id, f"token:{who.token_id}", time.time_ns())  # fmt: skip
-    if acked is None:
-        found = [a for a in svc.documents.alarms(who.scope(None), limit=1, before_id=alarm_id + 1) if a.id == alarm_id]  # fmt: skip
-        if not found:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm {alarm_id}")
-        return AlarmOut(**alarm_json(found[0]))  # acknowledged before: the same answer
+    if acked is None:  # acknowledged before (the same answer), or not there
+        return AlarmOut(**alarm_json(_alarm_or_404(svc, who, alarm_id)))
     audit(svc, who, request, "alarm.acknowledge", str(alarm_id), acked.tenant, rule=acked.rule_id)
     publish(svc.stream, acked)
     return AlarmOut(**alarm_json(acked))
