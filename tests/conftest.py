@@ -106,7 +106,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """The Debian packages (tests/test_debian.py) build in the background, at the lowest
     priority, from the first test past the agent's: the build overlaps the tests that run
     before them, but not the agent's burst and timing tests, which a busy machine makes lose
-    messages at the site broker (QoS 0 beyond its queue)."""
+    messages at the site broker (QoS 0 beyond its queue).
+
+    In a worker of several (pytest-xdist, as scripts/test runs the suite) they build when the
+    worker that has tests/test_debian.py comes to it, while the others go on with theirs:
+    every worker collects every test, so each would build them otherwise."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return
     if item.config.stash.get(_DEBS_WANTED, False) and AGENT_TESTS not in item.path.parents:
         from tests import test_debian
 

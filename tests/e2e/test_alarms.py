@@ -80,6 +80,10 @@ from_address = "outpost@example.net"
     s = {"h": harness, "gw": gateway_id_of(harness, "cold"), "token": token, "agent": agent,
          "receiver": receiver, "mail": mail, "site_port": site_broker.port}  # fmt: skip
     try:
+        # Sensors publish at QoS 0 without retain: what the site broker gets before the agent
+        # has subscribed is gone, as on a real site.
+        log = harness.root / "cold.log"
+        wait_until(lambda: "zigbee: listening on" in log.read_text(), timeout=30, what="the agent to subscribe on the site broker", seen=lambda: log.read_text()[-2000:])  # fmt: skip
         yield s
     finally:
         stop(s["agent"])
