@@ -1031,7 +1031,8 @@ function rulesView() {
 
   async function loadRules() {
     const rules = await api("GET", "/api/v1/alarm-rules");
-    const describe = (c) => Object.entries(c).filter(([k, v]) => k !== "kind" && v !== null).map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`).join(", ");
+    const describe = (c) => Object.entries(c).filter(([k, v]) => k !== "kind" && v !== null)
+      .map(([k, v]) => (k.endsWith("_s") ? `${k.slice(0, -2).replace(/_/g, " ")} ${v} s` : `${k.replace(/_/g, " ")} ${v}`)).join(", ");
     const rows = rules.map((r) => h("tr", { dataset: { rule: r.id } },
       h("td", {}, h("span", { class: `sev sev-${r.severity}` }, r.severity)),
       h("td", {}, r.name),
@@ -1088,6 +1089,8 @@ function rulesView() {
     try {
       const made = await api("POST", "/api/v1/notification-endpoints", body);
       ep.target.removeAttribute("aria-invalid");
+      ep.name.value = "";
+      ep.target.value = "";
       epSaid.replaceChildren(made.kind === "webhook"
         ? h("div", {}, h("p", {}, `Endpoint ${made.name} added. Its signing secret, shown only now (check X-Outpost-Signature with it):`),
           h("code", { class: "secret", id: "endpoint-secret" }, made.secret))
