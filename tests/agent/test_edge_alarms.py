@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import json
 import threading
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from outpost_iot import wire
 from outpost_iot.agent._edge_alarms import EdgeAlarms
 from outpost_iot.dev._processes import LocalBroker
+from tests._alarm_model import threshold_model
+from tests._fuzz import budget
 
 S = 10**9
 RULE = wire.EdgeRule(id="rule-1", name="Freezer too warm", severity="critical", measurement="sensor", field="temperature_c", above=-15, clear=-17, for_s=60, device="freezer")  # fmt: skip
@@ -110,3 +115,93 @@ def test_any_readings_give_valid_events_or_counted_drops_never_an_error(readings
         assert len(e.body["originator"]) <= wire.MAX_ORIGINATOR_CHARS
         assert e.body["originator"].startswith("gw-1")
     assert len(events) == edge.raised + edge.cleared
+
+
+# -- against the model of a threshold ------------------------------------------------------------
+
+_SERIES = [("d1", "r1"), ("d2", "r1"), ("d1", "r2")]  # (device, room)
+
+
+@st.composite
+def _edge_runs(draw: st.DrawFn) -> dict[str, object]:
+    values = st.sampled_from([5.0, 7.5, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0])
+    points = []
+    for s in draw(st.lists(st.sampled_from(range(len(_SERIES))), min_size=1, max_size=3, unique=True)):  # fmt: skip
+        times = draw(st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True))
+        points += [(s, t, draw(values)) for t in times]
+    points = draw(st.permutations(points))
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(points) - 1)), max_size=4, unique=True)))  # fmt: skip
+    bounds = [0, *(c for c in cuts if c < len(points)), len(points)]
+    up = draw(st.booleans())
+    return {
+        "up": up,
+        "clear": draw(st.sampled_from([None, 8.0 if up else 12.0])),
+        "for_s": draw(st.sampled_from([0, 3, 10])),
+        "device": draw(st.sampled_from([None, "d1"])),
+        "tags": draw(st.sampled_from([{}, {"room": "r1"}])),
+        "batches": [points[a:b] for a, b in itertools.pairwise(bounds) if a < b],
+        "other": draw(st.booleans()),  # readings of another measurement with the same field
+    }
+
+
+@settings(max_examples=budget(300), deadline=None)
+@given(run=_edge_runs())
+def test_edge_rules_raise_and_clear_as_the_model_says_whatever_the_batches(run: dict[str, Any]) -> None:  # fmt: skip
+    """The gateway's evaluator gives, over any readings in any order and groups, the alarms the
+    threshold's definition gives, for the series its device and tags select only."""
+    level = "above" if run["up"] else "below"
+    rule = wire.EdgeRule(id="r", name="model", severity="major", measurement="m", field="v",
+                         **{level: 10.0}, clear=run["clear"], for_s=run["for_s"],
+                         device=run["device"], tags=run["tags"])  # fmt: skip
+    edge = EdgeAlarms("gw-1", wire.EdgeAlarms(rules=[rule]))
+    got: dict[int, list[Any]] = {}
+    originators = [f"gw-1/device={d},room={r}" for d, r in _SERIES]
+    for batch in run["batches"]:
+        readings = [wire.Reading(measurement="m", tags={"device": _SERIES[s][0], "room": _SERIES[s][1]}, fields={"v": v}, ts=t * S) for s, t, v in batch]  # fmt: skip
+        if run["other"]:
+            readings += [r.model_copy(update={"measurement": "other"}) for r in readings]
+        events, invalid = edge.check(readings)
+        assert invalid == 0
+        for e in events:
+            s = originators.index(e.body["originator"])
+            assert e.source == e.body["originator"]
+            if e.body["state"] == "raised":
+                assert e.body["level"] == 10.0
+                got.setdefault(s, []).append([e.ts // S, round(e.body["since"]), None, e.body["value"]])  # fmt: skip
+            else:
+                got[s][-1][1:] = [None, e.ts // S, e.body["value"]]
+    clear_at = run["clear"] if run["clear"] is not None else 10.0
+    want = threshold_model(run["up"], 10.0, clear_at, run["for_s"], run["batches"])
+    want = {
+        s: alarms for s, alarms in want.items()
+        if run["device"] in (None, _SERIES[s][0]) and run["tags"].get("room", _SERIES[s][1]) == _SERIES[s][1]
+    }  # fmt: skip
+    assert {s: [tuple(a) for a in alarms] for s, alarms in got.items()} == want
+    assert edge.raised == sum(len(a) for a in want.values())
+    assert edge.cleared == sum(1 for alarms in want.values() for a in alarms if a[2] is not None)
+
+
+def test_an_originator_is_the_gateway_then_the_sorted_tags_and_a_long_one_ends_in_a_digest() -> None:  # fmt: skip
+    assert wire.series_originator("gw-1", {}) == "gw-1"
+    assert wire.series_originator("gw-1", {"gateway": "gw-1"}) == "gw-1"
+    assert wire.series_originator("gw-1", {"room": "b", "device": "a"}) == "gw-1/device=a,room=b"
+    most = wire.MAX_ORIGINATOR_CHARS
+    fits = "x" * (most - len("gw-1/device="))
+    assert wire.series_originator("gw-1", {"device": fits}) == f"gw-1/device={fits}"  # exactly
+    name = f"gw-1/device={fits}y"
+    cut = wire.series_originator("gw-1", {"device": fits + "y"})
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    assert cut == f"{name[: most - 18]}#{digest}"
+    assert len(cut) == most - 1  # room for the digest and its mark, one to spare
+
+
+def test_a_rule_matches_its_measurement_and_each_of_its_device_and_tags() -> None:
+    rule = wire.EdgeRule(id="r", name="n", severity="minor", measurement="m", field="v", above=1, device="d1", tags={"room": "r1", "floor": "2"})  # fmt: skip
+    assert rule.matches("m", {"device": "d1", "room": "r1", "floor": "2", "extra": "x"})
+    assert not rule.matches("other", {"device": "d1", "room": "r1", "floor": "2"})
+    assert not rule.matches("m", {"device": "d2", "room": "r1", "floor": "2"})
+    assert not rule.matches("m", {"device": "d1", "room": "r1"})
+    assert not rule.matches("m", {"device": "d1", "room": "r2", "floor": "2"})
+    anywhere = rule.model_copy(update={"device": None, "tags": {}})
+    assert anywhere.matches("m", {})
+    assert not anywhere.matches("n", {})

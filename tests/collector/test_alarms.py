@@ -5,6 +5,7 @@ and the rules' API (validation naming the field, tenancy, acknowledgement, audit
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -15,8 +16,10 @@ from hypothesis import strategies as st
 from outpost_iot import wire
 from outpost_iot.collector._alarms import AlarmEvaluator
 from outpost_iot.collector._ingest import Incoming, Ingestor
-from outpost_iot.collector.stores import AlarmRecord, NotifyEndpointRecord
+from outpost_iot.collector.stores import AlarmRecord, NotifyEndpointRecord, SeriesWrite
 from outpost_iot.wire import ConfigReport, Event, GatewayState, topics
+from tests._alarm_model import threshold_model
+from tests._fuzz import budget
 from tests.collector._api_fixture import T0, Api
 
 S = 10**9
@@ -429,3 +432,139 @@ async def test_no_alarm_event_a_gateway_sends_raises_for_another_or_fails(
         assert alarm.originator == a1 or alarm.originator.startswith(a1 + "/")
         assert alarm.gateway_id == a1
         assert len(alarm.originator) <= 1024
+
+
+# -- thresholds against a model ------------------------------------------------------------------
+
+_SERIES = [  # (gateway, device, room, the tenant the write claims)
+    ("a1", "d1", "r1", "acme"), ("a1", "d2", "r2", "acme"), ("a2", "d1", "r1", "acme"),
+    ("b1", "d1", "r1", "globex"), ("b1", "d1", "r1", "acme"),  # the last: a write that lies
+]  # fmt: skip
+_SCOPES = st.fixed_dictionaries(
+    {},
+    optional={
+        "site": st.sampled_from(["hq", "depot"]),
+        "tag": st.just("cold"),  # a1's gateway tag
+        "gateway": st.sampled_from(["a1", "a2", "b1"]),
+        "device": st.sampled_from(["d1", "d2"]),
+        "tags": st.just({"room": "r1"}),
+    },
+)
+
+
+def _in_scope(scope: dict[str, Any], series: tuple[str, str, str, str]) -> bool:
+    gw, device, room, claimed = series
+    tenant, site = {"a1": ("acme", "hq"), "a2": ("acme", "depot"), "b1": ("globex", "hq")}[gw]
+    return (
+        claimed == tenant == "acme"
+        and scope.get("site", site) == site
+        and ("tag" not in scope or gw == "a1")
+        and scope.get("gateway", gw) == gw
+        and scope.get("device", device) == device
+        and scope.get("tags", {}).get("room", room) == room
+    )
+
+
+@st.composite
+def _threshold_runs(draw: st.DrawFn) -> dict[str, Any]:
+    up = draw(st.booleans())
+    values = st.sampled_from([5.0, 7.5, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0])
+    # Each series' readings at distinct whole seconds, arriving in any order, in batches.
+    points = []
+    for s in draw(st.lists(st.sampled_from(range(len(_SERIES))), min_size=1, max_size=3, unique=True)):  # fmt: skip
+        times = draw(st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True))
+        points += [(s, t, draw(values)) for t in times]
+    points = draw(st.permutations(points))
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(points) - 1)), max_size=4, unique=True)))  # fmt: skip
+    bounds = [0, *(c for c in cuts if c < len(points)), len(points)]
+    return {
+        "up": up,
+        "level": 10.0,
+        "clear": draw(st.sampled_from([None, 8.0 if up else 12.0])),
+        "for_s": draw(st.sampled_from([0, 3, 10])),
+        "scope": draw(_SCOPES),
+        "batches": [points[a:b] for a, b in itertools.pairwise(bounds) if a < b],
+        # Before a batch: another replica takes over, knowing only what the store keeps.
+        "restarts": draw(st.lists(st.booleans(), min_size=5, max_size=5)),
+        # A batch stored in one group with the one before (a backlog arriving): one call.
+        "together": draw(st.lists(st.booleans(), min_size=5, max_size=5)),
+    }
+
+
+def _run(**run: Any) -> dict[str, Any]:
+    return {"level": 10.0, "clear": None, "scope": {}, "restarts": [False] * 5, "together": [False] * 5, **run}  # fmt: skip
+
+
+_RUN = [0]
+
+
+@settings(max_examples=budget(200), deadline=None, suppress_health_check=list(HealthCheck))
+@example(run=_run(up=True, clear=8.0, for_s=3, restarts=[False, True, False, False, False],
+                  batches=[[(0, 1, 10.0), (0, 2, 11.0)], [(0, 5, 12.0), (0, 0, 11.0), (0, 6, 8.0)], [(0, 7, 7.5)]]))  # fmt: skip
+# A hold that ended must not be remembered by the replica that comes next.
+@example(run=_run(up=True, for_s=10, restarts=[False, False, True, False, False],
+                  batches=[[(0, 0, 11.0)], [(0, 5, 9.0)], [(0, 20, 11.0)], [(0, 30, 11.0)]]))  # fmt: skip
+# Two batches of one series in one group: the second sees what the first raised.
+@example(run=_run(up=True, for_s=0, together=[False, True, False, False, False],
+                  batches=[[(0, 1, 11.0)], [(0, 2, 7.0)]]))  # fmt: skip
+# Two readings out of order in one batch; two at the same time.
+@example(run=_run(up=False, for_s=0, batches=[[(0, 5, 9.0), (0, 1, 11.0)]]))
+@example(run=_run(up=True, for_s=0, batches=[[(0, 1, 11.0), (0, 1, 12.0)]]))
+# A hold that ended, a clear, in the same replica: it must know, without reading the store.
+@example(run=_run(up=True, for_s=10, batches=[[(0, 0, 11.0)], [(0, 5, 9.0)], [(0, 20, 11.0)], [(0, 30, 11.0)]]))  # fmt: skip
+@example(run=_run(up=True, for_s=0, batches=[[(0, 1, 11.0)], [(0, 2, 7.0)], [(0, 3, 11.0)]]))
+# A hold carried across a restart, and across two batches of one group.
+@example(run=_run(up=True, for_s=10, restarts=[False, True, False, False, False],
+                  batches=[[(0, 0, 11.0)], [(0, 5, 11.0)], [(0, 11, 11.0)]]))  # fmt: skip
+@example(run=_run(up=True, for_s=3, together=[False, True, False, False, False],
+                  batches=[[(0, 0, 11.0)], [(0, 5, 11.0)]]))  # fmt: skip
+@given(run=_threshold_runs())
+async def test_thresholds_raise_and_clear_as_the_model_says_whatever_the_batches_and_replicas(
+    api: Api, run: dict[str, Any]
+) -> None:
+    """Any readings, in any order and batches, with the evaluator replaced between batches (a
+    replica restarted, or another one taking over) give the alarms that the rule's definition
+    gives: raised at the reading that completed the hold, with its value and since; cleared at
+    the reading back past the clear level; none for a series outside the scope or the tenant."""
+    api.docs.set_gateway_tags(api.gateways["a1"], ["cold"])
+    _RUN[0] += 1
+    measurement = f"m{_RUN[0]}"  # each example its own rule and series
+    level = "above" if run["up"] else "below"
+    scope = {k: api.gateways[v] if k == "gateway" else v for k, v in run["scope"].items()}
+    condition = {"kind": "threshold", "measurement": measurement, "field": "v", level: run["level"], "for_s": run["for_s"]}  # fmt: skip
+    if run["clear"] is not None:
+        condition["clear"] = run["clear"]
+    rule = await make_rule(api, {"name": "model", "condition": condition, "scope": scope})
+    evaluators = [AlarmEvaluator(docs=api.docs, timeseries=api.ts)]
+    # Each group starts with a write no rule reads (another measurement): passed over.
+    other = SeriesWrite("other", {"gateway": api.gateways["a1"]}, [(T0, {"v": 99.0})], tenant="acme")  # fmt: skip
+    writes: list[SeriesWrite] = [other]
+    for i, batch in enumerate(run["batches"]):
+        restart, together = run["restarts"][i % 5], run["together"][i % 5]
+        if len(writes) > 1 and (restart or not together):
+            evaluators[-1].on_stored(writes)
+            writes = [other]
+        if restart:
+            evaluators.append(AlarmEvaluator(docs=api.docs, timeseries=api.ts))
+        for s in sorted({s for s, _, _ in batch}):
+            gw, device, room, claimed = _SERIES[s]
+            tags = {"gateway": api.gateways[gw], "device": device, "room": room}
+            points = [(T0 + ts * S, {"v": v, "flag": True}) for s2, ts, v in batch if s2 == s]
+            writes.append(SeriesWrite(measurement, tags, points, tenant=claimed))
+    evaluators[-1].on_stored(writes)
+    got: dict[int, list[Any]] = {}
+    for a in alarms_of(api, rule["id"]):
+        s = next(i for i, (gw, d, r, _) in enumerate(_SERIES) if a.originator == f"{api.gateways[gw]}/device={d},room={r}")  # fmt: skip
+        if a.cleared_ns is None:
+            assert a.details["level"] == run["level"]
+            since = round(a.details["since"] - T0 / 1e9)
+            got.setdefault(s, []).append(((a.raised_ns - T0) // S, since, None, a.details["value"]))  # fmt: skip
+        else:
+            got.setdefault(s, []).append(((a.raised_ns - T0) // S, None, (a.cleared_ns - T0) // S, a.details["value"]))  # fmt: skip
+    clear_at = run["clear"] if run["clear"] is not None else run["level"]
+    want = threshold_model(run["up"], run["level"], clear_at, run["for_s"], run["batches"])
+    want = {s: alarms for s, alarms in want.items() if _in_scope(run["scope"], _SERIES[s])}
+    assert got == want
+    # Every reading of a series in the scope was checked, once.
+    in_scope = sum(1 for b in run["batches"] for s, _, _ in b if _in_scope(run["scope"], _SERIES[s]))  # fmt: skip
+    assert sum(e.metrics.evaluations for e in evaluators) == in_scope
