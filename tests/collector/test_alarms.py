@@ -437,8 +437,9 @@ async def test_no_alarm_event_a_gateway_sends_raises_for_another_or_fails(
 # -- thresholds against a model ------------------------------------------------------------------
 
 _SERIES = [  # (gateway, device, room, the tenant the write claims)
+    ("b1", "d1", "r1", "acme"),  # a write that lies about its tenant, before the others
     ("a1", "d1", "r1", "acme"), ("a1", "d2", "r2", "acme"), ("a2", "d1", "r1", "acme"),
-    ("b1", "d1", "r1", "globex"), ("b1", "d1", "r1", "acme"),  # the last: a write that lies
+    ("b1", "d1", "r1", "globex"),
 ]  # fmt: skip
 _SCOPES = st.fixed_dictionaries(
     {},
@@ -500,24 +501,26 @@ _RUN = [0]
 
 @settings(max_examples=budget(200), deadline=None, suppress_health_check=list(HealthCheck))
 @example(run=_run(up=True, clear=8.0, for_s=3, restarts=[False, True, False, False, False],
-                  batches=[[(0, 1, 10.0), (0, 2, 11.0)], [(0, 5, 12.0), (0, 0, 11.0), (0, 6, 8.0)], [(0, 7, 7.5)]]))  # fmt: skip
+                  batches=[[(1, 1, 10.0), (1, 2, 11.0)], [(1, 5, 12.0), (1, 0, 11.0), (1, 6, 8.0)], [(1, 7, 7.5)]]))  # fmt: skip
 # A hold that ended must not be remembered by the replica that comes next.
 @example(run=_run(up=True, for_s=10, restarts=[False, False, True, False, False],
-                  batches=[[(0, 0, 11.0)], [(0, 5, 9.0)], [(0, 20, 11.0)], [(0, 30, 11.0)]]))  # fmt: skip
+                  batches=[[(1, 0, 11.0)], [(1, 5, 9.0)], [(1, 20, 11.0)], [(1, 30, 11.0)]]))  # fmt: skip
 # Two batches of one series in one group: the second sees what the first raised.
 @example(run=_run(up=True, for_s=0, together=[False, True, False, False, False],
-                  batches=[[(0, 1, 11.0)], [(0, 2, 7.0)]]))  # fmt: skip
+                  batches=[[(1, 1, 11.0)], [(1, 2, 7.0)]]))  # fmt: skip
 # Two readings out of order in one batch; two at the same time.
-@example(run=_run(up=False, for_s=0, batches=[[(0, 5, 9.0), (0, 1, 11.0)]]))
-@example(run=_run(up=True, for_s=0, batches=[[(0, 1, 11.0), (0, 1, 12.0)]]))
+@example(run=_run(up=False, for_s=0, batches=[[(1, 5, 9.0), (1, 1, 11.0)]]))
+@example(run=_run(up=True, for_s=0, batches=[[(1, 1, 11.0), (1, 1, 12.0)]]))
 # A hold that ended, a clear, in the same replica: it must know, without reading the store.
-@example(run=_run(up=True, for_s=10, batches=[[(0, 0, 11.0)], [(0, 5, 9.0)], [(0, 20, 11.0)], [(0, 30, 11.0)]]))  # fmt: skip
-@example(run=_run(up=True, for_s=0, batches=[[(0, 1, 11.0)], [(0, 2, 7.0)], [(0, 3, 11.0)]]))
+@example(run=_run(up=True, for_s=10, batches=[[(1, 0, 11.0)], [(1, 5, 9.0)], [(1, 20, 11.0)], [(1, 30, 11.0)]]))  # fmt: skip
+@example(run=_run(up=True, for_s=0, batches=[[(1, 1, 11.0)], [(1, 2, 7.0)], [(1, 3, 11.0)]]))
 # A hold carried across a restart, and across two batches of one group.
 @example(run=_run(up=True, for_s=10, restarts=[False, True, False, False, False],
-                  batches=[[(0, 0, 11.0)], [(0, 5, 11.0)], [(0, 11, 11.0)]]))  # fmt: skip
+                  batches=[[(1, 0, 11.0)], [(1, 5, 11.0)], [(1, 11, 11.0)]]))  # fmt: skip
 @example(run=_run(up=True, for_s=3, together=[False, True, False, False, False],
-                  batches=[[(0, 0, 11.0)], [(0, 5, 11.0)]]))  # fmt: skip
+                  batches=[[(1, 0, 11.0)], [(1, 5, 11.0)]]))  # fmt: skip
+# A write that lies about its tenant, then an honest one, in one group.
+@example(run=_run(up=True, for_s=0, batches=[[(0, 1, 11.0), (1, 1, 11.0)]]))
 @given(run=_threshold_runs())
 async def test_thresholds_raise_and_clear_as_the_model_says_whatever_the_batches_and_replicas(
     api: Api, run: dict[str, Any]
@@ -550,6 +553,8 @@ async def test_thresholds_raise_and_clear_as_the_model_says_whatever_the_batches
             gw, device, room, claimed = _SERIES[s]
             tags = {"gateway": api.gateways[gw], "device": device, "room": room}
             points = [(T0 + ts * S, {"v": v, "flag": True}) for s2, ts, v in batch if s2 == s]
+            # Half a second after each, a reading without the rule's field: passed over.
+            points += [(ts + S // 2, {"flag": False}) for ts, _ in points]
             writes.append(SeriesWrite(measurement, tags, points, tenant=claimed))
     evaluators[-1].on_stored(writes)
     got: dict[int, list[Any]] = {}
