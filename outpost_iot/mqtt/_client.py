@@ -203,6 +203,23 @@ class Client(aiomqtt.Client):
             self._connecting = False
         return self
 
+    def _on_disconnect(
+        self,
+        client: Any,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Any = None,
+    ) -> None:
+        # Closed before the CONNACK (a broker that refuses the certificate after a TLS 1.3
+        # handshake, one restarting or reloading): aiomqtt would wait out its whole timeout for
+        # an answer that cannot come. The connect fails now and the reconnect policy decides.
+        if self._connecting and not self._connected.done():
+            why = f"the broker closed the connection before answering ({reason_code})"
+            self._connected.set_exception(aiomqtt.MqttError(why))
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
     def _client_connect(self) -> None:
         try:
             super()._client_connect()

@@ -113,6 +113,45 @@ async def test_a_connect_the_broker_took_but_did_not_answer_is_costly(broker: Mo
     assert not c.costly_failure
 
 
+@contextlib.contextmanager
+def closing_server() -> Iterator[int]:
+    """Takes each TCP connection, reads the CONNECT and closes it without a CONNACK (a broker
+    refusing a revoked certificate after a TLS 1.3 handshake looks like this to the client)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                conn = srv.accept()[0]
+                with conn:
+                    conn.settimeout(5)
+                    conn.recv(1024)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+async def test_a_connection_closed_before_the_connack_fails_the_connect_at_once() -> None:
+    """Not after the client's whole timeout (an hour here): the error says what happened and
+    costs the broker nothing, so the reconnect policy tries again soon."""
+    with closing_server() as port:
+        c = client(port, "gw-1", timeout=3600)
+        with pytest.raises(aiomqtt.MqttError, match="closed the connection before answering"):
+            async with asyncio.timeout(600):  # a guard for a broken client, far past the answer
+                await c.__aenter__()
+        assert not c.costly_failure
+
+
 async def test_flow_control_stops_reading_instead_of_queueing_or_dropping(
     site_broker: LocalBroker,
 ) -> None:
