@@ -4,7 +4,10 @@ collector's evaluator (tests/collector/test_alarms.py) and the gateway's
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
+
+from hypothesis import strategies as st
 
 
 def threshold_model(
@@ -39,3 +42,19 @@ def threshold_model(
                     pending = None
             state[s] = (opened, pending)
     return {s: [tuple(a) for a in alarms] for s, alarms in out.items()}
+
+
+@st.composite
+def readings_in_batches(draw: st.DrawFn, series: int) -> list[list[tuple[int, int, float]]]:
+    """Batches of (series, second, value) readings: up to three of ``series`` series, each at
+    distinct whole seconds, with values around a level of 10 and clear levels of 8 and 12 (the
+    levels themselves included), arriving in any order, split anywhere."""
+    values = st.sampled_from([5.0, 7.5, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0])
+    points = []
+    for s in draw(st.lists(st.sampled_from(range(series)), min_size=1, max_size=3, unique=True)):
+        times = draw(st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True))
+        points += [(s, t, draw(values)) for t in times]
+    points = draw(st.permutations(points))
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(points) - 1)), max_size=4, unique=True)))  # fmt: skip
+    bounds = [0, *(c for c in cuts if c < len(points)), len(points)]
+    return [points[a:b] for a, b in itertools.pairwise(bounds) if a < b]

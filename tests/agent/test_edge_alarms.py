@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import json
 import threading
 from typing import Any
@@ -20,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from outpost_iot import wire
 from outpost_iot.agent._edge_alarms import EdgeAlarms
 from outpost_iot.dev._processes import LocalBroker
-from tests._alarm_model import threshold_model
+from tests._alarm_model import readings_in_batches, threshold_model
 from tests._fuzz import budget
 
 S = 10**9
@@ -124,14 +123,6 @@ _SERIES = [("d1", "r1"), ("d2", "r1"), ("d1", "r2")]  # (device, room)
 
 @st.composite
 def _edge_runs(draw: st.DrawFn) -> dict[str, object]:
-    values = st.sampled_from([5.0, 7.5, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0])
-    points = []
-    for s in draw(st.lists(st.sampled_from(range(len(_SERIES))), min_size=1, max_size=3, unique=True)):  # fmt: skip
-        times = draw(st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True))
-        points += [(s, t, draw(values)) for t in times]
-    points = draw(st.permutations(points))
-    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(points) - 1)), max_size=4, unique=True)))  # fmt: skip
-    bounds = [0, *(c for c in cuts if c < len(points)), len(points)]
     up = draw(st.booleans())
     return {
         "up": up,
@@ -139,7 +130,7 @@ def _edge_runs(draw: st.DrawFn) -> dict[str, object]:
         "for_s": draw(st.sampled_from([0, 3, 10])),
         "device": draw(st.sampled_from([None, "d1"])),
         "tags": draw(st.sampled_from([{}, {"room": "r1"}])),
-        "batches": [points[a:b] for a, b in itertools.pairwise(bounds) if a < b],
+        "batches": draw(readings_in_batches(len(_SERIES))),
         "other": draw(st.booleans()),  # readings of another measurement with the same field
     }
 

@@ -5,7 +5,6 @@ and the rules' API (validation naming the field, tenancy, acknowledgement, audit
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ from outpost_iot.collector._alarms import AlarmEvaluator
 from outpost_iot.collector._ingest import Incoming, Ingestor
 from outpost_iot.collector.stores import AlarmRecord, NotifyEndpointRecord, SeriesWrite
 from outpost_iot.wire import ConfigReport, Event, GatewayState, topics
-from tests._alarm_model import threshold_model
+from tests._alarm_model import readings_in_batches, threshold_model
 from tests._fuzz import budget
 from tests.collector._api_fixture import T0, Api
 
@@ -469,22 +468,13 @@ def _in_scope(scope: dict[str, Any], series: tuple[str, str, str, str]) -> bool:
 @st.composite
 def _threshold_runs(draw: st.DrawFn) -> dict[str, Any]:
     up = draw(st.booleans())
-    values = st.sampled_from([5.0, 7.5, 8.0, 9.0, 10.0, 11.0, 12.0, 15.0])
-    # Each series' readings at distinct whole seconds, arriving in any order, in batches.
-    points = []
-    for s in draw(st.lists(st.sampled_from(range(len(_SERIES))), min_size=1, max_size=3, unique=True)):  # fmt: skip
-        times = draw(st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True))
-        points += [(s, t, draw(values)) for t in times]
-    points = draw(st.permutations(points))
-    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(points) - 1)), max_size=4, unique=True)))  # fmt: skip
-    bounds = [0, *(c for c in cuts if c < len(points)), len(points)]
     return {
         "up": up,
         "level": 10.0,
         "clear": draw(st.sampled_from([None, 8.0 if up else 12.0])),
         "for_s": draw(st.sampled_from([0, 3, 10])),
         "scope": draw(_SCOPES),
-        "batches": [points[a:b] for a, b in itertools.pairwise(bounds) if a < b],
+        "batches": draw(readings_in_batches(len(_SERIES))),
         # Before a batch: another replica takes over, knowing only what the store keeps.
         "restarts": draw(st.lists(st.booleans(), min_size=5, max_size=5)),
         # A batch stored in one group with the one before (a backlog arriving): one call.

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiomqtt
 import pytest
@@ -60,19 +60,18 @@ async def test_a_persistent_session_keeps_what_arrives_while_away(site_broker: L
 
 
 @contextlib.contextmanager
-def silent_server() -> Iterator[int]:
-    """Takes TCP connections and never answers (an overloaded broker, as the client sees it)."""
+def tcp_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A TCP server on a free port that gives each connection it takes to ``handle``."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
-    held: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
         srv.settimeout(0.2)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError, OSError):
-                held.append(srv.accept()[0])
+                handle(srv.accept()[0])
 
     t = threading.Thread(target=accept, daemon=True)
     t.start()
@@ -81,9 +80,31 @@ def silent_server() -> Iterator[int]:
     finally:
         stop.set()
         t.join()
+        srv.close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """Takes TCP connections and never answers (an overloaded broker, as the client sees it)."""
+    held: list[socket.socket] = []
+    try:
+        with tcp_server(held.append) as port:
+            yield port
+    finally:
         for s in held:
             s.close()
-        srv.close()
+
+
+def _read_and_close(conn: socket.socket) -> None:
+    with conn:
+        conn.settimeout(5)
+        conn.recv(1024)
+
+
+def closing_server() -> contextlib.AbstractContextManager[int]:
+    """Takes each TCP connection, reads the CONNECT and closes it without a CONNACK (a broker
+    refusing a revoked certificate after a TLS 1.3 handshake looks like this to the client)."""
+    return tcp_server(_read_and_close)
 
 
 async def test_a_connect_the_broker_took_but_did_not_answer_is_costly(broker: Mosquitto) -> None:
@@ -111,34 +132,6 @@ async def test_a_connect_the_broker_took_but_did_not_answer_is_costly(broker: Mo
     async with c:
         pass
     assert not c.costly_failure
-
-
-@contextlib.contextmanager
-def closing_server() -> Iterator[int]:
-    """Takes each TCP connection, reads the CONNECT and closes it without a CONNACK (a broker
-    refusing a revoked certificate after a TLS 1.3 handshake looks like this to the client)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError, OSError):
-                conn = srv.accept()[0]
-                with conn:
-                    conn.settimeout(5)
-                    conn.recv(1024)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        stop.set()
-        t.join()
-        srv.close()
 
 
 async def test_a_connection_closed_before_the_connack_fails_the_connect_at_once() -> None:
